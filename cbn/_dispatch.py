@@ -1,0 +1,46 @@
+"""Choose the kernel module (SIMD variant) for this CPU, once, at import.
+
+The package is built with up to three copies of the same kernels: ``baseline`` (any CPU of the
+target), ``avx2`` (x86-64-v3) and ``avx512`` (x86-64-v4).  The best one the CPU supports is used;
+the environment variable ``CBN_SIMD`` (``baseline``, ``avx2`` or ``avx512``) caps the level, e.g.
+to compare variants or to work around a CPU problem.  Asking for a level the CPU or the build
+lacks falls back to the best available level below it, with a warning.
+"""
+
+import importlib
+import os
+import warnings
+
+from . import _build_info
+
+#: From the most to the least capable.
+LEVELS = ("avx512", "avx2", "baseline")
+
+
+def _select():
+    baseline = importlib.import_module("cbn._kernels_baseline")
+    built = [v for v in LEVELS if v in _build_info.VARIANTS]
+    requested = os.environ.get("CBN_SIMD", "").strip().lower()
+    if requested:
+        if requested not in LEVELS:
+            raise ImportError(
+                f"CBN_SIMD={requested!r} is not a SIMD level; expected one of {', '.join(LEVELS)}"
+            )
+        allowed = LEVELS[LEVELS.index(requested):]
+        candidates = [v for v in built if v in allowed]
+    else:
+        candidates = built
+    for name in candidates:
+        if baseline.cpu_supports(name):
+            if requested and name != requested:
+                warnings.warn(
+                    f"CBN_SIMD={requested!r}: not available on this CPU or build; using {name!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            module = baseline if name == "baseline" else importlib.import_module(f"cbn._kernels_{name}")
+            return module, name
+    return baseline, "baseline"  # pragma: no cover - baseline always qualifies
+
+
+kernels, level = _select()

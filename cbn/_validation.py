@@ -1,0 +1,177 @@
+"""Argument checks and layout handling shared by the public functions.
+
+Every check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, wrong
+value) naming the argument.  Nothing here modifies a caller's array.  The common case (a
+C-contiguous float32/float64 ndarray and float64 vectors) costs a few attribute reads.
+"""
+
+import math
+import operator
+
+import numpy as np
+
+F32 = np.dtype(np.float32)
+F64 = np.dtype(np.float64)
+_KERNEL_DTYPES = (F32, F64)
+
+
+def kernel_dtype(x, name="x"):
+    """Return ``x`` as an ndarray of a kernel dtype (float32/float64, native byte order)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    dt = x.dtype
+    if dt is F32 or dt is F64:
+        return x
+    if dt.kind == "f" and dt.itemsize in (4, 8):
+        if dt.byteorder not in ("=", "|") and dt != dt.newbyteorder("="):
+            return x.astype(dt.newbyteorder("="))
+        return x
+    raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+
+
+def check_axis(axis, ndim, name="axis"):
+    """Normalise a possibly negative channel axis for an array of ``ndim`` dimensions."""
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
+    return a + ndim if a < 0 else a
+
+
+def check_input(x, axis, name="x"):
+    """Validate ``x`` and its channel axis; return ``(x, axis)`` with axis normalised."""
+    x = kernel_dtype(x, name)
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}"
+        )
+    return x, check_axis(axis, x.ndim)
+
+
+def kernel_view(x, axis):
+    """A C-contiguous view of ``x`` for the kernels, without copying when possible.
+
+    Returns ``(xk, axis_k, perm)`` with ``xk = x.transpose(perm)`` C-contiguous and the channel
+    at ``axis_k``; ``perm`` is None when ``x`` itself is used.  A Fortran-ordered array, or any
+    array whose memory is contiguous in some axis order (e.g. channels-last memory presented as
+    NCHW), is used in place; other strided arrays are copied once to C order.
+    """
+    flags = x.flags
+    if flags.c_contiguous:
+        return x, axis, None
+    ndim = x.ndim
+    if flags.f_contiguous:
+        perm = tuple(range(ndim - 1, -1, -1))
+        return x.T, ndim - 1 - axis, perm
+    perm = tuple(sorted(range(ndim), key=lambda i: -abs(x.strides[i])))
+    xt = x.transpose(perm)
+    if xt.flags.c_contiguous:
+        return xt, perm.index(axis), perm
+    return np.ascontiguousarray(x), axis, None
+
+
+def like_kernel(xk, perm, x_shape):
+    """A new array laid out like ``xk``: returns ``(yk, y)`` with ``y`` in the caller's axis order."""
+    yk = np.empty(xk.shape, xk.dtype)
+    if perm is None:
+        return yk, yk
+    inverse = tuple(np.argsort(perm))
+    return yk, yk.transpose(inverse)
+
+
+def output_for(out, x, xk, perm, name="out"):
+    """Where the kernel writes: returns ``(yk, y, copy_back)``.
+
+    ``y`` is what the function returns.  If ``out`` cannot take the kernel's writes directly
+    (other layout, or partial overlap with ``x``), the kernel writes to a fresh array and
+    ``copy_back`` is true: the caller then copies into ``out``.
+    """
+    if out is None:
+        yk, y = like_kernel(xk, perm, x.shape)
+        return yk, y, False
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name} must have dtype {x.dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    outk = out if perm is None else out.transpose(perm)
+    if outk.flags.c_contiguous and outk.dtype.isnative:
+        if not np.may_share_memory(outk, xk) or _same_memory(outk, xk):
+            return outk, out, False
+    yk = np.empty(xk.shape, xk.dtype)
+    return yk, out, True
+
+
+def _same_memory(a, b):
+    """True if two C-contiguous arrays of one shape start at the same address (exact alias)."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+def geometry(shape, axis):
+    """(outer, C, inner) of a C-contiguous array with channel axis ``axis``."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def channel_vector(a, name, C, *, writeable=False):
+    """Validate a per-channel array: a float ndarray of shape (C,).  Returns it as given."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) to match the channel axis, got {a.shape}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only but must be updated in place")
+    return a
+
+
+def as_f64(a, name, C):
+    """A per-channel array as a C-contiguous float64 vector (no copy when it already is one)."""
+    if a.__class__ is np.ndarray and a.dtype is F64 and a.shape == (C,) and a.flags.c_contiguous:
+        return a
+    a = channel_vector(a, name, C)
+    return np.ascontiguousarray(a, dtype=F64)
+
+
+def check_eps(eps):
+    """eps must be a finite number > 0."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not (e > 0.0 and math.isfinite(e)):
+        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    return e
+
+
+def check_momentum(momentum):
+    """momentum must be a number in [0, 1]."""
+    try:
+        m = float(momentum)
+    except (TypeError, ValueError):
+        raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}") from None
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+    return m
+
+
+def check_threads(num_threads):
+    """None (all OpenMP threads) or a positive int; returns the int the kernels take (0 = auto)."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool):
+        raise TypeError("num_threads must be None or a positive integer, got bool")
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"num_threads must be None or a positive integer, got {type(num_threads).__name__}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    return n

@@ -1,0 +1,876 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False, embedsignature=True
+"""Batch-normalisation kernels (float32 and float64, GIL-free, OpenMP).
+
+Design note
+-----------
+Every C-contiguous array with channel axis ``a`` is viewed as ``(outer, C, inner)``.  Two
+layouts follow:
+
+* **channel-major** (``inner > 1``: NCL, NCHW, NCDHW, a middle axis): each ``(o, c)`` pair owns
+  a contiguous *run* of ``inner`` elements.  Loops vectorise along the run.
+* **channels-last** (``inner == 1``: NC, NHWC): each row ``o`` holds the C channels contiguously.
+  Loops vectorise across channels, with per-channel coefficient arrays.
+
+Statistics (mean and biased variance, float64 whatever the input) use a fixed decomposition of
+each channel into *blocks* of about ``BLOCK_BYTES`` of data, grouped into at most ``MAX_SEGMENTS``
+*segments* of consecutive blocks.  A block is read once from memory and then a second time from
+cache: its exact two-pass mean and sum of squared deviations (M2) are merged into the segment by
+Chan's parallel formula, and the segments into the channel in order.  This is accurate on data
+with huge offsets (|mean|/std of 1e6 and more in float32), costs one read of the data from
+memory, and -- because the decomposition depends only on the shape and dtype -- gives results
+that are bit-identical for any number of threads: threads only choose *who* computes a segment
+or a channel, never *how*.
+
+Normalisation uses ``y = ((x - hi) - lo) * scale + shift`` where ``hi + lo`` is the float64
+centre split into two numbers of the input type.  For float32 with large offsets this keeps
+``x - mean`` exact to float32 rounding, where the textbook ``x * scale + (bias - mean*scale)``
+would cancel catastrophically; it costs one extra subtraction on a memory-bound loop.
+
+Parallel strategy: channel-major with ``C >= threads`` runs one task per channel; when a channel
+fits in half the L2 cache the task computes the statistics *and* normalises the channel while it
+is still in cache (one read from memory instead of two).  Otherwise the statistics run as
+``(channel, segment)`` or ``(segment, channel-chunk)`` tasks writing float64 partials, merged in
+order, followed by a separate element-wise pass.  Inputs below ``PARALLEL_MIN_ELEMS`` elements
+never start a thread team.
+
+Conventions: arguments marked IN are read, OUT are written (named ``*_out``); every function
+called inside a parallel region is ``noexcept nogil``.
+"""
+
+from libc.stdlib cimport malloc, calloc, free
+from libc.math cimport sqrt
+from cython.parallel cimport prange, threadid
+cimport numpy as cnp
+
+cnp.import_array()
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "cbn_simd.h" nogil:
+    int cbn_openmp_enabled()
+    int cbn_openmp_version()
+    int cbn_max_threads()
+    const char* cbn_variant()
+    int cbn_cpu_supports(const char* variant)
+    long cbn_l2_cache_bytes()
+    double cbn_sum_f32(const float* x, Py_ssize_t n)
+    double cbn_sum_f64(const double* x, Py_ssize_t n)
+    double cbn_sumsq_dev_f32(const float* x, Py_ssize_t n, double m)
+    double cbn_sumsq_dev_f64(const double* x, Py_ssize_t n, double m)
+    void cbn_sum_dot_f32(const float* dy, const float* x, Py_ssize_t n, double m,
+                         double* sdy, double* sdyx)
+    void cbn_sum_dot_f64(const double* dy, const double* x, Py_ssize_t n, double m,
+                         double* sdy, double* sdyx)
+    void cbn_col_sum_f32(double* acc, const float* x, Py_ssize_t n)
+    void cbn_col_sum_f64(double* acc, const double* x, Py_ssize_t n)
+    void cbn_col_sumsq_dev_f32(double* acc, const float* x, const double* m, Py_ssize_t n)
+    void cbn_col_sumsq_dev_f64(double* acc, const double* x, const double* m, Py_ssize_t n)
+    void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* x,
+                             const double* m, Py_ssize_t n)
+    void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* x,
+                             const double* m, Py_ssize_t n)
+
+# ------------------------------------------------------------------------------------ tuning
+# Bytes of data in one statistics block (read from memory once, re-read from L1/L2).
+DEF BLOCK_BYTES = 32768
+# Minimum rows per block in the channels-last layout (amortises the per-block merge).
+DEF MIN_ROWS_B = 16
+# Upper bound on segments per channel: bounds the partials to O(C * MAX_SEGMENTS) doubles.
+DEF MAX_SEGMENTS = 16
+# Below this many elements a call runs on the calling thread only.
+DEF PARALLEL_MIN_ELEMS = 65536
+
+cdef long _L2_BYTES = cbn_l2_cache_bytes()
+if _L2_BYTES <= 0:
+    _L2_BYTES = 512 * 1024
+# A channel is fused (stats + normalise while cached) if its bytes fit in this budget.
+cdef Py_ssize_t _FUSE_BUDGET = <Py_ssize_t>(_L2_BYTES // 2)
+
+
+# ------------------------------------------------------------------------------------ info
+def variant():
+    """Name of the SIMD variant this module was compiled for."""
+    return cbn_variant().decode()
+
+
+def cpu_supports(str name):
+    """True if the running CPU supports the kernel variant ``name``."""
+    return bool(cbn_cpu_supports(name.encode()))
+
+
+def openmp_info():
+    """(enabled, _OPENMP version macro, omp_get_max_threads())."""
+    return bool(cbn_openmp_enabled()), cbn_openmp_version(), cbn_max_threads()
+
+
+def max_threads():
+    """omp_get_max_threads() (1 in a serial build)."""
+    return cbn_max_threads()
+
+
+def tuning():
+    """The compile-time and runtime tuning constants, for reports and tests."""
+    return dict(block_bytes=BLOCK_BYTES, min_rows_channels_last=MIN_ROWS_B,
+                max_segments=MAX_SEGMENTS, parallel_min_elems=PARALLEL_MIN_ELEMS,
+                l2_bytes=_L2_BYTES, fuse_budget_bytes=_FUSE_BUDGET)
+
+
+# ------------------------------------------------------------------------------------ point functions
+cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return cbn_sum_f32(x, n)
+    else:
+        return cbn_sum_f64(x, n)
+
+
+cdef inline double _sumsq_dev(const floating* x, Py_ssize_t n, double m) noexcept nogil:
+    if floating is float:
+        return cbn_sumsq_dev_f32(x, n, m)
+    else:
+        return cbn_sumsq_dev_f64(x, n, m)
+
+
+cdef inline void _sum_dot(const floating* dy, const floating* x, Py_ssize_t n, double m,
+                          double* sdy, double* sdyx) noexcept nogil:
+    if floating is float:
+        cbn_sum_dot_f32(dy, x, n, m, sdy, sdyx)
+    else:
+        cbn_sum_dot_f64(dy, x, n, m, sdy, sdyx)
+
+
+cdef inline void _col_sum(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cbn_col_sum_f32(acc, x, n)
+    else:
+        cbn_col_sum_f64(acc, x, n)
+
+
+cdef inline void _col_sumsq_dev(double* acc, const floating* x, const double* m,
+                                Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cbn_col_sumsq_dev_f32(acc, x, m, n)
+    else:
+        cbn_col_sumsq_dev_f64(acc, x, m, n)
+
+
+cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* x,
+                              const double* m, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cbn_col_sum_dot_f32(sdy, sdyx, dy, x, m, n)
+    else:
+        cbn_col_sum_dot_f64(sdy, sdyx, dy, x, m, n)
+
+
+cdef void _merge(double* n_a, double* mean_a, double* m2_a,
+                 double n_b, double mean_b, double m2_b) noexcept nogil:
+    """Chan et al.: fold the moments (n_b, mean_b, m2_b) into (n_a, mean_a, m2_a), IN/OUT.
+
+    Not inline on purpose: every merge in the module runs this one compiled body, so the
+    rounding is the same whichever code path (fused or partials) performed it."""
+    cdef double n = n_a[0] + n_b
+    cdef double delta, f
+    if n_b == 0:
+        return
+    delta = mean_b - mean_a[0]
+    f = n_b / n
+    mean_a[0] = mean_a[0] + delta * f
+    m2_a[0] = m2_a[0] + m2_b + delta * delta * (n_a[0] * f)
+    n_a[0] = n
+
+
+cdef void _merge_columns(double* mean_a, double* m2_a, double n_a,
+                         const double* mean_b, const double* m2_b, double n_b,
+                         Py_ssize_t ncols) noexcept nogil:
+    """Vector form of _merge for the channels-last layout (counts are equal across columns).
+
+    IN/OUT mean_a, m2_a; IN mean_b, m2_b.  Same formula, same order of operations."""
+    cdef double n = n_a + n_b
+    cdef double f, g, delta
+    cdef Py_ssize_t j
+    if n_b == 0:
+        return
+    f = n_b / n
+    g = n_a * f
+    for j in range(ncols):
+        delta = mean_b[j] - mean_a[j]
+        mean_a[j] = mean_a[j] + delta * f
+        m2_a[j] = m2_a[j] + m2_b[j] + delta * delta * g
+
+
+cdef inline void _split_centre(double centre, floating* hi, floating* lo) noexcept nogil:
+    """centre ~= hi + lo with hi, lo of the input type (lo is 0 for double)."""
+    hi[0] = <floating>centre
+    lo[0] = <floating>(centre - <double>hi[0])
+
+
+# ------------------------------------------------------------------------------------ geometry
+cdef struct Geometry:
+    Py_ssize_t outer, C, inner
+    Py_ssize_t n                # elements per channel (outer * inner)
+    # channel-major blocking
+    Py_ssize_t rows_per_block   # consecutive o's per block (inner < block elems)
+    Py_ssize_t pieces           # pieces per run (inner >= block elems), else 1
+    Py_ssize_t nblocks          # blocks per channel
+    Py_ssize_t nseg             # segments per channel
+    # channels-last blocking
+    Py_ssize_t col_width        # channels per task chunk
+    Py_ssize_t ncol_chunks
+
+
+cdef Geometry _geometry(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                        Py_ssize_t itemsize) noexcept nogil:
+    cdef Geometry g
+    cdef Py_ssize_t blk = BLOCK_BYTES // itemsize
+    g.outer = outer
+    g.C = C
+    g.inner = inner
+    g.n = outer * inner
+    g.col_width = C
+    g.ncol_chunks = 1
+    if inner > 1:
+        if inner >= blk:
+            g.pieces = (inner + blk - 1) // blk
+            g.rows_per_block = 1
+            g.nblocks = outer * g.pieces
+        else:
+            g.pieces = 1
+            g.rows_per_block = max(1, blk // inner)
+            g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
+    else:
+        g.pieces = 1
+        g.rows_per_block = max(MIN_ROWS_B, blk // max(C, 1))
+        g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
+        # keep one block (rows x columns) within BLOCK_BYTES when C is very wide
+        g.col_width = min(C, max(64, blk // g.rows_per_block))
+        g.ncol_chunks = (C + g.col_width - 1) // g.col_width
+    g.nseg = max(1, min(MAX_SEGMENTS, g.nblocks))
+    return g
+
+
+cdef inline Py_ssize_t _seg_start(const Geometry* g, Py_ssize_t s) noexcept nogil:
+    return (s * g.nblocks) // g.nseg
+
+
+cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
+    cdef int nt = requested
+    if nt <= 0:
+        nt = cbn_max_threads()
+    if elems < PARALLEL_MIN_ELEMS:
+        return 1
+    if tasks < nt:
+        nt = <int>tasks
+    return max(nt, 1)
+
+
+# ------------------------------------------------------------------------------------ statistics
+cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c,
+                              Py_ssize_t s, double* cnt_out, double* mean_out,
+                              double* m2_out) noexcept nogil:
+    """Channel-major: moments of segment s of channel c (IN x, OUT the three scalars)."""
+    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t o, o0, o1, i0, i1, length, p
+    cdef Py_ssize_t stride = g.C * g.inner
+    cdef const floating* base = x + c * g.inner
+    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb
+    for b in range(b0, b1):
+        if g.pieces > 1:
+            o0 = b // g.pieces
+            o1 = o0 + 1
+            p = b % g.pieces
+            i0 = (p * g.inner) // g.pieces
+            i1 = ((p + 1) * g.inner) // g.pieces
+        else:
+            o0 = b * g.rows_per_block
+            o1 = min(o0 + g.rows_per_block, g.outer)
+            i0 = 0
+            i1 = g.inner
+        length = i1 - i0
+        s1 = 0.0
+        for o in range(o0, o1):
+            s1 = s1 + _sum(base + o * stride + i0, length)
+        nb = <double>((o1 - o0) * length)
+        mb = s1 / nb
+        q = 0.0
+        for o in range(o0, o1):
+            q = q + _sumsq_dev(base + o * stride + i0, length, mb)
+        _merge(&cnt, &mean, &m2, nb, mb, q)
+    cnt_out[0] = cnt
+    mean_out[0] = mean
+    m2_out[0] = m2
+
+
+cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c,
+                              double* mean_out, double* m2_out) noexcept nogil:
+    """Channel-major: moments of the whole channel c, segment by segment, in order."""
+    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
+    cdef Py_ssize_t s
+    for s in range(g.nseg):
+        _segment_moments_cm(x, g, c, s, &sc, &sm, &sq)
+        _merge(&cnt, &mean, &m2, sc, sm, sq)
+    mean_out[0] = mean
+    m2_out[0] = m2
+
+
+cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s,
+                              Py_ssize_t chunk, double* mean_out, double* m2_out,
+                              double* scratch) noexcept nogil:
+    """Channels-last: moments of segment s over the channel chunk; OUT mean_out/m2_out are the
+    chunk's slices of the (nseg, C) partials; scratch holds 2 * col_width doubles."""
+    cdef Py_ssize_t c0 = chunk * g.col_width
+    cdef Py_ssize_t w = min(g.col_width, g.C - c0)
+    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t r, r0, r1, j
+    cdef double* bmean = scratch
+    cdef double* bm2 = scratch + g.col_width
+    cdef double cnt = 0.0, nb
+    for j in range(w):
+        mean_out[j] = 0.0
+        m2_out[j] = 0.0
+    for b in range(b0, b1):
+        r0 = b * g.rows_per_block
+        r1 = min(r0 + g.rows_per_block, g.outer)
+        nb = <double>(r1 - r0)
+        for j in range(w):
+            bmean[j] = 0.0
+            bm2[j] = 0.0
+        for r in range(r0, r1):
+            _col_sum(bmean, x + r * g.C + c0, w)
+        for j in range(w):
+            bmean[j] = bmean[j] / nb
+        for r in range(r0, r1):
+            _col_sumsq_dev(bm2, x + r * g.C + c0, bmean, w)
+        _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
+        cnt = cnt + nb
+
+
+cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize_t t,
+                                  double* part, double* scratch) noexcept nogil:
+    cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
+    cdef Py_ssize_t j = chunk * g.col_width
+    _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
+                        &part[g.nseg * g.C + s * g.C + j], scratch)
+
+
+cdef int _moments(const floating* x, const Geometry* g, int nt,
+                  double* mean_out, double* m2_out) noexcept nogil:
+    """Per-channel mean and M2 (float64) of x, into OUT arrays of length C.  Returns 0, or -1
+    if out of memory."""
+    cdef Py_ssize_t C = g.C, c, s, t, ntasks, j
+    cdef double* part
+    cdef double* scratch
+    cdef double cnt, sc
+    if g.inner > 1:
+        if g.nseg == 1 or C >= nt:
+            # one task per channel; bit-identical to the partials path below
+            if nt > 1:
+                for c in prange(C, num_threads=nt, schedule='dynamic'):
+                    _channel_moments_cm(x, g, c, &mean_out[c], &m2_out[c])
+            else:
+                for c in range(C):
+                    _channel_moments_cm(x, g, c, &mean_out[c], &m2_out[c])
+            return 0
+        # few channels, many threads: (channel, segment) tasks into partials, merged in order
+        ntasks = C * g.nseg
+        part = <double*>malloc(3 * ntasks * sizeof(double))
+        if part == NULL:
+            return -1
+        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+            _segment_moments_cm(x, g, t // g.nseg, t % g.nseg,
+                                &part[3 * t], &part[3 * t + 1], &part[3 * t + 2])
+        for c in range(C):
+            cnt = 0.0
+            mean_out[c] = 0.0
+            m2_out[c] = 0.0
+            for s in range(g.nseg):
+                t = c * g.nseg + s
+                _merge(&cnt, &mean_out[c], &m2_out[c], part[3 * t], part[3 * t + 1], part[3 * t + 2])
+        free(part)
+        return 0
+    # channels-last: (segment, column chunk) tasks into (nseg, C) partials, merged in order
+    ntasks = g.nseg * g.ncol_chunks
+    part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+    scratch = <double*>malloc(nt * 2 * g.col_width * sizeof(double))
+    if part == NULL or scratch == NULL:
+        free(part)
+        free(scratch)
+        return -1
+    if nt > 1:
+        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+            _moments_cl_task(x, g, t, part, scratch + threadid() * 2 * g.col_width)
+    else:
+        for t in range(ntasks):
+            _moments_cl_task(x, g, t, part, scratch)
+    free(scratch)
+    # merge segments in order; counts per segment are equal across channels
+    for c in range(C):
+        mean_out[c] = 0.0
+        m2_out[c] = 0.0
+    cnt = 0.0
+    for s in range(g.nseg):
+        sc = <double>(min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+                      - min(_seg_start(g, s) * g.rows_per_block, g.outer))
+        _merge_columns(mean_out, m2_out, cnt, &part[s * C], &part[g.nseg * C + s * C], sc, C)
+        cnt = cnt + sc
+    free(part)
+    return 0
+
+
+cdef inline Py_ssize_t _segment_rows_cl(const Geometry* g, Py_ssize_t s) noexcept nogil:
+    return (min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+            - min(_seg_start(g, s) * g.rows_per_block, g.outer))
+
+
+# ------------------------------------------------------------------------------------ element-wise passes
+cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
+                                floating lo, floating scale, floating shift) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y_out[i] = ((x[i] - hi) - lo) * scale + shift
+
+
+cdef inline void _normalize_row(const floating* x, floating* y_out, Py_ssize_t C,
+                                const floating* coef) noexcept nogil:
+    """coef = [hi | lo | scale | shift], each of length C."""
+    cdef Py_ssize_t c
+    cdef const floating* hi = coef
+    cdef const floating* lo = coef + C
+    cdef const floating* scale = coef + 2 * C
+    cdef const floating* shift = coef + 3 * C
+    for c in range(C):
+        y_out[c] = ((x[c] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+cdef inline void _dx_run(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t n,
+                         floating hi, floating lo, floating k1, floating k2,
+                         floating k3) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx_out[i] = dy[i] * k1 + ((x[i] - hi) - lo) * k2 + k3
+
+
+cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t C,
+                         const floating* coef) noexcept nogil:
+    """coef = [hi | lo | k1 | k2 | k3], each of length C."""
+    cdef Py_ssize_t c
+    cdef const floating* hi = coef
+    cdef const floating* lo = coef + C
+    cdef const floating* k1 = coef + 2 * C
+    cdef const floating* k2 = coef + 3 * C
+    cdef const floating* k3 = coef + 4 * C
+    for c in range(C):
+        dx_out[c] = dy[c] * k1[c] + ((x[c] - hi[c]) - lo[c]) * k2[c] + k3[c]
+
+
+cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
+                     const floating* coef) noexcept nogil:
+    """y = ((x - hi) - lo) * scale + shift over the whole array (coef as in _normalize_row)."""
+    cdef Py_ssize_t C = g.C, r, c, nruns
+    if g.inner > 1:
+        nruns = g.outer * C
+        if nt > 1:
+            for r in prange(nruns, num_threads=nt, schedule='static'):
+                c = r % C
+                _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
+                               coef[C + c], coef[2 * C + c], coef[3 * C + c])
+        else:
+            for r in range(nruns):
+                c = r % C
+                _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
+                               coef[C + c], coef[2 * C + c], coef[3 * C + c])
+    else:
+        if nt > 1:
+            for r in prange(g.outer, num_threads=nt, schedule='static'):
+                _normalize_row(x + r * C, y_out + r * C, C, coef)
+        else:
+            for r in range(g.outer):
+                _normalize_row(x + r * C, y_out + r * C, C, coef)
+
+
+cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
+                   int nt, const floating* coef) noexcept nogil:
+    """dx = dy * k1 + ((x - hi) - lo) * k2 + k3 over the whole array (coef as in _dx_row)."""
+    cdef Py_ssize_t C = g.C, r, c, nruns, off
+    if g.inner > 1:
+        nruns = g.outer * C
+        if nt > 1:
+            for r in prange(nruns, num_threads=nt, schedule='static'):
+                c = r % C
+                off = r * g.inner
+                _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+                        coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+        else:
+            for r in range(nruns):
+                c = r % C
+                off = r * g.inner
+                _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+                        coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+    else:
+        if nt > 1:
+            for r in prange(g.outer, num_threads=nt, schedule='static'):
+                _dx_row(dy + r * C, x + r * C, dx_out + r * C, C, coef)
+        else:
+            for r in range(g.outer):
+                _dx_row(dy + r * C, x + r * C, dx_out + r * C, C, coef)
+
+
+# ------------------------------------------------------------------------------------ forward
+cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m2, double n,
+                               double eps, const double* w, const double* b,
+                               double* mean_out, double* var_out, double* invstd_out,
+                               floating* coef_out) noexcept nogil:
+    cdef double var = m2 / n
+    cdef double invstd = 1.0 / sqrt(var + eps)
+    mean_out[c] = mean
+    var_out[c] = var
+    invstd_out[c] = invstd
+    _split_centre(mean, &coef_out[c], &coef_out[C + c])
+    coef_out[2 * C + c] = <floating>(invstd * (w[c] if w != NULL else 1.0))
+    coef_out[3 * C + c] = <floating>(b[c] if b != NULL else 0.0)
+
+
+cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
+                                 Py_ssize_t c, double eps, const double* w, const double* b,
+                                 double* mean_out, double* var_out, double* invstd_out,
+                                 floating* coef) noexcept nogil:
+    """Channel-major: statistics of channel c, then normalise it while it is still cached."""
+    cdef double mean, m2
+    cdef Py_ssize_t o, off, C = g.C
+    _channel_moments_cm(x, g, c, &mean, &m2)
+    _forward_coef(c, C, mean, m2, <double>g.n, eps, w, b, mean_out, var_out, invstd_out, coef)
+    for o in range(g.outer):
+        off = (o * C + c) * g.inner
+        _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c],
+                       coef[3 * C + c])
+
+
+cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
+                  double eps, const double* w, const double* b,
+                  double* mean_out, double* var_out, double* invstd_out) noexcept nogil:
+    """Training forward.  IN x, w, b (NULL = 1 / 0); OUT y_out and the per-channel float64
+    mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
+    cdef Py_ssize_t C = g.C, c
+    cdef Py_ssize_t total = g.outer * C * g.inner
+    cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
+    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    cdef double* m2
+    if coef == NULL:
+        return -1
+    if g.inner > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
+        if nt > 1:
+            for c in prange(C, num_threads=nt, schedule='dynamic'):
+                _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
+                                       invstd_out, coef)
+        else:
+            for c in range(C):
+                _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
+                                       invstd_out, coef)
+        free(coef)
+        return 0
+    m2 = <double*>malloc(C * sizeof(double))
+    if m2 == NULL or _moments(x, g, nt, mean_out, m2) != 0:
+        free(m2)
+        free(coef)
+        return -1
+    for c in range(C):
+        _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
+                      invstd_out, coef)
+    free(m2)
+    _normalize(x, y_out, g, nt, coef)
+    free(coef)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ inference
+cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int nt_req,
+                    const double* centre, const double* scale, const double* shift) noexcept nogil:
+    """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
+    cdef Py_ssize_t C = g.C, c
+    cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, max(C, g.outer))
+    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    if coef == NULL:
+        return -1
+    for c in range(C):
+        _split_centre(centre[c], &coef[c], &coef[C + c])
+        coef[2 * C + c] = <floating>scale[c]
+        coef[3 * C + c] = <floating>shift[c]
+    _normalize(x, y_out, g, nt, coef)
+    free(coef)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ backward
+cdef void _segment_sums_cm(const floating* dy, const floating* x, const Geometry* g,
+                           Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
+                           double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
+    c.  OUT scalars (overwritten)."""
+    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t o, o0, o1, i0, i1, p, off
+    cdef double a = 0.0, d = 0.0
+    for b in range(b0, b1):
+        if g.pieces > 1:
+            o0 = b // g.pieces
+            o1 = o0 + 1
+            p = b % g.pieces
+            i0 = (p * g.inner) // g.pieces
+            i1 = ((p + 1) * g.inner) // g.pieces
+        else:
+            o0 = b * g.rows_per_block
+            o1 = min(o0 + g.rows_per_block, g.outer)
+            i0 = 0
+            i1 = g.inner
+        for o in range(o0, o1):
+            off = (o * g.C + c) * g.inner + i0
+            if with_dot:
+                _sum_dot(dy + off, x + off, i1 - i0, mean, &a, &d)
+            else:
+                a = a + _sum(dy + off, i1 - i0)
+    sdy_out[0] = a
+    sdyx_out[0] = d
+
+
+cdef void _channel_sums_cm(const floating* dy, const floating* x, const Geometry* g,
+                           Py_ssize_t c, double mean, bint with_dot,
+                           double* sdy_out, double* sdyx_out) noexcept nogil:
+    cdef double a = 0.0, d = 0.0, sa, sd
+    cdef Py_ssize_t s
+    for s in range(g.nseg):
+        _segment_sums_cm(dy, x, g, c, s, mean, with_dot, &sa, &sd)
+        a = a + sa
+        d = d + sd
+    sdy_out[0] = a
+    sdyx_out[0] = d
+
+
+cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geometry* g,
+                               Py_ssize_t t, const double* mean, bint with_dot,
+                               double* part) noexcept nogil:
+    """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials."""
+    cdef Py_ssize_t s = t // g.ncol_chunks
+    cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
+    cdef Py_ssize_t w = min(g.col_width, g.C - c0)
+    cdef Py_ssize_t r, j
+    cdef Py_ssize_t r0 = min(_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef double* sdy = part + s * g.C + c0
+    cdef double* sdyx = part + g.nseg * g.C + s * g.C + c0
+    for j in range(w):
+        sdy[j] = 0.0
+        sdyx[j] = 0.0
+    for r in range(r0, r1):
+        if with_dot:
+            _col_sum_dot(sdy, sdyx, dy + r * g.C + c0, x + r * g.C + c0, mean + c0, w)
+        else:
+            _col_sum(sdy, dy + r * g.C + c0, w)
+
+
+cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
+                                const double* invstd, const double* w, const double* sdy,
+                                const double* sdyx, floating* coef_out) noexcept nogil:
+    """dx = w*invstd*(dy - sdy/n - (x-mean)*invstd^2*sdyx/n) = dy*k1 + (x-mean)*k2 + k3."""
+    cdef double k1 = invstd[c] * (w[c] if w != NULL else 1.0)
+    _split_centre(mean[c], &coef_out[c], &coef_out[C + c])
+    coef_out[2 * C + c] = <floating>k1
+    coef_out[3 * C + c] = <floating>(-k1 * invstd[c] * invstd[c] * sdyx[c] / n)
+    coef_out[4 * C + c] = <floating>(-k1 * sdy[c] / n)
+
+
+cdef void _backward_channel_fused(const floating* dy, const floating* x, floating* dx_out,
+                                  const Geometry* g, Py_ssize_t c, const double* mean,
+                                  const double* invstd, const double* w, double* sdy_out,
+                                  double* sdyx_out, floating* coef) noexcept nogil:
+    """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
+    cdef Py_ssize_t o, off, C = g.C
+    _channel_sums_cm(dy, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
+    _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
+    for o in range(g.outer):
+        off = (o * C + c) * g.inner
+        _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+                coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+
+
+cdef int _backward(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
+                   int nt_req, const double* mean, const double* invstd, const double* w,
+                   bint with_dot, double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1).  OUT sdy_out = sum(dy) and, if
+    with_dot, sdyx_out = sum(dy * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
+    cdef Py_ssize_t C = g.C, c, s, t, ntasks
+    cdef Py_ssize_t total = g.outer * C * g.inner
+    cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
+    cdef floating* coef = NULL
+    cdef double* part
+    if dx_out != NULL:
+        coef = <floating*>malloc(5 * C * sizeof(floating))
+        if coef == NULL:
+            return -1
+    if (dx_out != NULL and g.inner > 1 and C >= nt
+            and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
+        if nt > 1:
+            for c in prange(C, num_threads=nt, schedule='dynamic'):
+                _backward_channel_fused(dy, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                                        sdyx_out, coef)
+        else:
+            for c in range(C):
+                _backward_channel_fused(dy, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                                        sdyx_out, coef)
+        free(coef)
+        return 0
+    # the sums
+    if g.inner > 1 and (g.nseg == 1 or C >= nt):
+        if nt > 1:
+            for c in prange(C, num_threads=nt, schedule='dynamic'):
+                _channel_sums_cm(dy, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+        else:
+            for c in range(C):
+                _channel_sums_cm(dy, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+    elif g.inner > 1:
+        ntasks = C * g.nseg
+        part = <double*>malloc(2 * ntasks * sizeof(double))
+        if part == NULL:
+            free(coef)
+            return -1
+        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+            _segment_sums_cm(dy, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
+                             &part[2 * t], &part[2 * t + 1])
+        for c in range(C):
+            sdy_out[c] = 0.0
+            sdyx_out[c] = 0.0
+            for s in range(g.nseg):
+                t = c * g.nseg + s
+                sdy_out[c] = sdy_out[c] + part[2 * t]
+                sdyx_out[c] = sdyx_out[c] + part[2 * t + 1]
+        free(part)
+    else:
+        ntasks = g.nseg * g.ncol_chunks
+        part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+        if part == NULL:
+            free(coef)
+            return -1
+        if nt > 1:
+            for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+                _sums_cl_task(dy, x, g, t, mean, with_dot, part)
+        else:
+            for t in range(ntasks):
+                _sums_cl_task(dy, x, g, t, mean, with_dot, part)
+        for c in range(C):
+            sdy_out[c] = 0.0
+            sdyx_out[c] = 0.0
+        for s in range(g.nseg):
+            for c in range(C):
+                sdy_out[c] = sdy_out[c] + part[s * C + c]
+                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
+        free(part)
+    if dx_out != NULL:
+        for c in range(C):
+            _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
+        _dx_pass(dy, x, dx_out, g, nt, coef)
+        free(coef)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ Python entries
+# The Python layer (cbn/_batch_norm.py) validates everything; these entries trust their
+# arguments: C-contiguous arrays of one float type, per-channel arrays of length C as float64
+# C-contiguous (or None), and (outer, C, inner) matching x.
+
+cdef inline const double* _vec_or_null(object a) except? NULL:
+    if a is None:
+        return NULL
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner):
+    return _geometry(outer, C, inner, cnp.PyArray_ITEMSIZE(x))
+
+
+def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
+                  Py_ssize_t inner, object weight, object bias, double eps,
+                  cnp.ndarray mean_out, cnp.ndarray var_out, cnp.ndarray invstd_out,
+                  int num_threads):
+    """Training forward: y_out, and float64 mean_out, var_out (biased), invstd_out."""
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef const double* w = _vec_or_null(weight)
+    cdef const double* b = _vec_or_null(bias)
+    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
+    cdef double* vo = <double*>cnp.PyArray_DATA(var_out)
+    cdef double* io = <double*>cnp.PyArray_DATA(invstd_out)
+    cdef int rc
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _forward(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
+                          &g, num_threads, eps, w, b, mo, vo, io)
+    else:
+        with nogil:
+            rc = _forward(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
+                          &g, num_threads, eps, w, b, mo, vo, io)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+
+
+def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+            cnp.ndarray mean_out, cnp.ndarray m2_out, int num_threads):
+    """Per-channel float64 mean and M2 (sum of squared deviations)."""
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
+    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
+    cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
+    cdef int rc
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _moments(<const float*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
+    else:
+        with nogil:
+            rc = _moments(<const double*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+
+
+def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
+              Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
+              int num_threads):
+    """y_out = (x - centre) * scale + shift with float64 per-channel vectors."""
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef const double* ce = <const double*>cnp.PyArray_DATA(centre)
+    cdef const double* sc = <const double*>cnp.PyArray_DATA(scale)
+    cdef const double* sh = <const double*>cnp.PyArray_DATA(shift)
+    cdef int rc
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _inference(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
+                            &g, num_threads, ce, sc, sh)
+    else:
+        with nogil:
+            rc = _inference(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
+                            &g, num_threads, ce, sc, sh)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+
+
+def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_ssize_t C,
+             Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd, object weight,
+             bint with_dot, cnp.ndarray sdy_out, cnp.ndarray sdyx_out, int num_threads):
+    """Backward sums (float64 sum(dy), sum(dy*(x-mean))) and, if dx_out is given, dx."""
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
+    cdef const double* w = _vec_or_null(weight)
+    cdef double* a = <double*>cnp.PyArray_DATA(sdy_out)
+    cdef double* d = <double*>cnp.PyArray_DATA(sdyx_out)
+    cdef void* dxp = NULL if dx_out is None else cnp.PyArray_DATA(<cnp.ndarray>dx_out)
+    cdef int rc
+    if dxp != NULL:
+        with_dot = True
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _backward(<const float*>cnp.PyArray_DATA(dy), <const float*>cnp.PyArray_DATA(x),
+                           <float*>dxp, &g, num_threads, mu, iv, w, with_dot, a, d)
+    else:
+        with nogil:
+            rc = _backward(<const double*>cnp.PyArray_DATA(dy),
+                           <const double*>cnp.PyArray_DATA(x), <double*>dxp, &g, num_threads,
+                           mu, iv, w, with_dot, a, d)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
