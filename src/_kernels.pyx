@@ -874,3 +874,105 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
                            mu, iv, w, with_dot, a, d)
     if rc != 0:
         raise MemoryError("cbn: out of memory for per-channel work buffers")
+
+
+def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_ssize_t outer,
+                          Py_ssize_t C, Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd,
+                          object weight, cnp.ndarray sdy, cnp.ndarray sdyx, double n_total,
+                          int num_threads):
+    """dx from given float64 sums (e.g. all-reduced across shards) and total count n_total."""
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
+    cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
+    cdef const double* w = _vec_or_null(weight)
+    cdef const double* a = <const double*>cnp.PyArray_DATA(sdy)
+    cdef const double* d = <const double*>cnp.PyArray_DATA(sdyx)
+    cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
+    cdef Py_ssize_t c
+    cdef float* cf
+    cdef double* cd
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        cf = <float*>malloc(5 * C * sizeof(float))
+        if cf == NULL:
+            raise MemoryError("cbn: out of memory for per-channel work buffers")
+        with nogil:
+            for c in range(C):
+                _backward_coef(c, C, n_total, mu, iv, w, a, d, cf)
+            _dx_pass(<const float*>cnp.PyArray_DATA(dy), <const float*>cnp.PyArray_DATA(x),
+                     <float*>cnp.PyArray_DATA(dx_out), &g, nt, cf)
+        free(cf)
+    else:
+        cd = <double*>malloc(5 * C * sizeof(double))
+        if cd == NULL:
+            raise MemoryError("cbn: out of memory for per-channel work buffers")
+        with nogil:
+            for c in range(C):
+                _backward_coef(c, C, n_total, mu, iv, w, a, d, cd)
+            _dx_pass(<const double*>cnp.PyArray_DATA(dy), <const double*>cnp.PyArray_DATA(x),
+                     <double*>cnp.PyArray_DATA(dx_out), &g, nt, cd)
+        free(cd)
+
+
+# ------------------------------------------------------------------------------------ streaming floor
+# Plain OpenMP streaming loops over flat float32/float64 arrays: the memory-bandwidth floor that
+# the benchmarks compare each op against, measured in the same process and run.
+
+cdef void _stream_scale(const floating* a, floating* out, Py_ssize_t n, int nt) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(n, num_threads=nt, schedule='static'):
+        out[i] = 2 * a[i] + 1
+
+
+cdef void _stream_triad(const floating* a, const floating* b, floating* out, Py_ssize_t n,
+                        int nt) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in prange(n, num_threads=nt, schedule='static'):
+        out[i] = 2 * a[i] + b[i]
+
+
+cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
+    cdef Py_ssize_t t, chunk = (n + 63) // 64
+    cdef double s = 0.0
+    for t in prange(64, num_threads=nt, schedule='static'):
+        s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
+    return s
+
+
+def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
+    """out = 2 * a + 1 (1 read + 1 write per element)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        with nogil:
+            _stream_scale(<const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out), n, nt)
+    else:
+        with nogil:
+            _stream_scale(<const double*>cnp.PyArray_DATA(a), <double*>cnp.PyArray_DATA(out), n, nt)
+
+
+def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads):
+    """out = 2 * a + b (2 reads + 1 write per element)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        with nogil:
+            _stream_triad(<const float*>cnp.PyArray_DATA(a), <const float*>cnp.PyArray_DATA(b),
+                          <float*>cnp.PyArray_DATA(out), n, nt)
+    else:
+        with nogil:
+            _stream_triad(<const double*>cnp.PyArray_DATA(a), <const double*>cnp.PyArray_DATA(b),
+                          <double*>cnp.PyArray_DATA(out), n, nt)
+
+
+def stream_sum(cnp.ndarray a, int num_threads):
+    """sum(a) in float64 (1 read per element)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    cdef double s
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
+        with nogil:
+            s = _stream_sum(<const float*>cnp.PyArray_DATA(a), n, nt)
+    else:
+        with nogil:
+            s = _stream_sum(<const double*>cnp.PyArray_DATA(a), n, nt)
+    return s
