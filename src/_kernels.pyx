@@ -56,10 +56,15 @@ cdef extern from "cbn_simd.h" nogil:
     const char* cbn_variant()
     int cbn_cpu_supports(const char* variant)
     long cbn_l2_cache_bytes()
+    void cbn_note_team()
+    int cbn_get_last_team()
+    void cbn_reset_last_team()
     double cbn_sum_f32(const float* x, Py_ssize_t n)
     double cbn_sum_f64(const double* x, Py_ssize_t n)
     double cbn_sumsq_dev_f32(const float* x, Py_ssize_t n, double m)
     double cbn_sumsq_dev_f64(const double* x, Py_ssize_t n, double m)
+    void cbn_sum_like_dot_f32(const float* dy, Py_ssize_t n, double* sdy)
+    void cbn_sum_like_dot_f64(const double* dy, Py_ssize_t n, double* sdy)
     void cbn_sum_dot_f32(const float* dy, const float* x, Py_ssize_t n, double m,
                          double* sdy, double* sdyx)
     void cbn_sum_dot_f64(const double* dy, const double* x, Py_ssize_t n, double m,
@@ -111,6 +116,14 @@ def max_threads():
     return cbn_max_threads()
 
 
+def last_team_size(bint reset=False):
+    """OpenMP team size of the most recent kernel task (0 if none ran since the last reset)."""
+    cdef int n = cbn_get_last_team()
+    if reset:
+        cbn_reset_last_team()
+    return n
+
+
 def tuning():
     """The compile-time and runtime tuning constants, for reports and tests."""
     return dict(block_bytes=BLOCK_BYTES, min_rows_channels_last=MIN_ROWS_B,
@@ -131,6 +144,13 @@ cdef inline double _sumsq_dev(const floating* x, Py_ssize_t n, double m) noexcep
         return cbn_sumsq_dev_f32(x, n, m)
     else:
         return cbn_sumsq_dev_f64(x, n, m)
+
+
+cdef inline void _sum_like_dot(const floating* dy, Py_ssize_t n, double* sdy) noexcept nogil:
+    if floating is float:
+        cbn_sum_like_dot_f32(dy, n, sdy)
+    else:
+        cbn_sum_like_dot_f64(dy, n, sdy)
 
 
 cdef inline void _sum_dot(const floating* dy, const floating* x, Py_ssize_t n, double m,
@@ -307,6 +327,7 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     """Channel-major: moments of the whole channel c, segment by segment, in order."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
     cdef Py_ssize_t s
+    cbn_note_team()
     for s in range(g.nseg):
         _segment_moments_cm(x, g, c, s, &sc, &sm, &sq)
         _merge(&cnt, &mean, &m2, sc, sm, sq)
@@ -350,6 +371,7 @@ cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize
                                   double* part, double* scratch) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
     cdef Py_ssize_t j = chunk * g.col_width
+    cbn_note_team()
     _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
                         &part[g.nseg * g.C + s * g.C + j], scratch)
 
@@ -468,11 +490,15 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                      const floating* coef) noexcept nogil:
     """y = ((x - hi) - lo) * scale + shift over the whole array (coef as in _normalize_row)."""
     cdef Py_ssize_t C = g.C, r, c, nruns
+    if nt <= 1:
+        cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
         if nt > 1:
             for r in prange(nruns, num_threads=nt, schedule='static'):
                 c = r % C
+                if r == 0:
+                    cbn_note_team()
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
                                coef[C + c], coef[2 * C + c], coef[3 * C + c])
         else:
@@ -483,6 +509,8 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
     else:
         if nt > 1:
             for r in prange(g.outer, num_threads=nt, schedule='static'):
+                if r == 0:
+                    cbn_note_team()
                 _normalize_row(x + r * C, y_out + r * C, C, coef)
         else:
             for r in range(g.outer):
@@ -493,12 +521,16 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
                    int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + ((x - hi) - lo) * k2 + k3 over the whole array (coef as in _dx_row)."""
     cdef Py_ssize_t C = g.C, r, c, nruns, off
+    if nt <= 1:
+        cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
         if nt > 1:
             for r in prange(nruns, num_threads=nt, schedule='static'):
                 c = r % C
                 off = r * g.inner
+                if r == 0:
+                    cbn_note_team()
                 _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                         coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
         else:
@@ -510,6 +542,8 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
     else:
         if nt > 1:
             for r in prange(g.outer, num_threads=nt, schedule='static'):
+                if r == 0:
+                    cbn_note_team()
                 _dx_row(dy + r * C, x + r * C, dx_out + r * C, C, coef)
         else:
             for r in range(g.outer):
@@ -627,7 +661,7 @@ cdef void _segment_sums_cm(const floating* dy, const floating* x, const Geometry
             if with_dot:
                 _sum_dot(dy + off, x + off, i1 - i0, mean, &a, &d)
             else:
-                a = a + _sum(dy + off, i1 - i0)
+                _sum_like_dot(dy + off, i1 - i0, &a)
     sdy_out[0] = a
     sdyx_out[0] = d
 
@@ -637,6 +671,7 @@ cdef void _channel_sums_cm(const floating* dy, const floating* x, const Geometry
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     cdef double a = 0.0, d = 0.0, sa, sd
     cdef Py_ssize_t s
+    cbn_note_team()
     for s in range(g.nseg):
         _segment_sums_cm(dy, x, g, c, s, mean, with_dot, &sa, &sd)
         a = a + sa
@@ -657,6 +692,7 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geom
     cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
     cdef double* sdy = part + s * g.C + c0
     cdef double* sdyx = part + g.nseg * g.C + s * g.C + c0
+    cbn_note_team()
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
@@ -684,6 +720,7 @@ cdef void _backward_channel_fused(const floating* dy, const floating* x, floatin
                                   double* sdyx_out, floating* coef) noexcept nogil:
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
+    cbn_note_team()
     _channel_sums_cm(dy, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
     _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
     for o in range(g.outer):

@@ -52,6 +52,20 @@ static inline int cbn_max_threads(void) {
 #endif
 }
 
+/* Size of the OpenMP team that last ran a kernel task (1 when serial): lets the tests prove
+ * that threads are really used, without timing.  A benign race: every writer stores the same
+ * value. */
+static int cbn_last_team = 0;
+static inline void cbn_note_team(void) {
+#ifdef _OPENMP
+    cbn_last_team = omp_get_num_threads();
+#else
+    cbn_last_team = 1;
+#endif
+}
+static inline int cbn_get_last_team(void) { return cbn_last_team; }
+static inline void cbn_reset_last_team(void) { cbn_last_team = 0; }
+
 static inline const char *cbn_variant(void) { return CBN_VARIANT; }
 
 /* 1 if the running CPU (and OS) supports the named kernel variant. */
@@ -138,6 +152,20 @@ static inline double cbn_sumsq_dev_##SFX(const T *x, ptrdiff_t n, double m) {   
     for (; i < n; i++) { double d = (double)x[i] - m; s += d * d; }                              \
     return s;                                                                                    \
 }                                                                                                \
+/* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
+ * then bit-identical whether or not dweight/dx are computed too */                             \
+static inline void cbn_sum_like_dot_##SFX(const T *dy, ptrdiff_t n, double *sdy) {               \
+    cbn_v8d s0 = {0}, s1 = {0};                                                                  \
+    ptrdiff_t i = 0;                                                                             \
+    for (; i + 16 <= n; i += 16) {                                                               \
+        s0 += cbn_load8_##SFX(dy + i);                                                           \
+        s1 += cbn_load8_##SFX(dy + i + 8);                                                       \
+    }                                                                                            \
+    for (; i + 8 <= n; i += 8) s0 += cbn_load8_##SFX(dy + i);                                    \
+    double a = cbn_hsum8(s0 + s1);                                                               \
+    for (; i < n; i++) a += (double)dy[i];                                                       \
+    *sdy += a;                                                                                   \
+}                                                                                                \
 /* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */                          \
 static inline void cbn_sum_dot_##SFX(const T *dy, const T *x, ptrdiff_t n, double m,             \
                                      double *sdy, double *sdyx) {                                \
@@ -170,6 +198,10 @@ static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                   
 static inline double cbn_sumsq_dev_##SFX(const T *x, ptrdiff_t n, double m) {                    \
     double s = 0; for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - m; s += d * d; } \
     return s;                                                                                    \
+}                                                                                                \
+static inline void cbn_sum_like_dot_##SFX(const T *dy, ptrdiff_t n, double *sdy) {               \
+    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += dy[i];                                  \
+    *sdy += a;                                                                                   \
 }                                                                                                \
 static inline void cbn_sum_dot_##SFX(const T *dy, const T *x, ptrdiff_t n, double m,             \
                                      double *sdy, double *sdyx) {                                \
