@@ -1,0 +1,66 @@
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import reference as reference
+from ._types import BackwardResult as BackwardResult, ForwardResult as ForwardResult
+
+__version__: str
+
+_Array = npt.NDArray[np.floating]
+_Vector = Optional[npt.ArrayLike]
+
+def batch_norm(
+    x: npt.ArrayLike,
+    running_mean: Optional[_Array] = ...,
+    running_var: Optional[_Array] = ...,
+    weight: _Vector = ...,
+    bias: _Vector = ...,
+    training: bool = ...,
+    momentum: float = ...,
+    eps: float = ...,
+    *,
+    axis: int = ...,
+    out: Optional[_Array] = ...,
+    num_threads: Optional[int] = ...,
+) -> _Array: ...
+def batch_norm_forward(
+    x: npt.ArrayLike,
+    weight: _Vector = ...,
+    bias: _Vector = ...,
+    *,
+    eps: float = ...,
+    running_mean: Optional[_Array] = ...,
+    running_var: Optional[_Array] = ...,
+    momentum: float = ...,
+    axis: int = ...,
+    out: Optional[_Array] = ...,
+    num_threads: Optional[int] = ...,
+) -> ForwardResult: ...
+def batch_norm_backward(
+    dy: npt.ArrayLike,
+    x: npt.ArrayLike,
+    mean: npt.ArrayLike,
+    invstd: npt.ArrayLike,
+    weight: _Vector = ...,
+    *,
+    axis: int = ...,
+    out: Optional[_Array] = ...,
+    num_threads: Optional[int] = ...,
+    needs: Tuple[bool, bool, bool] = ...,
+) -> BackwardResult: ...
+def batch_norm_inference(
+    x: npt.ArrayLike,
+    running_mean: npt.ArrayLike,
+    running_var: npt.ArrayLike,
+    weight: _Vector = ...,
+    bias: _Vector = ...,
+    *,
+    eps: float = ...,
+    axis: int = ...,
+    out: Optional[_Array] = ...,
+    num_threads: Optional[int] = ...,
+) -> _Array: ...
+def config() -> dict: ...
+def show_config(file: Optional[object] = ...) -> None: ...

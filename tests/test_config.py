@@ -1,0 +1,113 @@
+"""Build configuration, OpenMP really in use, thread controls, SIMD dispatch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import _dispatch
+from cbn._dispatch import kernels as k
+
+
+def test_show_config_and_info_command(capsys):
+    cbn.show_config()
+    text = capsys.readouterr().out
+    for field in ("cbn", "simd level", "openmp", "default threads", "compiler", "kernel c_args"):
+        assert field in text
+    out = subprocess.run([sys.executable, "-m", "cbn", "info"], capture_output=True, text=True,
+                         check=True).stdout
+    assert f"cbn {cbn.__version__}" in out and "simd level" in out
+
+
+def test_openmp_is_built_in_and_threads_are_really_used():
+    cfg = cbn.config()
+    assert cfg["openmp"], "our builds must have OpenMP (meson found no OpenMP?)"
+    x = np.ones((8, 64, 40, 40), np.float32)
+    rm, rv = np.zeros(64), np.ones(64)
+    for threads in (1, 2):
+        for run in (lambda: cbn.batch_norm_forward(x, num_threads=threads),
+                    lambda: cbn.batch_norm_inference(x, rm, rv, num_threads=threads),
+                    lambda: cbn.batch_norm_backward(x, x, rm, rv, num_threads=threads)):
+            k.last_team_size(reset=True)
+            run()
+            assert k.last_team_size() == threads
+
+
+def test_small_inputs_do_not_start_a_thread_team():
+    x = np.ones((2, 16, 8, 8), np.float32)
+    k.last_team_size(reset=True)
+    cbn.batch_norm_forward(x, num_threads=2)
+    assert k.last_team_size() == 1
+
+
+def test_threadpoolctl_limits_are_honoured():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x = np.ones((8, 64, 40, 40), np.float32)
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert k.max_threads() == 1
+        k.last_team_size(reset=True)
+        cbn.batch_norm_forward(x)
+        assert k.last_team_size() == 1
+    k.last_team_size(reset=True)
+    cbn.batch_norm_forward(x)
+    assert k.last_team_size() == min(2, os.cpu_count() or 1) or k.max_threads() == 1
+
+
+def test_omp_num_threads_environment_variable():
+    code = ("import numpy as np, cbn; from cbn._dispatch import kernels as k; "
+            "cbn.batch_norm_forward(np.ones((8, 64, 40, 40), np.float32)); "
+            "print(cbn.config()['default_threads'], k.last_team_size())")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1", "1"]
+
+
+def test_simd_level_is_the_best_supported_and_can_be_capped():
+    from cbn import _build_info
+
+    baseline = __import__("cbn._kernels_baseline", fromlist=["x"])
+    best = next(v for v in _dispatch.LEVELS if v in _build_info.VARIANTS and baseline.cpu_supports(v))
+    if os.environ.get("CBN_SIMD"):
+        pytest.skip("CBN_SIMD is set for this run")
+    assert _dispatch.level == best
+    assert k.variant() == best
+    for cap in ("baseline", "avx2"):
+        code = "import cbn; print(cbn.config()['simd_level'])"
+        env = dict(os.environ, CBN_SIMD=cap)
+        res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                             capture_output=True, text=True, check=True)
+        level = res.stdout.strip()
+        allowed = _dispatch.LEVELS[_dispatch.LEVELS.index(cap):]
+        assert level in allowed
+        if cap in _build_info.VARIANTS and baseline.cpu_supports(cap):
+            assert level == cap
+    bad = subprocess.run([sys.executable, "-c", "import cbn"], env=dict(os.environ, CBN_SIMD="sse9"),
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "CBN_SIMD='sse9' is not a SIMD level" in bad.stderr
+
+
+@pytest.mark.parametrize("variant", ["baseline", "avx2", "avx512"])
+def test_every_built_variant_gives_the_same_answer(rng, variant):
+    """Each compiled SIMD variant agrees with the dispatched one (to rounding: FMA contraction
+    differs between instruction sets)."""
+    from cbn import _build_info
+
+    if variant not in _build_info.VARIANTS:
+        pytest.skip(f"{variant} not built")
+    mod = __import__(f"cbn._kernels_{variant}", fromlist=["x"])
+    baseline = __import__("cbn._kernels_baseline", fromlist=["x"])
+    if not baseline.cpu_supports(variant):
+        pytest.skip(f"CPU lacks {variant}")
+    x = rng.standard_normal((6, 5, 300)).astype(np.float32) + 3
+    mean, m2 = np.empty(5), np.empty(5)
+    mod.moments(x, 6, 5, 300, mean, m2, 0)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(m2, x64.var(axis=(0, 2)) * 1800, rtol=1e-12)
+    y = np.empty_like(x)
+    mod.inference(x, y, 6, 5, 300, mean, 1 / np.sqrt(m2 / 1800), np.zeros(5), 0)
+    np.testing.assert_allclose(y, (x64 - mean[:, None]) / np.sqrt(m2[:, None] / 1800), atol=1e-5)
