@@ -61,22 +61,22 @@ cdef extern from "cbn_simd.h" nogil:
     void cbn_reset_last_team()
     double cbn_sum_f32(const float* x, Py_ssize_t n)
     double cbn_sum_f64(const double* x, Py_ssize_t n)
-    double cbn_sumsq_dev_f32(const float* x, Py_ssize_t n, double m)
-    double cbn_sumsq_dev_f64(const double* x, Py_ssize_t n, double m)
+    void cbn_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
+    void cbn_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
     void cbn_sum_like_dot_f32(const float* dy, Py_ssize_t n, double* sdy)
     void cbn_sum_like_dot_f64(const double* dy, Py_ssize_t n, double* sdy)
     void cbn_sum_dot_f32(const float* dy, const float* x, Py_ssize_t n, double m,
                          double* sdy, double* sdyx)
     void cbn_sum_dot_f64(const double* dy, const double* x, Py_ssize_t n, double m,
                          double* sdy, double* sdyx)
-    void cbn_col_sum_f32(double* acc, const float* x, Py_ssize_t n)
-    void cbn_col_sum_f64(double* acc, const double* x, Py_ssize_t n)
-    void cbn_col_sumsq_dev_f32(double* acc, const float* x, const double* m, Py_ssize_t n)
-    void cbn_col_sumsq_dev_f64(double* acc, const double* x, const double* m, Py_ssize_t n)
+    void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
+    void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
     void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* x,
-                             const double* m, Py_ssize_t n)
+                             Py_ssize_t ld, Py_ssize_t rows, const double* m, Py_ssize_t w)
     void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* x,
-                             const double* m, Py_ssize_t n)
+                             Py_ssize_t ld, Py_ssize_t rows, const double* m, Py_ssize_t w)
 
 # ------------------------------------------------------------------------------------ tuning
 # Bytes of data in one statistics block (read from memory once, re-read from L1/L2).
@@ -139,11 +139,12 @@ cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
         return cbn_sum_f64(x, n)
 
 
-cdef inline double _sumsq_dev(const floating* x, Py_ssize_t n, double m) noexcept nogil:
+cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k, double* s1,
+                               double* s2) noexcept nogil:
     if floating is float:
-        return cbn_sumsq_dev_f32(x, n, m)
+        cbn_shifted_sums_f32(x, n, k, s1, s2)
     else:
-        return cbn_sumsq_dev_f64(x, n, m)
+        cbn_shifted_sums_f64(x, n, k, s1, s2)
 
 
 cdef inline void _sum_like_dot(const floating* dy, Py_ssize_t n, double* sdy) noexcept nogil:
@@ -161,27 +162,31 @@ cdef inline void _sum_dot(const floating* dy, const floating* x, Py_ssize_t n, d
         cbn_sum_dot_f64(dy, x, n, m, sdy, sdyx)
 
 
-cdef inline void _col_sum(double* acc, const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py_ssize_t ld,
+                                   Py_ssize_t rows, const double* k, Py_ssize_t w) noexcept nogil:
     if floating is float:
-        cbn_col_sum_f32(acc, x, n)
+        cbn_col_shifted_sums_f32(s1, s2, x, ld, rows, k, w)
     else:
-        cbn_col_sum_f64(acc, x, n)
-
-
-cdef inline void _col_sumsq_dev(double* acc, const floating* x, const double* m,
-                                Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        cbn_col_sumsq_dev_f32(acc, x, m, n)
-    else:
-        cbn_col_sumsq_dev_f64(acc, x, m, n)
+        cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w)
 
 
 cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* x,
-                              const double* m, Py_ssize_t n) noexcept nogil:
+                              Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                              Py_ssize_t w) noexcept nogil:
+    """sdyx NULL: only the dy sums."""
     if floating is float:
-        cbn_col_sum_dot_f32(sdy, sdyx, dy, x, m, n)
+        cbn_col_sum_dot_f32(sdy, sdyx, dy, x, ld, rows, m, w)
     else:
-        cbn_col_sum_dot_f64(sdy, sdyx, dy, x, m, n)
+        cbn_col_sum_dot_f64(sdy, sdyx, dy, x, ld, rows, m, w)
+
+
+cdef inline void _block_moments(double nb, double k, double s1, double s2,
+                                double* mean_out, double* m2_out) noexcept nogil:
+    """Moments of a block from its sums shifted by k, an element of the block: then
+    (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor nb + 1."""
+    cdef double q = s2 - s1 * (s1 / nb)
+    mean_out[0] = k + s1 / nb
+    m2_out[0] = q if q > 0.0 else 0.0
 
 
 cdef void _merge(double* n_a, double* mean_a, double* m2_a,
@@ -294,7 +299,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     cdef Py_ssize_t o, o0, o1, i0, i1, length, p
     cdef Py_ssize_t stride = g.C * g.inner
     cdef const floating* base = x + c * g.inner
-    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb
+    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb, k
     for b in range(b0, b1):
         if g.pieces > 1:
             o0 = b // g.pieces
@@ -308,14 +313,13 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
             i0 = 0
             i1 = g.inner
         length = i1 - i0
+        k = <double>base[o0 * stride + i0]
         s1 = 0.0
-        for o in range(o0, o1):
-            s1 = s1 + _sum(base + o * stride + i0, length)
-        nb = <double>((o1 - o0) * length)
-        mb = s1 / nb
         q = 0.0
         for o in range(o0, o1):
-            q = q + _sumsq_dev(base + o * stride + i0, length, mb)
+            _shifted_sums(base + o * stride + i0, length, k, &s1, &q)
+        nb = <double>((o1 - o0) * length)
+        _block_moments(nb, k, s1, q, &mb, &q)
         _merge(&cnt, &mean, &m2, nb, mb, q)
     cnt_out[0] = cnt
     mean_out[0] = mean
@@ -339,13 +343,14 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
                               Py_ssize_t chunk, double* mean_out, double* m2_out,
                               double* scratch) noexcept nogil:
     """Channels-last: moments of segment s over the channel chunk; OUT mean_out/m2_out are the
-    chunk's slices of the (nseg, C) partials; scratch holds 2 * col_width doubles."""
+    chunk's slices of the (nseg, C) partials; scratch holds 3 * col_width doubles."""
     cdef Py_ssize_t c0 = chunk * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
     cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
     cdef Py_ssize_t r, r0, r1, j
     cdef double* bmean = scratch
     cdef double* bm2 = scratch + g.col_width
+    cdef double* bk = scratch + 2 * g.col_width
     cdef double cnt = 0.0, nb
     for j in range(w):
         mean_out[j] = 0.0
@@ -355,14 +360,12 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
         r1 = min(r0 + g.rows_per_block, g.outer)
         nb = <double>(r1 - r0)
         for j in range(w):
+            bk[j] = <double>x[r0 * g.C + c0 + j]
             bmean[j] = 0.0
             bm2[j] = 0.0
-        for r in range(r0, r1):
-            _col_sum(bmean, x + r * g.C + c0, w)
+        _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w)
         for j in range(w):
-            bmean[j] = bmean[j] / nb
-        for r in range(r0, r1):
-            _col_sumsq_dev(bm2, x + r * g.C + c0, bmean, w)
+            _block_moments(nb, bk[j], bmean[j], bm2[j], &bmean[j], &bm2[j])
         _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
         cnt = cnt + nb
 
@@ -414,14 +417,14 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
     # channels-last: (segment, column chunk) tasks into (nseg, C) partials, merged in order
     ntasks = g.nseg * g.ncol_chunks
     part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    scratch = <double*>malloc(nt * 2 * g.col_width * sizeof(double))
+    scratch = <double*>malloc(nt * 3 * g.col_width * sizeof(double))
     if part == NULL or scratch == NULL:
         free(part)
         free(scratch)
         return -1
     if nt > 1:
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _moments_cl_task(x, g, t, part, scratch + threadid() * 2 * g.col_width)
+            _moments_cl_task(x, g, t, part, scratch + threadid() * 3 * g.col_width)
     else:
         for t in range(ntasks):
             _moments_cl_task(x, g, t, part, scratch)
@@ -687,7 +690,7 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geom
     cdef Py_ssize_t s = t // g.ncol_chunks
     cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
-    cdef Py_ssize_t r, j
+    cdef Py_ssize_t j
     cdef Py_ssize_t r0 = min(_seg_start(g, s) * g.rows_per_block, g.outer)
     cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
     cdef double* sdy = part + s * g.C + c0
@@ -696,11 +699,8 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geom
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    for r in range(r0, r1):
-        if with_dot:
-            _col_sum_dot(sdy, sdyx, dy + r * g.C + c0, x + r * g.C + c0, mean + c0, w)
-        else:
-            _col_sum(sdy, dy + r * g.C + c0, w)
+    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, x + r0 * g.C + c0, g.C,
+                 r1 - r0, mean + c0, w)
 
 
 cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,

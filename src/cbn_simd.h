@@ -98,13 +98,25 @@ static inline long cbn_l2_cache_bytes(void) {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CBN_VECTOR 1
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 typedef double cbn_v8d __attribute__((vector_size(64)));
 typedef float cbn_v8f __attribute__((vector_size(32)));
 
+/* float -> double conversion of 8 lanes.  GCC 12 lowers __builtin_convertvector(v8f -> v8d)
+ * into half-width converts plus inserts even with AVX-512, so the ISA's own conversion is used. */
 static inline cbn_v8d cbn_load8_f32(const float *p) {
+#if defined(__AVX512F__)
+    return (cbn_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(__AVX__) && (defined(__clang__) || __GNUC__ >= 12)
+    __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(p)), hi = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
     cbn_v8f v;
     memcpy(&v, p, sizeof v);
     return __builtin_convertvector(v, cbn_v8d);
+#endif
 }
 static inline cbn_v8d cbn_load8_f64(const double *p) {
     cbn_v8d v;
@@ -137,20 +149,23 @@ static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                   
     for (; i < n; i++) s += (double)x[i];                                                        \
     return s;                                                                                    \
 }                                                                                                \
-/* sum of (x - m)^2 over x[0:n] */                                                               \
-static inline double cbn_sumsq_dev_##SFX(const T *x, ptrdiff_t n, double m) {                    \
-    cbn_v8d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                              \
-    const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
+/* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of   \
+ * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */    \
+static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
+                                          double *s1, double *s2) {                              \
+    cbn_v8d a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0};                                              \
+    const cbn_v8d kv = {k, k, k, k, k, k, k, k};                                                 \
     ptrdiff_t i = 0;                                                                             \
-    for (; i + 32 <= n; i += 32) {                                                               \
-        cbn_v8d d0 = cbn_load8_##SFX(x + i) - mv, d1 = cbn_load8_##SFX(x + i + 8) - mv;          \
-        cbn_v8d d2 = cbn_load8_##SFX(x + i + 16) - mv, d3 = cbn_load8_##SFX(x + i + 24) - mv;    \
-        a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3;                              \
+    for (; i + 16 <= n; i += 16) {                                                               \
+        cbn_v8d d0 = cbn_load8_##SFX(x + i) - kv, d1 = cbn_load8_##SFX(x + i + 8) - kv;          \
+        a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1;                                        \
     }                                                                                            \
-    for (; i + 8 <= n; i += 8) { cbn_v8d d = cbn_load8_##SFX(x + i) - mv; a0 += d * d; }        \
-    double s = cbn_hsum8((a0 + a1) + (a2 + a3));                                                 \
-    for (; i < n; i++) { double d = (double)x[i] - m; s += d * d; }                              \
-    return s;                                                                                    \
+    for (; i + 8 <= n; i += 8) {                                                                 \
+        cbn_v8d d = cbn_load8_##SFX(x + i) - kv; a0 += d; q0 += d * d;                           \
+    }                                                                                            \
+    double a = cbn_hsum8(a0 + a1), q = cbn_hsum8(q0 + q1);                                       \
+    for (; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }                      \
+    *s1 += a; *s2 += q;                                                                          \
 }                                                                                                \
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
  * then bit-identical whether or not dweight/dx are computed too */                             \
@@ -195,9 +210,11 @@ static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                   
     for (; i < n; i++) s += (double)x[i];                                                        \
     return s;                                                                                    \
 }                                                                                                \
-static inline double cbn_sumsq_dev_##SFX(const T *x, ptrdiff_t n, double m) {                    \
-    double s = 0; for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - m; s += d * d; } \
-    return s;                                                                                    \
+static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
+                                          double *s1, double *s2) {                              \
+    double a = 0, q = 0;                                                                         \
+    for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }       \
+    *s1 += a; *s2 += q;                                                                          \
 }                                                                                                \
 static inline void cbn_sum_like_dot_##SFX(const T *dy, ptrdiff_t n, double *sdy) {               \
     double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += dy[i];                                  \
@@ -214,23 +231,65 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *x, ptrdiff_t n, doubl
 CBN_DEFINE_REDUCTIONS(float, f32)
 CBN_DEFINE_REDUCTIONS(double, f64)
 
-/* Column (across-channel) accumulations for the channels-last layout: element-wise over c, so
- * they vectorise without reassociation.  acc and x never alias. */
+/* Column (across-channel) accumulations for the channels-last layout, over `rows` rows of
+ * width w spaced ld elements apart.  Four rows are folded per accumulator update, so the float64
+ * accumulators (in L1) are loaded and stored once per four input rows; the loops are element-wise
+ * over columns and vectorise without reassociation.  Row order is fixed, so results are
+ * deterministic.  Accumulators and inputs never alias. */
 #define CBN_DEFINE_COLUMNS(T, SFX)                                                               \
-static inline void cbn_col_sum_##SFX(double *restrict acc, const T *restrict x, ptrdiff_t n) {  \
-    for (ptrdiff_t i = 0; i < n; i++) acc[i] += (double)x[i];                                    \
+/* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */                         \
+static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
+                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
+                                              const double *restrict k, ptrdiff_t w) {           \
+    ptrdiff_t r = 0;                                                                             \
+    for (; r + 4 <= rows; r += 4) {                                                              \
+        const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;                   \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
+            double d0 = (double)x0[j] - k[j], d1 = (double)x1[j] - k[j];                         \
+            double d2 = (double)x2[j] - k[j], d3 = (double)x3[j] - k[j];                         \
+            s1[j] += (d0 + d1) + (d2 + d3);                                                      \
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                  \
+        }                                                                                        \
+    }                                                                                            \
+    for (; r < rows; r++) {                                                                      \
+        const T *x0 = x + r * ld;                                                                \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
+            double d0 = (double)x0[j] - k[j];                                                    \
+            s1[j] += d0;                                                                         \
+            s2[j] += d0 * d0;                                                                    \
+        }                                                                                        \
+    }                                                                                            \
 }                                                                                                \
-static inline void cbn_col_sumsq_dev_##SFX(double *restrict acc, const T *restrict x,           \
-                                           const double *restrict m, ptrdiff_t n) {              \
-    for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - m[i]; acc[i] += d * d; }       \
-}                                                                                                \
+/* sdy[j] += sum_r dy[r][j]; if sdyx: sdyx[j] += sum_r dy[r][j] * (x[r][j] - m[j]).  The dy sum  \
+ * has the same order with or without the dot product (dbias does not depend on `needs`). */    \
 static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
-                                         const T *restrict dy, const T *restrict x,              \
-                                         const double *restrict m, ptrdiff_t n) {                \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
-        double g = (double)dy[i];                                                                \
-        sdy[i] += g;                                                                             \
-        sdyx[i] += g * ((double)x[i] - m[i]);                                                    \
+                                         const T *restrict dy, const T *restrict x, ptrdiff_t ld,\
+                                         ptrdiff_t rows, const double *restrict m, ptrdiff_t w) {\
+    ptrdiff_t r = 0;                                                                             \
+    for (; r + 4 <= rows; r += 4) {                                                              \
+        const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                  \
+        if (sdyx) {                                                                              \
+            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;               \
+            for (ptrdiff_t j = 0; j < w; j++) {                                                  \
+                double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
+                sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
+                sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))           \
+                         + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));          \
+            }                                                                                    \
+        } else {                                                                                 \
+            for (ptrdiff_t j = 0; j < w; j++) {                                                  \
+                double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
+                sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    for (; r < rows; r++) {                                                                      \
+        const T *g0 = dy + r * ld, *x0 = x + r * ld;                                             \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
+            double a0 = g0[j];                                                                   \
+            sdy[j] += a0;                                                                        \
+            if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);                                    \
+        }                                                                                        \
     }                                                                                            \
 }
 
