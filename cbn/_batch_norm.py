@@ -14,11 +14,12 @@ __all__ = [
 ]
 
 _F64 = v.F64
+_KERNEL_DTYPES = (v.F32, v.F64)
 
-_LAYOUT_NOTE = """
-    Layout: any ``ndim >= 2`` with the channel at ``axis``.  C-contiguous arrays, Fortran-ordered
-    arrays and arrays contiguous in another axis order (e.g. channels-last memory viewed as NCHW)
-    are processed in place; other strided arrays are first copied to C order (one extra pass)."""
+_fast_forward = _k.fast_forward
+_fast_backward = _k.fast_backward
+_fast_inference = _k.fast_inference
+_ALL_GRADIENTS = (True, True, True)
 
 
 def _finish(yk, y, out, copy_back, perm):
@@ -27,6 +28,22 @@ def _finish(yk, y, out, copy_back, perm):
         np.copyto(out if perm is None else out.transpose(perm), yk)
         return out
     return y
+
+
+def _update_running(running_mean, running_var, mean, var, n, momentum):
+    """In-place running-stat update (unbiased variance), in float64, stored in each statistic's
+    own dtype.  The kernel's C update (the one the fast path uses) takes float32/float64
+    contiguous statistics; NumPy does the others (float16, longdouble, strided)."""
+    fast = [a is None or (a.dtype in _KERNEL_DTYPES and a.flags.c_contiguous and a.dtype.isnative)
+            for a in (running_mean, running_var)]
+    if all(fast):
+        _k.update_running(running_mean, running_var, mean, var, float(n), momentum)
+        return
+    if running_mean is not None:
+        running_mean[...] = (1.0 - momentum) * running_mean.astype(_F64) + momentum * mean
+    if running_var is not None:
+        running_var[...] = ((1.0 - momentum) * running_var.astype(_F64)
+                            + momentum * (var * (n / (n - 1.0))))
 
 
 def _empty_stats(C, training_out):
@@ -64,7 +81,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()`` (so ``OMP_NUM_THREADS`` and
-        threadpoolctl apply).  Small inputs run on the calling thread.
+        threadpoolctl apply).  Requests above the number of processors are capped to it;
+        small inputs run on the calling thread.
 
     Returns
     -------
@@ -84,10 +102,21 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
 
     Notes
     -----
-    Statistics are accumulated in float64 with an exact per-block two-pass scheme merged by
-    Chan's formula: float32 data with ``|mean| / std`` of 1e6 keeps a relative variance error
-    near 1e-7.  Results are bit-identical for any ``num_threads``.
-    """ + _LAYOUT_NOTE
+    Statistics are accumulated in float64, per cache-sized block with sums shifted by an element
+    of the block (which bounds the cancellation), and the blocks are merged by Chan's formula:
+    float32 data with ``|mean| / std`` of 1e6 keeps a relative variance error near 1e-9.
+    Results are bit-identical for any ``num_threads``.
+
+    Layout: any ``ndim >= 2`` with the channel at ``axis``.  C-contiguous arrays,
+    Fortran-ordered arrays and arrays contiguous in another axis order (e.g. channels-last memory
+    viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
+    order (one extra pass).
+    """
+    if out is None:
+        result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                               num_threads)
+        if result is not None:
+            return result
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -114,10 +143,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
     _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt)
-    if running_mean is not None:
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-    if running_var is not None:
-        running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1.0)))
+    _update_running(running_mean, running_var, mean, var, n, momentum)
     return ForwardResult(_finish(yk, y, out, copy_back, perm), mean, invstd)
 
 
@@ -158,7 +184,18 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     TypeError, ValueError
         On bad arguments (see :func:`batch_norm_forward`), and if ``running_var`` has a
         negative entry (torch silently returns NaN there).
-    """ + _LAYOUT_NOTE
+
+    Notes
+    -----
+    Layout: any ``ndim >= 2`` with the channel at ``axis``.  C-contiguous arrays,
+    Fortran-ordered arrays and arrays contiguous in another axis order (e.g. channels-last memory
+    viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
+    order (one extra pass).
+    """
+    if out is None:
+        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads)
+        if y is not None:
+            return y
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -170,9 +207,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     rv = v.as_f64(running_var, "running_var", C)
     if (rv < 0).any():
         raise ValueError("running_var must be >= 0 everywhere")
-    scale = 1.0 / np.sqrt(rv + eps)
-    if weight is not None:
-        scale *= v.as_f64(weight, "weight", C)
+    # the same expression as the C fast path, so both round identically
+    scale = (1.0 if weight is None else v.as_f64(weight, "weight", C)) / np.sqrt(rv + eps)
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
@@ -181,7 +217,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=(True, True, True)):
+                        needs=_ALL_GRADIENTS):
     """Exact gradients of the training forward pass.
 
     With ``xhat = (x - mean) * invstd`` and ``n`` values per channel::
@@ -223,7 +259,18 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     TypeError, ValueError
         On bad arguments, e.g. ``dy`` of another shape or dtype than ``x``, or ``mean`` /
         ``invstd`` not of shape (C,).
-    """ + _LAYOUT_NOTE
+
+    Notes
+    -----
+    Layout: any ``ndim >= 2`` with the channel at ``axis``.  C-contiguous arrays,
+    Fortran-ordered arrays and arrays contiguous in another axis order (e.g. channels-last memory
+    viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
+    order (one extra pass).
+    """
+    if out is None and (needs is _ALL_GRADIENTS or needs == _ALL_GRADIENTS):
+        result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads)
+        if result is not None:
+            return result
     x, axis = v.check_input(x, axis)
     dy = v.kernel_dtype(dy, "dy")
     if dy.shape != x.shape:
@@ -305,7 +352,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     --------
     batch_norm_forward : the training pass returning the saved statistics.
     batch_norm_inference : the evaluation pass.
-    """ + _LAYOUT_NOTE
+
+    Notes
+    -----
+    Layout: any ``ndim >= 2`` with the channel at ``axis``.  C-contiguous arrays,
+    Fortran-ordered arrays and arrays contiguous in another axis order (e.g. channels-last memory
+    viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
+    order (one extra pass).
+    """
     if training:
         return batch_norm_forward(
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,

@@ -174,4 +174,4 @@ def check_threads(num_threads):
         ) from None
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
-    return n
+    return min(n, 1 << 20)  # the kernels cap it further, at omp_get_num_procs()

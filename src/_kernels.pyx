@@ -53,6 +53,7 @@ cdef extern from "cbn_simd.h" nogil:
     int cbn_openmp_enabled()
     int cbn_openmp_version()
     int cbn_max_threads()
+    int cbn_num_procs()
     const char* cbn_variant()
     int cbn_cpu_supports(const char* variant)
     long cbn_l2_cache_bytes()
@@ -283,6 +284,7 @@ cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) 
     cdef int nt = requested
     if nt <= 0:
         nt = cbn_max_threads()
+    nt = min(nt, max(cbn_num_procs(), 1))
     if elems < PARALLEL_MIN_ELEMS:
         return 1
     if tasks < nt:
@@ -1013,3 +1015,284 @@ def stream_sum(cnp.ndarray a, int num_threads):
         with nogil:
             s = _stream_sum(<const double*>cnp.PyArray_DATA(a), n, nt)
     return s
+
+
+# ------------------------------------------------------------------------------------ fast paths
+# The whole public call for the common case, in C: exact ndarrays, C-contiguous, aligned, native
+# float32/float64 input; per-channel vectors that are None or 1-D float32/float64 contiguous
+# arrays of length C; plain float eps/momentum, int axis, None/int num_threads, no out=.
+# Anything else returns None and the Python layer (cbn/_batch_norm.py) takes over with its full
+# validation and error messages; so these functions never raise for bad input.  Every check is
+# made before anything is written, so a fallback never leaves partial updates behind.
+
+from cbn._types import BackwardResult, ForwardResult
+
+cdef inline bint _fast_array(object a) noexcept:
+    cdef int t
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a) and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
+        return False
+    t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64
+
+
+cdef inline bint _fast_vector(object a, Py_ssize_t C, bint writeable=False) noexcept:
+    """None, or a contiguous native float32/float64 1-D ndarray of length C."""
+    if a is None:
+        return True
+    if not _fast_array(a):
+        return False
+    if cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != C:
+        return False
+    return not writeable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)
+
+
+cdef inline double _vget(object a, Py_ssize_t i, double default) noexcept:
+    """Element i of a _fast_vector as double (default for None)."""
+    if a is None:
+        return default
+    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
+        return (<const float*>cnp.PyArray_DATA(<cnp.ndarray>a))[i]
+    return (<const double*>cnp.PyArray_DATA(<cnp.ndarray>a))[i]
+
+
+cdef inline void _vset(object a, Py_ssize_t i, double value) noexcept:
+    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
+        (<float*>cnp.PyArray_DATA(<cnp.ndarray>a))[i] = <float>value
+    else:
+        (<double*>cnp.PyArray_DATA(<cnp.ndarray>a))[i] = value
+
+
+cdef inline int _fast_threads(object num_threads) noexcept:
+    """0 (= all) for None, n for an exact int n >= 1, -1 when the slow path must decide."""
+    cdef long n
+    if num_threads is None:
+        return 0
+    if type(num_threads) is not int or not (1 <= num_threads <= 1048576):
+        return -1
+    n = num_threads
+    return <int>n
+
+
+cdef inline bint _fast_geometry(cnp.ndarray x, object axis, Geometry* g) noexcept:
+    """Channel axis and (outer, C, inner) of x; False when the slow path must decide."""
+    cdef int nd = cnp.PyArray_NDIM(x), a, i
+    cdef long ax
+    cdef Py_ssize_t outer = 1, inner = 1
+    if nd < 2 or type(axis) is not int or not (-nd <= axis < nd):
+        return False
+    ax = axis
+    if ax < 0:
+        ax += nd
+    if ax < 0 or ax >= nd:
+        return False
+    a = <int>ax
+    for i in range(a):
+        outer *= cnp.PyArray_DIM(x, i)
+    for i in range(a + 1, nd):
+        inner *= cnp.PyArray_DIM(x, i)
+    g[0] = _geometry(outer, cnp.PyArray_DIM(x, a), inner, cnp.PyArray_ITEMSIZE(x))
+    return True
+
+
+cdef inline bint _fast_positive_float(object v) noexcept:
+    cdef double d
+    if type(v) is not float:
+        return False
+    d = v
+    return d > 0.0 and d < 1e308
+
+
+cdef inline object _new_like(cnp.ndarray x):
+    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
+
+
+cdef inline object _new_vector(Py_ssize_t C):
+    cdef cnp.npy_intp n = C
+    return cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
+
+
+cdef void _update_running(object running_mean, object running_var, const double* mean,
+                          const double* var, Py_ssize_t C, double n, double m) noexcept:
+    """running = (1 - m) * running + m * batch, with the unbiased variance; in float64, stored
+    in each statistic's own dtype.  IN/OUT the two _fast_vector statistics (or None)."""
+    cdef Py_ssize_t c
+    cdef double unbias = n / (n - 1.0)
+    for c in range(C):
+        if running_mean is not None:
+            _vset(running_mean, c, (1.0 - m) * _vget(running_mean, c, 0.0) + m * mean[c])
+        if running_var is not None:
+            _vset(running_var, c, (1.0 - m) * _vget(running_var, c, 0.0) + m * (var[c] * unbias))
+
+
+def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var, double n,
+                   double momentum):
+    """The running-stat update of the training forward for float32/float64 contiguous stats
+    (the caller checks); mean and var (biased) are float64 vectors."""
+    cdef Py_ssize_t C = cnp.PyArray_DIM(mean, 0)
+    _update_running(running_mean, running_var, <const double*>cnp.PyArray_DATA(mean),
+                    <const double*>cnp.PyArray_DATA(var), C, n, momentum)
+
+
+def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads):
+    """batch_norm_inference for the common case, or None (see the section comment)."""
+    cdef Geometry g
+    cdef int nt = _fast_threads(num_threads)
+    cdef Py_ssize_t C, c
+    cdef double e, var
+    cdef double* buf
+    cdef int rc
+    if nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
+        return None
+    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.outer * g.inner == 0:
+        return None
+    C = g.C
+    if running_mean is None or running_var is None:
+        return None
+    if not (_fast_vector(running_mean, C) and _fast_vector(running_var, C)
+            and _fast_vector(weight, C) and _fast_vector(bias, C)):
+        return None
+    e = eps
+    for c in range(C):
+        var = _vget(running_var, c, 1.0)
+        if not var >= 0.0:
+            return None  # negative (or NaN) variance: the slow path raises
+    buf = <double*>malloc(3 * C * sizeof(double))
+    if buf == NULL:
+        return None
+    for c in range(C):
+        buf[c] = _vget(running_mean, c, 0.0)
+        buf[C + c] = _vget(weight, c, 1.0) / sqrt(_vget(running_var, c, 1.0) + e)
+        buf[2 * C + c] = _vget(bias, c, 0.0)
+    y = _new_like(<cnp.ndarray>x)
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _inference(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                            <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
+                            buf + 2 * C)
+    else:
+        with nogil:
+            rc = _inference(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                            <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
+                            buf + 2 * C)
+    free(buf)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+    return y
+
+
+def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads):
+    """batch_norm_forward for the common case, or None (see the section comment)."""
+    cdef Geometry g
+    cdef int nt = _fast_threads(num_threads)
+    cdef Py_ssize_t C, c
+    cdef double e, m = 0.0, n, unbias
+    cdef double* buf
+    cdef double* mo
+    cdef double* io
+    cdef int rc
+    if nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
+        return None
+    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n <= 1:
+        return None
+    C = g.C
+    if not (_fast_vector(weight, C) and _fast_vector(bias, C)
+            and _fast_vector(running_mean, C, True) and _fast_vector(running_var, C, True)):
+        return None
+    if running_mean is not None or running_var is not None:
+        if type(momentum) is not float:
+            return None
+        m = momentum
+        if not (0.0 <= m <= 1.0):
+            return None
+    e = eps
+    buf = <double*>malloc(3 * C * sizeof(double))  # weight, bias, var
+    if buf == NULL:
+        return None
+    for c in range(C):
+        buf[c] = _vget(weight, c, 1.0)
+        buf[C + c] = _vget(bias, c, 0.0)
+    y = _new_like(<cnp.ndarray>x)
+    mean = _new_vector(C)
+    invstd = _new_vector(C)
+    mo = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
+    io = <double*>cnp.PyArray_DATA(<cnp.ndarray>invstd)
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _forward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                          <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
+                          buf if weight is not None else NULL,
+                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io)
+    else:
+        with nogil:
+            rc = _forward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                          <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
+                          buf if weight is not None else NULL,
+                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io)
+    if rc != 0:
+        free(buf)
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+    _update_running(running_mean, running_var, mo, buf + 2 * C, C, <double>g.n, m)
+    free(buf)
+    return ForwardResult(y, mean, invstd)
+
+
+def fast_backward(dy, x, mean, invstd, weight, axis, num_threads):
+    """batch_norm_backward (all three gradients, no out=) for the common case, or None."""
+    cdef Geometry g
+    cdef int nt = _fast_threads(num_threads)
+    cdef Py_ssize_t C, c
+    cdef double* buf
+    cdef int rc
+    cdef object gdt
+    if nt < 0 or not _fast_array(x) or not _fast_array(dy):
+        return None
+    if cnp.PyArray_TYPE(<cnp.ndarray>dy) != cnp.PyArray_TYPE(<cnp.ndarray>x):
+        return None
+    if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x):
+        return None
+    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n == 0:
+        return None
+    C = g.C
+    if mean is None or invstd is None:
+        return None
+    if not (_fast_vector(mean, C) and _fast_vector(invstd, C) and _fast_vector(weight, C)):
+        return None
+    buf = <double*>malloc(3 * C * sizeof(double))  # mean, invstd, weight
+    if buf == NULL:
+        return None
+    for c in range(C):
+        buf[c] = _vget(mean, c, 0.0)
+        buf[C + c] = _vget(invstd, c, 1.0)
+        buf[2 * C + c] = _vget(weight, c, 1.0)
+    dx = _new_like(<cnp.ndarray>x)
+    sdy = _new_vector(C)
+    sdyx = _new_vector(C)
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _backward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy),
+                           <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                           <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
+                           buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
+                           <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
+    else:
+        with nogil:
+            rc = _backward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy),
+                           <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                           <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
+                           buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
+                           <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
+    if rc != 0:
+        free(buf)
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
+    # dweight = sum(dy * (x - mean)) * invstd, in place in the sdyx vector
+    for c in range(C):
+        (<double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))[c] *= buf[C + c]
+    free(buf)
+    gdt = cnp.PyArray_TYPE(<cnp.ndarray>(x if weight is None else weight))
+    if gdt != cnp.NPY_FLOAT64:
+        sdyx = cnp.PyArray_Cast(<cnp.ndarray>sdyx, gdt)
+        sdy = cnp.PyArray_Cast(<cnp.ndarray>sdy, gdt)
+    return BackwardResult(dx, sdyx, sdy)

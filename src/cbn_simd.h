@@ -66,6 +66,14 @@ static inline void cbn_note_team(void) {
 static inline int cbn_get_last_team(void) { return cbn_last_team; }
 static inline void cbn_reset_last_team(void) { cbn_last_team = 0; }
 
+static inline int cbn_num_procs(void) {
+#ifdef _OPENMP
+    return omp_get_num_procs();
+#else
+    return 1;
+#endif
+}
+
 static inline const char *cbn_variant(void) { return CBN_VARIANT; }
 
 /* 1 if the running CPU (and OS) supports the named kernel variant. */
