@@ -72,6 +72,9 @@ class BatchNorm:
         ``1 / num_batches_tracked``), as in torch.
     affine : bool, default True
         Learnable per-channel ``weight`` (initialised to 1) and ``bias`` (0).
+    bias : bool, default True
+        With ``affine``, whether there is a ``bias`` (torch >= 2.13's ``bias`` keyword);
+        False leaves ``bias`` None (no shift).
     track_running_stats : bool, default True
         Keep ``running_mean`` (0), ``running_var`` (1) and ``num_batches_tracked`` (0).  When
         False they are None and the batch statistics are used in evaluation mode too.
@@ -90,7 +93,7 @@ class BatchNorm:
     Attributes
     ----------
     weight, bias : ndarray of shape (C,) or None
-        Affine parameters (None when ``affine=False``).
+        Affine parameters (None when ``affine=False``; ``bias`` None when ``bias=False``).
     running_mean, running_var : ndarray of shape (C,) or None
         Running statistics (None when ``track_running_stats=False``).
     num_batches_tracked : ndarray of int64, shape () or None
@@ -120,12 +123,12 @@ class BatchNorm:
     >>> y = bn(x)
     >>> dx = bn.backward(np.ones_like(y))
     >>> bn.eval()
-    BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5,
                  momentum: Optional[float] = _DEFAULT_MOMENTUM, affine: bool = True,
-                 track_running_stats: bool = True, *, axis: int = 1,
+                 track_running_stats: bool = True, *, bias: bool = True, axis: int = 1,
                  dtype: DTypeLike = np.float32, convention: str = "torch",
                  num_threads: Optional[int] = None) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
@@ -160,7 +163,7 @@ class BatchNorm:
         self.training = True
         C = self.num_features
         self.weight: Optional[np.ndarray] = np.ones(C, dt) if self.affine else None
-        self.bias: Optional[np.ndarray] = np.zeros(C, dt) if self.affine else None
+        self.bias: Optional[np.ndarray] = np.zeros(C, dt) if self.affine and bias else None
         self.running_mean: Optional[np.ndarray] = None
         self.running_var: Optional[np.ndarray] = None
         self.num_batches_tracked: Optional[np.ndarray] = None
@@ -211,8 +214,9 @@ class BatchNorm:
     def reset_parameters(self) -> None:
         """Reset the running statistics and set ``weight`` to 1 and ``bias`` to 0."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             self.weight.fill(1)
+        if self.bias is not None:
             self.bias.fill(0)
 
     def zero_grad(self) -> None:
@@ -338,17 +342,18 @@ class BatchNorm:
         Notes
         -----
         ``grad_weight`` and ``grad_bias`` (dtype of the parameters) are summed over calls as
-        torch's ``.grad``; reset them with :meth:`zero_grad`.  Nothing is accumulated when
-        ``affine=False``.
+        torch's ``.grad``; reset them with :meth:`zero_grad`.  Nothing is accumulated for
+        a parameter that is None.
         """
         if self._saved is None:
             raise RuntimeError("backward called before forward")
-        need_p = self.affine
+        need_p = self.weight is not None
+        need_b = self.bias is not None
         nt = self.num_threads
         if self._saved[0] == "train":
             _, x, mean, invstd = self._saved
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
-                                    num_threads=nt, needs=(True, need_p, need_p))
+                                    num_threads=nt, needs=(True, need_p, need_b))
             dx, dw, db = r
         else:
             x = self._saved[1]
@@ -361,25 +366,28 @@ class BatchNorm:
             invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
             scale = invstd if self.weight is None else invstd * self.weight
             dw = db = None
-            if need_p:
+            if need_p or need_b:
                 _, dw, db = batch_norm_backward(dy, x, self.running_mean, invstd, self.weight,
                                                 axis=self.axis, num_threads=nt,
-                                                needs=(False, True, True))
+                                                needs=(False, need_p, need_b))
             zero = np.zeros(C, _F64)
             dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
                                out, v.check_threads(nt), "dy")
         if need_p:
             dw = dw.astype(self.dtype, copy=False)
-            db = db.astype(self.dtype, copy=False)
             self.grad_weight = dw.copy() if self.grad_weight is None else self.grad_weight + dw
+        if need_b:
+            db = db.astype(self.dtype, copy=False)
             self.grad_bias = db.copy() if self.grad_bias is None else self.grad_bias + db
         return dx
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:
         keys = []
-        if self.affine:
-            keys += ["weight", "bias"]
+        if self.weight is not None:
+            keys.append("weight")
+        if self.bias is not None:
+            keys.append("bias")
         if self.track_running_stats:
             keys += ["running_mean", "running_var", "num_batches_tracked"]
         return keys
@@ -489,8 +497,10 @@ class BatchNorm:
         -------
         BatchNorm
             With ``convention="keras"``, in training mode like every new layer (call
-            :meth:`eval` for inference).  If only one of ``center``/``scale`` is set, the layer is ``affine`` with the missing parameter fixed at 1 or 0 (its
-            gradient is still computed; ignore it).
+            :meth:`eval` for inference).  ``center=False`` gives ``bias=None``
+            (``bias=False``); ``scale=False`` with ``center=True`` gives a ``weight`` fixed at
+            1 (its gradient is still accumulated: ignore it); both False give
+            ``affine=False``.
 
         Raises
         ------
@@ -512,7 +522,7 @@ class BatchNorm:
         if dtype is None:
             dtype = mm.dtype if mm.dtype in (v.F32, v.F64) else np.float32
         layer = cls(mm.shape[0], eps=epsilon, momentum=momentum,
-                    affine=bool(center or scale), axis=axis, dtype=dtype,
+                    affine=bool(center or scale), bias=bool(center), axis=axis, dtype=dtype,
                     convention="keras")
         sd: dict = {"running_mean": arrs[-2], "running_var": arrs[-1]}
         i = 0
@@ -541,7 +551,7 @@ class BatchNorm:
 
     def __repr__(self) -> str:
         s = (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
-             f"momentum={self.momentum}, affine={self.affine}, "
+             f"momentum={self.momentum}, affine={self.affine}, bias={self.bias is not None}, "
              f"track_running_stats={self.track_running_stats}")
         if self.axis != 1:
             s += f", axis={self.axis}"
