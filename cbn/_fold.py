@@ -91,7 +91,7 @@ def fold(running_mean: ArrayLike, running_var: ArrayLike, weight: Optional[Array
     """
     eps = v.check_eps(eps)
     mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
-    scale = w / np.sqrt(var + eps)
+    scale = (1.0 / np.sqrt(var + eps)) * w
     return FoldedAffine(scale, b - mean * scale)
 
 
@@ -153,7 +153,7 @@ def fold_into_conv(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLike
     if W.ndim < 2:
         raise ValueError(f"W must have at least 2 dimensions, got shape {W.shape}")
     W, b64 = _check_layer_weight(W, b, C)
-    scale = w / np.sqrt(var + eps)
+    scale = (1.0 / np.sqrt(var + eps)) * w  # rounded as torch's rsqrt(var + eps) * w
     if not transposed:
         if W.shape[0] != C:
             raise ValueError(
@@ -344,7 +344,8 @@ class FrozenBatchNorm:
         """
         eps = v.check_eps(eps)
         mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
-        return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads)
+        # the same float64 vectors as batch_norm_inference: bit-identical results
+        return cls._from_centred(mean, (1.0 / np.sqrt(var + eps)) * w, b, axis, num_threads)
 
     @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
