@@ -296,11 +296,12 @@ class BatchNorm:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
                                    running_var=bv, momentum=1.0, axis=self.axis, out=out,
                                    num_threads=nt)
-            var = bv * ((n - 1.0) / n)
-            f = self._update_factor()
-            rm, rv = self.running_mean, self.running_var
-            rm[...] = (1.0 - f) * rm.astype(_F64) + f * bm
-            rv[...] = (1.0 - f) * rv.astype(_F64) + f * var
+            if n > 0:  # an empty batch leaves the statistics alone (as in torch)
+                var = bv * ((n - 1.0) / n)
+                f = self._update_factor()
+                rm, rv = self.running_mean, self.running_var
+                rm[...] = (1.0 - f) * rm.astype(_F64) + f * bm
+                rv[...] = (1.0 - f) * rv.astype(_F64) + f * var
         if update:
             self.num_batches_tracked += 1
         self._saved = ("train", x, r.mean, r.invstd)
@@ -352,6 +353,8 @@ class BatchNorm:
         nt = self.num_threads
         if self._saved[0] == "train":
             _, x, mean, invstd = self._saved
+            if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
+                mean = invstd = np.zeros(self.num_features, _F64)
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
                                     num_threads=nt, needs=(True, need_p, need_b))
             dx, dw, db = r

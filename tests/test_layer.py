@@ -581,3 +581,45 @@ def test_eval_in_place_output():
     y = bn(x, out=x)
     assert y is x
     np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("convention", ["torch", "keras", "onnx"])
+def test_empty_batch_counts_but_keeps_stats(convention):
+    # torch: the output is empty, the statistics are unchanged, the batch is counted
+    bn = cbn.BatchNorm(3, convention=convention)
+    y = bn(np.zeros((0, 3, 2), np.float32))
+    assert y.shape == (0, 3, 2)
+    assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+    assert int(bn.num_batches_tracked) == 1
+    dx = bn.backward(np.zeros((0, 3, 2), np.float32))
+    assert dx.shape == (0, 3, 2) and (bn.grad_weight == 0).all()
+
+
+def test_torch_empty_batch():
+    torch = pytest.importorskip("torch")
+    tb = torch.nn.BatchNorm2d(3)
+    bn = cbn.BatchNorm(3)
+    tx = torch.zeros(0, 3, 2, 2, requires_grad=True)
+    tb(tx).sum().backward()
+    bn(np.zeros((0, 3, 2, 2), np.float32))
+    bn.backward(np.zeros((0, 3, 2, 2), np.float32))
+    np.testing.assert_array_equal(bn.grad_weight, tb.weight.grad.numpy())
+    np.testing.assert_array_equal(bn.grad_bias, tb.bias.grad.numpy())
+    assert int(bn.num_batches_tracked) == int(tb.num_batches_tracked)
+    np.testing.assert_array_equal(bn.running_var, tb.running_var.numpy())
+
+
+def test_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    bn = cbn.BatchNorm(3, convention="onnx", momentum=None)
+    bn(_data((4, 3), np.float32))
+    for clone in (pickle.loads(pickle.dumps(bn)), copy.deepcopy(bn)):
+        assert repr(clone) == repr(bn)
+        for k, v in bn.state_dict().items():
+            np.testing.assert_array_equal(clone.state_dict()[k], v)
+    frozen = bn.freeze()
+    clone = pickle.loads(pickle.dumps(frozen))
+    x = _data((2, 3), np.float32)
+    np.testing.assert_array_equal(clone(x), frozen(x))
