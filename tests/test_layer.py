@@ -623,3 +623,75 @@ def test_pickle_and_deepcopy():
     clone = pickle.loads(pickle.dumps(frozen))
     x = _data((2, 3), np.float32)
     np.testing.assert_array_equal(clone(x), frozen(x))
+
+
+# ----------------------------------------------------------------------------- property test
+
+try:
+    from hypothesis import assume, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extras
+    given = None
+
+if given is not None:
+    @settings(max_examples=40, deadline=None)
+    @given(
+        shape=st.lists(st.integers(1, 4), min_size=2, max_size=4),
+        axis_i=st.integers(0, 3),
+        convention=st.sampled_from(["torch", "keras", "onnx"]),
+        momentum=st.one_of(st.none(), st.floats(0.0, 1.0)),
+        dtype=st.sampled_from([np.float32, np.float64]),
+        seed=st.integers(0, 2**16),
+    )
+    def test_layer_step_vs_reference_property(shape, axis_i, convention, momentum, dtype,
+                                              seed):
+        _property_step(shape, axis_i, convention, momentum, dtype, seed)
+
+
+def _property_step(shape, axis_i, convention, momentum, dtype, seed):
+    axis = axis_i % len(shape) - len(shape) * (axis_i % 2)  # negative axes too
+    C = shape[axis]
+    n = int(np.prod(shape)) // C
+    assume(n >= 2)
+    rng = np.random.default_rng(seed)
+    bn = cbn.BatchNorm(C, momentum=momentum, axis=axis, dtype=np.float64, convention=convention)
+    bn.running_mean[...] = rm0 = rng.standard_normal(C)
+    bn.running_var[...] = rv0 = rng.uniform(0.5, 2, C)
+    x = rng.standard_normal(shape).astype(dtype)
+    y = bn(x)
+    x64 = x.astype(np.float64)
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    mean, var = x64.mean(red), x64.var(red)
+    f = 1.0 if momentum is None else (momentum if convention == "torch" else 1 - momentum)
+    v_new = var * n / (n - 1) if convention == "torch" else var
+    np.testing.assert_allclose(bn.running_mean, (1 - f) * rm0 + f * mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(bn.running_var, (1 - f) * rv0 + f * v_new, rtol=1e-5, atol=1e-6)
+    want = ref.batch_norm_forward(x64, axis=axis).out
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 if dtype == np.float32 else 1e-9)
+
+
+# ----------------------------------------------------------------------------- README example
+
+
+def test_readme_deployment_example():
+    # the "Deployment" example of the README, verbatim apart from the asserts
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)   # a 1x1 convolution, 8 -> 16
+    b = rng.standard_normal(16).astype(np.float32)
+
+    def conv1x1(x, W, b):
+        return np.einsum("oc,nchw->nohw", W[:, :, 0, 0], x) + b[:, None, None]
+
+    bn = cbn.BatchNorm(16)
+    for _ in range(100):                                        # "training"
+        bn(conv1x1(rng.standard_normal((32, 8, 8, 8)).astype(np.float32), W, b))
+    bn.eval()
+
+    Wf, bf = cbn.fold_into_conv(W, b, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                bn.eps)
+    x = rng.standard_normal((4, 8, 8, 8)).astype(np.float32)
+    y_pair = bn(conv1x1(x, W, b))
+    y_fold = conv1x1(x, Wf, bf)
+    assert np.allclose(y_fold, y_pair, rtol=1e-5, atol=1e-5)
+    frozen = bn.freeze()
+    assert np.array_equal(frozen(conv1x1(x, W, b)), y_pair)
