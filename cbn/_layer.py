@@ -249,9 +249,9 @@ class BatchNorm:
         x : ndarray of float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``axis``.
         out : ndarray, optional
-            Where to write the result: same shape and dtype as ``x``; may be ``x`` itself
-            only in evaluation mode with running statistics (otherwise :meth:`backward` would
-            see the overwritten input).
+            Where to write the result: same shape and dtype as ``x``.  It may be ``x`` itself
+            only in evaluation mode with running statistics, and :meth:`backward` then gives
+            ``dx`` only (with affine parameters it raises, as the input is gone).
 
         Returns
         -------
@@ -273,7 +273,9 @@ class BatchNorm:
             y = batch_norm_inference(x, self.running_mean, self.running_var, self.weight,
                                      self.bias, eps=self.eps, axis=self.axis, out=out,
                                      num_threads=nt)
-            self._saved = ("eval", x)
+            # out=x overwrites the input: dx is still available, parameter gradients are not
+            kept = None if out is not None and np.may_share_memory(out, x) else x
+            self._saved = ("eval", kept, x.shape, x.dtype)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
@@ -359,12 +361,16 @@ class BatchNorm:
                                     num_threads=nt, needs=(True, need_p, need_b))
             dx, dw, db = r
         else:
-            x = self._saved[1]
+            _, x, shape, dtype = self._saved
             dy = v.kernel_dtype(dy, "dy")
-            if dy.shape != x.shape:
-                raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-            if dy.dtype != x.dtype:
-                raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+            if dy.shape != shape:
+                raise ValueError(f"dy must have the shape of x {shape}, got {dy.shape}")
+            if dy.dtype != dtype:
+                raise TypeError(f"dy must have the dtype of x ({dtype}), got {dy.dtype}")
+            if x is None and (need_p or need_b):
+                raise RuntimeError(
+                    "the forward input was overwritten (out=x), so the parameter gradients "
+                    "cannot be computed; use a separate out array")
             C = self.num_features
             invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
             scale = invstd if self.weight is None else invstd * self.weight

@@ -581,6 +581,13 @@ def test_eval_in_place_output():
     y = bn(x, out=x)
     assert y is x
     np.testing.assert_array_equal(x, want)
+    with pytest.raises(RuntimeError, match="overwritten"):
+        bn.backward(np.ones_like(x))
+    nb = cbn.BatchNorm(3, affine=False).eval()
+    nb.running_var[...] = 4
+    x = _data((4, 3), np.float32)
+    nb(x, out=x)
+    np.testing.assert_allclose(nb.backward(np.ones_like(x)), 1 / np.sqrt(4 + 1e-5), rtol=1e-6)
 
 
 @pytest.mark.parametrize("convention", ["torch", "keras", "onnx"])
