@@ -280,7 +280,7 @@ class FrozenBatchNorm:
     (2, 3)
     """
 
-    __slots__ = ("num_features", "axis", "centre", "scale", "offset", "num_threads", "_nt")
+    __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt")
 
     def __init__(self, scale: ArrayLike, shift: ArrayLike, *, axis: int = 1,
                  num_threads: Optional[int] = None) -> None:
@@ -306,7 +306,6 @@ class FrozenBatchNorm:
         self.scale = scale
         self.offset = offset
         self.num_threads = num_threads
-        self._nt = v.check_threads(num_threads)
 
     @classmethod
     def _from_centred(cls, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray,
@@ -372,6 +371,16 @@ class FrozenBatchNorm:
                 "cannot freeze a layer without running statistics (track_running_stats=False)")
         return cls.from_stats(layer.running_mean, layer.running_var, layer.weight, layer.bias,
                               layer.eps, axis=layer.axis, num_threads=layer.num_threads)
+
+    @property
+    def num_threads(self) -> Optional[int]:
+        """OpenMP threads per call (None: ``omp_get_max_threads()``); may be reassigned."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: Optional[int]) -> None:
+        self._nt = v.check_threads(value)
+        self._num_threads = value
 
     @property
     def shift(self) -> np.ndarray:

@@ -408,3 +408,15 @@ def test_frozen_errors():
         cbn.FrozenBatchNorm(np.array([1.0, np.inf, 1.0]), np.zeros(3))
     with pytest.raises(ValueError, match="axis"):
         cbn.FrozenBatchNorm(np.ones(3), np.zeros(3), axis=3)(np.zeros((2, 3), np.float32))
+
+
+def test_frozen_num_threads():
+    frozen = cbn.FrozenBatchNorm(np.ones(3), np.zeros(3), num_threads=1)
+    x = np.random.default_rng(16).standard_normal((64, 3, 100))
+    y1 = frozen(x)
+    frozen.num_threads = 2
+    assert frozen.num_threads == 2
+    np.testing.assert_array_equal(frozen(x), y1)
+    with pytest.raises(ValueError, match="num_threads"):
+        frozen.num_threads = 0
+    assert frozen.num_threads == 2
