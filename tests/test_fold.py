@@ -114,7 +114,7 @@ def test_fold_errors():
         cbn.fold(np.zeros(2, int), np.ones(2))
 
 
-# ----------------------------------------------------------------------------- conv / linear vs NumPy
+# ------------------------------------------------------------------- conv / linear vs NumPy
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -209,7 +209,7 @@ def test_fold_into_errors():
         cbn.fold_into_linear(np.ones((4, 2, 1)), None, rm, rv, None, None)
 
 
-# ----------------------------------------------------------------------------- vs torch.nn.utils.fusion
+# ------------------------------------------------------------------- vs torch.nn.utils.fusion
 
 
 @pytest.mark.parametrize("groups", [1, 2])
