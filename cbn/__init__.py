@@ -24,6 +24,8 @@ from ._batch_norm import (
     batch_norm_inference,
 )
 from ._config import config, show_config
+from ._fold import FoldedAffine, FrozenBatchNorm, fold, fold_into_conv, fold_into_linear
+from ._layer import BatchNorm, IncompatibleKeys
 from ._types import BackwardResult, ForwardResult
 
 __all__ = [
@@ -37,4 +39,11 @@ __all__ = [
     "show_config",
     "config",
     "__version__",
+    "BatchNorm",
+    "IncompatibleKeys",
+    "FrozenBatchNorm",
+    "FoldedAffine",
+    "fold",
+    "fold_into_conv",
+    "fold_into_linear",
 ]

@@ -1,0 +1,571 @@
+"""``cbn.BatchNorm``: a stateful batch-norm layer with PyTorch semantics on NumPy arrays.
+
+Pure Python on top of :func:`cbn.batch_norm_forward`, :func:`cbn.batch_norm_backward` and
+:func:`cbn.batch_norm_inference`.  The running-statistics update follows one of three
+framework conventions (``"torch"``, ``"keras"``, ``"onnx"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from . import _validation as v
+from ._batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from ._fold import FrozenBatchNorm, _apply_affine
+
+__all__ = ["BatchNorm", "IncompatibleKeys"]
+
+_F64 = v.F64
+_CONVENTIONS = ("torch", "keras", "onnx")
+
+
+class _Default:
+    """Sentinel: the convention's default momentum."""
+
+    def __repr__(self) -> str:
+        return "<convention default>"
+
+
+_DEFAULT_MOMENTUM: Any = _Default()
+#: Default ``momentum`` of each convention (in that convention's own meaning).
+DEFAULT_MOMENTUM = {"torch": 0.1, "keras": 0.99, "onnx": 0.9}
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`BatchNorm.load_state_dict` did not load (as torch's ``_IncompatibleKeys``).
+
+    Attributes
+    ----------
+    missing_keys : list of str
+        Keys the layer has but the state dict lacked.
+    unexpected_keys : list of str
+        Keys in the state dict the layer does not have.
+    """
+
+    missing_keys: list
+    unexpected_keys: list
+
+
+class BatchNorm:
+    """Batch normalization layer with the semantics of ``torch.nn.BatchNorm{1,2,3}d``.
+
+    One class for any number of dimensions: the input has ``ndim >= 2`` with ``num_features``
+    channels at ``axis``.  In training mode the input is normalized with the batch statistics
+    and the running statistics are updated; in evaluation mode the running statistics are used
+    (or the batch statistics when ``track_running_stats=False``).  :meth:`backward` gives the
+    input gradient and accumulates the parameter gradients.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    momentum : float or None, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx)
+        Running-statistics update factor, in [0, 1], in the meaning of ``convention``:
+        ``"torch"``: ``running = (1 - momentum) * running + momentum * batch``;
+        ``"keras"`` / ``"onnx"``: ``running = momentum * running + (1 - momentum) * batch``.
+        None gives the cumulative moving average over all training batches (the batch weight is
+        ``1 / num_batches_tracked``), as in torch.
+    affine : bool, default True
+        Learnable per-channel ``weight`` (initialised to 1) and ``bias`` (0).
+    bias : bool, default True
+        With ``affine``, whether there is a ``bias`` (torch >= 2.13's ``bias`` keyword);
+        False leaves ``bias`` None (no shift).
+    track_running_stats : bool, default True
+        Keep ``running_mean`` (0), ``running_var`` (1) and ``num_batches_tracked`` (0).  When
+        False they are None and the batch statistics are used in evaluation mode too.
+    axis : int, default 1
+        The channel axis of the inputs (-1 for channels-last).
+    dtype : dtype, default float32
+        Dtype of the parameters and running statistics (float32 or float64).  Inputs may be
+        float32 or float64 independently of it; the output has the input's dtype.
+    convention : {"torch", "keras", "onnx"}, default "torch"
+        How the running statistics are updated.  ``"torch"`` stores the *unbiased* batch
+        variance ``var * n / (n - 1)``; ``"keras"`` and ``"onnx"`` store the *biased* one.
+        The normalization itself is the same in all three.
+    num_threads : int, optional
+        OpenMP threads for the kernels; None uses ``omp_get_max_threads()``.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape (C,) or None
+        Affine parameters (None when ``affine=False``; ``bias`` None when ``bias=False``).
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics (None when ``track_running_stats=False``).
+    num_batches_tracked : ndarray of int64, shape () or None
+        Training forward passes seen (None when ``track_running_stats=False``).
+    grad_weight, grad_bias : ndarray of shape (C,) or None
+        Accumulated gradients; None until the first :meth:`backward` and after
+        :meth:`zero_grad`.
+    training : bool
+        Training mode (True after construction, as in torch).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, e.g. ``num_features < 1``, ``eps <= 0``, ``momentum`` outside
+        [0, 1] or an unknown ``convention``.
+
+    Notes
+    -----
+    The layer keeps a reference to the last training input for :meth:`backward` (as torch's
+    autograd saves it): do not modify it in place between the forward and the backward call.
+
+    Examples
+    --------
+    >>> import numpy as np, cbn
+    >>> bn = cbn.BatchNorm(3)
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32)
+    >>> y = bn(x)
+    >>> dx = bn.backward(np.ones_like(y))
+    >>> bn.eval()
+    BatchNorm(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5,
+                 momentum: Optional[float] = _DEFAULT_MOMENTUM, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True, axis: int = 1,
+                 dtype: DTypeLike = np.float32, convention: str = "torch",
+                 num_threads: Optional[int] = None) -> None:
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
+            raise TypeError(
+                f"num_features must be a positive integer, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        if not isinstance(convention, str) or convention not in _CONVENTIONS:
+            raise ValueError(
+                f"convention must be one of {', '.join(map(repr, _CONVENTIONS))}, "
+                f"got {convention!r}")
+        if momentum is _DEFAULT_MOMENTUM:
+            momentum = DEFAULT_MOMENTUM[convention]
+        elif momentum is not None:
+            momentum = v.check_momentum(momentum)
+        dt = np.dtype(dtype)
+        if dt not in (v.F32, v.F64):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        if isinstance(axis, bool):
+            raise TypeError("axis must be an integer, got bool")
+        v.check_axis(axis, 1 << 30)
+        v.check_threads(num_threads)
+        self.num_features = int(num_features)
+        self.eps = v.check_eps(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = int(axis)
+        self.dtype = dt
+        self.convention = convention
+        self.num_threads = num_threads
+        self.training = True
+        C = self.num_features
+        self.weight: Optional[np.ndarray] = np.ones(C, dt) if self.affine else None
+        self.bias: Optional[np.ndarray] = np.zeros(C, dt) if self.affine and bias else None
+        self.running_mean: Optional[np.ndarray] = None
+        self.running_var: Optional[np.ndarray] = None
+        self.num_batches_tracked: Optional[np.ndarray] = None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, dt)
+            self.running_var = np.ones(C, dt)
+            self.num_batches_tracked = np.array(0, np.int64)
+        self.grad_weight: Optional[np.ndarray] = None
+        self.grad_bias: Optional[np.ndarray] = None
+        self._saved: Optional[tuple] = None
+
+    # ------------------------------------------------------------------ modes and state
+    def train(self, mode: bool = True) -> "BatchNorm":
+        """Set training mode (``mode=True``) or evaluation mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training, False for evaluation.
+
+        Returns
+        -------
+        BatchNorm
+            ``self``.
+        """
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        return self
+
+    def eval(self) -> "BatchNorm":
+        """Set evaluation mode; the same as ``train(False)``.
+
+        Returns
+        -------
+        BatchNorm
+            ``self``.
+        """
+        return self.train(False)
+
+    def reset_running_stats(self) -> None:
+        """Set ``running_mean`` to 0, ``running_var`` to 1 and ``num_batches_tracked`` to 0."""
+        if self.track_running_stats:
+            self.running_mean.fill(0)
+            self.running_var.fill(1)
+            self.num_batches_tracked.fill(0)
+
+    def reset_parameters(self) -> None:
+        """Reset the running statistics and set ``weight`` to 1 and ``bias`` to 0."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.fill(1)
+        if self.bias is not None:
+            self.bias.fill(0)
+
+    def zero_grad(self) -> None:
+        """Drop the accumulated gradients (set them to None, like torch's ``set_to_none``)."""
+        self.grad_weight = None
+        self.grad_bias = None
+
+    # ------------------------------------------------------------------ forward / backward
+    def _check_channels(self, x: Any) -> np.ndarray:
+        x, axis = v.check_input(x, self.axis)
+        if x.shape[axis] != self.num_features:
+            raise ValueError(
+                f"input has {x.shape[axis]} channels on axis {self.axis} (shape {x.shape}) but "
+                f"the layer has num_features={self.num_features}")
+        return x
+
+    def _update_factor(self) -> float:
+        """The batch weight of this training step's running update (after counting it)."""
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked + 1)
+        if self.convention == "torch":
+            return self.momentum
+        return 1.0 - self.momentum
+
+    def forward(self, x: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Normalize ``x``; in training mode also update the running statistics.
+
+        Parameters
+        ----------
+        x : ndarray of float32 or float64, ndim >= 2
+            The input, with ``num_features`` channels at ``axis``.
+        out : ndarray, optional
+            Where to write the result: same shape and dtype as ``x``.  It may be ``x`` itself
+            only in evaluation mode with running statistics, and :meth:`backward` then gives
+            ``dx`` only (with affine parameters it raises, as the input is gone).
+
+        Returns
+        -------
+        ndarray
+            The normalized array, dtype of ``x``.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not float32/float64.
+        ValueError
+            If the channel count differs from ``num_features``, or in training mode with a
+            single value per channel.
+        """
+        x = self._check_channels(x)
+        nt = self.num_threads
+        use_running = not self.training and self.track_running_stats
+        if use_running:
+            y = batch_norm_inference(x, self.running_mean, self.running_var, self.weight,
+                                     self.bias, eps=self.eps, axis=self.axis, out=out,
+                                     num_threads=nt)
+            # out=x overwrites the input: dx is still available, parameter gradients are not
+            kept = None if out is not None and np.may_share_memory(out, x) else x
+            self._saved = ("eval", kept, x.shape, x.dtype)
+            return y
+        if out is not None and np.may_share_memory(out, x):
+            raise ValueError("out must not overlap x in training mode (backward needs x)")
+        update = self.training and self.track_running_stats
+        if not update:
+            r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
+                                   out=out, num_threads=nt)
+        elif self.convention == "torch":
+            r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps,
+                                   running_mean=self.running_mean,
+                                   running_var=self.running_var,
+                                   momentum=self._update_factor(), axis=self.axis, out=out,
+                                   num_threads=nt)
+        else:
+            # Biased variance without cancellation: with momentum 1 the forward writes the
+            # batch mean and the unbiased variance var * n / (n - 1) into float64 scratch.
+            n = x.size // self.num_features
+            bm = np.zeros(self.num_features, _F64)
+            bv = np.zeros(self.num_features, _F64)
+            r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
+                                   running_var=bv, momentum=1.0, axis=self.axis, out=out,
+                                   num_threads=nt)
+            if n > 0:  # an empty batch leaves the statistics alone (as in torch)
+                var = bv * ((n - 1.0) / n)
+                f = self._update_factor()
+                rm, rv = self.running_mean, self.running_var
+                rm[...] = (1.0 - f) * rm.astype(_F64) + f * bm
+                rv[...] = (1.0 - f) * rv.astype(_F64) + f * var
+        if update:
+            self.num_batches_tracked += 1
+        self._saved = ("train", x, r.mean, r.invstd)
+        return r.out
+
+    __call__ = forward
+
+    def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Gradient with respect to the last forward input; accumulates the parameter gradients.
+
+        After a training-mode forward (or an evaluation-mode one without running statistics)
+        this is the exact gradient through the batch statistics.  After an evaluation-mode
+        forward with running statistics it is the gradient of the fixed affine map:
+        ``dx = dy * weight / sqrt(running_var + eps)``, ``grad_weight += sum(dy * xhat)`` with
+        ``xhat = (x - running_mean) / sqrt(running_var + eps)``, ``grad_bias += sum(dy)``,
+        exactly what torch's autograd gives in eval mode (e.g. for fine-tuning with frozen
+        statistics).  The running statistics read are those of the backward call.
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the forward output: shape and dtype of the
+            forward input.
+        out : ndarray, optional
+            Where to write ``dx``; may be ``dy`` itself.
+
+        Returns
+        -------
+        ndarray
+            ``dx``, shape and dtype of the forward input.
+
+        Raises
+        ------
+        RuntimeError
+            If no forward pass was made.
+        TypeError, ValueError
+            If ``dy`` does not match the forward input.
+
+        Notes
+        -----
+        ``grad_weight`` and ``grad_bias`` (dtype of the parameters) are summed over calls as
+        torch's ``.grad``; reset them with :meth:`zero_grad`.  Nothing is accumulated for
+        a parameter that is None.
+        """
+        if self._saved is None:
+            raise RuntimeError("backward called before forward")
+        need_p = self.weight is not None
+        need_b = self.bias is not None
+        nt = self.num_threads
+        if self._saved[0] == "train":
+            _, x, mean, invstd = self._saved
+            if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
+                mean = invstd = np.zeros(self.num_features, _F64)
+            r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
+                                    num_threads=nt, needs=(True, need_p, need_b))
+            dx, dw, db = r
+        else:
+            _, x, shape, dtype = self._saved
+            dy = v.kernel_dtype(dy, "dy")
+            if dy.shape != shape:
+                raise ValueError(f"dy must have the shape of x {shape}, got {dy.shape}")
+            if dy.dtype != dtype:
+                raise TypeError(f"dy must have the dtype of x ({dtype}), got {dy.dtype}")
+            if x is None and (need_p or need_b):
+                raise RuntimeError(
+                    "the forward input was overwritten (out=x), so the parameter gradients "
+                    "cannot be computed; use a separate out array")
+            C = self.num_features
+            invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
+            scale = invstd if self.weight is None else invstd * self.weight
+            dw = db = None
+            if need_p or need_b:
+                _, dw, db = batch_norm_backward(dy, x, self.running_mean, invstd, self.weight,
+                                                axis=self.axis, num_threads=nt,
+                                                needs=(False, need_p, need_b))
+            zero = np.zeros(C, _F64)
+            dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
+                               out, v.check_threads(nt), "dy")
+        if need_p:
+            dw = dw.astype(self.dtype, copy=False)
+            self.grad_weight = dw.copy() if self.grad_weight is None else self.grad_weight + dw
+        if need_b:
+            db = db.astype(self.dtype, copy=False)
+            self.grad_bias = db.copy() if self.grad_bias is None else self.grad_bias + db
+        return dx
+
+    # ------------------------------------------------------------------ state dict
+    def _state_keys(self) -> list:
+        keys = []
+        if self.weight is not None:
+            keys.append("weight")
+        if self.bias is not None:
+            keys.append("bias")
+        if self.track_running_stats:
+            keys += ["running_mean", "running_var", "num_batches_tracked"]
+        return keys
+
+    def state_dict(self) -> dict:
+        """The parameters and buffers under torch's keys, as NumPy copies.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``weight``, ``bias`` (when ``affine``), ``running_mean``, ``running_var`` and
+            ``num_batches_tracked`` (int64, shape (); when ``track_running_stats``), in torch's
+            order.  ``torch.nn.BatchNorm2d.load_state_dict({k: torch.from_numpy(v) ...})``
+            accepts it.
+        """
+        return {k: getattr(self, k).copy() for k in self._state_keys()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True
+                        ) -> IncompatibleKeys:
+        """Copy parameters and buffers from ``state_dict`` into the layer's arrays.
+
+        A torch ``state_dict`` converted with ``{k: v.numpy() for k, v in sd.items()}`` (or
+        holding CPU tensors) loads directly.  Values are cast into the existing arrays' dtype;
+        nothing is changed unless every check passes.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array_like
+            Keys as returned by :meth:`state_dict`.  A missing ``num_batches_tracked`` is
+            accepted and leaves the counter unchanged, as torch does for state dicts without
+            version metadata.
+        strict : bool, default True
+            Raise on missing or unexpected keys; when False they are skipped and reported.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``.
+
+        Raises
+        ------
+        KeyError
+            With ``strict``, on missing or unexpected keys (all are named).
+        ValueError
+            If a value has the wrong shape (also when not ``strict``).
+        TypeError
+            If a value cannot be cast to the layer's dtype (e.g. a float counter).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        own = self._state_keys()
+        missing = [k for k in own if k not in state_dict and k != "num_batches_tracked"]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing key(s): " + ", ".join(map(repr, missing)))
+            if unexpected:
+                parts.append("unexpected key(s): " + ", ".join(map(repr, unexpected)))
+            raise KeyError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                           + "; ".join(parts)
+                           + f" (this layer has keys {own})")
+        staged = []
+        for k in own:
+            if k not in state_dict:
+                continue
+            dst = getattr(self, k)
+            val = state_dict[k]
+            if hasattr(val, "detach") and hasattr(val, "cpu"):  # a torch tensor
+                val = val.detach().cpu().numpy()
+            src = np.asarray(val)
+            if src.shape != dst.shape:
+                raise ValueError(
+                    f"size mismatch for {k!r}: expected shape {dst.shape}, got {src.shape}")
+            if not np.can_cast(src.dtype, dst.dtype, "same_kind"):
+                raise TypeError(f"cannot load {k!r} of dtype {src.dtype} into {dst.dtype}")
+            staged.append((dst, src))
+        for dst, src in staged:
+            np.copyto(dst, src, casting="same_kind")
+        return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ conversions
+    @classmethod
+    def from_keras(cls, weights: Sequence[ArrayLike], *, epsilon: float = 1e-3,
+                   momentum: float = 0.99, axis: int = -1, center: bool = True,
+                   scale: bool = True, dtype: Optional[DTypeLike] = None) -> "BatchNorm":
+        """A layer from Keras ``BatchNormalization.get_weights()``.
+
+        Parameters
+        ----------
+        weights : sequence of array_like of shape (C,)
+            ``[gamma, beta, moving_mean, moving_variance]`` with ``gamma`` left out when
+            ``scale=False`` and ``beta`` left out when ``center=False``.
+        epsilon : float, default 1e-3
+            The Keras layer's ``epsilon``.
+        momentum : float, default 0.99
+            The Keras layer's ``momentum`` (weight of the old moving value).
+        axis : int, default -1
+            The Keras layer's ``axis`` (channels-last by default).
+        center, scale : bool, default True
+            The Keras layer's ``center`` (beta) and ``scale`` (gamma) flags.
+        dtype : dtype, optional
+            Dtype of the layer; default that of ``moving_mean`` when it is float32/float64,
+            else float32.
+
+        Returns
+        -------
+        BatchNorm
+            With ``convention="keras"``, in training mode like every new layer (call
+            :meth:`eval` for inference).  ``center=False`` gives ``bias=None``
+            (``bias=False``); ``scale=False`` with ``center=True`` gives a ``weight`` fixed at
+            1 (its gradient is still accumulated: ignore it); both False give
+            ``affine=False``.
+
+        Raises
+        ------
+        ValueError
+            If the number or shapes of the arrays do not match the flags.
+        """
+        weights = list(weights)
+        expected = int(bool(scale)) + int(bool(center)) + 2
+        if len(weights) != expected:
+            names = (["gamma"] if scale else []) + (["beta"] if center else []) + [
+                "moving_mean", "moving_variance"]
+            raise ValueError(
+                f"expected {expected} arrays ({', '.join(names)}) for center={center}, "
+                f"scale={scale}, got {len(weights)}")
+        arrs = [np.asarray(w) for w in weights]
+        mm = arrs[-2]
+        if mm.ndim != 1:
+            raise ValueError(f"moving_mean must have shape (C,), got {mm.shape}")
+        if dtype is None:
+            dtype = mm.dtype if mm.dtype in (v.F32, v.F64) else np.float32
+        layer = cls(mm.shape[0], eps=epsilon, momentum=momentum,
+                    affine=bool(center or scale), bias=bool(center), axis=axis, dtype=dtype,
+                    convention="keras")
+        sd: dict = {"running_mean": arrs[-2], "running_var": arrs[-1]}
+        i = 0
+        if scale:
+            sd["weight"] = arrs[i]
+            i += 1
+        if center:
+            sd["bias"] = arrs[i]
+        layer.load_state_dict(sd, strict=False)
+        return layer
+
+    def freeze(self) -> FrozenBatchNorm:
+        """A :class:`FrozenBatchNorm` computing this layer's evaluation-mode transform.
+
+        Returns
+        -------
+        FrozenBatchNorm
+            A snapshot: later training of this layer does not change it.
+
+        Raises
+        ------
+        ValueError
+            If the layer has no running statistics.
+        """
+        return FrozenBatchNorm.from_layer(self)
+
+    def __repr__(self) -> str:
+        s = (f"{type(self).__name__}({self.num_features}, eps={self.eps}, "
+             f"momentum={self.momentum}, affine={self.affine}, bias={self.bias is not None}, "
+             f"track_running_stats={self.track_running_stats}")
+        if self.axis != 1:
+            s += f", axis={self.axis}"
+        if self.dtype != v.F32:
+            s += f", dtype={self.dtype.name}"
+        if self.convention != "torch":
+            s += f", convention={self.convention!r}"
+        return s + ")"
