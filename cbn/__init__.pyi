@@ -4,6 +4,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import reference as reference
+from ._fold import (
+    FoldedAffine as FoldedAffine,
+    FrozenBatchNorm as FrozenBatchNorm,
+    fold as fold,
+    fold_into_conv as fold_into_conv,
+    fold_into_linear as fold_into_linear,
+)
+from ._layer import BatchNorm as BatchNorm, IncompatibleKeys as IncompatibleKeys
 from ._types import BackwardResult as BackwardResult, ForwardResult as ForwardResult
 
 __version__: str

@@ -344,7 +344,7 @@ class FrozenBatchNorm:
         eps = v.check_eps(eps)
         mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
         # the same float64 vectors as batch_norm_inference: bit-identical results
-        return cls._from_centred(mean, (1.0 / np.sqrt(var + eps)) * w, b, axis, num_threads)
+        return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads)
 
     @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
