@@ -12,13 +12,14 @@ from cbn import _dispatch
 from cbn._dispatch import kernels as k
 
 
-def test_show_config_and_info_command(capsys):
+def test_show_config_and_info_command(capsys, tmp_path):
     cbn.show_config()
     text = capsys.readouterr().out
     for field in ("cbn", "simd level", "openmp", "default threads", "compiler", "kernel c_args"):
         assert field in text
+    # subprocesses run outside the source tree, so they import the installed package
     out = subprocess.run([sys.executable, "-m", "cbn", "info"], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout
     assert f"cbn {cbn.__version__}" in out and "simd level" in out
 
 
@@ -56,17 +57,17 @@ def test_threadpoolctl_limits_are_honoured():
     assert k.last_team_size() == min(2, os.cpu_count() or 1) or k.max_threads() == 1
 
 
-def test_omp_num_threads_environment_variable():
+def test_omp_num_threads_environment_variable(tmp_path):
     code = ("import numpy as np, cbn; from cbn._dispatch import kernels as k; "
             "cbn.batch_norm_forward(np.ones((8, 64, 40, 40), np.float32)); "
             "print(cbn.config()['default_threads'], k.last_team_size())")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+                         check=True, cwd=tmp_path).stdout.split()
     assert out == ["1", "1"]
 
 
-def test_simd_level_is_the_best_supported_and_can_be_capped():
+def test_simd_level_is_the_best_supported_and_can_be_capped(tmp_path):
     from cbn import _build_info
 
     baseline = __import__("cbn._kernels_baseline", fromlist=["x"])
@@ -79,14 +80,14 @@ def test_simd_level_is_the_best_supported_and_can_be_capped():
         code = "import cbn; print(cbn.config()['simd_level'])"
         env = dict(os.environ, CBN_SIMD=cap)
         res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True, cwd=tmp_path)
         level = res.stdout.strip()
         allowed = _dispatch.LEVELS[_dispatch.LEVELS.index(cap):]
         assert level in allowed
         if cap in _build_info.VARIANTS and baseline.cpu_supports(cap):
             assert level == cap
     bad = subprocess.run([sys.executable, "-c", "import cbn"], env=dict(os.environ, CBN_SIMD="sse9"),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "CBN_SIMD='sse9' is not a SIMD level" in bad.stderr
 
 
