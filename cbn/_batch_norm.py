@@ -112,11 +112,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    if out is None:
-        result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                               num_threads)
-        if result is not None:
-            return result
+    result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                           num_threads, out)
+    if result is not None:
+        return result
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -192,10 +191,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    if out is None:
-        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads)
-        if y is not None:
-            return y
+    y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out)
+    if y is not None:
+        return y
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -267,8 +265,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    if out is None and (needs is _ALL_GRADIENTS or needs == _ALL_GRADIENTS):
-        result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads)
+    if needs is _ALL_GRADIENTS or needs == _ALL_GRADIENTS:
+        result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out)
         if result is not None:
             return result
     x, axis = v.check_input(x, axis)

@@ -1109,6 +1109,30 @@ cdef inline object _new_like(cnp.ndarray x):
     return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
 
 
+cdef inline bint _no_partial_overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Two C-contiguous arrays of one shape and dtype: disjoint or exactly the same memory."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(a)
+    return pa == pb or pa + nbytes <= pb or pb + nbytes <= pa
+
+
+cdef inline object _fast_out(object out, cnp.ndarray x):
+    """A new array like x (out None), out itself if the kernels can write to it directly, or
+    None: the slow path handles other outs (copy-back, errors)."""
+    if out is None:
+        return _new_like(x)
+    if not _fast_array(out) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
+        return None
+    if cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.PyArray_TYPE(x):
+        return None
+    if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, x):
+        return None
+    if not _no_partial_overlap(<cnp.ndarray>out, x):
+        return None
+    return out
+
+
 cdef inline object _new_vector(Py_ssize_t C):
     cdef cnp.npy_intp n = C
     return cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
@@ -1136,7 +1160,7 @@ def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var,
                     <const double*>cnp.PyArray_DATA(var), C, n, momentum)
 
 
-def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads):
+def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out):
     """batch_norm_inference for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
@@ -1159,6 +1183,9 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         var = _vget(running_var, c, 1.0)
         if not var >= 0.0:
             return None  # negative (or NaN) variance: the slow path raises
+    y = _fast_out(out, <cnp.ndarray>x)
+    if y is None:
+        return None
     buf = <double*>malloc(3 * C * sizeof(double))
     if buf == NULL:
         return None
@@ -1166,7 +1193,6 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         buf[c] = _vget(running_mean, c, 0.0)
         buf[C + c] = _vget(weight, c, 1.0) / sqrt(_vget(running_var, c, 1.0) + e)
         buf[2 * C + c] = _vget(bias, c, 0.0)
-    y = _new_like(<cnp.ndarray>x)
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _inference(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
@@ -1183,7 +1209,8 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     return y
 
 
-def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads):
+def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
+                 out):
     """batch_norm_forward for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
@@ -1208,13 +1235,15 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
         if not (0.0 <= m <= 1.0):
             return None
     e = eps
+    y = _fast_out(out, <cnp.ndarray>x)
+    if y is None:
+        return None
     buf = <double*>malloc(3 * C * sizeof(double))  # weight, bias, var
     if buf == NULL:
         return None
     for c in range(C):
         buf[c] = _vget(weight, c, 1.0)
         buf[C + c] = _vget(bias, c, 0.0)
-    y = _new_like(<cnp.ndarray>x)
     mean = _new_vector(C)
     invstd = _new_vector(C)
     mo = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
@@ -1239,8 +1268,8 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
     return ForwardResult(y, mean, invstd)
 
 
-def fast_backward(dy, x, mean, invstd, weight, axis, num_threads):
-    """batch_norm_backward (all three gradients, no out=) for the common case, or None."""
+def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
+    """batch_norm_backward (all three gradients) for the common case, or None."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c
@@ -1260,6 +1289,9 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads):
         return None
     if not (_fast_vector(mean, C) and _fast_vector(invstd, C) and _fast_vector(weight, C)):
         return None
+    dx = _fast_out(out, <cnp.ndarray>x)
+    if dx is None or not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>dy):
+        return None
     buf = <double*>malloc(3 * C * sizeof(double))  # mean, invstd, weight
     if buf == NULL:
         return None
@@ -1267,7 +1299,6 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads):
         buf[c] = _vget(mean, c, 0.0)
         buf[C + c] = _vget(invstd, c, 1.0)
         buf[2 * C + c] = _vget(weight, c, 1.0)
-    dx = _new_like(<cnp.ndarray>x)
     sdy = _new_vector(C)
     sdyx = _new_vector(C)
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
