@@ -32,6 +32,7 @@ def batch_norm(
     axis: int = ...,
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
+    skip_nonfinite: bool = ...,
 ) -> _Array: ...
 def batch_norm_forward(
     x: npt.ArrayLike,
@@ -45,6 +46,7 @@ def batch_norm_forward(
     axis: int = ...,
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
+    skip_nonfinite: bool = ...,
 ) -> ForwardResult: ...
 def batch_norm_backward(
     dy: npt.ArrayLike,

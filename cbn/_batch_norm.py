@@ -30,20 +30,23 @@ def _finish(yk, y, out, copy_back, perm):
     return y
 
 
-def _update_running(running_mean, running_var, mean, var, n, momentum):
+def _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite):
     """In-place running-stat update (unbiased variance), in float64, stored in each statistic's
     own dtype.  The kernel's C update (the one the fast path uses) takes float32/float64
     contiguous statistics; NumPy does the others (float16, longdouble, strided)."""
     fast = [a is None or (a.dtype in _KERNEL_DTYPES and a.flags.c_contiguous and a.dtype.isnative)
             for a in (running_mean, running_var)]
     if all(fast):
-        _k.update_running(running_mean, running_var, mean, var, float(n), momentum)
+        _k.update_running(running_mean, running_var, mean, var, float(n), momentum,
+                          skip_nonfinite)
         return
+    keep = ~(np.isfinite(mean) & np.isfinite(var)) if skip_nonfinite else np.zeros(len(mean), bool)
     if running_mean is not None:
-        running_mean[...] = (1.0 - momentum) * running_mean.astype(_F64) + momentum * mean
+        new = (1.0 - momentum) * running_mean.astype(_F64) + momentum * mean
+        running_mean[...] = np.where(keep, running_mean, new)
     if running_var is not None:
-        running_var[...] = ((1.0 - momentum) * running_var.astype(_F64)
-                            + momentum * (var * (n / (n - 1.0))))
+        new = (1.0 - momentum) * running_var.astype(_F64) + momentum * (var * (n / (n - 1.0)))
+        running_var[...] = np.where(keep, running_var, new)
 
 
 def _empty_stats(C, training_out):
@@ -53,7 +56,8 @@ def _empty_stats(C, training_out):
 
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, axis=1, out=None, num_threads=None):
+                       running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
+                       skip_nonfinite=False):
     """Training-mode batch normalization forward pass with the batch statistics.
 
     Computes ``out = (x - mean) * invstd * weight + bias`` per channel, where ``mean`` and the
@@ -83,6 +87,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         OpenMP threads; None uses ``omp_get_max_threads()`` (so ``OMP_NUM_THREADS`` and
         threadpoolctl apply).  Requests above the number of processors are capped to it;
         small inputs run on the calling thread.
+    skip_nonfinite : bool, default False
+        If true, a channel whose batch mean or variance is not finite (the batch had NaN or
+        Inf in that channel) leaves its running statistics unchanged, instead of spreading the
+        NaN/Inf into them (torch has no such option, see pytorch#88474).
 
     Returns
     -------
@@ -102,6 +110,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
 
     Notes
     -----
+    NaN and Inf in ``x`` propagate to the outputs, mean and invstd of their own channel only;
+    other channels are unaffected.
+
     Statistics are accumulated in float64, per cache-sized block with sums shifted by an element
     of the block (which bounds the cancellation), and the blocks are merged by Chan's formula:
     float32 data with ``|mean| / std`` of 1e6 keeps a relative variance error near 1e-9.
@@ -113,7 +124,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     order (one extra pass).
     """
     result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                           num_threads, out)
+                           num_threads, out, skip_nonfinite)
     if result is not None:
         return result
     x, axis = v.check_input(x, axis)
@@ -142,7 +153,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
     _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt)
-    _update_running(running_mean, running_var, mean, var, n, momentum)
+    _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(_finish(yk, y, out, copy_back, perm), mean, invstd)
 
 
@@ -313,7 +324,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None):
+               momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
+               skip_nonfinite=False):
     """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     In training mode (``training=True``) the input is normalized with the batch mean and
@@ -340,6 +352,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    skip_nonfinite : bool, default False
+        Training only: channels whose batch statistics are NaN/Inf keep their running
+        statistics (see :func:`batch_norm_forward`).
 
     Returns
     -------
@@ -362,6 +377,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         return batch_norm_forward(
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,
+            skip_nonfinite=skip_nonfinite,
         ).out
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required when training=False")

@@ -39,7 +39,7 @@ called inside a parallel region is ``noexcept nogil``.
 """
 
 from libc.stdlib cimport malloc, calloc, free
-from libc.math cimport sqrt
+from libc.math cimport sqrt, isfinite
 from cython.parallel cimport prange, threadid
 cimport numpy as cnp
 
@@ -54,6 +54,9 @@ cdef extern from "cbn_simd.h" nogil:
     int cbn_openmp_version()
     int cbn_max_threads()
     int cbn_num_procs()
+    int cbn_in_forked_child()
+    void cbn_note_parallel()
+    int cbn_install_fork_handler()
     const char* cbn_variant()
     int cbn_cpu_supports(const char* variant)
     long cbn_l2_cache_bytes()
@@ -89,6 +92,11 @@ DEF MAX_SEGMENTS = 16
 # Below this many elements a call runs on the calling thread only.
 DEF PARALLEL_MIN_ELEMS = 65536
 
+# GNU libgomp is not fork-safe: a forked child that enters a parallel region after the parent
+# used OpenMP can hang (scikit-learn #7650).  A pthread_atfork child handler marks the child,
+# and every kernel then runs serially there without entering any OpenMP region.
+cbn_install_fork_handler()
+
 cdef long _L2_BYTES = cbn_l2_cache_bytes()
 if _L2_BYTES <= 0:
     _L2_BYTES = 512 * 1024
@@ -115,6 +123,11 @@ def openmp_info():
 def max_threads():
     """omp_get_max_threads() (1 in a serial build)."""
     return cbn_max_threads()
+
+
+def in_forked_child():
+    """True in a process forked after its parent ran cbn with threads: kernels run serially."""
+    return bool(cbn_in_forked_child())
 
 
 def last_team_size(bint reset=False):
@@ -187,7 +200,8 @@ cdef inline void _block_moments(double nb, double k, double s1, double s2,
     (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor nb + 1."""
     cdef double q = s2 - s1 * (s1 / nb)
     mean_out[0] = k + s1 / nb
-    m2_out[0] = q if q > 0.0 else 0.0
+    # clamp rounding below zero, but let NaN through (a NaN/Inf input must poison its channel)
+    m2_out[0] = 0.0 if q < 0.0 else q
 
 
 cdef void _merge(double* n_a, double* mean_a, double* m2_a,
@@ -282,13 +296,15 @@ cdef inline Py_ssize_t _seg_start(const Geometry* g, Py_ssize_t s) noexcept nogi
 
 cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
     cdef int nt = requested
+    if elems < PARALLEL_MIN_ELEMS or cbn_in_forked_child():
+        return 1
     if nt <= 0:
         nt = cbn_max_threads()
     nt = min(nt, max(cbn_num_procs(), 1))
-    if elems < PARALLEL_MIN_ELEMS:
-        return 1
     if tasks < nt:
         nt = <int>tasks
+    if nt > 1:
+        cbn_note_parallel()
     return max(nt, 1)
 
 
@@ -953,34 +969,52 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
 
 
 # ------------------------------------------------------------------------------------ streaming floor
+cdef inline int _stream_threads(int requested) noexcept nogil:
+    if cbn_in_forked_child():
+        return 1
+    return requested if requested > 0 else cbn_max_threads()
+
+
 # Plain OpenMP streaming loops over flat float32/float64 arrays: the memory-bandwidth floor that
 # the benchmarks compare each op against, measured in the same process and run.
 
 cdef void _stream_scale(const floating* a, floating* out, Py_ssize_t n, int nt) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(n, num_threads=nt, schedule='static'):
-        out[i] = 2 * a[i] + 1
+    if nt > 1:
+        for i in prange(n, num_threads=nt, schedule='static'):
+            out[i] = 2 * a[i] + 1
+    else:
+        for i in range(n):
+            out[i] = 2 * a[i] + 1
 
 
 cdef void _stream_triad(const floating* a, const floating* b, floating* out, Py_ssize_t n,
                         int nt) noexcept nogil:
     cdef Py_ssize_t i
-    for i in prange(n, num_threads=nt, schedule='static'):
-        out[i] = 2 * a[i] + b[i]
+    if nt > 1:
+        for i in prange(n, num_threads=nt, schedule='static'):
+            out[i] = 2 * a[i] + b[i]
+    else:
+        for i in range(n):
+            out[i] = 2 * a[i] + b[i]
 
 
 cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
     cdef Py_ssize_t t, chunk = (n + 63) // 64
     cdef double s = 0.0
-    for t in prange(64, num_threads=nt, schedule='static'):
-        s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
+    if nt > 1:
+        for t in prange(64, num_threads=nt, schedule='static'):
+            s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
+    else:
+        for t in range(64):
+            s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
     return s
 
 
 def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
     """out = 2 * a + 1 (1 read + 1 write per element)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    cdef int nt = _stream_threads(num_threads)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         with nogil:
             _stream_scale(<const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out), n, nt)
@@ -992,7 +1026,7 @@ def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
 def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads):
     """out = 2 * a + b (2 reads + 1 write per element)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    cdef int nt = _stream_threads(num_threads)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         with nogil:
             _stream_triad(<const float*>cnp.PyArray_DATA(a), <const float*>cnp.PyArray_DATA(b),
@@ -1006,7 +1040,7 @@ def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads)
 def stream_sum(cnp.ndarray a, int num_threads):
     """sum(a) in float64 (1 read per element)."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = num_threads if num_threads > 0 else cbn_max_threads()
+    cdef int nt = _stream_threads(num_threads)
     cdef double s
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
         with nogil:
@@ -1139,12 +1173,16 @@ cdef inline object _new_vector(Py_ssize_t C):
 
 
 cdef void _update_running(object running_mean, object running_var, const double* mean,
-                          const double* var, Py_ssize_t C, double n, double m) noexcept:
+                          const double* var, Py_ssize_t C, double n, double m,
+                          bint skip_nonfinite) noexcept:
     """running = (1 - m) * running + m * batch, with the unbiased variance; in float64, stored
-    in each statistic's own dtype.  IN/OUT the two _fast_vector statistics (or None)."""
+    in each statistic's own dtype.  IN/OUT the two _fast_vector statistics (or None).  With
+    skip_nonfinite, a channel whose batch mean or variance is NaN/Inf keeps its statistics."""
     cdef Py_ssize_t c
     cdef double unbias = n / (n - 1.0)
     for c in range(C):
+        if skip_nonfinite and not (isfinite(mean[c]) and isfinite(var[c])):
+            continue
         if running_mean is not None:
             _vset(running_mean, c, (1.0 - m) * _vget(running_mean, c, 0.0) + m * mean[c])
         if running_var is not None:
@@ -1152,12 +1190,12 @@ cdef void _update_running(object running_mean, object running_var, const double*
 
 
 def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var, double n,
-                   double momentum):
+                   double momentum, bint skip_nonfinite):
     """The running-stat update of the training forward for float32/float64 contiguous stats
     (the caller checks); mean and var (biased) are float64 vectors."""
     cdef Py_ssize_t C = cnp.PyArray_DIM(mean, 0)
     _update_running(running_mean, running_var, <const double*>cnp.PyArray_DATA(mean),
-                    <const double*>cnp.PyArray_DATA(var), C, n, momentum)
+                    <const double*>cnp.PyArray_DATA(var), C, n, momentum, skip_nonfinite)
 
 
 def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out):
@@ -1210,7 +1248,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
 
 
 def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
-                 out):
+                 out, bint skip_nonfinite):
     """batch_norm_forward for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
@@ -1263,7 +1301,8 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
     if rc != 0:
         free(buf)
         raise MemoryError("cbn: out of memory for per-channel work buffers")
-    _update_running(running_mean, running_var, mo, buf + 2 * C, C, <double>g.n, m)
+    _update_running(running_mean, running_var, mo, buf + 2 * C, C, <double>g.n, m,
+                    skip_nonfinite)
     free(buf)
     return ForwardResult(y, mean, invstd)
 

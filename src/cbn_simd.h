@@ -74,6 +74,18 @@ static inline int cbn_num_procs(void) {
 #endif
 }
 
+/* Set in a child process created by fork() after this process ran an OpenMP thread team (the
+ * state in which GNU libgomp can hang in the child). */
+#include <pthread.h>
+static volatile int cbn_forked_child = 0;
+static volatile int cbn_team_started = 0;
+static inline void cbn_note_parallel(void) { cbn_team_started = 1; }
+static void cbn_mark_forked_child(void) { if (cbn_team_started) cbn_forked_child = 1; }
+static inline int cbn_in_forked_child(void) { return cbn_forked_child; }
+static inline int cbn_install_fork_handler(void) {
+    return pthread_atfork(NULL, NULL, cbn_mark_forked_child);
+}
+
 static inline const char *cbn_variant(void) { return CBN_VARIANT; }
 
 /* 1 if the running CPU (and OS) supports the named kernel variant. */
