@@ -24,6 +24,15 @@ from ._batch_norm import (
     batch_norm_inference,
 )
 from ._config import config, show_config
+from ._moments import (
+    BackwardSums,
+    Moments,
+    backward_elemt,
+    backward_reduce,
+    merge_moments,
+    moments,
+    normalize,
+)
 from ._types import BackwardResult, ForwardResult
 
 __all__ = [
@@ -33,6 +42,13 @@ __all__ = [
     "batch_norm_inference",
     "ForwardResult",
     "BackwardResult",
+    "moments",
+    "merge_moments",
+    "normalize",
+    "backward_reduce",
+    "backward_elemt",
+    "Moments",
+    "BackwardSums",
     "reference",
     "show_config",
     "config",
