@@ -86,6 +86,17 @@ def _check_array(x, name, axis, *, need_channel_chunk=True):
     return a
 
 
+def _same_shape(s, t):
+    """Tuples equal, where NaN (an unknown Dask size) equals NaN."""
+    return len(s) == len(t) and all(
+        a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                   and math.isnan(b)) for a, b in zip(s, t))
+
+
+def _has_nan(chunks):
+    return any(isinstance(c, float) and math.isnan(c) for cc in chunks for c in cc)
+
+
 def _meta(x):
     return np.empty((0,) * x.ndim, x.dtype)
 
@@ -129,7 +140,9 @@ def _chunk_backward_sums(dy, x, axis, mean, with_dot, nt):
 
 
 def _block_keys(x) -> List[Any]:
-    return list(x.to_delayed(optimize_graph=True).ravel())
+    # unoptimized: blocks keep their own keys, so that dy and x sharing inputs (dy = f(x)) are
+    # computed once in the combined graph instead of once per fused copy
+    return list(x.to_delayed(optimize_graph=False).ravel())
 
 
 def _global_moments(x, axis, nt, split_every=SPLIT_EVERY) -> Moments:
@@ -378,7 +391,7 @@ def batch_norm_backward(dy, x, mean: ArrayLike, invstd: ArrayLike,
     a = _check_array(x, "x", axis)
     if not isinstance(dy, da.Array):
         raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
-    if dy.shape != x.shape:
+    if not _same_shape(dy.shape, x.shape):
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
@@ -395,7 +408,12 @@ def batch_norm_backward(dy, x, mean: ArrayLike, invstd: ArrayLike,
     grad_dtype = x.dtype if weight is None else np.asarray(weight).dtype
     if not (need_dx or need_dw or need_db):
         return BackwardResult(None, None, None)
-    if dy.chunks != x.chunks:
+    if not all(_same_shape(cd, cx) for cd, cx in zip(dy.chunks, x.chunks)):
+        if _has_nan(x.chunks) or _has_nan(dy.chunks):
+            raise ValueError(
+                "dy and x have different chunks of unknown size; give them the same chunks "
+                "(or call compute_chunk_sizes() on both)"
+            )
         dy = dy.rechunk(x.chunks)
     with_dot = need_dx or need_dw
     part_d = dask.delayed(_chunk_backward_sums, pure=True)
