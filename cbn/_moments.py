@@ -313,8 +313,9 @@ def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> M
 
 # ------------------------------------------------------------------------------------ forward
 
-def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike, weight: Optional[ArrayLike] = None,
-              bias: Optional[ArrayLike] = None, *, axis: int = 1, out: Optional[np.ndarray] = None,
+def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+              weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
+              axis: int = 1, out: Optional[np.ndarray] = None,
               num_threads: Optional[int] = None) -> np.ndarray:
     """The element-wise pass of batch norm with given statistics.
 

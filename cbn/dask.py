@@ -22,7 +22,7 @@ running statistics be updated in place, as in the in-memory functions.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,6 +39,9 @@ from ._moments import (
     normalize,
 )
 from ._types import BackwardResult, ForwardResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import dask.array as _da
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "batch_norm_inference"]
 
@@ -105,7 +108,7 @@ def _chunk_threads(num_threads):
     return v.check_threads(num_threads)  # validated once, here; 0 = all threads
 
 
-# ------------------------------------------------------------------------------------ tree reduction
+# ------------------------------------------------------------------------------- tree reduction
 
 def _tree(dask, leaves: List[Any], combine, split_every: int):
     """Reduce delayed leaves in a tree of fan-in ``split_every`` with ``combine(*parts)``."""
@@ -160,8 +163,9 @@ def _normalize_block(block, *, axis, mean, scale, shift, nt):
     return normalize(block, mean, scale, None, shift, axis=axis, num_threads=nt or None)
 
 
-def batch_norm_forward(x, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
-                       *, eps: float = 1e-5, running_mean: Optional[np.ndarray] = None,
+def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
+                       bias: Optional[ArrayLike] = None, *, eps: float = 1e-5,
+                       running_mean: Optional[np.ndarray] = None,
                        running_var: Optional[np.ndarray] = None, momentum: float = 0.1,
                        axis: int = 1, num_threads: Optional[int] = 1,
                        split_every: int = SPLIT_EVERY) -> ForwardResult:
@@ -279,10 +283,10 @@ def _inference_block(block, *, axis, mean, var, weight, bias, eps, nt, block_inf
                          num_threads=nt or None)
 
 
-def batch_norm_inference(x, running_mean: ArrayLike, running_var: ArrayLike,
+def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: ArrayLike,
                          weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
                          *, eps: float = 1e-5, axis: int = 1,
-                         num_threads: Optional[int] = 1):
+                         num_threads: Optional[int] = 1) -> "_da.Array":
     """Evaluation-mode batch normalization of a Dask array with fixed statistics.
 
     Lazy and purely element-wise: :func:`cbn.batch_norm_inference` on each chunk.  Mirrors
@@ -338,7 +342,7 @@ def _elemt_block(dy, x, *, axis, mean, invstd, weight, sdy, sdyx, count, nt):
                           num_threads=nt or None)
 
 
-def batch_norm_backward(dy, x, mean: ArrayLike, invstd: ArrayLike,
+def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, *, axis: int = 1,
                         num_threads: Optional[int] = 1,
                         needs: Sequence[bool] = (True, True, True),

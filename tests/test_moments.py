@@ -97,7 +97,7 @@ def test_moments_pickle_and_tuple():
     m = cbn.moments(_data((4, 3), np.float64))
     m2 = pickle.loads(pickle.dumps(m))
     assert isinstance(m2, cbn.Moments) and m2.count == m.count
-    count, mean, q = m
+    _count, mean, _m2 = m
     np.testing.assert_array_equal(mean, m2.mean)
 
 
