@@ -26,6 +26,15 @@ from ._batch_norm import (
 from ._config import config, show_config
 from ._fold import FoldedAffine, FrozenBatchNorm, fold, fold_into_conv, fold_into_linear
 from ._layer import BatchNorm, IncompatibleKeys
+from ._moments import (
+    BackwardSums,
+    Moments,
+    backward_elemt,
+    backward_reduce,
+    merge_moments,
+    moments,
+    normalize,
+)
 from ._types import BackwardResult, ForwardResult
 
 __all__ = [
@@ -35,6 +44,13 @@ __all__ = [
     "batch_norm_inference",
     "ForwardResult",
     "BackwardResult",
+    "moments",
+    "merge_moments",
+    "normalize",
+    "backward_reduce",
+    "backward_elemt",
+    "Moments",
+    "BackwardSums",
     "reference",
     "show_config",
     "config",

@@ -12,6 +12,15 @@ from ._fold import (
     fold_into_linear as fold_into_linear,
 )
 from ._layer import BatchNorm as BatchNorm, IncompatibleKeys as IncompatibleKeys
+from ._moments import (
+    BackwardSums as BackwardSums,
+    Moments as Moments,
+    backward_elemt as backward_elemt,
+    backward_reduce as backward_reduce,
+    merge_moments as merge_moments,
+    moments as moments,
+    normalize as normalize,
+)
 from ._types import BackwardResult as BackwardResult, ForwardResult as ForwardResult
 
 __version__: str

@@ -1,0 +1,489 @@
+"""Scale-out building blocks: exact partial moments, their merge, and the SyncBN pieces.
+
+Batch normalization over a batch split into shards (processes, machines, Dask chunks) needs
+the per-channel statistics of the *whole* batch.  The blocks here compute them exactly:
+
+* :func:`moments` gives each shard's ``(count, mean, M2)`` (``M2`` = sum of squared deviations
+  from the shard mean), computed in float64 by the same exact kernel as the training forward;
+* :func:`merge_moments` combines any number of them with Chan et al.'s parallel formula, so
+  the merged statistics equal those of the concatenated batch up to float64 rounding, in any
+  grouping and without the cancellation of a sum / sum-of-squares all-reduce;
+* :func:`normalize` is the element-wise pass with given statistics;
+* :func:`backward_reduce` and :func:`backward_elemt` split the backward pass around the
+  all-reduce of two per-channel sums (torch's ``batch_norm_backward_reduce`` and
+  ``batch_norm_backward_elemt``).
+
+A synchronized (cross-process) batch norm is then::
+
+    m = merge_moments(*all_gather(moments(x_local)))        # forward
+    out = normalize(x_local, m.mean, m.invstd(eps), weight, bias)
+    sums = all_reduce_sum(backward_reduce(dy_local, x_local, m.mean))   # backward
+    dx = backward_elemt(dy_local, x_local, m.mean, m.invstd(eps), weight, *sums, m.count)
+    dweight, dbias = sums.sum_dy_xmu * m.invstd(eps), sums.sum_dy
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _validation as v
+from ._dispatch import kernels as _k
+
+__all__ = [
+    "Moments",
+    "BackwardSums",
+    "moments",
+    "merge_moments",
+    "normalize",
+    "backward_reduce",
+    "backward_elemt",
+]
+
+_F64 = v.F64
+
+
+class Moments(NamedTuple):
+    """Per-channel moments of a (part of a) batch: the unit of exchange of a sharded batch norm.
+
+    Attributes
+    ----------
+    count : int
+        Number of values per channel (the product of all non-channel dimensions).
+    mean : ndarray of float64, shape (C,)
+        Per-channel mean (0 when ``count`` is 0).
+    m2 : ndarray of float64, shape (C,)
+        Per-channel sum of squared deviations from ``mean`` (0 when ``count`` is 0).
+
+    Notes
+    -----
+    A plain :class:`typing.NamedTuple`: it pickles, and ``(count, mean, m2)`` tuples are
+    accepted wherever a ``Moments`` is.
+    """
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def var(self, ddof: int = 0) -> np.ndarray:
+        """Per-channel variance ``m2 / (count - ddof)``.
+
+        Parameters
+        ----------
+        ddof : int, default 0
+            Delta degrees of freedom: 0 for the biased variance batch norm normalizes with,
+            1 for the unbiased variance of the running-statistics update.
+
+        Returns
+        -------
+        ndarray of float64, shape (C,)
+            The variance; NaN everywhere when ``count <= ddof``.
+        """
+        d = self.count - operator.index(ddof)
+        if d <= 0:
+            return np.full(np.shape(self.m2), np.nan)
+        return np.asarray(self.m2, dtype=_F64) / float(d)
+
+    def invstd(self, eps: float = 1e-5) -> np.ndarray:
+        """``1 / sqrt(var + eps)`` with the biased variance, as batch norm uses it.
+
+        Parameters
+        ----------
+        eps : float, default 1e-5
+            Added to the variance; finite and > 0.
+
+        Returns
+        -------
+        ndarray of float64, shape (C,)
+        """
+        eps = v.check_eps(eps)
+        return 1.0 / np.sqrt(self.var(0) + eps)
+
+
+class BackwardSums(NamedTuple):
+    """The two per-channel sums a sharded backward pass all-reduces.
+
+    Attributes
+    ----------
+    sum_dy : ndarray of float64, shape (C,)
+        ``sum(dy)`` over every axis but the channel axis; equal to ``dbias``.
+    sum_dy_xmu : ndarray of float64, shape (C,)
+        ``sum(dy * (x - mean))``; ``dweight = sum_dy_xmu * invstd``.
+    """
+
+    sum_dy: np.ndarray
+    sum_dy_xmu: np.ndarray
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _finish(yk, y, out, copy_back, perm):
+    """Return the result; if the kernel wrote to a temporary, copy it into ``out`` first."""
+    if copy_back:
+        np.copyto(out if perm is None else out.transpose(perm), yk)
+        return out
+    return y
+
+
+def _check_dy(dy, x):
+    dy = v.kernel_dtype(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    return dy
+
+
+def _dy_view(dy, perm):
+    dyk = dy if perm is None else dy.transpose(perm)
+    if not dyk.flags.c_contiguous:
+        dyk = np.ascontiguousarray(dyk)
+    return dyk
+
+
+def _check_count(count, name="count"):
+    if isinstance(count, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a non-negative integer, got bool")
+    try:
+        n = operator.index(count)
+    except TypeError:
+        # accept integral floats (e.g. a count that travelled through a float64 all-reduce)
+        if isinstance(count, (float, np.floating)) and float(count).is_integer():
+            n = int(count)
+        else:
+            raise TypeError(
+                f"{name} must be a non-negative integer, got {type(count).__name__}"
+            ) from None
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
+
+
+# ------------------------------------------------------------------------------------ moments
+
+def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -> Moments:
+    """Exact per-channel count, mean and M2 of ``x`` (a shard of a batch).
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis``.  May have 0 values per channel.
+    axis : int, default 1
+        The channel axis (negative counts from the end; -1 for channels-last).
+    num_threads : int, optional
+        OpenMP threads; None uses ``omp_get_max_threads()``.
+
+    Returns
+    -------
+    Moments
+        ``(count, mean, m2)`` with ``count`` the number of values per channel and float64
+        ``mean`` and ``m2`` (sum of squared deviations) of shape (C,).  For an empty shard
+        they are ``(0, zeros, zeros)``, the neutral element of :func:`merge_moments`.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not float32/float64 or ``axis`` / ``num_threads`` is not an integer.
+    ValueError
+        If ``x`` has fewer than 2 dimensions or ``axis`` is out of range.
+
+    See Also
+    --------
+    merge_moments : combine the moments of several shards.
+
+    Notes
+    -----
+    The same kernel as :func:`cbn.batch_norm_forward`: float64 accumulation, an exact per-block
+    two-pass scheme merged by Chan's formula, bit-identical for any ``num_threads``.
+    ``np.var(x, axis=others) * count`` equals ``m2`` up to rounding.
+    """
+    x, axis = v.check_input(x, axis)
+    nt = v.check_threads(num_threads)
+    xk, ak, _ = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    mean = np.zeros(C, _F64)
+    m2 = np.zeros(C, _F64)
+    if xk.size:
+        _k.moments(xk, outer, C, inner, mean, m2, nt)
+    return Moments(int(outer * inner), mean, m2)
+
+
+def _as_part(p, i, C):
+    if isinstance(p, Moments):
+        count, mean, m2 = p
+    else:
+        try:
+            count, mean, m2 = p
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"parts[{i}] must be a Moments or a (count, mean, m2) tuple, "
+                f"got {type(p).__name__}"
+            ) from None
+    count = _check_count(count, f"parts[{i}].count")
+    if C is None:
+        mean_a = np.asarray(mean)
+        if mean_a.ndim != 1:
+            raise ValueError(f"parts[{i}].mean must be a 1-d array, got shape {mean_a.shape}")
+        C = mean_a.shape[0]
+    mean = v.as_f64(mean, f"parts[{i}].mean", C)
+    m2 = v.as_f64(m2, f"parts[{i}].m2", C)
+    return count, mean, m2, C
+
+
+def _merge2(a, b):
+    """Chan et al.: the moments of the union of two disjoint parts (new arrays)."""
+    na, ma, qa = a
+    nb, mb, qb = b
+    if nb == 0:
+        return a
+    if na == 0:
+        return b
+    n = na + nb
+    f = nb / n
+    delta = mb - ma
+    mean = ma + delta * f
+    m2 = (qa + qb) + delta * delta * (na * f)
+    return (n, mean, m2)
+
+
+def _merge_tree(parts):
+    if len(parts) == 1:
+        return parts[0]
+    h = len(parts) // 2
+    return _merge2(_merge_tree(parts[:h]), _merge_tree(parts[h:]))
+
+
+def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> Moments:
+    """Exact moments of the union of disjoint parts, by Chan et al.'s parallel formula.
+
+    For two parts ``a`` and ``b`` with ``n = n_a + n_b`` and ``delta = mean_b - mean_a``::
+
+        mean = mean_a + delta * n_b / n
+        m2   = m2_a + m2_b + delta**2 * n_a * n_b / n
+
+    Any number of parts is combined pairwise in a balanced tree (in argument order), so the
+    result does not depend on the grouping beyond float64 rounding.
+
+    Parameters
+    ----------
+    *parts : Moments or (count, mean, m2) tuples
+        At least one.  All must have the same number of channels C.  Parts with ``count`` 0
+        are ignored (their ``mean`` and ``m2`` are not read beyond validation, so NaN there
+        is harmless).
+
+    Returns
+    -------
+    Moments
+        ``(count, mean, m2)`` of the union; ``count`` is the sum of the counts (a Python
+        int, exact); new float64 arrays of shape (C,).
+
+    Raises
+    ------
+    TypeError
+        If a part is not a Moments / 3-tuple, a count is not an integer, or a mean / m2 is
+        not a floating-point array.
+    ValueError
+        If no part is given, a count is negative, or the parts disagree on C.
+
+    Examples
+    --------
+    >>> import numpy as np, cbn
+    >>> x = np.random.default_rng(0).normal(size=(8, 3, 5))
+    >>> m = cbn.merge_moments(cbn.moments(x[:3]), cbn.moments(x[3:]))
+    >>> bool(np.allclose(m.var(), x.var(axis=(0, 2))))
+    True
+    """
+    if not parts:
+        raise ValueError("merge_moments needs at least one part")
+    C = None
+    norm = []
+    for i, p in enumerate(parts):
+        count, mean, m2, C = _as_part(p, i, C)
+        norm.append((count, mean, m2))
+    live = [p for p in norm if p[0] > 0]
+    if not live:
+        return Moments(0, np.zeros(C, _F64), np.zeros(C, _F64))
+    n, mean, m2 = _merge_tree(live)
+    # always hand out fresh arrays (a single live part would otherwise alias the caller's)
+    return Moments(int(n), np.array(mean, dtype=_F64), np.array(m2, dtype=_F64))
+
+
+# ------------------------------------------------------------------------------------ forward
+
+def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+              weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
+              axis: int = 1, out: Optional[np.ndarray] = None,
+              num_threads: Optional[int] = None) -> np.ndarray:
+    """The element-wise pass of batch norm with given statistics.
+
+    Computes ``out = (x - mean) * (invstd * weight) + bias`` per channel in one read and one
+    write, in the centred form that keeps float32 data with large offsets accurate.  With the
+    merged statistics of all shards this is the forward pass of a synchronized batch norm.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, ndim >= 2
+        The input (e.g. the local shard), with the channel dimension at ``axis``.
+    mean, invstd : array_like of shape (C,)
+        The statistics, e.g. ``m.mean`` and ``m.invstd(eps)`` of a :class:`Moments` ``m``.
+    weight, bias : array_like of shape (C,), optional
+        Affine parameters; None means 1 and 0.
+    axis : int, default 1
+        The channel axis.
+    out : ndarray, optional
+        Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
+    num_threads : int, optional
+        OpenMP threads; None uses ``omp_get_max_threads()``.
+
+    Returns
+    -------
+    ndarray
+        The normalized array, dtype of ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad arguments (non-float ``x``, vectors not of shape (C,), a bad ``out``), naming
+        the argument.
+    """
+    x, axis = v.check_input(x, axis)
+    nt = v.check_threads(num_threads)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    mu = v.as_f64(mean, "mean", C)
+    scale = v.as_f64(invstd, "invstd", C)
+    if weight is not None:
+        scale = scale * v.as_f64(weight, "weight", C)
+    shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
+    yk, y, copy_back = v.output_for(out, x, xk, perm)
+    if xk.size:
+        _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt)
+    return _finish(yk, y, out, copy_back, perm)
+
+
+# ------------------------------------------------------------------------------------ backward
+
+def _backward_sums(dyk, xk, outer, C, inner, mu, with_dot, nt):
+    sdy = np.zeros(C, _F64)
+    sdyx = np.zeros(C, _F64)
+    if xk.size:
+        _k.backward(dyk, xk, None, outer, C, inner, mu, np.ones(C, _F64), None, bool(with_dot),
+                    sdy, sdyx, nt)
+    return BackwardSums(sdy, sdyx)
+
+
+def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int = 1,
+                    num_threads: Optional[int] = None) -> BackwardSums:
+    """Local per-channel sums for a sharded backward pass (torch's ``batch_norm_backward_reduce``).
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to the forward output; shape and dtype of ``x``.
+    x : ndarray of float32 or float64, ndim >= 2
+        The forward input (the local shard).
+    mean : array_like of shape (C,)
+        The *global* batch mean used in the forward pass.
+    axis : int, default 1
+        The channel axis.
+    num_threads : int, optional
+        OpenMP threads; None uses ``omp_get_max_threads()``.
+
+    Returns
+    -------
+    BackwardSums
+        ``(sum_dy, sum_dy_xmu)``, float64 arrays of shape (C,): ``sum(dy)`` and
+        ``sum(dy * (x - mean))`` over this shard.  Sum them over all shards (all-reduce), then
+        ``dbias = sum_dy`` and ``dweight = sum_dy_xmu * invstd`` (cast them to the dtype of
+        ``weight`` if you want torch's result types), and ``dx`` comes from
+        :func:`backward_elemt`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad arguments, e.g. ``dy`` of another shape or dtype than ``x``.
+    """
+    x, axis = v.check_input(x, axis)
+    dy = _check_dy(dy, x)
+    nt = v.check_threads(num_threads)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    mu = v.as_f64(mean, "mean", C)
+    return _backward_sums(_dy_view(dy, perm), xk, outer, C, inner, mu, True, nt)
+
+
+def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                   weight: Optional[ArrayLike], sum_dy: ArrayLike, sum_dy_xmu: ArrayLike,
+                   count: int, *, axis: int = 1, out: Optional[np.ndarray] = None,
+                   num_threads: Optional[int] = None) -> np.ndarray:
+    """``dx`` of a shard from the all-reduced sums (torch's ``batch_norm_backward_elemt``).
+
+    With ``n = count`` values per channel in the whole batch::
+
+        dx = weight * invstd * (dy - sum_dy / n - (x - mean) * invstd**2 * sum_dy_xmu / n)
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient with respect to the forward output (local shard); shape and dtype of ``x``.
+    x : ndarray of float32 or float64, ndim >= 2
+        The forward input (local shard).
+    mean, invstd : array_like of shape (C,)
+        The global statistics used in the forward pass.
+    weight : array_like of shape (C,) or None
+        The forward ``weight``; None means 1.
+    sum_dy, sum_dy_xmu : array_like of shape (C,)
+        The sums of :func:`backward_reduce` summed over *all* shards.
+    count : int
+        Number of values per channel in the whole batch (``merge_moments(...).count``), >= 1.
+    axis : int, default 1
+        The channel axis.
+    out : ndarray, optional
+        Where to write ``dx``: same shape and dtype as ``x``; may be ``dy`` or ``x`` itself.
+    num_threads : int, optional
+        OpenMP threads; None uses ``omp_get_max_threads()``.
+
+    Returns
+    -------
+    ndarray
+        ``dx``, shape and dtype of ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad arguments, naming them; ``count`` must be at least the local number of values
+        per channel.
+
+    Notes
+    -----
+    The parameter gradients need no further pass: ``dweight = sum_dy_xmu * invstd`` and
+    ``dbias = sum_dy``.
+    """
+    x, axis = v.check_input(x, axis)
+    dy = _check_dy(dy, x)
+    nt = v.check_threads(num_threads)
+    n_total = _check_count(count)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    if n_total < outer * inner or n_total == 0:
+        raise ValueError(
+            f"count must be the number of values per channel in the whole batch, at least the "
+            f"local {outer * inner} (and >= 1), got {n_total}"
+        )
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    a = v.as_f64(sum_dy, "sum_dy", C)
+    d = v.as_f64(sum_dy_xmu, "sum_dy_xmu", C)
+    dyk = _dy_view(dy, perm)
+    dxk, dx, copy_back = v.output_for(out, x, xk, perm)
+    if not copy_back and out is not None and np.may_share_memory(dxk, dyk) \
+            and not v._same_memory(dxk, dyk):
+        dxk, copy_back = np.empty(xk.shape, xk.dtype), True
+    if xk.size:
+        _k.backward_dx_from_sums(dyk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
+                                 float(n_total), nt)
+    return _finish(dxk, dx, out, copy_back, perm)

@@ -1,0 +1,437 @@
+"""Batch normalization on Dask arrays, chunk by chunk, with exact global statistics.
+
+``import cbn.dask`` (needs ``pip install 'cbn[dask]'``) gives the three batch-norm functions for
+:class:`dask.array.Array` inputs chunked along any axes but the channel axis:
+
+* :func:`batch_norm_forward`: per-chunk :func:`cbn.moments` -> tree reduction with
+  :func:`cbn.merge_moments` -> per-chunk :func:`cbn.normalize`;
+* :func:`batch_norm_backward`: per-chunk :func:`cbn.backward_reduce` -> tree sum -> per-chunk
+  :func:`cbn.backward_elemt`;
+* :func:`batch_norm_inference`: per-chunk :func:`cbn.batch_norm_inference`.
+
+Only per-channel vectors (a few times C float64 per chunk) travel between tasks; no task ever
+holds more than one chunk of the array, so the arrays may be larger than memory.
+
+The training functions **compute the statistics eagerly** (one pass over the input, with the
+current scheduler) and return them as NumPy arrays; the normalized output / ``dx`` stay lazy
+Dask arrays whose computation reads the input a second time.  If producing ``x`` is costly,
+``x = x.persist()`` first.  This is what makes ``mean``/``invstd`` concrete and lets the
+running statistics be updated in place, as in the in-memory functions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _validation as v
+from ._batch_norm import batch_norm_inference as _np_inference
+from ._moments import (
+    Moments,
+    _backward_sums,
+    _dy_view,
+    backward_elemt,
+    merge_moments,
+    moments,
+    normalize,
+)
+from ._types import BackwardResult, ForwardResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    import dask.array as _da
+
+__all__ = ["batch_norm_forward", "batch_norm_backward", "batch_norm_inference"]
+
+#: Fan-in of the tree reductions of per-chunk statistics.
+SPLIT_EVERY = 8
+
+_F64 = v.F64
+
+
+def _import_dask():
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - exercised only without dask
+        raise ImportError(
+            "cbn.dask needs Dask: pip install 'cbn[dask]' (installs dask[array] and "
+            f"distributed). Cause: {exc}"
+        ) from exc
+    return dask, da
+
+
+def _check_array(x, name, axis, *, need_channel_chunk=True):
+    """Validate a Dask array argument; returns the normalised channel axis."""
+    dask, da = _import_dask()
+    if not isinstance(x, da.Array):
+        raise TypeError(
+            f"{name} must be a dask.array.Array, got {type(x).__name__} "
+            f"(use cbn.batch_norm_* for in-memory arrays, or dask.array.from_array)"
+        )
+    dt = x.dtype
+    if not (dt.kind == "f" and dt.itemsize in (4, 8)):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}"
+        )
+    a = v.check_axis(axis, x.ndim)
+    if need_channel_chunk and len(x.chunks[a]) != 1:
+        raise ValueError(
+            f"{name} is chunked along the channel axis (axis={a}, chunks {x.chunks[a]}); the "
+            f"channel axis must be a single chunk: use {name}.rechunk({{{a}: -1}})"
+        )
+    if math.isnan(x.shape[a]):
+        raise ValueError(f"{name} has an unknown size along the channel axis (axis={a})")
+    return a
+
+
+def _same_shape(s, t):
+    """Tuples equal, where NaN (an unknown Dask size) equals NaN."""
+    return len(s) == len(t) and all(
+        a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a)
+                   and math.isnan(b)) for a, b in zip(s, t))
+
+
+def _has_nan(chunks):
+    return any(isinstance(c, float) and math.isnan(c) for cc in chunks for c in cc)
+
+
+def _meta(x):
+    return np.empty((0,) * x.ndim, x.dtype)
+
+
+def _chunk_threads(num_threads):
+    return v.check_threads(num_threads)  # validated once, here; 0 = all threads
+
+
+# ------------------------------------------------------------------------------- tree reduction
+
+def _tree(dask, leaves: List[Any], combine, split_every: int):
+    """Reduce delayed leaves in a tree of fan-in ``split_every`` with ``combine(*parts)``."""
+    combine_d = dask.delayed(combine, pure=True)
+    level = list(leaves)
+    while len(level) > 1:
+        level = [combine_d(*level[i:i + split_every]) for i in range(0, len(level), split_every)]
+    return level[0]
+
+
+def _chunk_moments(block, axis, nt):
+    return moments(block, axis=axis, num_threads=nt or None)
+
+
+def _sum_parts(*parts):
+    """Sum (count, sum_dy, sum_dy_xmu) triples (new arrays)."""
+    n = sum(p[0] for p in parts)
+    sdy = parts[0][1].copy()
+    sdyx = parts[0][2].copy()
+    for p in parts[1:]:
+        sdy += p[1]
+        sdyx += p[2]
+    return (n, sdy, sdyx)
+
+
+def _chunk_backward_sums(dy, x, axis, mean, with_dot, nt):
+    x, axis = v.check_input(x, axis)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    s = _backward_sums(_dy_view(dy, perm), xk, outer, C, inner, mean, with_dot, nt)
+    return (outer * inner, s.sum_dy, s.sum_dy_xmu)
+
+
+def _block_keys(x) -> List[Any]:
+    # unoptimized: blocks keep their own keys, so that dy and x sharing inputs (dy = f(x)) are
+    # computed once in the combined graph instead of once per fused copy
+    return list(x.to_delayed(optimize_graph=False).ravel())
+
+
+def _global_moments(x, axis, nt, split_every=SPLIT_EVERY) -> Moments:
+    """Compute (eagerly) the exact moments of a Dask array, chunk by chunk."""
+    dask, _ = _import_dask()
+    chunk_d = dask.delayed(_chunk_moments, pure=True)
+    leaves = [chunk_d(b, axis, nt) for b in _block_keys(x)]
+    (m,) = dask.compute(_tree(dask, leaves, merge_moments, split_every))
+    return m
+
+
+# ------------------------------------------------------------------------------------ forward
+
+def _normalize_block(block, *, axis, mean, scale, shift, nt):
+    return normalize(block, mean, scale, None, shift, axis=axis, num_threads=nt or None)
+
+
+def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
+                       bias: Optional[ArrayLike] = None, *, eps: float = 1e-5,
+                       running_mean: Optional[np.ndarray] = None,
+                       running_var: Optional[np.ndarray] = None, momentum: float = 0.1,
+                       axis: int = 1, num_threads: Optional[int] = 1,
+                       split_every: int = SPLIT_EVERY) -> ForwardResult:
+    """Training-mode batch normalization of a Dask array, with exact batch statistics.
+
+    The statistics are those of the whole array (all chunks), computed eagerly by per-chunk
+    :func:`cbn.moments` and a tree of :func:`cbn.merge_moments`; the output is a lazy Dask
+    array, normalized chunk by chunk.  Mirrors :func:`cbn.batch_norm_forward` (no ``out``).
+
+    Parameters
+    ----------
+    x : dask.array.Array of float32 or float64, ndim >= 2
+        The input, chunked along any axes except ``axis`` (the channel axis must be a single
+        chunk).
+    weight, bias : array_like of shape (C,), optional
+        Affine parameters (NumPy); None means 1 and 0.
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    running_mean, running_var : ndarray of shape (C,), optional
+        NumPy arrays updated in place as in :func:`cbn.batch_norm_forward` (unbiased variance
+        for ``running_var``).  The update happens in this call.
+    momentum : float, default 0.1
+        Weight of the batch statistics in the running-stat update, in [0, 1].
+    axis : int, default 1
+        The channel axis (negative counts from the end).
+    num_threads : int or None, default 1
+        OpenMP threads *per chunk task*.  Dask already runs chunks in parallel, so the default
+        is 1; None means all OpenMP threads per task (for few, large chunks).
+    split_every : int, default 8
+        Fan-in of the tree reduction of the per-chunk moments (>= 2).
+
+    Returns
+    -------
+    ForwardResult
+        ``(out, mean, invstd)``: ``out`` a lazy Dask array with the chunks and dtype of ``x``;
+        ``mean`` and ``invstd`` float64 NumPy arrays of shape (C,).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a float32/float64 Dask array or a parameter is not floating point.
+    ValueError
+        If the channel axis is chunked (use ``x.rechunk({axis: -1})``), on a bad axis or
+        shape, ``eps <= 0``, ``momentum`` outside [0, 1], a read-only running statistic, or a
+        single value per channel.
+
+    Notes
+    -----
+    This call computes: it reads all of ``x`` once (with the active Dask scheduler) to get the
+    statistics.  Computing ``out`` reads ``x`` again; ``x.persist()`` avoids recomputing an
+    expensive ``x``.  Memory: each task holds one chunk and O(C) statistics.
+    """
+    dask, da = _import_dask()
+    a = _check_array(x, "x", axis)
+    eps = v.check_eps(eps)
+    nt = _chunk_threads(num_threads)
+    split_every = _check_split(split_every)
+    C = x.shape[a]
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    b = None if bias is None else v.as_f64(bias, "bias", C)
+    if running_mean is not None or running_var is not None:
+        momentum = v.check_momentum(momentum)
+        if running_mean is not None:
+            v.channel_vector(running_mean, "running_mean", C, writeable=True)
+        if running_var is not None:
+            v.channel_vector(running_var, "running_var", C, writeable=True)
+    shape_known = not any(math.isnan(s) for s in x.shape)
+    if shape_known:
+        n = math.prod(s for i, s in enumerate(x.shape) if i != a)
+        if n == 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, "
+                f"got input size {tuple(x.shape)}"
+            )
+        if n == 0:
+            return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
+    m = _global_moments(x, a, nt, split_every)
+    n = m.count
+    if n == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got 1")
+    if n == 0:
+        return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
+    mean = m.mean
+    var = m.m2 / n
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if w is None else invstd * w
+    shift = np.zeros(C, _F64) if b is None else b
+    out = x.map_blocks(_normalize_block, axis=a, mean=mean, scale=scale, shift=shift, nt=nt,
+                       dtype=x.dtype, meta=_meta(x), token="cbn-normalize")
+    if running_mean is not None:
+        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+    if running_var is not None:
+        running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1.0)))
+    return ForwardResult(out, mean, invstd)
+
+
+def _check_split(split_every):
+    if isinstance(split_every, bool) or not isinstance(split_every, (int, np.integer)):
+        raise TypeError(f"split_every must be an integer >= 2, got {type(split_every).__name__}")
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    return int(split_every)
+
+
+# ------------------------------------------------------------------------------------ inference
+
+def _inference_block(block, *, axis, mean, var, weight, bias, eps, nt, block_info=None):
+    loc = block_info[0]["array-location"][axis] if block_info else None
+    if loc is not None and (loc[0], loc[1]) != (0, mean.shape[0]):
+        sl = slice(loc[0], loc[1])
+        mean, var = mean[sl], var[sl]
+        weight = None if weight is None else weight[sl]
+        bias = None if bias is None else bias[sl]
+    return _np_inference(block, mean, var, weight, bias, eps=eps, axis=axis,
+                         num_threads=nt or None)
+
+
+def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: ArrayLike,
+                         weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                         *, eps: float = 1e-5, axis: int = 1,
+                         num_threads: Optional[int] = 1) -> "_da.Array":
+    """Evaluation-mode batch normalization of a Dask array with fixed statistics.
+
+    Lazy and purely element-wise: :func:`cbn.batch_norm_inference` on each chunk.  Mirrors
+    the in-memory function (no ``out``).
+
+    Parameters
+    ----------
+    x : dask.array.Array of float32 or float64, ndim >= 2
+        The input.  Unlike the training functions, any chunking works here, including along
+        the channel axis.
+    running_mean, running_var : array_like of shape (C,)
+        The statistics (NumPy); ``running_var`` must be >= 0.
+    weight, bias : array_like of shape (C,), optional
+        Affine parameters; None means 1 and 0.
+    eps : float, default 1e-5
+        Added to the variance; finite and > 0.
+    axis : int, default 1
+        The channel axis.
+    num_threads : int or None, default 1
+        OpenMP threads per chunk task (None: all).
+
+    Returns
+    -------
+    dask.array.Array
+        The normalized array (lazy), chunks and dtype of ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad arguments, naming them; if ``running_var`` has a negative entry.
+    """
+    _import_dask()
+    a = _check_array(x, "x", axis, need_channel_chunk=False)
+    eps = v.check_eps(eps)
+    nt = _chunk_threads(num_threads)
+    C = x.shape[a]
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required for inference")
+    rm = v.as_f64(running_mean, "running_mean", C)
+    rv = v.as_f64(running_var, "running_var", C)
+    if (rv < 0).any():
+        raise ValueError("running_var must be >= 0 everywhere")
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    b = None if bias is None else v.as_f64(bias, "bias", C)
+    return x.map_blocks(_inference_block, axis=a, mean=rm, var=rv, weight=w, bias=b, eps=eps,
+                        nt=nt, dtype=x.dtype, meta=_meta(x), token="cbn-inference")
+
+
+# ------------------------------------------------------------------------------------ backward
+
+def _elemt_block(dy, x, *, axis, mean, invstd, weight, sdy, sdyx, count, nt):
+    return backward_elemt(dy, x, mean, invstd, weight, sdy, sdyx, count, axis=axis,
+                          num_threads=nt or None)
+
+
+def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd: ArrayLike,
+                        weight: Optional[ArrayLike] = None, *, axis: int = 1,
+                        num_threads: Optional[int] = 1,
+                        needs: Sequence[bool] = (True, True, True),
+                        split_every: int = SPLIT_EVERY) -> BackwardResult:
+    """Exact gradients of :func:`batch_norm_forward` for Dask arrays.
+
+    Per-chunk :func:`cbn.backward_reduce`, a tree sum of the per-channel sums (computed in this
+    call), then a lazy per-chunk :func:`cbn.backward_elemt` for ``dx``.  Mirrors
+    :func:`cbn.batch_norm_backward` (no ``out``).
+
+    Parameters
+    ----------
+    dy : dask.array.Array
+        Gradient with respect to the forward output; shape and dtype of ``x`` (rechunked to
+        the chunks of ``x`` if they differ).
+    x : dask.array.Array of float32 or float64
+        The forward input; the channel axis must be a single chunk.
+    mean, invstd : array_like of shape (C,)
+        The statistics returned by :func:`batch_norm_forward`.
+    weight : array_like of shape (C,), optional
+        The forward ``weight``; None means 1.
+    axis : int, default 1
+        The channel axis.
+    num_threads : int or None, default 1
+        OpenMP threads per chunk task (None: all).
+    needs : tuple of 3 bool, default (True, True, True)
+        Which of ``(dx, dweight, dbias)`` to compute; the others are None.
+    split_every : int, default 8
+        Fan-in of the tree sum (>= 2).
+
+    Returns
+    -------
+    BackwardResult
+        ``(dx, dweight, dbias)``: ``dx`` a lazy Dask array like ``x``; ``dweight`` and
+        ``dbias`` NumPy arrays of shape (C,) in the dtype of ``weight`` when given, else of
+        ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad arguments, e.g. ``dy`` not a Dask array of the shape and dtype of ``x``, or a
+        chunked channel axis.
+
+    Notes
+    -----
+    This call reads ``dy`` and ``x`` once to compute the sums; computing ``dx`` reads them
+    again.
+    """
+    dask, da = _import_dask()
+    a = _check_array(x, "x", axis)
+    if not isinstance(dy, da.Array):
+        raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
+    if not _same_shape(dy.shape, x.shape):
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    try:
+        need_dx, need_dw, need_db = (bool(f) for f in needs)
+    except (TypeError, ValueError):
+        raise TypeError("needs must be a tuple of three booleans (dx, dweight, dbias)") from None
+    nt = _chunk_threads(num_threads)
+    split_every = _check_split(split_every)
+    C = x.shape[a]
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    grad_dtype = x.dtype if weight is None else np.asarray(weight).dtype
+    if not (need_dx or need_dw or need_db):
+        return BackwardResult(None, None, None)
+    if not all(_same_shape(cd, cx) for cd, cx in zip(dy.chunks, x.chunks)):
+        if _has_nan(x.chunks) or _has_nan(dy.chunks):
+            raise ValueError(
+                "dy and x have different chunks of unknown size; give them the same chunks "
+                "(or call compute_chunk_sizes() on both)"
+            )
+        dy = dy.rechunk(x.chunks)
+    with_dot = need_dx or need_dw
+    part_d = dask.delayed(_chunk_backward_sums, pure=True)
+    leaves = [part_d(g, b, a, mu, with_dot, nt)
+              for g, b in zip(_block_keys(dy), _block_keys(x))]
+    ((n, sdy, sdyx),) = dask.compute(_tree(dask, leaves, _sum_parts, split_every))
+    dx = None
+    if need_dx:
+        if n == 0:
+            dx = x.copy()
+        else:
+            dx = da.map_blocks(_elemt_block, dy, x, axis=a, mean=mu, invstd=iv, weight=w,
+                               sdy=sdy, sdyx=sdyx, count=int(n), nt=nt, dtype=x.dtype,
+                               meta=_meta(x), token="cbn-backward-elemt")
+    dweight = (sdyx * iv).astype(grad_dtype, copy=False) if need_dw else None
+    dbias = sdy.astype(grad_dtype, copy=False) if need_db else None
+    return BackwardResult(dx, dweight, dbias)
