@@ -598,6 +598,8 @@ def format_time(seconds):
     """
     if seconds is None:
         return "-"
+    if seconds < 1e-5:
+        return f"{seconds * 1e6:.2f} us"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f} us"
     if seconds < 1.0:
