@@ -71,7 +71,9 @@ def check_combination(impl, num_threads):
     Parameters
     ----------
     impl : str
+        ``cbn``, ``numpy`` or ``torch``.
     num_threads : int
+        Threads asked for.
     """
     if impl == "numpy" and num_threads != 1:
         raise NotImplementedError("cbn.reference is single-threaded")
@@ -83,12 +85,15 @@ def make_inputs(shape, dtype, axis, with_dy=True, seed=0):
     Parameters
     ----------
     shape : tuple of int
+        Shape of ``x``.
     dtype : str
+        ``float32`` or ``float64``.
     axis : int
         The channel axis.
     with_dy : bool, default True
         Also draw ``dy``; when False, ``dy`` is ``x`` itself (no extra memory).
     seed : int, default 0
+        Seed of the random generator.
 
     Returns
     -------
@@ -116,7 +121,9 @@ def torch_view(arr, axis):
     Parameters
     ----------
     arr : ndarray
+        C-contiguous data.
     axis : int
+        Its channel axis.
 
     Returns
     -------
@@ -228,6 +235,7 @@ class TimeBatchNorm:
     timeout = 120
 
     def setup(self, shape, dtype, num_threads, impl):
+        """Draw the inputs, the saved statistics and cbn's output buffer; warm up."""
         check_combination(impl, num_threads)
         if impl == "torch":
             import_torch()
@@ -239,12 +247,15 @@ class TimeBatchNorm:
         self.calls.inference()  # warm up: page in cbn's output, start the thread pools
 
     def time_forward(self, shape, dtype, num_threads, impl):
+        """Training forward pass (batch statistics, running statistics updated)."""
         self.calls.forward()
 
     def time_backward(self, shape, dtype, num_threads, impl):
+        """Backward pass: dx, dweight and dbias."""
         self.calls.backward()
 
     def time_inference(self, shape, dtype, num_threads, impl):
+        """Inference with the running statistics."""
         self.calls.inference()
 
 
@@ -256,6 +267,7 @@ class PeakMemBatchNorm:
     timeout = 120
 
     def setup(self, shape, dtype, num_threads, impl):
+        """Draw the input only (no output buffers: the calls allocate)."""
         check_combination(impl, num_threads)
         if impl == "torch":
             import_torch()
@@ -268,10 +280,13 @@ class PeakMemBatchNorm:
         self.calls = _Calls(impl, d, axis, num_threads, mean, invstd, preallocate=False)
 
     def peakmem_forward(self, shape, dtype, num_threads, impl):
+        """Training forward pass."""
         self.calls.forward()
 
     def peakmem_backward(self, shape, dtype, num_threads, impl):
+        """Backward pass (all three gradients)."""
         self.calls.backward()
 
     def peakmem_inference(self, shape, dtype, num_threads, impl):
+        """Inference."""
         self.calls.inference()

@@ -188,7 +188,7 @@ class Result:
 
     @property
     def floor_ratio(self):
-        """cbn time over the floor time (1.0 means at memory bandwidth)."""
+        """The cbn time over the floor time (1.0 means at memory bandwidth)."""
         floor, mine = self.times.get("floor"), self.times.get("cbn")
         if floor is None or mine is None:
             return None
@@ -300,6 +300,7 @@ def spread(samples):
     Parameters
     ----------
     samples : list of float
+        Seconds per call, one per round.
 
     Returns
     -------
@@ -534,6 +535,7 @@ def resolve_threads(num_threads):
     Parameters
     ----------
     num_threads : int or None
+        Requested thread count.
 
     Returns
     -------
@@ -561,25 +563,26 @@ def summarize(results):
     Parameters
     ----------
     results : list of Result
+        From :func:`run_benchmark`.
 
     Returns
     -------
     dict
         ``cases``; ``geomean_vs_torch`` and ``geomean_vs_numpy`` (None without data);
-        ``worst_vs_torch`` as ``{"speedup": float, "case": "op case-label"}`` or None; ``floor_cases``
+        ``worst_vs_torch`` as ``{"speedup": float, "case": "op case-label"}`` or None;
+        ``floor_cases``
         (results whose ``x`` is at least :data:`FLOOR_SUMMARY_MIN_BYTES`) and
         ``within_floor`` (those of them with a floor ratio <= :data:`FLOOR_TOLERANCE`).
     """
-    vs_torch = [(r.speedup("torch"), f"{r.op} {r.case.label}") for r in results
-                if r.speedup("torch") is not None]
+    vs_torch = [{"speedup": r.speedup("torch"), "case": f"{r.op} {r.case.label}"}
+                for r in results if r.speedup("torch") is not None]
     big = [r for r in results
            if r.case.nbytes >= FLOOR_SUMMARY_MIN_BYTES and r.floor_ratio is not None]
     return {
         "cases": len(results),
-        "geomean_vs_torch": _geomean([s for s, _ in vs_torch]),
+        "geomean_vs_torch": _geomean([w["speedup"] for w in vs_torch]),
         "geomean_vs_numpy": _geomean([r.speedup("numpy") for r in results]),
-        "worst_vs_torch": (dict(zip(("speedup", "case"), min(vs_torch)))
-                           if vs_torch else None),
+        "worst_vs_torch": min(vs_torch, key=lambda w: w["speedup"], default=None),
         "floor_cases": len(big),
         "within_floor": sum(r.floor_ratio <= FLOOR_TOLERANCE for r in big),
     }
@@ -591,6 +594,7 @@ def format_time(seconds):
     Parameters
     ----------
     seconds : float or None
+        The duration; None for "not measured".
 
     Returns
     -------
@@ -619,7 +623,8 @@ _COLUMNS = (("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4), ("MB", ">",
 
 def _table_row(cells):
     """Join cells under :data:`_COLUMNS` alignment."""
-    return "  ".join(f"{c:{align}{width}}" for c, (_, align, width) in zip(cells, _COLUMNS))
+    pairs = zip(cells, _COLUMNS, strict=True)
+    return "  ".join(f"{c:{align}{width}}" for c, (_, align, width) in pairs)
 
 
 def format_table(op, results):
@@ -756,6 +761,7 @@ def format_report(results, env):
     Parameters
     ----------
     results : list of Result
+        From :func:`run_benchmark`.
     env : dict
         From :func:`environment`.
 
@@ -777,7 +783,9 @@ def write_json(path, results, env):
     Parameters
     ----------
     path : str or path-like
+        The file to write.
     results : list of Result
+        From :func:`run_benchmark`.
     env : dict
         From :func:`environment`.
     """
@@ -809,6 +817,7 @@ def plot_speedups(path, results, env, plt=None):
     path : str or path-like
         Image file to write (format from the extension, e.g. ``.png``).
     results : list of Result
+        From :func:`run_benchmark`.
     env : dict
         From :func:`environment`, for the title.
     plt : module, optional
@@ -827,7 +836,7 @@ def plot_speedups(path, results, env, plt=None):
     n_cases = max(sum(r.op == op for r in results) for op in ops)
     fig, axes = plt.subplots(len(ops), 1, figsize=(max(6.0, 0.9 * n_cases + 2), 3.2 * len(ops)),
                              squeeze=False)
-    for ax, op in zip(axes[:, 0], ops):
+    for ax, op in zip(axes[:, 0], ops, strict=True):
         _plot_op(ax, op, [r for r in results if r.op == op])
     fig.suptitle(f"cbn {env['cbn']} speedup ({env['simd_level']}, {env['threads']} threads)")
     fig.tight_layout()
@@ -858,7 +867,7 @@ def _plot_op(ax, op, results):
 
 # ------------------------------------------------------------------------------------ progress
 class ProgressBar:
-    """A one-line text progress bar on a stream (stderr), redrawn with ``\\r``.
+    r"""A one-line text progress bar on a stream (stderr), redrawn with ``\r``.
 
     Drawn only when the stream is a terminal; :meth:`close` always writes a final line.
 
@@ -896,7 +905,8 @@ class ProgressBar:
         """End the bar with a final line: steps done and elapsed time."""
         elapsed = time.perf_counter() - self.start
         prefix = "\r" + " " * 110 + "\r" if self.live else ""
-        self.stream.write(f"{prefix}bench: {self.done}/{self.total} op x case timings in {elapsed:.1f} s\n")
+        self.stream.write(f"{prefix}bench: {self.done}/{self.total} op x case timings in "
+                          f"{elapsed:.1f} s\n")
         self.stream.flush()
 
 
@@ -933,6 +943,7 @@ def add_arguments(parser):
     Parameters
     ----------
     parser : argparse.ArgumentParser
+        The ``bench`` sub-command's parser.
     """
     parser.description = ("Time cbn against NumPy (cbn.reference), torch (if installed) and the "
                           "memory-bandwidth floor measured in the same run.")
