@@ -1011,8 +1011,24 @@ cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
     return s
 
 
+cdef _check_stream(cnp.ndarray a, cnp.ndarray other):
+    """The streaming kernels take C-contiguous float32/float64 arrays of one dtype and size."""
+    if cnp.PyArray_TYPE(a) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
+        raise TypeError("stream kernels take float32 or float64 arrays")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError("stream kernels take C-contiguous arrays")
+    if other is not None:
+        if (cnp.PyArray_TYPE(other) != cnp.PyArray_TYPE(a)
+                or cnp.PyArray_SIZE(other) != cnp.PyArray_SIZE(a)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(other)):
+            raise ValueError("stream kernels take C-contiguous arrays of one dtype and size")
+
+
 def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
     """out = 2 * a + 1 (1 read + 1 write per element)."""
+    _check_stream(a, out)
+    if not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("out is read-only")
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
     cdef int nt = _stream_threads(num_threads)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
@@ -1025,6 +1041,10 @@ def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
 
 def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads):
     """out = 2 * a + b (2 reads + 1 write per element)."""
+    _check_stream(a, b)
+    _check_stream(a, out)
+    if not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError("out is read-only")
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
     cdef int nt = _stream_threads(num_threads)
     if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
@@ -1039,6 +1059,7 @@ def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads)
 
 def stream_sum(cnp.ndarray a, int num_threads):
     """sum(a) in float64 (1 read per element)."""
+    _check_stream(a, None)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
     cdef int nt = _stream_threads(num_threads)
     cdef double s

@@ -112,3 +112,19 @@ def test_every_built_variant_gives_the_same_answer(rng, variant):
     y = np.empty_like(x)
     mod.inference(x, y, 6, 5, 300, mean, 1 / np.sqrt(m2 / 1800), np.zeros(5), 0)
     np.testing.assert_allclose(y, (x64 - mean[:, None]) / np.sqrt(m2[:, None] / 1800), atol=1e-5)
+
+
+def test_stream_kernels_check_their_arrays():
+    a = np.ones(100, np.float32)
+    with pytest.raises(ValueError):
+        k.stream_scale(a, np.empty(50, np.float32), 1)
+    with pytest.raises(ValueError):
+        k.stream_triad(a, np.ones(100), np.empty(100, np.float32), 1)
+    with pytest.raises(TypeError):
+        k.stream_sum(np.ones(10, np.int64), 1)
+    with pytest.raises(ValueError):
+        k.stream_sum(np.ones(20)[::2], 1)
+    out = np.empty_like(a)
+    k.stream_scale(a, out, 1)
+    np.testing.assert_array_equal(out, 3.0)
+    assert k.stream_sum(a, 2) == 100.0
