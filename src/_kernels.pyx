@@ -73,6 +73,20 @@ cdef extern from "cbn_simd.h" nogil:
                          double* sdy, double* sdyx)
     void cbn_sum_dot_f64(const double* dy, const double* x, Py_ssize_t n, double m,
                          double* sdy, double* sdyx)
+    void cbn_affine_rows_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows,
+                             Py_ssize_t w, const float* hi, const float* sc, const float* sh)
+    void cbn_affine_rows_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
+                             Py_ssize_t w, const double* hi, const double* sc, const double* sh)
+    void cbn_affine_rows_inplace_f32(float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                                     const float* hi, const float* sc, const float* sh)
+    void cbn_affine_rows_inplace_f64(double* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                                     const double* hi, const double* sc, const double* sh)
+    void cbn_dx_rows_f32(const float* dy, const float* x, float* dx, Py_ssize_t ld,
+                         Py_ssize_t rows, Py_ssize_t w, const float* hi, const float* k1,
+                         const float* k2, const float* k3)
+    void cbn_dx_rows_f64(const double* dy, const double* x, double* dx, Py_ssize_t ld,
+                         Py_ssize_t rows, Py_ssize_t w, const double* hi, const double* k1,
+                         const double* k2, const double* k3)
     void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w)
     void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
@@ -294,6 +308,11 @@ cdef inline Py_ssize_t _seg_start(const Geometry* g, Py_ssize_t s) noexcept nogi
     return (s * g.nblocks) // g.nseg
 
 
+cdef inline Py_ssize_t _segment_rows(const Geometry* g, Py_ssize_t s) noexcept nogil:
+    return (min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+            - min(_seg_start(g, s) * g.rows_per_block, g.outer))
+
+
 cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
     cdef int nt = requested
     if elems < PARALLEL_MIN_ELEMS or cbn_in_forked_child():
@@ -388,6 +407,48 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
         cnt = cnt + nb
 
 
+cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t s,
+                                Py_ssize_t c0, Py_ssize_t c1, double* part,
+                                double* scratch) noexcept nogil:
+    """Channel-major with runs shorter than a block (pieces == 1): the moments of segment s for
+    channels [c0, c1), reading rows in memory order.  Per channel, the block partition, the
+    shift, the run order and the merges are exactly those of _segment_moments_cm, so the
+    results are bit-identical to it; only the traversal differs (jumping from channel to
+    channel across rows costs ~2x in prefetch and TLB misses).  OUT part[s*C + c] (means) and
+    part[nseg*C + s*C + c] (M2); scratch holds 3 * (c1 - c0) doubles."""
+    cdef Py_ssize_t C = g.C, inner = g.inner, w = c1 - c0
+    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1), o, o0, o1, j
+    cdef double* mean = part + s * C + c0
+    cdef double* m2 = part + g.nseg * C + s * C + c0
+    cdef double* k = scratch
+    cdef double* s1 = scratch + w
+    cdef double* s2 = scratch + 2 * w
+    cdef double cnt = 0.0, cnt_c, nb, bm, bq
+    cdef const floating* row
+    cbn_note_team()
+    for j in range(w):
+        mean[j] = 0.0
+        m2[j] = 0.0
+    for b in range(b0, b1):
+        o0 = b * g.rows_per_block
+        o1 = min(o0 + g.rows_per_block, g.outer)
+        row = x + (o0 * C + c0) * inner
+        for j in range(w):
+            k[j] = <double>row[j * inner]
+            s1[j] = 0.0
+            s2[j] = 0.0
+        for o in range(o0, o1):
+            row = x + (o * C + c0) * inner
+            for j in range(w):
+                _shifted_sums(row + j * inner, inner, k[j], &s1[j], &s2[j])
+        nb = <double>((o1 - o0) * inner)
+        for j in range(w):
+            _block_moments(nb, k[j], s1[j], s2[j], &bm, &bq)
+            cnt_c = cnt
+            _merge(&cnt_c, &mean[j], &m2[j], nb, bm, bq)
+        cnt = cnt + nb
+
+
 cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize_t t,
                                   double* part, double* scratch) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
@@ -395,6 +456,50 @@ cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize
     cbn_note_team()
     _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
                         &part[g.nseg * g.C + s * g.C + j], scratch)
+
+
+cdef inline Py_ssize_t _channel_chunks(const Geometry* g, int nt) noexcept nogil:
+    """How many channel ranges to split the rows tasks into: enough tasks for nt threads.
+    (Channels are independent, so this never changes a result.)"""
+    if nt <= 1 or g.nseg >= 2 * nt:
+        return 1
+    return max(1, min(g.C, (2 * nt + g.nseg - 1) // g.nseg))
+
+
+cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* mean_out,
+                          double* m2_out) noexcept nogil:
+    """Moments for channel-major short runs: (segment, channel range) tasks in memory order
+    into (nseg, C) partials, merged per channel in segment order exactly as
+    _channel_moments_cm does."""
+    cdef Py_ssize_t C = g.C, nch = _channel_chunks(g, nt), ntasks = g.nseg * nch
+    cdef Py_ssize_t t, s, c, cw = (C + nch - 1) // nch
+    cdef double* part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+    cdef double* scratch = <double*>malloc(max(nt, 1) * 3 * cw * sizeof(double))
+    cdef double cnt, sc
+    if part == NULL or scratch == NULL:
+        free(part)
+        free(scratch)
+        return -1
+    if nt > 1:
+        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+            _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
+                                  min((t % nch + 1) * cw, C), part,
+                                  scratch + threadid() * 3 * cw)
+    else:
+        for t in range(ntasks):
+            _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
+                                  min((t % nch + 1) * cw, C), part, scratch)
+    free(scratch)
+    for c in range(C):
+        cnt = 0.0
+        mean_out[c] = 0.0
+        m2_out[c] = 0.0
+        for s in range(g.nseg):
+            sc = <double>(_segment_rows(g, s) * g.inner)
+            _merge(&cnt, &mean_out[c], &m2_out[c], sc, part[s * C + c],
+                   part[g.nseg * C + s * C + c])
+    free(part)
+    return 0
 
 
 cdef int _moments(const floating* x, const Geometry* g, int nt,
@@ -405,6 +510,8 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
     cdef double* part
     cdef double* scratch
     cdef double cnt, sc
+    if g.inner > 1 and g.pieces == 1:
+        return _moments_cm_rows(x, g, nt, mean_out, m2_out)
     if g.inner > 1:
         if g.nseg == 1 or C >= nt:
             # one task per channel; bit-identical to the partials path below
@@ -461,56 +568,64 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
     return 0
 
 
-cdef inline Py_ssize_t _segment_rows_cl(const Geometry* g, Py_ssize_t s) noexcept nogil:
-    return (min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
-            - min(_seg_start(g, s) * g.rows_per_block, g.outer))
-
-
 # ------------------------------------------------------------------------------------ element-wise passes
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
-                                floating lo, floating scale, floating shift) noexcept nogil:
+                                floating scale, floating shift) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        y_out[i] = ((x[i] - hi) - lo) * scale + shift
+        y_out[i] = (x[i] - hi) * scale + shift
 
 
-cdef inline void _normalize_row(const floating* x, floating* y_out, Py_ssize_t C,
-                                const floating* coef) noexcept nogil:
-    """coef = [hi | lo | scale | shift], each of length C."""
-    cdef Py_ssize_t c
-    cdef const floating* hi = coef
-    cdef const floating* lo = coef + C
-    cdef const floating* scale = coef + 2 * C
-    cdef const floating* shift = coef + 3 * C
-    for c in range(C):
-        y_out[c] = ((x[c] - hi[c]) - lo[c]) * scale[c] + shift[c]
+cdef inline void _affine_rows(const floating* x, floating* y_out, Py_ssize_t ld, Py_ssize_t rows,
+                              Py_ssize_t w, const floating* coef, Py_ssize_t C) noexcept nogil:
+    """Channels-last rows: y = (x - hi) * scale + shift, coef = [hi | scale | shift]."""
+    if floating is float:
+        if <const void*>x == <const void*>y_out:
+            cbn_affine_rows_inplace_f32(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        else:
+            cbn_affine_rows_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+    else:
+        if <const void*>x == <const void*>y_out:
+            cbn_affine_rows_inplace_f64(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        else:
+            cbn_affine_rows_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
 
 
 cdef inline void _dx_run(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t n,
-                         floating hi, floating lo, floating k1, floating k2,
-                         floating k3) noexcept nogil:
+                         floating hi, floating k1, floating k2, floating k3) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        dx_out[i] = dy[i] * k1 + ((x[i] - hi) - lo) * k2 + k3
+        dx_out[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3
 
 
-cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t C,
-                         const floating* coef) noexcept nogil:
-    """coef = [hi | lo | k1 | k2 | k3], each of length C."""
-    cdef Py_ssize_t c
-    cdef const floating* hi = coef
-    cdef const floating* lo = coef + C
-    cdef const floating* k1 = coef + 2 * C
-    cdef const floating* k2 = coef + 3 * C
-    cdef const floating* k3 = coef + 4 * C
-    for c in range(C):
-        dx_out[c] = dy[c] * k1[c] + ((x[c] - hi[c]) - lo[c]) * k2[c] + k3[c]
+cdef inline void _dx_rows(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t ld,
+                          Py_ssize_t rows, Py_ssize_t C, const floating* coef) noexcept nogil:
+    """Channels-last rows: dx = dy * k1 + (x - hi) * k2 + k3, coef = [hi | k1 | k2 | k3]."""
+    cdef Py_ssize_t r, c
+    cdef const floating* g
+    cdef const floating* xr
+    cdef floating* d
+    if <const void*>dx_out != <const void*>dy and <const void*>dx_out != <const void*>x:
+        if floating is float:
+            cbn_dx_rows_f32(dy, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
+        else:
+            cbn_dx_rows_f64(dy, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
+        return
+    for r in range(rows):  # in place (into dy or x): element-wise, one row at a time
+        g = dy + r * ld
+        xr = x + r * ld
+        d = dx_out + r * ld
+        for c in range(C):
+            d[c] = g[c] * coef[C + c] + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c]
+
+
+DEF ROWS_PER_TASK = 4
 
 
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
                      const floating* coef) noexcept nogil:
-    """y = ((x - hi) - lo) * scale + shift over the whole array (coef as in _normalize_row)."""
-    cdef Py_ssize_t C = g.C, r, c, nruns
+    """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
+    cdef Py_ssize_t C = g.C, r, c, nruns, ngroups
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
@@ -521,27 +636,28 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 if r == 0:
                     cbn_note_team()
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c], coef[3 * C + c])
+                               coef[C + c], coef[2 * C + c])
         else:
             for r in range(nruns):
                 c = r % C
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c], coef[3 * C + c])
+                               coef[C + c], coef[2 * C + c])
     else:
+        ngroups = (g.outer + ROWS_PER_TASK - 1) // ROWS_PER_TASK
         if nt > 1:
-            for r in prange(g.outer, num_threads=nt, schedule='static'):
+            for r in prange(ngroups, num_threads=nt, schedule='static'):
                 if r == 0:
                     cbn_note_team()
-                _normalize_row(x + r * C, y_out + r * C, C, coef)
+                _affine_rows(x + r * ROWS_PER_TASK * C, y_out + r * ROWS_PER_TASK * C, C,
+                             min(ROWS_PER_TASK, g.outer - r * ROWS_PER_TASK), C, coef, C)
         else:
-            for r in range(g.outer):
-                _normalize_row(x + r * C, y_out + r * C, C, coef)
+            _affine_rows(x, y_out, C, g.outer, C, coef, C)
 
 
 cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
                    int nt, const floating* coef) noexcept nogil:
-    """dx = dy * k1 + ((x - hi) - lo) * k2 + k3 over the whole array (coef as in _dx_row)."""
-    cdef Py_ssize_t C = g.C, r, c, nruns, off
+    """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
+    cdef Py_ssize_t C = g.C, r, c, nruns, off, ngroups
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
@@ -553,25 +669,40 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
                 if r == 0:
                     cbn_note_team()
                 _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
-                        coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+                        coef[2 * C + c], coef[3 * C + c])
         else:
             for r in range(nruns):
                 c = r % C
                 off = r * g.inner
                 _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
-                        coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+                        coef[2 * C + c], coef[3 * C + c])
     else:
+        ngroups = (g.outer + ROWS_PER_TASK - 1) // ROWS_PER_TASK
         if nt > 1:
-            for r in prange(g.outer, num_threads=nt, schedule='static'):
+            for r in prange(ngroups, num_threads=nt, schedule='static'):
                 if r == 0:
                     cbn_note_team()
-                _dx_row(dy + r * C, x + r * C, dx_out + r * C, C, coef)
+                off = r * ROWS_PER_TASK * C
+                _dx_rows(dy + off, x + off, dx_out + off, C,
+                         min(ROWS_PER_TASK, g.outer - r * ROWS_PER_TASK), C, coef)
         else:
-            for r in range(g.outer):
-                _dx_row(dy + r * C, x + r * C, dx_out + r * C, C, coef)
+            _dx_rows(dy, x, dx_out, C, g.outer, C, coef)
 
 
 # ------------------------------------------------------------------------------------ forward
+cdef inline void _affine_coef(Py_ssize_t c, Py_ssize_t C, double centre, double scale,
+                              double shift, floating* coef_out) noexcept nogil:
+    """Coefficients of y = (x - centre) * scale + shift as [hi | scale | shift'] with
+    centre = hi + lo (hi, lo of the input type) and shift' = shift - lo * scale: x - hi keeps the
+    digits of x when |centre| >> |x - centre|, and lo * scale is small, so shift' carries no
+    cancellation.  One subtraction and one fma per element."""
+    cdef floating hi, lo
+    _split_centre(centre, &hi, &lo)
+    coef_out[c] = hi
+    coef_out[C + c] = <floating>scale
+    coef_out[2 * C + c] = <floating>(shift - <double>lo * scale)
+
+
 cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m2, double n,
                                double eps, const double* w, const double* b,
                                double* mean_out, double* var_out, double* invstd_out,
@@ -581,9 +712,8 @@ cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m
     mean_out[c] = mean
     var_out[c] = var
     invstd_out[c] = invstd
-    _split_centre(mean, &coef_out[c], &coef_out[C + c])
-    coef_out[2 * C + c] = <floating>(invstd * (w[c] if w != NULL else 1.0))
-    coef_out[3 * C + c] = <floating>(b[c] if b != NULL else 0.0)
+    _affine_coef(c, C, mean, invstd * (w[c] if w != NULL else 1.0),
+                 b[c] if b != NULL else 0.0, coef_out)
 
 
 cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
@@ -597,8 +727,7 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
     _forward_coef(c, C, mean, m2, <double>g.n, eps, w, b, mean_out, var_out, invstd_out, coef)
     for o in range(g.outer):
         off = (o * C + c) * g.inner
-        _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c],
-                       coef[3 * C + c])
+        _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c])
 
 
 cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
@@ -609,11 +738,13 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
-    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     cdef double* m2
     if coef == NULL:
         return -1
-    if g.inner > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
+    # fused per channel (statistics, then normalise while cached) only for long runs: with
+    # short runs the channel-by-channel traversal costs more than the second read it saves
+    if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
@@ -644,13 +775,11 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
     """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
     cdef Py_ssize_t C = g.C, c
     cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, max(C, g.outer))
-    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     if coef == NULL:
         return -1
     for c in range(C):
-        _split_centre(centre[c], &coef[c], &coef[C + c])
-        coef[2 * C + c] = <floating>scale[c]
-        coef[3 * C + c] = <floating>shift[c]
+        _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
     _normalize(x, y_out, g, nt, coef)
     free(coef)
     return 0
@@ -701,6 +830,30 @@ cdef void _channel_sums_cm(const floating* dy, const floating* x, const Geometry
     sdyx_out[0] = d
 
 
+cdef void _sums_cm_rows_task(const floating* dy, const floating* x, const Geometry* g,
+                             Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
+                             bint with_dot, double* part) noexcept nogil:
+    """Channel-major short runs: the sums of segment s for channels [c0, c1) in memory order,
+    into the (2, nseg, C) partials; per channel the same additions, in the same order, as
+    _segment_sums_cm."""
+    cdef Py_ssize_t C = g.C, inner = g.inner, j, o, off
+    cdef Py_ssize_t r0 = min(_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef double* sdy = part + s * C
+    cdef double* sdyx = part + g.nseg * C + s * C
+    cbn_note_team()
+    for j in range(c0, c1):
+        sdy[j] = 0.0
+        sdyx[j] = 0.0
+    for o in range(r0, r1):
+        for j in range(c0, c1):
+            off = (o * C + j) * inner
+            if with_dot:
+                _sum_dot(dy + off, x + off, inner, mean[j], &sdy[j], &sdyx[j])
+            else:
+                _sum_like_dot(dy + off, inner, &sdy[j])
+
+
 cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geometry* g,
                                Py_ssize_t t, const double* mean, bint with_dot,
                                double* part) noexcept nogil:
@@ -724,12 +877,17 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geom
 cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
                                 const double* invstd, const double* w, const double* sdy,
                                 const double* sdyx, floating* coef_out) noexcept nogil:
-    """dx = w*invstd*(dy - sdy/n - (x-mean)*invstd^2*sdyx/n) = dy*k1 + (x-mean)*k2 + k3."""
+    """dx = w*invstd*(dy - sdy/n - (x-mean)*invstd^2*sdyx/n) = dy*k1 + (x-mean)*k2 + k3,
+    stored as [hi | k1 | k2 | k3 - lo*k2] (see _affine_coef for the centre split)."""
     cdef double k1 = invstd[c] * (w[c] if w != NULL else 1.0)
-    _split_centre(mean[c], &coef_out[c], &coef_out[C + c])
-    coef_out[2 * C + c] = <floating>k1
-    coef_out[3 * C + c] = <floating>(-k1 * invstd[c] * invstd[c] * sdyx[c] / n)
-    coef_out[4 * C + c] = <floating>(-k1 * sdy[c] / n)
+    cdef double k2 = -k1 * invstd[c] * invstd[c] * sdyx[c] / n
+    cdef double k3 = -k1 * sdy[c] / n
+    cdef floating hi, lo
+    _split_centre(mean[c], &hi, &lo)
+    coef_out[c] = hi
+    coef_out[C + c] = <floating>k1
+    coef_out[2 * C + c] = <floating>k2
+    coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
 
 
 cdef void _backward_channel_fused(const floating* dy, const floating* x, floating* dx_out,
@@ -744,7 +902,7 @@ cdef void _backward_channel_fused(const floating* dy, const floating* x, floatin
     for o in range(g.outer):
         off = (o * C + c) * g.inner
         _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
-                coef[2 * C + c], coef[3 * C + c], coef[4 * C + c])
+                coef[2 * C + c], coef[3 * C + c])
 
 
 cdef int _backward(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
@@ -752,16 +910,18 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
                    bint with_dot, double* sdy_out, double* sdyx_out) noexcept nogil:
     """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1).  OUT sdy_out = sum(dy) and, if
     with_dot, sdyx_out = sum(dy * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
-    cdef Py_ssize_t C = g.C, c, s, t, ntasks
+    cdef Py_ssize_t C = g.C, c, s, t, ntasks, nch, cw
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
     cdef floating* coef = NULL
     cdef double* part
     if dx_out != NULL:
-        coef = <floating*>malloc(5 * C * sizeof(floating))
+        coef = <floating*>malloc(4 * C * sizeof(floating))
         if coef == NULL:
             return -1
-    if (dx_out != NULL and g.inner > 1 and C >= nt
+    # fused per channel (sums, then dx while cached) only for long runs: with short runs the
+    # channel-by-channel traversal costs more than the second read it saves
+    if (dx_out != NULL and g.pieces > 1 and C >= nt
             and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
@@ -774,7 +934,30 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
         free(coef)
         return 0
     # the sums
-    if g.inner > 1 and (g.nseg == 1 or C >= nt):
+    if g.inner > 1 and g.pieces == 1:
+        nch = _channel_chunks(g, nt)
+        cw = (C + nch - 1) // nch
+        ntasks = g.nseg * nch
+        part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+        if part == NULL:
+            free(coef)
+            return -1
+        if nt > 1:
+            for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+                _sums_cm_rows_task(dy, x, g, t // nch, min((t % nch) * cw, C),
+                                   min((t % nch + 1) * cw, C), mean, with_dot, part)
+        else:
+            for t in range(ntasks):
+                _sums_cm_rows_task(dy, x, g, t // nch, min((t % nch) * cw, C),
+                                   min((t % nch + 1) * cw, C), mean, with_dot, part)
+        for c in range(C):
+            sdy_out[c] = 0.0
+            sdyx_out[c] = 0.0
+            for s in range(g.nseg):
+                sdy_out[c] = sdy_out[c] + part[s * C + c]
+                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
+        free(part)
+    elif g.inner > 1 and (g.nseg == 1 or C >= nt):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _channel_sums_cm(dy, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
@@ -947,7 +1130,7 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
     cdef float* cf
     cdef double* cd
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        cf = <float*>malloc(5 * C * sizeof(float))
+        cf = <float*>malloc(4 * C * sizeof(float))
         if cf == NULL:
             raise MemoryError("cbn: out of memory for per-channel work buffers")
         with nogil:
@@ -957,7 +1140,7 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
                      <float*>cnp.PyArray_DATA(dx_out), &g, nt, cf)
         free(cf)
     else:
-        cd = <double*>malloc(5 * C * sizeof(double))
+        cd = <double*>malloc(4 * C * sizeof(double))
         if cd == NULL:
             raise MemoryError("cbn: out of memory for per-channel work buffers")
         with nogil:

@@ -313,6 +313,48 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
     }                                                                                            \
 }
 
+/* Element-wise passes of the channels-last layout over `rows` rows of width w (ld apart), with
+ * per-channel coefficient vectors.  Four rows share each coefficient load: the coefficient
+ * streams, not the data, limit a one-row loop (measured 1.5x a copy at C = 1024; 4 rows ~1.1x).
+ * The restrict pointers are honest: the callers pass disjoint arrays, and in-place work goes to
+ * the _inplace variants that take a single array. */
+#define CBN_ROWS4(BODY, TAIL)                                                                    \
+    ptrdiff_t r = 0;                                                                             \
+    for (; r + 4 <= rows; r += 4) {                                                              \
+        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
+            BODY(r * ld + j) BODY((r + 1) * ld + j) BODY((r + 2) * ld + j) BODY((r + 3) * ld + j)\
+        }                                                                                        \
+    }                                                                                            \
+    for (; r < rows; r++)                                                                        \
+        for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }
+
+#define CBN_DEFINE_ROWS(T, SFX)                                                                  \
+/* y = (x - hi) * sc + sh */                                                                     \
+static inline void cbn_affine_rows_##SFX(const T *restrict x, T *restrict y, ptrdiff_t ld,       \
+                                         ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,      \
+                                         const T *restrict sc, const T *restrict sh) {           \
+    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)                                                      \
+}                                                                                                \
+static inline void cbn_affine_rows_inplace_##SFX(T *restrict y, ptrdiff_t ld, ptrdiff_t rows,    \
+                                                 ptrdiff_t w, const T *restrict hi,              \
+                                                 const T *restrict sc, const T *restrict sh) {   \
+    const T *x = y;                                                                              \
+    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)                                                      \
+}                                                                                                \
+/* dx = dy * k1 + (x - hi) * k2 + k3 */                                                          \
+static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict x, T *restrict dx, \
+                                     ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,                  \
+                                     const T *restrict hi, const T *restrict k1,                 \
+                                     const T *restrict k2, const T *restrict k3) {               \
+    CBN_ROWS4(CBN_DX_AT, CBN_DX_AT)                                                              \
+}
+
+#define CBN_AFFINE_AT(i) y[i] = (x[i] - hi[j]) * sc[j] + sh[j];
+#define CBN_DX_AT(i) dx[i] = dy[i] * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
+
+CBN_DEFINE_ROWS(float, f32)
+CBN_DEFINE_ROWS(double, f64)
+
 CBN_DEFINE_COLUMNS(float, f32)
 CBN_DEFINE_COLUMNS(double, f64)
 
