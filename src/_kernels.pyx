@@ -56,6 +56,7 @@ cdef extern from "cbn_simd.h" nogil:
     int cbn_num_procs()
     int cbn_in_forked_child()
     void cbn_note_parallel()
+    double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
     int cbn_install_fork_handler()
     const char* cbn_variant()
     int cbn_cpu_supports(const char* variant)
@@ -97,10 +98,14 @@ cdef extern from "cbn_simd.h" nogil:
                              Py_ssize_t ld, Py_ssize_t rows, const double* m, Py_ssize_t w)
 
 # ------------------------------------------------------------------------------------ tuning
-# Bytes of data in one statistics block (read from memory once, re-read from L1/L2).
+# Bytes of data per channel in one statistics block of the channel-major layout (one shifted
+# single pass; the cancellation bound is a factor of the block's count + 1).
 DEF BLOCK_BYTES = 32768
-# Minimum rows per block in the channels-last layout (amortises the per-block merge).
-DEF MIN_ROWS_B = 16
+# Minimum rows per block in the channels-last layout: amortises the per-block set-up, finalising
+# and merge over the columns (the shifted-sum bound on cancellation is then a factor 65).
+DEF MIN_ROWS_B = 64
+# Channels-last tasks cover at most this many columns (bounds the per-thread accumulators).
+DEF MAX_COLUMNS = 8192
 # Upper bound on segments per channel: bounds the partials to O(C * MAX_SEGMENTS) doubles.
 DEF MAX_SEGMENTS = 16
 # Below this many elements a call runs on the calling thread only.
@@ -155,6 +160,7 @@ def last_team_size(bint reset=False):
 def tuning():
     """The compile-time and runtime tuning constants, for reports and tests."""
     return dict(block_bytes=BLOCK_BYTES, min_rows_channels_last=MIN_ROWS_B,
+                max_columns_channels_last=MAX_COLUMNS,
                 max_segments=MAX_SEGMENTS, parallel_min_elems=PARALLEL_MIN_ELEMS,
                 l2_bytes=_L2_BYTES, fuse_budget_bytes=_FUSE_BUDGET)
 
@@ -208,14 +214,29 @@ cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, con
         cbn_col_sum_dot_f64(sdy, sdyx, dy, x, ld, rows, m, w)
 
 
-cdef inline void _block_moments(double nb, double k, double s1, double s2,
+cdef inline void _block_moments(double inv_nb, double k, double s1, double s2,
                                 double* mean_out, double* m2_out) noexcept nogil:
-    """Moments of a block from its sums shifted by k, an element of the block: then
-    (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor nb + 1."""
-    cdef double q = s2 - s1 * (s1 / nb)
-    mean_out[0] = k + s1 / nb
+    """Moments of a block of nb = 1 / inv_nb values from its sums shifted by k, an element of
+    the block: then (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor
+    nb + 1."""
+    cdef double t = s1 * inv_nb
+    cdef double q = s2 - s1 * t
+    mean_out[0] = k + t
     # clamp rounding below zero, but let NaN through (a NaN/Inf input must poison its channel)
     m2_out[0] = 0.0 if q < 0.0 else q
+
+
+cdef inline void _block_moments_columns(double inv_nb, const double* k, double* s1_mean,
+                                        double* s2_m2, Py_ssize_t w) noexcept nogil:
+    """_block_moments for w columns, in place: IN/OUT s1 -> mean and s2 -> M2 (vectorised;
+    the same operations in the same order as the scalar form)."""
+    cdef Py_ssize_t j
+    cdef double t, q
+    for j in range(w):
+        t = s1_mean[j] * inv_nb
+        q = s2_m2[j] - s1_mean[j] * t
+        s1_mean[j] = k[j] + t
+        s2_m2[j] = 0.0 if q < 0.0 else q
 
 
 cdef void _merge(double* n_a, double* mean_a, double* m2_a,
@@ -297,8 +318,9 @@ cdef Geometry _geometry(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
         g.pieces = 1
         g.rows_per_block = max(MIN_ROWS_B, blk // max(C, 1))
         g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
-        # keep one block (rows x columns) within BLOCK_BYTES when C is very wide
-        g.col_width = min(C, max(64, blk // g.rows_per_block))
+        # whole rows per task (sequential reads); chunk only very wide rows, to bound the
+        # per-thread accumulators (3 doubles per column) to L2
+        g.col_width = min(C, MAX_COLUMNS)
         g.ncol_chunks = (C + g.col_width - 1) // g.col_width
     g.nseg = max(1, min(MAX_SEGMENTS, g.nblocks))
     return g
@@ -356,7 +378,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
         for o in range(o0, o1):
             _shifted_sums(base + o * stride + i0, length, k, &s1, &q)
         nb = <double>((o1 - o0) * length)
-        _block_moments(nb, k, s1, q, &mb, &q)
+        _block_moments(1.0 / nb, k, s1, q, &mb, &q)
         _merge(&cnt, &mean, &m2, nb, mb, q)
     cnt_out[0] = cnt
     mean_out[0] = mean
@@ -401,8 +423,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
             bmean[j] = 0.0
             bm2[j] = 0.0
         _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w)
-        for j in range(w):
-            _block_moments(nb, bk[j], bmean[j], bm2[j], &bmean[j], &bm2[j])
+        _block_moments_columns(1.0 / nb, bk, bmean, bm2, w)
         _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
         cnt = cnt + nb
 
@@ -443,7 +464,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
                 _shifted_sums(row + j * inner, inner, k[j], &s1[j], &s2[j])
         nb = <double>((o1 - o0) * inner)
         for j in range(w):
-            _block_moments(nb, k[j], s1[j], s2[j], &bm, &bq)
+            _block_moments(1.0 / nb, k[j], s1[j], s2[j], &bm, &bq)
             cnt_c = cnt
             _merge(&cnt_c, &mean[j], &m2[j], nb, bm, bq)
         cnt = cnt + nb
@@ -473,8 +494,9 @@ cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* 
     _channel_moments_cm does."""
     cdef Py_ssize_t C = g.C, nch = _channel_chunks(g, nt), ntasks = g.nseg * nch
     cdef Py_ssize_t t, s, c, cw = (C + nch - 1) // nch
+    cdef Py_ssize_t stride
     cdef double* part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    cdef double* scratch = <double*>malloc(max(nt, 1) * 3 * cw * sizeof(double))
+    cdef double* scratch = cbn_alloc_per_thread(nt, 3 * cw, &stride)
     cdef double cnt, sc
     if part == NULL or scratch == NULL:
         free(part)
@@ -484,7 +506,7 @@ cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* 
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
             _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
                                   min((t % nch + 1) * cw, C), part,
-                                  scratch + threadid() * 3 * cw)
+                                  scratch + threadid() * stride)
     else:
         for t in range(ntasks):
             _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
@@ -506,7 +528,7 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
                   double* mean_out, double* m2_out) noexcept nogil:
     """Per-channel mean and M2 (float64) of x, into OUT arrays of length C.  Returns 0, or -1
     if out of memory."""
-    cdef Py_ssize_t C = g.C, c, s, t, ntasks, j
+    cdef Py_ssize_t C = g.C, c, s, t, ntasks, j, stride
     cdef double* part
     cdef double* scratch
     cdef double cnt, sc
@@ -542,14 +564,14 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
     # channels-last: (segment, column chunk) tasks into (nseg, C) partials, merged in order
     ntasks = g.nseg * g.ncol_chunks
     part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    scratch = <double*>malloc(nt * 3 * g.col_width * sizeof(double))
+    scratch = cbn_alloc_per_thread(nt, 3 * g.col_width, &stride)
     if part == NULL or scratch == NULL:
         free(part)
         free(scratch)
         return -1
     if nt > 1:
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _moments_cl_task(x, g, t, part, scratch + threadid() * 3 * g.col_width)
+            _moments_cl_task(x, g, t, part, scratch + threadid() * stride)
     else:
         for t in range(ntasks):
             _moments_cl_task(x, g, t, part, scratch)
@@ -619,13 +641,16 @@ cdef inline void _dx_rows(const floating* dy, const floating* x, floating* dx_ou
             d[c] = g[c] * coef[C + c] + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c]
 
 
-DEF ROWS_PER_TASK = 4
+cdef inline Py_ssize_t _rows_per_task(Py_ssize_t C) noexcept nogil:
+    """Channels-last element-wise tasks: a multiple of 4 rows, about 1024+ elements each, so
+    that narrow rows (NHWC with few channels) do not pay the per-task overhead every row."""
+    return 4 * max(1, 256 // max(C, 1))
 
 
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
                      const floating* coef) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
-    cdef Py_ssize_t C = g.C, r, c, nruns, ngroups
+    cdef Py_ssize_t C = g.C, r, c, nruns, ngroups, rpt
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
@@ -643,13 +668,14 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
                                coef[C + c], coef[2 * C + c])
     else:
-        ngroups = (g.outer + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        rpt = _rows_per_task(C)
+        ngroups = (g.outer + rpt - 1) // rpt
         if nt > 1:
             for r in prange(ngroups, num_threads=nt, schedule='static'):
                 if r == 0:
                     cbn_note_team()
-                _affine_rows(x + r * ROWS_PER_TASK * C, y_out + r * ROWS_PER_TASK * C, C,
-                             min(ROWS_PER_TASK, g.outer - r * ROWS_PER_TASK), C, coef, C)
+                _affine_rows(x + r * rpt * C, y_out + r * rpt * C, C,
+                             min(rpt, g.outer - r * rpt), C, coef, C)
         else:
             _affine_rows(x, y_out, C, g.outer, C, coef, C)
 
@@ -657,7 +683,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
 cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
                    int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
-    cdef Py_ssize_t C = g.C, r, c, nruns, off, ngroups
+    cdef Py_ssize_t C = g.C, r, c, nruns, off, ngroups, rpt
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
@@ -677,14 +703,15 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
                 _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                         coef[2 * C + c], coef[3 * C + c])
     else:
-        ngroups = (g.outer + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+        rpt = _rows_per_task(C)
+        ngroups = (g.outer + rpt - 1) // rpt
         if nt > 1:
             for r in prange(ngroups, num_threads=nt, schedule='static'):
                 if r == 0:
                     cbn_note_team()
-                off = r * ROWS_PER_TASK * C
-                _dx_rows(dy + off, x + off, dx_out + off, C,
-                         min(ROWS_PER_TASK, g.outer - r * ROWS_PER_TASK), C, coef)
+                off = r * rpt * C
+                _dx_rows(dy + off, x + off, dx_out + off, C, min(rpt, g.outer - r * rpt), C,
+                         coef)
         else:
             _dx_rows(dy, x, dx_out, C, g.outer, C, coef)
 

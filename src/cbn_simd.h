@@ -114,6 +114,19 @@ static inline long cbn_l2_cache_bytes(void) {
 #endif
 }
 
+/* Per-thread scratch: nt slices of n doubles, each starting on its own 64-byte cache line (the
+ * slices hold hot accumulators: sharing a line between threads would serialise them).
+ * *stride receives the slice stride in doubles.  Free with free(). */
+static inline double *cbn_alloc_per_thread(int nt, ptrdiff_t n, ptrdiff_t *stride) {
+    void *p = NULL;
+    ptrdiff_t s = (n + 7) & ~(ptrdiff_t)7;
+    if (s < 8) s = 8;
+    *stride = s;
+    if (posix_memalign(&p, 64, (size_t)(nt > 0 ? nt : 1) * (size_t)s * sizeof(double)) != 0)
+        return NULL;
+    return (double *)p;
+}
+
 /* ---------------------------------------------------------------- reductions */
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -264,6 +277,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
     ptrdiff_t r = 0;                                                                             \
     for (; r + 4 <= rows; r += 4) {                                                              \
         const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;                   \
+        _Pragma("omp simd")                                                                      \
         for (ptrdiff_t j = 0; j < w; j++) {                                                      \
             double d0 = (double)x0[j] - k[j], d1 = (double)x1[j] - k[j];                         \
             double d2 = (double)x2[j] - k[j], d3 = (double)x3[j] - k[j];                         \
@@ -273,6 +287,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
     }                                                                                            \
     for (; r < rows; r++) {                                                                      \
         const T *x0 = x + r * ld;                                                                \
+        _Pragma("omp simd")                                                                      \
         for (ptrdiff_t j = 0; j < w; j++) {                                                      \
             double d0 = (double)x0[j] - k[j];                                                    \
             s1[j] += d0;                                                                         \
@@ -290,6 +305,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
         const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                  \
         if (sdyx) {                                                                              \
             const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;               \
+            _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
                 double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
@@ -297,6 +313,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                          + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));          \
             }                                                                                    \
         } else {                                                                                 \
+            _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
                 double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
@@ -314,20 +331,26 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
 }
 
 /* Element-wise passes of the channels-last layout over `rows` rows of width w (ld apart), with
- * per-channel coefficient vectors.  Four rows share each coefficient load: the coefficient
- * streams, not the data, limit a one-row loop (measured 1.5x a copy at C = 1024; 4 rows ~1.1x).
+ * per-channel coefficient vectors.  With wide rows the coefficient streams, not the data, limit
+ * a one-row loop (1.5x a copy at C = 1024 float32), so four rows share each coefficient load
+ * (~1.2x); with narrower rows (coefficient vectors under 4 KB) the four-row loop measured slower
+ * than a copy by up to 2x while one row at a time runs at copy speed, so rows go one by one.
  * The restrict pointers are honest: the callers pass disjoint arrays, and in-place work goes to
  * the _inplace variants that take a single array. */
 #define CBN_ROWS4(BODY, TAIL)                                                                    \
     ptrdiff_t r = 0;                                                                             \
-    for (; r + 4 <= rows; r += 4) {                                                              \
+    for (; w * (ptrdiff_t)sizeof(*hi) >= CBN_ROWS4_MIN_BYTES && r + 4 <= rows; r += 4) {         \
+        _Pragma("omp simd")                                                                      \
         for (ptrdiff_t j = 0; j < w; j++) {                                                      \
             BODY(r * ld + j) BODY((r + 1) * ld + j) BODY((r + 2) * ld + j) BODY((r + 3) * ld + j)\
         }                                                                                        \
     }                                                                                            \
-    for (; r < rows; r++)                                                                        \
-        for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }
+    for (; r < rows; r++) {                                                                      \
+        _Pragma("omp simd")                                                                      \
+        for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }                                   \
+    }
 
+#define CBN_ROWS4_MIN_BYTES 4096
 #define CBN_DEFINE_ROWS(T, SFX)                                                                  \
 /* y = (x - hi) * sc + sh */                                                                     \
 static inline void cbn_affine_rows_##SFX(const T *restrict x, T *restrict y, ptrdiff_t ld,       \
