@@ -42,6 +42,7 @@ def batch_norm(
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
     skip_nonfinite: bool = ...,
+    activation: Optional[str] = ...,
 ) -> _Array: ...
 def batch_norm_forward(
     x: npt.ArrayLike,
@@ -56,6 +57,7 @@ def batch_norm_forward(
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
     skip_nonfinite: bool = ...,
+    activation: Optional[str] = ...,
 ) -> ForwardResult: ...
 def batch_norm_backward(
     dy: npt.ArrayLike,
@@ -68,6 +70,8 @@ def batch_norm_backward(
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
     needs: Tuple[bool, bool, bool] = ...,
+    activation: Optional[str] = ...,
+    y: Optional[_Array] = ...,
 ) -> BackwardResult: ...
 def batch_norm_inference(
     x: npt.ArrayLike,
@@ -80,6 +84,7 @@ def batch_norm_inference(
     axis: int = ...,
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
+    activation: Optional[str] = ...,
 ) -> _Array: ...
 def config() -> dict: ...
 def show_config(file: Optional[object] = ...) -> None: ...

@@ -57,7 +57,7 @@ def _empty_stats(C, training_out):
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
-                       skip_nonfinite=False):
+                       skip_nonfinite=False, activation=None):
     """Training-mode batch normalization forward pass with the batch statistics.
 
     Computes ``out = (x - mean) * invstd * weight + bias`` per channel, where ``mean`` and the
@@ -91,6 +91,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         If true, a channel whose batch mean or variance is not finite (the batch had NaN or
         Inf in that channel) leaves its running statistics unchanged, instead of spreading the
         NaN/Inf into them (torch has no such option, see pytorch#88474).
+    activation : {None, "relu"}, default None
+        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
+        read and write of the output compared with a separate ReLU.
 
     Returns
     -------
@@ -123,8 +126,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
+    relu = v.check_activation(activation)
     result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                           num_threads, out, skip_nonfinite)
+                           num_threads, out, skip_nonfinite, relu)
     if result is not None:
         return result
     x, axis = v.check_input(x, axis)
@@ -152,13 +156,13 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     mean = np.empty(C, _F64)
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
-    _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt)
+    _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
     _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(_finish(yk, y, out, copy_back, perm), mean, invstd)
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                         axis=1, out=None, num_threads=None):
+                         axis=1, out=None, num_threads=None, activation=None):
     """Evaluation-mode batch normalization with fixed statistics, in one fused pass.
 
     Computes ``out = x * scale + shift`` per channel with ``scale = weight / sqrt(var + eps)``
@@ -183,6 +187,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
         Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    activation : {None, "relu"}, default None
+        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
+        read and write of the output compared with a separate ReLU.
 
     Returns
     -------
@@ -202,7 +209,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out)
+    relu = v.check_activation(activation)
+    y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
+                        relu)
     if y is not None:
         return y
     x, axis = v.check_input(x, axis)
@@ -221,12 +230,12 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
-        _k.inference(xk, yk, outer, C, inner, rm, scale, shift, nt)
+        _k.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, relu)
     return _finish(yk, y, out, copy_back, perm)
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=_ALL_GRADIENTS):
+                        needs=_ALL_GRADIENTS, activation=None, y=None):
     """Exact gradients of the training forward pass.
 
     With ``xhat = (x - mean) * invstd`` and ``n`` values per channel::
@@ -256,6 +265,12 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     needs : tuple of 3 bool, default (True, True, True)
         Which of ``(dx, dweight, dbias)`` to compute.  Gradients not asked for are None and
         cost nothing (only ``dbias``: a single pass over ``dy``).
+    activation : {None, "relu"}, default None
+        The activation fused into the forward pass: with ``"relu"``, ``dy`` is the gradient
+        with respect to the ReLU's output and ``y`` (that output) is required; the ReLU mask
+        ``y > 0`` is applied inside the passes, with no extra pass over the data.
+    y : ndarray, optional
+        The forward output (after the fused activation); shape and dtype of ``x``.
 
     Returns
     -------
@@ -276,8 +291,13 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
+    relu = v.check_activation(activation)
+    if relu and y is None:
+        raise ValueError("y (the forward output) is required with activation='relu'")
+    if not relu and y is not None:
+        raise ValueError("y is only used with activation='relu'")
     if needs is _ALL_GRADIENTS or needs == _ALL_GRADIENTS:
-        result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out)
+        result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
         if result is not None:
             return result
     x, axis = v.check_input(x, axis)
@@ -296,6 +316,16 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     dyk = dy if perm is None else dy.transpose(perm)
     if not dyk.flags.c_contiguous:
         dyk = np.ascontiguousarray(dyk)
+    yk = None
+    if relu:
+        y = v.kernel_dtype(y, "y")
+        if y.shape != x.shape:
+            raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
+        if y.dtype != x.dtype:
+            raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
+        yk = y if perm is None else y.transpose(perm)
+        if not yk.flags.c_contiguous:
+            yk = np.ascontiguousarray(yk)
     mu = v.as_f64(mean, "mean", C)
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
@@ -304,15 +334,16 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     copy_back = False
     if need_dx:
         dxk, dx, copy_back = v.output_for(out, x, xk, perm)
-        if copy_back is False and out is not None and np.may_share_memory(dxk, dyk) \
-                and not v._same_memory(dxk, dyk):
-            dxk, copy_back = np.empty(xk.shape, xk.dtype), True
+        for other in (dyk, yk):
+            if (other is not None and copy_back is False and out is not None
+                    and np.may_share_memory(dxk, other) and not v._same_memory(dxk, other)):
+                dxk, copy_back = np.empty(xk.shape, xk.dtype), True
     if not (need_dx or need_dw or need_db):
         return BackwardResult(None, None, None)
     sdy = np.empty(C, _F64)
     sdyx = np.empty(C, _F64)
     if xk.size:
-        _k.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt)
+        _k.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, yk)
     else:
         sdy.fill(0.0)
         sdyx.fill(0.0)
@@ -325,7 +356,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
-               skip_nonfinite=False):
+               skip_nonfinite=False, activation=None):
     """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     In training mode (``training=True``) the input is normalized with the batch mean and
@@ -355,6 +386,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     skip_nonfinite : bool, default False
         Training only: channels whose batch statistics are NaN/Inf keep their running
         statistics (see :func:`batch_norm_forward`).
+    activation : {None, "relu"}, default None
+        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
+        read and write of the output compared with a separate ReLU.
 
     Returns
     -------
@@ -377,9 +411,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         return batch_norm_forward(
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,
-            skip_nonfinite=skip_nonfinite,
+            skip_nonfinite=skip_nonfinite, activation=activation,
         ).out
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required when training=False")
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
-                                out=out, num_threads=num_threads)
+                                out=out, num_threads=num_threads, activation=activation)

@@ -227,7 +227,8 @@ def _write(yk: np.ndarray, y: np.ndarray, out: Optional[np.ndarray], copy_back: 
 
 
 def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarray, axis: int,
-                  out: Optional[np.ndarray], nt: int, name: str = "x") -> np.ndarray:
+                  out: Optional[np.ndarray], nt: int, name: str = "x",
+                  relu: bool = False) -> np.ndarray:
     """``(x - centre) * scale + shift`` per channel through the inference kernel."""
     x, axis = v.check_input(x, axis, name)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -238,7 +239,7 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
             f"{scale.shape[0]}")
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
-        _k.inference(xk, yk, outer, C, inner, centre, scale, shift, nt)
+        _k.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
     return _write(yk, y, out, copy_back, perm)
 
 
@@ -280,19 +281,20 @@ class FrozenBatchNorm:
     (2, 3)
     """
 
-    __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt")
+    __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt",
+                 "activation", "_relu")
 
     def __init__(self, scale: ArrayLike, shift: ArrayLike, *, axis: int = 1,
-                 num_threads: Optional[int] = None) -> None:
+                 num_threads: Optional[int] = None, activation: Optional[str] = None) -> None:
         sc = np.asarray(scale)
         if sc.ndim != 1:
             raise ValueError(f"scale must be a vector of shape (C,), got shape {sc.shape}")
         C = sc.shape[0]
         self._init(np.zeros(C, _F64), v.as_f64(sc, "scale", C).copy(),
-                   v.as_f64(shift, "shift", C).copy(), axis, num_threads)
+                   v.as_f64(shift, "shift", C).copy(), axis, num_threads, activation)
 
     def _init(self, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray, axis: int,
-              num_threads: Optional[int]) -> None:
+              num_threads: Optional[int], activation: Optional[str] = None) -> None:
         if isinstance(axis, bool):
             raise TypeError("axis must be an integer, got bool")
         v.check_axis(axis, 1 << 30)  # type check only; the range is checked per call
@@ -300,6 +302,8 @@ class FrozenBatchNorm:
             if not np.isfinite(a).all():
                 raise ValueError(f"{name} must be finite everywhere")
             a.flags.writeable = False
+        self._relu = v.check_activation(activation)
+        self.activation = activation
         self.num_features = int(scale.shape[0])
         self.axis = int(axis)
         self.centre = centre
@@ -309,18 +313,20 @@ class FrozenBatchNorm:
 
     @classmethod
     def _from_centred(cls, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray,
-                      axis: int, num_threads: Optional[int] = None) -> "FrozenBatchNorm":
+                      axis: int, num_threads: Optional[int] = None,
+                      activation: Optional[str] = None) -> "FrozenBatchNorm":
         self = cls.__new__(cls)
         self._init(np.ascontiguousarray(centre, _F64).copy(),
                    np.ascontiguousarray(scale, _F64).copy(),
-                   np.ascontiguousarray(offset, _F64).copy(), axis, num_threads)
+                   np.ascontiguousarray(offset, _F64).copy(), axis, num_threads, activation)
         return self
 
     @classmethod
     def from_stats(cls, running_mean: ArrayLike, running_var: ArrayLike,
                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
                    eps: float = 1e-5, *, axis: int = 1,
-                   num_threads: Optional[int] = None) -> "FrozenBatchNorm":
+                   num_threads: Optional[int] = None,
+                   activation: Optional[str] = None) -> "FrozenBatchNorm":
         """A frozen layer from batch-norm statistics, keeping the mean as centre.
 
         Parameters
@@ -335,6 +341,8 @@ class FrozenBatchNorm:
             The channel axis.
         num_threads : int, optional
             OpenMP threads; None uses ``omp_get_max_threads()``.
+        activation : {None, "relu"}, default None
+            A ReLU fused into the same pass.
 
         Returns
         -------
@@ -344,7 +352,7 @@ class FrozenBatchNorm:
         eps = v.check_eps(eps)
         mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
         # the same float64 vectors as batch_norm_inference: bit-identical results
-        return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads)
+        return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads, activation)
 
     @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
@@ -370,7 +378,8 @@ class FrozenBatchNorm:
             raise ValueError(
                 "cannot freeze a layer without running statistics (track_running_stats=False)")
         return cls.from_stats(layer.running_mean, layer.running_var, layer.weight, layer.bias,
-                              layer.eps, axis=layer.axis, num_threads=layer.num_threads)
+                              layer.eps, axis=layer.axis, num_threads=layer.num_threads,
+                              activation=getattr(layer, "activation", None))
 
     @property
     def num_threads(self) -> Optional[int]:
@@ -407,9 +416,11 @@ class FrozenBatchNorm:
         TypeError, ValueError
             On a non-float input, a bad axis or a channel count other than ``num_features``.
         """
-        return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out, self._nt)
+        return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out, self._nt,
+                             relu=self._relu)
 
-    def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None,
+                 y: Optional[np.ndarray] = None) -> np.ndarray:
         """Gradient with respect to the input: ``dx = dy * scale`` per channel.
 
         Parameters
@@ -418,15 +429,27 @@ class FrozenBatchNorm:
             Gradient of the loss with respect to the output.
         out : ndarray, optional
             Where to write ``dx``; may be ``dy`` itself.
+        y : ndarray, optional
+            The forward output; required with ``activation="relu"`` (the gradient flows where
+            ``y > 0``).
 
         Returns
         -------
         ndarray
             ``dx``, shape and dtype of ``dy``.
         """
+        if self._relu:
+            if y is None:
+                raise ValueError("y (the forward output) is required with activation='relu'")
+            dy = v.kernel_dtype(dy, "dy")
+            y = np.asarray(y)
+            if y.shape != dy.shape:
+                raise ValueError(f"y must have the shape of dy {dy.shape}, got {y.shape}")
+            dy = np.where(y > 0, dy, dy.dtype.type(0))
         zero = np.zeros(self.num_features, _F64)
         return _apply_affine(dy, zero, self.scale, zero, self.axis, out, self._nt, "dy")
 
     def __repr__(self) -> str:
         axis = "" if self.axis == 1 else f", axis={self.axis}"
-        return f"FrozenBatchNorm({self.num_features}{axis})"
+        act = "" if self.activation is None else f", activation={self.activation!r}"
+        return f"FrozenBatchNorm({self.num_features}{axis}{act})"

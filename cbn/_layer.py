@@ -89,6 +89,9 @@ class BatchNorm:
         The normalization itself is the same in all three.
     num_threads : int, optional
         OpenMP threads for the kernels; None uses ``omp_get_max_threads()``.
+    activation : {None, "relu"}, default None
+        A ReLU fused into the same pass (forward, evaluation and backward, which then reads the
+        saved forward output: do not modify the returned array before calling backward).
 
     Attributes
     ----------
@@ -130,7 +133,7 @@ class BatchNorm:
                  momentum: Optional[float] = _DEFAULT_MOMENTUM, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True, axis: int = 1,
                  dtype: DTypeLike = np.float32, convention: str = "torch",
-                 num_threads: Optional[int] = None) -> None:
+                 num_threads: Optional[int] = None, activation: Optional[str] = None) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
             raise TypeError(
                 f"num_features must be a positive integer, got {type(num_features).__name__}")
@@ -151,6 +154,8 @@ class BatchNorm:
             raise TypeError("axis must be an integer, got bool")
         v.check_axis(axis, 1 << 30)
         v.check_threads(num_threads)
+        v.check_activation(activation)
+        self.activation = activation
         self.num_features = int(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = momentum
@@ -272,23 +277,23 @@ class BatchNorm:
         if use_running:
             y = batch_norm_inference(x, self.running_mean, self.running_var, self.weight,
                                      self.bias, eps=self.eps, axis=self.axis, out=out,
-                                     num_threads=nt)
+                                     num_threads=nt, activation=self.activation)
             # out=x overwrites the input: dx is still available, parameter gradients are not
             kept = None if out is not None and np.may_share_memory(out, x) else x
-            self._saved = ("eval", kept, x.shape, x.dtype)
+            self._saved = ("eval", kept, x.shape, x.dtype, y if self.activation else None)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
         update = self.training and self.track_running_stats
         if not update:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
-                                   out=out, num_threads=nt)
+                                   out=out, num_threads=nt, activation=self.activation)
         elif self.convention == "torch":
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps,
                                    running_mean=self.running_mean,
                                    running_var=self.running_var,
                                    momentum=self._update_factor(), axis=self.axis, out=out,
-                                   num_threads=nt)
+                                   num_threads=nt, activation=self.activation)
         else:
             # Biased variance without cancellation: with momentum 1 the forward writes the
             # batch mean and the unbiased variance var * n / (n - 1) into float64 scratch.
@@ -297,7 +302,7 @@ class BatchNorm:
             bv = np.zeros(self.num_features, _F64)
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
                                    running_var=bv, momentum=1.0, axis=self.axis, out=out,
-                                   num_threads=nt)
+                                   num_threads=nt, activation=self.activation)
             if n > 0:  # an empty batch leaves the statistics alone (as in torch)
                 var = bv * ((n - 1.0) / n)
                 f = self._update_factor()
@@ -306,7 +311,7 @@ class BatchNorm:
                 rv[...] = (1.0 - f) * rv.astype(_F64) + f * var
         if update:
             self.num_batches_tracked += 1
-        self._saved = ("train", x, r.mean, r.invstd)
+        self._saved = ("train", x, r.mean, r.invstd, r.out if self.activation else None)
         return r.out
 
     __call__ = forward
@@ -354,19 +359,22 @@ class BatchNorm:
         need_b = self.bias is not None
         nt = self.num_threads
         if self._saved[0] == "train":
-            _, x, mean, invstd = self._saved
+            _, x, mean, invstd, y = self._saved
             if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
                 mean = invstd = np.zeros(self.num_features, _F64)
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
-                                    num_threads=nt, needs=(True, need_p, need_b))
+                                    num_threads=nt, needs=(True, need_p, need_b),
+                                    activation=self.activation, y=y)
             dx, dw, db = r
         else:
-            _, x, shape, dtype = self._saved
+            _, x, shape, dtype, y = self._saved
             dy = v.kernel_dtype(dy, "dy")
             if dy.shape != shape:
                 raise ValueError(f"dy must have the shape of x {shape}, got {dy.shape}")
             if dy.dtype != dtype:
                 raise TypeError(f"dy must have the dtype of x ({dtype}), got {dy.dtype}")
+            if y is not None:  # fused ReLU: the gradient flows where the output is > 0
+                dy = np.where(y > 0, dy, dy.dtype.type(0))
             if x is None and (need_p or need_b):
                 raise RuntimeError(
                     "the forward input was overwritten (out=x), so the parameter gradients "
@@ -568,4 +576,6 @@ class BatchNorm:
             s += f", dtype={self.dtype.name}"
         if self.convention != "torch":
             s += f", convention={self.convention!r}"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s + ")"

@@ -175,3 +175,15 @@ def check_threads(num_threads):
     if n < 1:
         raise ValueError(f"num_threads must be >= 1, got {n}")
     return min(n, 1 << 20)  # the kernels cap it further, at omp_get_num_procs()
+
+
+ACTIVATIONS = (None, "relu")
+
+
+def check_activation(activation):
+    """None or "relu" (a ReLU fused into the same pass); returns True for "relu"."""
+    if activation is None:
+        return False
+    if activation == "relu":
+        return True
+    raise ValueError(f"activation must be None or 'relu', got {activation!r}")

@@ -22,7 +22,8 @@ def _axes(x, axis):
 
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, axis=1, out=None, num_threads=None):
+                       running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
+                       skip_nonfinite=False, activation=None):
     """Training forward: ``(x - mean) / sqrt(var + eps) * weight + bias`` with batch statistics.
 
     Parameters and returns as :func:`cbn.batch_norm_forward`; the running statistics are
@@ -39,10 +40,14 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         y = y * np.asarray(weight).reshape(bshape)
     if bias is not None:
         y = y + np.asarray(bias).reshape(bshape)
+    keep = ~(np.isfinite(mean) & np.isfinite(var)) if skip_nonfinite else False
     if running_mean is not None:
-        running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        running_mean[...] = np.where(keep, running_mean, (1 - momentum) * running_mean + momentum * mean)
     if running_var is not None:
-        running_var[...] = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+        running_var[...] = np.where(keep, running_var,
+                                    (1 - momentum) * running_var + momentum * var * n / (n - 1))
+    if activation == "relu":
+        y = np.where(y < 0, 0, y)
     y = y.astype(x.dtype, copy=False)
     if out is not None:
         out[...] = y
@@ -51,10 +56,13 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=(True, True, True)):
-    """Gradients of the training forward: see :func:`cbn.batch_norm_backward`."""
+                        needs=(True, True, True), activation=None, y=None):
+    """Gradients of the training forward: see :func:`cbn.batch_norm_backward`.  With
+    ``activation="relu"``, ``dy`` is first masked by ``y > 0`` (``y`` the forward output)."""
     x = np.asarray(x)
     dy = np.asarray(dy)
+    if activation == "relu":
+        dy = np.where(np.asarray(y) > 0, dy, 0).astype(dy.dtype)
     red, bshape, C = _axes(x, axis)
     n = x.size // C
     mean = np.asarray(mean).reshape(bshape)
@@ -76,7 +84,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                         axis=1, out=None, num_threads=None):
+                         axis=1, out=None, num_threads=None, activation=None):
     """Evaluation pass: ``x * scale + shift`` with ``scale = weight / sqrt(var + eps)`` and
     ``shift = bias - mean * scale``."""
     x = np.asarray(x)
@@ -88,6 +96,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     if bias is not None:
         shift = shift + np.asarray(bias)
     y = (x * scale.reshape(bshape).astype(x.dtype) + shift.reshape(bshape).astype(x.dtype))
+    if activation == "relu":
+        y = np.where(y < 0, 0, y)
     y = y.astype(x.dtype, copy=False)
     if out is not None:
         out[...] = y
@@ -96,11 +106,13 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None):
+               momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
+               skip_nonfinite=False, activation=None):
     """``torch.nn.functional.batch_norm`` semantics: see :func:`cbn.batch_norm`."""
     if training:
         return batch_norm_forward(x, weight, bias, eps=eps, running_mean=running_mean,
                                   running_var=running_var, momentum=momentum, axis=axis,
-                                  out=out).out
+                                  out=out, skip_nonfinite=skip_nonfinite,
+                                  activation=activation).out
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
-                                out=out)
+                                out=out, activation=activation)

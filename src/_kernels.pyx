@@ -68,12 +68,12 @@ cdef extern from "cbn_simd.h" nogil:
     double cbn_sum_f64(const double* x, Py_ssize_t n)
     void cbn_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
     void cbn_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
-    void cbn_sum_like_dot_f32(const float* dy, Py_ssize_t n, double* sdy)
-    void cbn_sum_like_dot_f64(const double* dy, Py_ssize_t n, double* sdy)
-    void cbn_sum_dot_f32(const float* dy, const float* x, Py_ssize_t n, double m,
-                         double* sdy, double* sdyx)
-    void cbn_sum_dot_f64(const double* dy, const double* x, Py_ssize_t n, double m,
-                         double* sdy, double* sdyx)
+    void cbn_sum_like_dot_f32(const float* dy, const float* ym, Py_ssize_t n, double* sdy)
+    void cbn_sum_like_dot_f64(const double* dy, const double* ym, Py_ssize_t n, double* sdy)
+    void cbn_sum_dot_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx)
+    void cbn_sum_dot_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx)
     void cbn_affine_rows_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows,
                              Py_ssize_t w, const float* hi, const float* sc, const float* sh)
     void cbn_affine_rows_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
@@ -82,20 +82,32 @@ cdef extern from "cbn_simd.h" nogil:
                                      const float* hi, const float* sc, const float* sh)
     void cbn_affine_rows_inplace_f64(double* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
                                      const double* hi, const double* sc, const double* sh)
-    void cbn_dx_rows_f32(const float* dy, const float* x, float* dx, Py_ssize_t ld,
-                         Py_ssize_t rows, Py_ssize_t w, const float* hi, const float* k1,
-                         const float* k2, const float* k3)
-    void cbn_dx_rows_f64(const double* dy, const double* x, double* dx, Py_ssize_t ld,
-                         Py_ssize_t rows, Py_ssize_t w, const double* hi, const double* k1,
-                         const double* k2, const double* k3)
+    void cbn_affine_relu_rows_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows,
+                                  Py_ssize_t w, const float* hi, const float* sc, const float* sh)
+    void cbn_affine_relu_rows_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
+                                  Py_ssize_t w, const double* hi, const double* sc,
+                                  const double* sh)
+    void cbn_affine_relu_rows_inplace_f32(float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                                          const float* hi, const float* sc, const float* sh)
+    void cbn_affine_relu_rows_inplace_f64(double* y, Py_ssize_t ld, Py_ssize_t rows,
+                                          Py_ssize_t w, const double* hi, const double* sc,
+                                          const double* sh)
+    void cbn_dx_rows_f32(const float* dy, const float* ym, const float* x, float* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
+                         const float* k1, const float* k2, const float* k3)
+    void cbn_dx_rows_f64(const double* dy, const double* ym, const double* x, double* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
+                         const double* k1, const double* k2, const double* k3)
     void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w)
     void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w)
-    void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* x,
-                             Py_ssize_t ld, Py_ssize_t rows, const double* m, Py_ssize_t w)
-    void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* x,
-                             Py_ssize_t ld, Py_ssize_t rows, const double* m, Py_ssize_t w)
+    void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* ym,
+                             const float* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                             Py_ssize_t w)
+    void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* ym,
+                             const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                             Py_ssize_t w)
 
 # ------------------------------------------------------------------------------------ tuning
 # Bytes of data per channel in one statistics block of the channel-major layout (one shifted
@@ -181,19 +193,27 @@ cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k, double
         cbn_shifted_sums_f64(x, n, k, s1, s2)
 
 
-cdef inline void _sum_like_dot(const floating* dy, Py_ssize_t n, double* sdy) noexcept nogil:
-    if floating is float:
-        cbn_sum_like_dot_f32(dy, n, sdy)
-    else:
-        cbn_sum_like_dot_f64(dy, n, sdy)
+cdef inline const floating* _at(const floating* p, Py_ssize_t off) noexcept nogil:
+    """p + off, keeping NULL (an absent ReLU mask) as NULL."""
+    return p + off if p != NULL else NULL
 
 
-cdef inline void _sum_dot(const floating* dy, const floating* x, Py_ssize_t n, double m,
-                          double* sdy, double* sdyx) noexcept nogil:
+cdef inline void _sum_like_dot(const floating* dy, const floating* ym, Py_ssize_t n,
+                               double* sdy) noexcept nogil:
+    """sdy += sum(g), g = dy masked by the fused ReLU output ym (NULL: no mask)."""
     if floating is float:
-        cbn_sum_dot_f32(dy, x, n, m, sdy, sdyx)
+        cbn_sum_like_dot_f32(dy, ym, n, sdy)
     else:
-        cbn_sum_dot_f64(dy, x, n, m, sdy, sdyx)
+        cbn_sum_like_dot_f64(dy, ym, n, sdy)
+
+
+cdef inline void _sum_dot(const floating* dy, const floating* ym, const floating* x, Py_ssize_t n,
+                          double m, double* sdy, double* sdyx) noexcept nogil:
+    """sdy += sum(g), sdyx += sum(g * (x - m)), g as in _sum_like_dot."""
+    if floating is float:
+        cbn_sum_dot_f32(dy, ym, x, n, m, sdy, sdyx)
+    else:
+        cbn_sum_dot_f64(dy, ym, x, n, m, sdy, sdyx)
 
 
 cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py_ssize_t ld,
@@ -204,14 +224,14 @@ cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py
         cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w)
 
 
-cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* x,
-                              Py_ssize_t ld, Py_ssize_t rows, const double* m,
+cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym,
+                              const floating* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                               Py_ssize_t w) noexcept nogil:
-    """sdyx NULL: only the dy sums."""
+    """sdyx NULL: only the g sums (g = dy masked by ym, or dy)."""
     if floating is float:
-        cbn_col_sum_dot_f32(sdy, sdyx, dy, x, ld, rows, m, w)
+        cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w)
     else:
-        cbn_col_sum_dot_f64(sdy, sdyx, dy, x, ld, rows, m, w)
+        cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w)
 
 
 cdef inline void _block_moments(double inv_nb, double k, double s1, double s2,
@@ -592,15 +612,36 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
 
 # ------------------------------------------------------------------------------------ element-wise passes
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
-                                floating scale, floating shift) noexcept nogil:
+                                floating scale, floating shift, bint relu) noexcept nogil:
+    """y = (x - hi) * scale + shift, then max(y, 0) if relu (NaN propagates)."""
     cdef Py_ssize_t i
-    for i in range(n):
-        y_out[i] = (x[i] - hi) * scale + shift
+    cdef floating v
+    if relu:
+        for i in range(n):
+            v = (x[i] - hi) * scale + shift
+            y_out[i] = 0 if v < 0 else v
+    else:
+        for i in range(n):
+            y_out[i] = (x[i] - hi) * scale + shift
 
 
 cdef inline void _affine_rows(const floating* x, floating* y_out, Py_ssize_t ld, Py_ssize_t rows,
-                              Py_ssize_t w, const floating* coef, Py_ssize_t C) noexcept nogil:
-    """Channels-last rows: y = (x - hi) * scale + shift, coef = [hi | scale | shift]."""
+                              Py_ssize_t w, const floating* coef, Py_ssize_t C,
+                              bint relu) noexcept nogil:
+    """Channels-last rows: y = (x - hi) * scale + shift (then max(y, 0) if relu),
+    coef = [hi | scale | shift]."""
+    if relu:
+        if floating is float:
+            if <const void*>x == <const void*>y_out:
+                cbn_affine_relu_rows_inplace_f32(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+            else:
+                cbn_affine_relu_rows_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        else:
+            if <const void*>x == <const void*>y_out:
+                cbn_affine_relu_rows_inplace_f64(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+            else:
+                cbn_affine_relu_rows_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        return
     if floating is float:
         if <const void*>x == <const void*>y_out:
             cbn_affine_rows_inplace_f32(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
@@ -613,32 +654,45 @@ cdef inline void _affine_rows(const floating* x, floating* y_out, Py_ssize_t ld,
             cbn_affine_rows_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
 
 
-cdef inline void _dx_run(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t n,
-                         floating hi, floating k1, floating k2, floating k3) noexcept nogil:
+cdef inline void _dx_run(const floating* dy, const floating* ym, const floating* x,
+                         floating* dx_out, Py_ssize_t n, floating hi, floating k1, floating k2,
+                         floating k3) noexcept nogil:
+    """dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy where the ReLU output ym > 0."""
     cdef Py_ssize_t i
-    for i in range(n):
-        dx_out[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3
+    if ym == NULL:
+        for i in range(n):
+            dx_out[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3
+    else:
+        for i in range(n):
+            dx_out[i] = (dy[i] if ym[i] > 0 else 0) * k1 + (x[i] - hi) * k2 + k3
 
 
-cdef inline void _dx_rows(const floating* dy, const floating* x, floating* dx_out, Py_ssize_t ld,
-                          Py_ssize_t rows, Py_ssize_t C, const floating* coef) noexcept nogil:
+cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating* x,
+                          floating* dx_out, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t C,
+                          const floating* coef) noexcept nogil:
     """Channels-last rows: dx = dy * k1 + (x - hi) * k2 + k3, coef = [hi | k1 | k2 | k3]."""
     cdef Py_ssize_t r, c
     cdef const floating* g
     cdef const floating* xr
+    cdef const floating* yr
     cdef floating* d
-    if <const void*>dx_out != <const void*>dy and <const void*>dx_out != <const void*>x:
+    if (<const void*>dx_out != <const void*>dy and <const void*>dx_out != <const void*>x
+            and <const void*>dx_out != <const void*>ym):
         if floating is float:
-            cbn_dx_rows_f32(dy, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
+            cbn_dx_rows_f32(dy, ym, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C,
+                            coef + 3 * C)
         else:
-            cbn_dx_rows_f64(dy, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C, coef + 3 * C)
+            cbn_dx_rows_f64(dy, ym, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C,
+                            coef + 3 * C)
         return
-    for r in range(rows):  # in place (into dy or x): element-wise, one row at a time
+    for r in range(rows):  # in place (into dy, x or y): element-wise, one row at a time
         g = dy + r * ld
         xr = x + r * ld
+        yr = _at(ym, r * ld)
         d = dx_out + r * ld
         for c in range(C):
-            d[c] = g[c] * coef[C + c] + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c]
+            d[c] = ((g[c] if yr == NULL or yr[c] > 0 else 0) * coef[C + c]
+                    + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c])
 
 
 cdef inline Py_ssize_t _rows_per_task(Py_ssize_t C) noexcept nogil:
@@ -648,7 +702,7 @@ cdef inline Py_ssize_t _rows_per_task(Py_ssize_t C) noexcept nogil:
 
 
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
-                     const floating* coef) noexcept nogil:
+                     const floating* coef, bint relu) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
     cdef Py_ssize_t C = g.C, r, c, nruns, ngroups, rpt
     if nt <= 1:
@@ -661,12 +715,12 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 if r == 0:
                     cbn_note_team()
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c])
+                               coef[C + c], coef[2 * C + c], relu)
         else:
             for r in range(nruns):
                 c = r % C
                 _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c])
+                               coef[C + c], coef[2 * C + c], relu)
     else:
         rpt = _rows_per_task(C)
         ngroups = (g.outer + rpt - 1) // rpt
@@ -675,13 +729,13 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 if r == 0:
                     cbn_note_team()
                 _affine_rows(x + r * rpt * C, y_out + r * rpt * C, C,
-                             min(rpt, g.outer - r * rpt), C, coef, C)
+                             min(rpt, g.outer - r * rpt), C, coef, C, relu)
         else:
-            _affine_rows(x, y_out, C, g.outer, C, coef, C)
+            _affine_rows(x, y_out, C, g.outer, C, coef, C, relu)
 
 
-cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
-                   int nt, const floating* coef) noexcept nogil:
+cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+                   const Geometry* g, int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
     cdef Py_ssize_t C = g.C, r, c, nruns, off, ngroups, rpt
     if nt <= 1:
@@ -694,14 +748,14 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
                 off = r * g.inner
                 if r == 0:
                     cbn_note_team()
-                _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
-                        coef[2 * C + c], coef[3 * C + c])
+                _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c],
+                        coef[C + c], coef[2 * C + c], coef[3 * C + c])
         else:
             for r in range(nruns):
                 c = r % C
                 off = r * g.inner
-                _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
-                        coef[2 * C + c], coef[3 * C + c])
+                _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c],
+                        coef[C + c], coef[2 * C + c], coef[3 * C + c])
     else:
         rpt = _rows_per_task(C)
         ngroups = (g.outer + rpt - 1) // rpt
@@ -710,10 +764,10 @@ cdef void _dx_pass(const floating* dy, const floating* x, floating* dx_out, cons
                 if r == 0:
                     cbn_note_team()
                 off = r * rpt * C
-                _dx_rows(dy + off, x + off, dx_out + off, C, min(rpt, g.outer - r * rpt), C,
-                         coef)
+                _dx_rows(dy + off, _at(ym, off), x + off, dx_out + off, C,
+                         min(rpt, g.outer - r * rpt), C, coef)
         else:
-            _dx_rows(dy, x, dx_out, C, g.outer, C, coef)
+            _dx_rows(dy, ym, x, dx_out, C, g.outer, C, coef)
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -746,7 +800,7 @@ cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m
 cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
                                  Py_ssize_t c, double eps, const double* w, const double* b,
                                  double* mean_out, double* var_out, double* invstd_out,
-                                 floating* coef) noexcept nogil:
+                                 floating* coef, bint relu) noexcept nogil:
     """Channel-major: statistics of channel c, then normalise it while it is still cached."""
     cdef double mean, m2
     cdef Py_ssize_t o, off, C = g.C
@@ -754,12 +808,14 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
     _forward_coef(c, C, mean, m2, <double>g.n, eps, w, b, mean_out, var_out, invstd_out, coef)
     for o in range(g.outer):
         off = (o * C + c) * g.inner
-        _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c])
+        _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c],
+                       relu)
 
 
 cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
                   double eps, const double* w, const double* b,
-                  double* mean_out, double* var_out, double* invstd_out) noexcept nogil:
+                  double* mean_out, double* var_out, double* invstd_out,
+                  bint relu) noexcept nogil:
     """Training forward.  IN x, w, b (NULL = 1 / 0); OUT y_out and the per-channel float64
     mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C, c
@@ -775,11 +831,11 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef)
+                                       invstd_out, coef, relu)
         else:
             for c in range(C):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef)
+                                       invstd_out, coef, relu)
         free(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))
@@ -791,14 +847,15 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
                       invstd_out, coef)
     free(m2)
-    _normalize(x, y_out, g, nt, coef)
+    _normalize(x, y_out, g, nt, coef, relu)
     free(coef)
     return 0
 
 
 # ------------------------------------------------------------------------------------ inference
 cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int nt_req,
-                    const double* centre, const double* scale, const double* shift) noexcept nogil:
+                    const double* centre, const double* scale, const double* shift,
+                    bint relu) noexcept nogil:
     """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
     cdef Py_ssize_t C = g.C, c
     cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, max(C, g.outer))
@@ -807,13 +864,14 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
         return -1
     for c in range(C):
         _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
-    _normalize(x, y_out, g, nt, coef)
+    _normalize(x, y_out, g, nt, coef, relu)
     free(coef)
     return 0
 
 
 # ------------------------------------------------------------------------------------ backward
-cdef void _segment_sums_cm(const floating* dy, const floating* x, const Geometry* g,
+cdef void _segment_sums_cm(const floating* dy, const floating* ym, const floating* x,
+                           const Geometry* g,
                            Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
@@ -836,28 +894,30 @@ cdef void _segment_sums_cm(const floating* dy, const floating* x, const Geometry
         for o in range(o0, o1):
             off = (o * g.C + c) * g.inner + i0
             if with_dot:
-                _sum_dot(dy + off, x + off, i1 - i0, mean, &a, &d)
+                _sum_dot(dy + off, _at(ym, off), x + off, i1 - i0, mean, &a, &d)
             else:
-                _sum_like_dot(dy + off, i1 - i0, &a)
+                _sum_like_dot(dy + off, _at(ym, off), i1 - i0, &a)
     sdy_out[0] = a
     sdyx_out[0] = d
 
 
-cdef void _channel_sums_cm(const floating* dy, const floating* x, const Geometry* g,
+cdef void _channel_sums_cm(const floating* dy, const floating* ym, const floating* x,
+                           const Geometry* g,
                            Py_ssize_t c, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     cdef double a = 0.0, d = 0.0, sa, sd
     cdef Py_ssize_t s
     cbn_note_team()
     for s in range(g.nseg):
-        _segment_sums_cm(dy, x, g, c, s, mean, with_dot, &sa, &sd)
+        _segment_sums_cm(dy, ym, x, g, c, s, mean, with_dot, &sa, &sd)
         a = a + sa
         d = d + sd
     sdy_out[0] = a
     sdyx_out[0] = d
 
 
-cdef void _sums_cm_rows_task(const floating* dy, const floating* x, const Geometry* g,
+cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, const floating* x,
+                             const Geometry* g,
                              Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
                              bint with_dot, double* part) noexcept nogil:
     """Channel-major short runs: the sums of segment s for channels [c0, c1) in memory order,
@@ -876,12 +936,13 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* x, const Geomet
         for j in range(c0, c1):
             off = (o * C + j) * inner
             if with_dot:
-                _sum_dot(dy + off, x + off, inner, mean[j], &sdy[j], &sdyx[j])
+                _sum_dot(dy + off, _at(ym, off), x + off, inner, mean[j], &sdy[j], &sdyx[j])
             else:
-                _sum_like_dot(dy + off, inner, &sdy[j])
+                _sum_like_dot(dy + off, _at(ym, off), inner, &sdy[j])
 
 
-cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geometry* g,
+cdef inline void _sums_cl_task(const floating* dy, const floating* ym, const floating* x,
+                               const Geometry* g,
                                Py_ssize_t t, const double* mean, bint with_dot,
                                double* part) noexcept nogil:
     """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials."""
@@ -897,8 +958,8 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* x, const Geom
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, x + r0 * g.C + c0, g.C,
-                 r1 - r0, mean + c0, w)
+    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0),
+                 x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w)
 
 
 cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
@@ -917,26 +978,29 @@ cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const doub
     coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
 
 
-cdef void _backward_channel_fused(const floating* dy, const floating* x, floating* dx_out,
+cdef void _backward_channel_fused(const floating* dy, const floating* ym, const floating* x,
+                                  floating* dx_out,
                                   const Geometry* g, Py_ssize_t c, const double* mean,
                                   const double* invstd, const double* w, double* sdy_out,
                                   double* sdyx_out, floating* coef) noexcept nogil:
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
     cbn_note_team()
-    _channel_sums_cm(dy, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
+    _channel_sums_cm(dy, ym, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
     _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
     for o in range(g.outer):
         off = (o * C + c) * g.inner
-        _dx_run(dy + off, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+        _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                 coef[2 * C + c], coef[3 * C + c])
 
 
-cdef int _backward(const floating* dy, const floating* x, floating* dx_out, const Geometry* g,
+cdef int _backward(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+                   const Geometry* g,
                    int nt_req, const double* mean, const double* invstd, const double* w,
                    bint with_dot, double* sdy_out, double* sdyx_out) noexcept nogil:
-    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1).  OUT sdy_out = sum(dy) and, if
-    with_dot, sdyx_out = sum(dy * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
+    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1), ym: the output of a fused ReLU
+    (NULL: none; else g = dy where ym > 0, 0 elsewhere, replaces dy).  OUT sdy_out = sum(g) and,
+    if with_dot, sdyx_out = sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
     cdef Py_ssize_t C = g.C, c, s, t, ntasks, nch, cw
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
@@ -952,11 +1016,11 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
             and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _backward_channel_fused(dy, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
                                         sdyx_out, coef)
         else:
             for c in range(C):
-                _backward_channel_fused(dy, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
                                         sdyx_out, coef)
         free(coef)
         return 0
@@ -971,11 +1035,11 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cm_rows_task(dy, x, g, t // nch, min((t % nch) * cw, C),
+                _sums_cm_rows_task(dy, ym, x, g, t // nch, min((t % nch) * cw, C),
                                    min((t % nch + 1) * cw, C), mean, with_dot, part)
         else:
             for t in range(ntasks):
-                _sums_cm_rows_task(dy, x, g, t // nch, min((t % nch) * cw, C),
+                _sums_cm_rows_task(dy, ym, x, g, t // nch, min((t % nch) * cw, C),
                                    min((t % nch + 1) * cw, C), mean, with_dot, part)
         for c in range(C):
             sdy_out[c] = 0.0
@@ -987,10 +1051,10 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
     elif g.inner > 1 and (g.nseg == 1 or C >= nt):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _channel_sums_cm(dy, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+                _channel_sums_cm(dy, ym, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
         else:
             for c in range(C):
-                _channel_sums_cm(dy, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+                _channel_sums_cm(dy, ym, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
     elif g.inner > 1:
         ntasks = C * g.nseg
         part = <double*>malloc(2 * ntasks * sizeof(double))
@@ -998,7 +1062,7 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
             free(coef)
             return -1
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _segment_sums_cm(dy, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
+            _segment_sums_cm(dy, ym, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
                              &part[2 * t], &part[2 * t + 1])
         for c in range(C):
             sdy_out[c] = 0.0
@@ -1016,10 +1080,10 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cl_task(dy, x, g, t, mean, with_dot, part)
+                _sums_cl_task(dy, ym, x, g, t, mean, with_dot, part)
         else:
             for t in range(ntasks):
-                _sums_cl_task(dy, x, g, t, mean, with_dot, part)
+                _sums_cl_task(dy, ym, x, g, t, mean, with_dot, part)
         for c in range(C):
             sdy_out[c] = 0.0
             sdyx_out[c] = 0.0
@@ -1031,7 +1095,7 @@ cdef int _backward(const floating* dy, const floating* x, floating* dx_out, cons
     if dx_out != NULL:
         for c in range(C):
             _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
-        _dx_pass(dy, x, dx_out, g, nt, coef)
+        _dx_pass(dy, ym, x, dx_out, g, nt, coef)
         free(coef)
     return 0
 
@@ -1054,8 +1118,9 @@ cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_
 def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
                   Py_ssize_t inner, object weight, object bias, double eps,
                   cnp.ndarray mean_out, cnp.ndarray var_out, cnp.ndarray invstd_out,
-                  int num_threads):
-    """Training forward: y_out, and float64 mean_out, var_out (biased), invstd_out."""
+                  int num_threads, bint relu=False):
+    """Training forward: y_out (ReLU applied if relu), and float64 mean_out, var_out (biased),
+    invstd_out."""
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* w = _vec_or_null(weight)
     cdef const double* b = _vec_or_null(bias)
@@ -1066,11 +1131,11 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _forward(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                          &g, num_threads, eps, w, b, mo, vo, io)
+                          &g, num_threads, eps, w, b, mo, vo, io, relu)
     else:
         with nogil:
             rc = _forward(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
-                          &g, num_threads, eps, w, b, mo, vo, io)
+                          &g, num_threads, eps, w, b, mo, vo, io, relu)
     if rc != 0:
         raise MemoryError("cbn: out of memory for per-channel work buffers")
 
@@ -1095,8 +1160,9 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
-              int num_threads):
-    """y_out = (x - centre) * scale + shift with float64 per-channel vectors."""
+              int num_threads, bint relu=False):
+    """y_out = (x - centre) * scale + shift with float64 per-channel vectors (then ReLU if
+    relu)."""
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* ce = <const double*>cnp.PyArray_DATA(centre)
     cdef const double* sc = <const double*>cnp.PyArray_DATA(scale)
@@ -1105,19 +1171,21 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _inference(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                            &g, num_threads, ce, sc, sh)
+                            &g, num_threads, ce, sc, sh, relu)
     else:
         with nogil:
             rc = _inference(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
-                            &g, num_threads, ce, sc, sh)
+                            &g, num_threads, ce, sc, sh, relu)
     if rc != 0:
         raise MemoryError("cbn: out of memory for per-channel work buffers")
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_ssize_t C,
              Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd, object weight,
-             bint with_dot, cnp.ndarray sdy_out, cnp.ndarray sdyx_out, int num_threads):
-    """Backward sums (float64 sum(dy), sum(dy*(x-mean))) and, if dx_out is given, dx."""
+             bint with_dot, cnp.ndarray sdy_out, cnp.ndarray sdyx_out, int num_threads,
+             object y_mask=None):
+    """Backward sums (float64 sum(g), sum(g*(x-mean))) and, if dx_out is given, dx; g is dy,
+    or dy where y_mask (the output of a fused ReLU, shaped like x) is > 0."""
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
@@ -1125,16 +1193,18 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
     cdef double* a = <double*>cnp.PyArray_DATA(sdy_out)
     cdef double* d = <double*>cnp.PyArray_DATA(sdyx_out)
     cdef void* dxp = NULL if dx_out is None else cnp.PyArray_DATA(<cnp.ndarray>dx_out)
+    cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
     cdef int rc
     if dxp != NULL:
         with_dot = True
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
-            rc = _backward(<const float*>cnp.PyArray_DATA(dy), <const float*>cnp.PyArray_DATA(x),
-                           <float*>dxp, &g, num_threads, mu, iv, w, with_dot, a, d)
+            rc = _backward(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
+                           <const float*>cnp.PyArray_DATA(x), <float*>dxp, &g, num_threads,
+                           mu, iv, w, with_dot, a, d)
     else:
         with nogil:
-            rc = _backward(<const double*>cnp.PyArray_DATA(dy),
+            rc = _backward(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
                            <const double*>cnp.PyArray_DATA(x), <double*>dxp, &g, num_threads,
                            mu, iv, w, with_dot, a, d)
     if rc != 0:
@@ -1144,7 +1214,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
 def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_ssize_t outer,
                           Py_ssize_t C, Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd,
                           object weight, cnp.ndarray sdy, cnp.ndarray sdyx, double n_total,
-                          int num_threads):
+                          int num_threads, object y_mask=None):
     """dx from given float64 sums (e.g. all-reduced across shards) and total count n_total."""
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
@@ -1153,6 +1223,7 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
     cdef const double* a = <const double*>cnp.PyArray_DATA(sdy)
     cdef const double* d = <const double*>cnp.PyArray_DATA(sdyx)
     cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
+    cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
     cdef Py_ssize_t c
     cdef float* cf
     cdef double* cd
@@ -1163,7 +1234,8 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
         with nogil:
             for c in range(C):
                 _backward_coef(c, C, n_total, mu, iv, w, a, d, cf)
-            _dx_pass(<const float*>cnp.PyArray_DATA(dy), <const float*>cnp.PyArray_DATA(x),
+            _dx_pass(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
+                     <const float*>cnp.PyArray_DATA(x),
                      <float*>cnp.PyArray_DATA(dx_out), &g, nt, cf)
         free(cf)
     else:
@@ -1173,7 +1245,8 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
         with nogil:
             for c in range(C):
                 _backward_coef(c, C, n_total, mu, iv, w, a, d, cd)
-            _dx_pass(<const double*>cnp.PyArray_DATA(dy), <const double*>cnp.PyArray_DATA(x),
+            _dx_pass(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
+                     <const double*>cnp.PyArray_DATA(x),
                      <double*>cnp.PyArray_DATA(dx_out), &g, nt, cd)
         free(cd)
 
@@ -1429,7 +1502,8 @@ def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var,
                     <const double*>cnp.PyArray_DATA(var), C, n, momentum, skip_nonfinite)
 
 
-def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out):
+def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
+                   bint relu):
     """batch_norm_inference for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
@@ -1466,12 +1540,12 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         with nogil:
             rc = _inference(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                             <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                            buf + 2 * C)
+                            buf + 2 * C, relu)
     else:
         with nogil:
             rc = _inference(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                             <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                            buf + 2 * C)
+                            buf + 2 * C, relu)
     free(buf)
     if rc != 0:
         raise MemoryError("cbn: out of memory for per-channel work buffers")
@@ -1479,7 +1553,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
 
 
 def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
-                 out, bint skip_nonfinite):
+                 out, bint skip_nonfinite, bint relu):
     """batch_norm_forward for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
@@ -1522,13 +1596,13 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
             rc = _forward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                           <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                           buf if weight is not None else NULL,
-                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io)
+                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
     else:
         with nogil:
             rc = _forward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                           <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                           buf if weight is not None else NULL,
-                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io)
+                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
     if rc != 0:
         free(buf)
         raise MemoryError("cbn: out of memory for per-channel work buffers")
@@ -1538,8 +1612,9 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
     return ForwardResult(y, mean, invstd)
 
 
-def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
-    """batch_norm_backward (all three gradients) for the common case, or None."""
+def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
+    """batch_norm_backward (all three gradients) for the common case, or None.  y: the output
+    of a fused ReLU (mask) or None."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c
@@ -1552,6 +1627,11 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
         return None
     if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x):
         return None
+    if y is not None:
+        if not _fast_array(y) or cnp.PyArray_TYPE(<cnp.ndarray>y) != cnp.PyArray_TYPE(<cnp.ndarray>x):
+            return None
+        if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>y, <cnp.ndarray>x):
+            return None
     if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n == 0:
         return None
     C = g.C
@@ -1561,6 +1641,8 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
         return None
     dx = _fast_out(out, <cnp.ndarray>x)
     if dx is None or not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>dy):
+        return None
+    if y is not None and not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>y):
         return None
     buf = <double*>malloc(3 * C * sizeof(double))  # mean, invstd, weight
     if buf == NULL:
@@ -1574,6 +1656,7 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _backward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy),
+                           <const float*>(NULL if y is None else cnp.PyArray_DATA(<cnp.ndarray>y)),
                            <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                            <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
                            buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
@@ -1581,6 +1664,7 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out):
     else:
         with nogil:
             rc = _backward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy),
+                           <const double*>(NULL if y is None else cnp.PyArray_DATA(<cnp.ndarray>y)),
                            <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                            <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
                            buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),

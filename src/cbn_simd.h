@@ -135,6 +135,7 @@ static inline double *cbn_alloc_per_thread(int nt, ptrdiff_t n, ptrdiff_t *strid
 #include <immintrin.h>
 #endif
 typedef double cbn_v8d __attribute__((vector_size(64)));
+typedef long long cbn_v8l __attribute__((vector_size(64)));
 typedef float cbn_v8f __attribute__((vector_size(32)));
 
 /* float -> double conversion of 8 lanes.  GCC 12 lowers __builtin_convertvector(v8f -> v8d)
@@ -162,6 +163,19 @@ static inline double cbn_hsum8(cbn_v8d v) {
     double b = (v[1] + v[5]) + (v[3] + v[7]);
     return a + b;
 }
+#endif
+
+/* The upstream gradient of batch norm when a fused ReLU follows it: dy where the forward output
+ * y is > 0, else 0 (torch's threshold_backward; NaN in y gives 0).  ym == NULL: no activation.
+ * The branch on ym is loop-invariant: the compiler unswitches it. */
+#define CBN_G1(dy, ym, i) ((ym) == NULL || (ym)[i] > 0 ? (double)(dy)[i] : 0.0)
+#ifdef CBN_VECTOR
+static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
+    const cbn_v8d zero = {0};
+    return (cbn_v8d)((cbn_v8l)g & (cbn_v8l)(y > zero));
+}
+#define CBN_G8(SFX, dy, ym, i) ((ym) == NULL ? cbn_load8_##SFX((dy) + (i))                      \
+    : cbn_relu_mask8(cbn_load8_##SFX((dy) + (i)), cbn_load8_##SFX((ym) + (i))))
 #endif
 
 /* The reductions are generated for float and double by one macro so both stay identical. */
@@ -202,36 +216,36 @@ static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,    
 }                                                                                                \
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
  * then bit-identical whether or not dweight/dx are computed too */                             \
-static inline void cbn_sum_like_dot_##SFX(const T *dy, ptrdiff_t n, double *sdy) {               \
+static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
     cbn_v8d s0 = {0}, s1 = {0};                                                                  \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
-        s0 += cbn_load8_##SFX(dy + i);                                                           \
-        s1 += cbn_load8_##SFX(dy + i + 8);                                                       \
+        s0 += CBN_G8(SFX, dy, ym, i);                                                            \
+        s1 += CBN_G8(SFX, dy, ym, i + 8);                                                        \
     }                                                                                            \
-    for (; i + 8 <= n; i += 8) s0 += cbn_load8_##SFX(dy + i);                                    \
+    for (; i + 8 <= n; i += 8) s0 += CBN_G8(SFX, dy, ym, i);                                     \
     double a = cbn_hsum8(s0 + s1);                                                               \
-    for (; i < n; i++) a += (double)dy[i];                                                       \
+    for (; i < n; i++) a += CBN_G1(dy, ym, i);                                                   \
     *sdy += a;                                                                                   \
 }                                                                                                \
 /* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */                          \
-static inline void cbn_sum_dot_##SFX(const T *dy, const T *x, ptrdiff_t n, double m,             \
-                                     double *sdy, double *sdyx) {                                \
+static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,        \
+                                     double m, double *sdy, double *sdyx) {                      \
     cbn_v8d s0 = {0}, s1 = {0}, p0 = {0}, p1 = {0};                                              \
     const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d g0 = cbn_load8_##SFX(dy + i), g1 = cbn_load8_##SFX(dy + i + 8);                  \
+        cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
         s0 += g0; s1 += g1;                                                                      \
         p0 += g0 * (cbn_load8_##SFX(x + i) - mv);                                                \
         p1 += g1 * (cbn_load8_##SFX(x + i + 8) - mv);                                            \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d g = cbn_load8_##SFX(dy + i);                                                     \
+        cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
         s0 += g; p0 += g * (cbn_load8_##SFX(x + i) - mv);                                        \
     }                                                                                            \
     double a = cbn_hsum8(s0 + s1), b = cbn_hsum8(p0 + p1);                                       \
-    for (; i < n; i++) { a += (double)dy[i]; b += (double)dy[i] * ((double)x[i] - m); }         \
+    for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }   \
     *sdy += a; *sdyx += b;                                                                       \
 }
 #else /* portable scalar fallback with the same semantics */
@@ -249,14 +263,16 @@ static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,    
     for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }       \
     *s1 += a; *s2 += q;                                                                          \
 }                                                                                                \
-static inline void cbn_sum_like_dot_##SFX(const T *dy, ptrdiff_t n, double *sdy) {               \
-    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += dy[i];                                  \
+static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
+    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += CBN_G1(dy, ym, i);                      \
     *sdy += a;                                                                                   \
 }                                                                                                \
-static inline void cbn_sum_dot_##SFX(const T *dy, const T *x, ptrdiff_t n, double m,             \
-                                     double *sdy, double *sdyx) {                                \
+static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,        \
+                                     double m, double *sdy, double *sdyx) {                      \
     double a = 0, b = 0;                                                                         \
-    for (ptrdiff_t i = 0; i < n; i++) { a += dy[i]; b += (double)dy[i] * ((double)x[i] - m); }   \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
+        double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m);                       \
+    }                                                                                            \
     *sdy += a; *sdyx += b;                                                                       \
 }
 #endif
@@ -295,19 +311,24 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
         }                                                                                        \
     }                                                                                            \
 }                                                                                                \
-/* sdy[j] += sum_r dy[r][j]; if sdyx: sdyx[j] += sum_r dy[r][j] * (x[r][j] - m[j]).  The dy sum  \
- * has the same order with or without the dot product (dbias does not depend on `needs`). */    \
+/* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]), where g is dy
+ * masked by the fused ReLU's output ym (g = dy when ym is NULL).  The g sum has the same order
+ * with or without the dot product (dbias does not depend on `needs`). */                      \
 static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
-                                         const T *restrict dy, const T *restrict x, ptrdiff_t ld,\
-                                         ptrdiff_t rows, const double *restrict m, ptrdiff_t w) {\
+                                         const T *restrict dy, const T *restrict ym,             \
+                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
+                                         const double *restrict m, ptrdiff_t w) {                \
     ptrdiff_t r = 0;                                                                             \
     for (; r + 4 <= rows; r += 4) {                                                              \
         const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                  \
+        const T *y0 = ym ? ym + r * ld : NULL, *y1 = y0 ? y0 + ld : NULL;                        \
+        const T *y2 = y1 ? y1 + ld : NULL, *y3 = y2 ? y2 + ld : NULL;                            \
         if (sdyx) {                                                                              \
             const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;               \
             _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
+                double a0 = CBN_G1(g0, y0, j), a1 = CBN_G1(g1, y1, j);                           \
+                double a2 = CBN_G1(g2, y2, j), a3 = CBN_G1(g3, y3, j);                           \
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
                 sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))           \
                          + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));          \
@@ -315,15 +336,16 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
         } else {                                                                                 \
             _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = g0[j], a1 = g1[j], a2 = g2[j], a3 = g3[j];                           \
+                double a0 = CBN_G1(g0, y0, j), a1 = CBN_G1(g1, y1, j);                           \
+                double a2 = CBN_G1(g2, y2, j), a3 = CBN_G1(g3, y3, j);                           \
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
     for (; r < rows; r++) {                                                                      \
-        const T *g0 = dy + r * ld, *x0 = x + r * ld;                                             \
+        const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = ym ? ym + r * ld : NULL;              \
         for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            double a0 = g0[j];                                                                   \
+            double a0 = CBN_G1(g0, y0, j);                                                       \
             sdy[j] += a0;                                                                        \
             if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);                                    \
         }                                                                                        \
@@ -364,16 +386,34 @@ static inline void cbn_affine_rows_inplace_##SFX(T *restrict y, ptrdiff_t ld, pt
     const T *x = y;                                                                              \
     CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)                                                      \
 }                                                                                                \
-/* dx = dy * k1 + (x - hi) * k2 + k3 */                                                          \
-static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict x, T *restrict dx, \
+/* y = max((x - hi) * sc + sh, 0) (NaN propagates) */                                           \
+static inline void cbn_affine_relu_rows_##SFX(const T *restrict x, T *restrict y, ptrdiff_t ld,  \
+                                              ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, \
+                                              const T *restrict sc, const T *restrict sh) {      \
+    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)                                            \
+}                                                                                                \
+static inline void cbn_affine_relu_rows_inplace_##SFX(T *restrict y, ptrdiff_t ld,               \
+                                                      ptrdiff_t rows, ptrdiff_t w,               \
+                                                      const T *restrict hi,                      \
+                                                      const T *restrict sc,                      \
+                                                      const T *restrict sh) {                    \
+    const T *x = y;                                                                              \
+    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)                                            \
+}                                                                                                \
+/* dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy masked by the ReLU output ym */          \
+static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict ym,                \
+                                     const T *restrict x, T *restrict dx,                        \
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,                  \
                                      const T *restrict hi, const T *restrict k1,                 \
                                      const T *restrict k2, const T *restrict k3) {               \
-    CBN_ROWS4(CBN_DX_AT, CBN_DX_AT)                                                              \
+    if (ym) { CBN_ROWS4(CBN_DX_MASK_AT, CBN_DX_MASK_AT) }                                        \
+    else { CBN_ROWS4(CBN_DX_AT, CBN_DX_AT) }                                                     \
 }
 
 #define CBN_AFFINE_AT(i) y[i] = (x[i] - hi[j]) * sc[j] + sh[j];
 #define CBN_DX_AT(i) dx[i] = dy[i] * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
+#define CBN_AFFINE_RELU_AT(i) { __typeof__(*y) v_ = (x[i] - hi[j]) * sc[j] + sh[j]; y[i] = v_ < 0 ? 0 : v_; }
+#define CBN_DX_MASK_AT(i) dx[i] = (ym[i] > 0 ? dy[i] : 0) * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
 
 CBN_DEFINE_ROWS(float, f32)
 CBN_DEFINE_ROWS(double, f64)
