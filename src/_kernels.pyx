@@ -659,12 +659,15 @@ cdef inline void _dx_run(const floating* dy, const floating* ym, const floating*
                          floating k3) noexcept nogil:
     """dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy where the ReLU output ym > 0."""
     cdef Py_ssize_t i
+    cdef floating g
     if ym == NULL:
         for i in range(n):
             dx_out[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3
     else:
         for i in range(n):
-            dx_out[i] = (dy[i] if ym[i] > 0 else 0) * k1 + (x[i] - hi) * k2 + k3
+            g = dy[i]  # loaded unconditionally, then selected: the loop stays vectorisable
+            g = g if ym[i] > 0 else 0
+            dx_out[i] = g * k1 + (x[i] - hi) * k2 + k3
 
 
 cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating* x,
@@ -676,6 +679,7 @@ cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating
     cdef const floating* xr
     cdef const floating* yr
     cdef floating* d
+    cdef floating gv
     if (<const void*>dx_out != <const void*>dy and <const void*>dx_out != <const void*>x
             and <const void*>dx_out != <const void*>ym):
         if floating is float:
@@ -691,8 +695,10 @@ cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating
         yr = _at(ym, r * ld)
         d = dx_out + r * ld
         for c in range(C):
-            d[c] = ((g[c] if yr == NULL or yr[c] > 0 else 0) * coef[C + c]
-                    + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c])
+            gv = g[c]
+            if yr != NULL and not yr[c] > 0:
+                gv = 0
+            d[c] = gv * coef[C + c] + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c]
 
 
 cdef inline Py_ssize_t _rows_per_task(Py_ssize_t C) noexcept nogil:

@@ -168,7 +168,10 @@ static inline double cbn_hsum8(cbn_v8d v) {
 /* The upstream gradient of batch norm when a fused ReLU follows it: dy where the forward output
  * y is > 0, else 0 (torch's threshold_backward; NaN in y gives 0).  ym == NULL: no activation.
  * The branch on ym is loop-invariant: the compiler unswitches it. */
-#define CBN_G1(dy, ym, i) ((ym) == NULL || (ym)[i] > 0 ? (double)(dy)[i] : 0.0)
+#define CBN_G1(dy, ym, i) ((ym) == NULL ? (double)(dy)[i] : cbn_select((double)(dy)[i], (ym)[i] > 0))
+/* g if keep else 0, with both operands evaluated: a conditional *load* (c ? dy[i] : 0) stops
+ * the vectoriser, a select of loaded values does not. */
+static inline double cbn_select(double g, int keep) { return keep ? g : 0.0; }
 #ifdef CBN_VECTOR
 static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
     const cbn_v8d zero = {0};
@@ -313,22 +316,22 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
 }                                                                                                \
 /* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]), where g is dy
  * masked by the fused ReLU's output ym (g = dy when ym is NULL).  The g sum has the same order
- * with or without the dot product (dbias does not depend on `needs`). */                      \
-static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
-                                         const T *restrict dy, const T *restrict ym,             \
-                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
-                                         const double *restrict m, ptrdiff_t w) {                \
+ * with or without the dot product (dbias does not depend on `needs`).  The mask test is hoisted
+ * out of the loops (CBN_COL_SUM_DOT_BODY is instantiated once per G), so both vectorise. */
+/* select in the data's own type (mask and data lanes match), then widen */
+#define CBN_GM(p, q, j) ((double)__extension__({ __typeof__(*(p)) g_ = (p)[j];                      \
+                                                 (q)[j] > 0 ? g_ : (__typeof__(g_))0; }))
+#define CBN_GP(p, q, j) ((double)(p)[j])
+#define CBN_COL_SUM_DOT_BODY(T, G)                                                               \
     ptrdiff_t r = 0;                                                                             \
     for (; r + 4 <= rows; r += 4) {                                                              \
         const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                  \
-        const T *y0 = ym ? ym + r * ld : NULL, *y1 = y0 ? y0 + ld : NULL;                        \
-        const T *y2 = y1 ? y1 + ld : NULL, *y3 = y2 ? y2 + ld : NULL;                            \
+        const T *y0 = mk + r * ld, *y1 = y0 + ld, *y2 = y1 + ld, *y3 = y2 + ld;                  \
         if (sdyx) {                                                                              \
             const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;               \
             _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = CBN_G1(g0, y0, j), a1 = CBN_G1(g1, y1, j);                           \
-                double a2 = CBN_G1(g2, y2, j), a3 = CBN_G1(g3, y3, j);                           \
+                double a0 = G(g0, y0, j), a1 = G(g1, y1, j), a2 = G(g2, y2, j), a3 = G(g3, y3, j);\
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
                 sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))           \
                          + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));          \
@@ -336,20 +339,28 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
         } else {                                                                                 \
             _Pragma("omp simd")                                                                  \
             for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = CBN_G1(g0, y0, j), a1 = CBN_G1(g1, y1, j);                           \
-                double a2 = CBN_G1(g2, y2, j), a3 = CBN_G1(g3, y3, j);                           \
+                double a0 = G(g0, y0, j), a1 = G(g1, y1, j), a2 = G(g2, y2, j), a3 = G(g3, y3, j);\
                 sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
     for (; r < rows; r++) {                                                                      \
-        const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = ym ? ym + r * ld : NULL;              \
+        const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = mk + r * ld;                          \
         for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            double a0 = CBN_G1(g0, y0, j);                                                       \
+            double a0 = G(g0, y0, j);                                                            \
             sdy[j] += a0;                                                                        \
             if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);                                    \
         }                                                                                        \
-    }                                                                                            \
+    }
+
+#define CBN_DEFINE_COL_SUM_DOT(T, SFX)                                                           \
+static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
+                                         const T *restrict dy, const T *restrict ym,             \
+                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
+                                         const double *restrict m, ptrdiff_t w) {                \
+    const T *mk = ym ? ym : dy; /* CBN_GP never reads the mask: any valid pointer will do */     \
+    if (ym) { CBN_COL_SUM_DOT_BODY(T, CBN_GM) }                                                  \
+    else { CBN_COL_SUM_DOT_BODY(T, CBN_GP) }                                                     \
 }
 
 /* Element-wise passes of the channels-last layout over `rows` rows of width w (ld apart), with
@@ -413,12 +424,15 @@ static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict ym,
 #define CBN_AFFINE_AT(i) y[i] = (x[i] - hi[j]) * sc[j] + sh[j];
 #define CBN_DX_AT(i) dx[i] = dy[i] * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
 #define CBN_AFFINE_RELU_AT(i) { __typeof__(*y) v_ = (x[i] - hi[j]) * sc[j] + sh[j]; y[i] = v_ < 0 ? 0 : v_; }
-#define CBN_DX_MASK_AT(i) dx[i] = (ym[i] > 0 ? dy[i] : 0) * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
+#define CBN_DX_MASK_AT(i) { __typeof__(*dx) g_ = dy[i]; g_ = ym[i] > 0 ? g_ : 0;                   \
+                            dx[i] = g_ * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j]; }
 
 CBN_DEFINE_ROWS(float, f32)
 CBN_DEFINE_ROWS(double, f64)
 
 CBN_DEFINE_COLUMNS(float, f32)
 CBN_DEFINE_COLUMNS(double, f64)
+CBN_DEFINE_COL_SUM_DOT(float, f32)
+CBN_DEFINE_COL_SUM_DOT(double, f64)
 
 #endif /* CBN_SIMD_H */
