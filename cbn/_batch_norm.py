@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from . import _half
 from . import _validation as v
 from ._dispatch import kernels as _k
 from ._types import BackwardResult, ForwardResult
@@ -14,6 +15,7 @@ __all__ = [
 ]
 
 _F64 = v.F64
+_F16 = v.F16
 _KERNEL_DTYPES = (v.F32, v.F64)
 
 _fast_forward = _k.fast_forward
@@ -131,7 +133,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
                            num_threads, out, skip_nonfinite, relu)
     if result is not None:
         return result
-    x, axis = v.check_input(x, axis)
+    x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -156,7 +158,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     mean = np.empty(C, _F64)
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
-    _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
+    kern = _half if xk.dtype == _F16 else _k
+    kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
     _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(_finish(yk, y, out, copy_back, perm), mean, invstd)
 
@@ -214,7 +217,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
                         relu)
     if y is not None:
         return y
-    x, axis = v.check_input(x, axis)
+    x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -230,7 +233,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
-        _k.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, relu)
+        kern = _half if xk.dtype == _F16 else _k
+        kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, relu)
     return _finish(yk, y, out, copy_back, perm)
 
 
@@ -300,8 +304,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
         if result is not None:
             return result
-    x, axis = v.check_input(x, axis)
-    dy = v.kernel_dtype(dy, "dy")
+    x, axis = v.check_input(x, axis, allow_half=True)
+    dy = v.kernel_dtype(dy, "dy", allow_half=True)
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
@@ -318,7 +322,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         dyk = np.ascontiguousarray(dyk)
     yk = None
     if relu:
-        y = v.kernel_dtype(y, "y")
+        y = v.kernel_dtype(y, "y", allow_half=True)
         if y.shape != x.shape:
             raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
         if y.dtype != x.dtype:
@@ -330,6 +334,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     grad_dtype = x.dtype if weight is None else np.asarray(weight).dtype
+    if grad_dtype == _F16:  # sums of float16 gradients overflow past 65504
+        grad_dtype = v.F32
     dxk = dx = None
     copy_back = False
     if need_dx:
@@ -343,7 +349,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     sdy = np.empty(C, _F64)
     sdyx = np.empty(C, _F64)
     if xk.size:
-        _k.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, yk)
+        kern = _half if xk.dtype == _F16 else _k
+        kern.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, yk)
     else:
         sdy.fill(0.0)
         sdyx.fill(0.0)

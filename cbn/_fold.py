@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _half
 from . import _validation as v
 from ._dispatch import kernels as _k
 
@@ -230,7 +231,7 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
                   out: Optional[np.ndarray], nt: int, name: str = "x",
                   relu: bool = False) -> np.ndarray:
     """``(x - centre) * scale + shift`` per channel through the inference kernel."""
-    x, axis = v.check_input(x, axis, name)
+    x, axis = v.check_input(x, axis, name, allow_half=True)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     if C != scale.shape[0]:
@@ -239,7 +240,8 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
             f"{scale.shape[0]}")
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
-        _k.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
+        kern = _half if xk.dtype == v.F16 else _k
+        kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
     return _write(yk, y, out, copy_back, perm)
 
 

@@ -10,23 +10,27 @@ import operator
 
 import numpy as np
 
+F16 = np.dtype(np.float16)
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 _KERNEL_DTYPES = (F32, F64)
 
 
-def kernel_dtype(x, name="x"):
-    """Return ``x`` as an ndarray of a kernel dtype (float32/float64, native byte order)."""
+def kernel_dtype(x, name="x", allow_half=False):
+    """Return ``x`` as an ndarray of a kernel dtype (float32/float64, and float16 if
+    ``allow_half``), in native byte order."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     dt = x.dtype
     if dt is F32 or dt is F64:
         return x
-    if dt.kind == "f" and dt.itemsize in (4, 8):
+    sizes = (2, 4, 8) if allow_half else (4, 8)
+    if dt.kind == "f" and dt.itemsize in sizes:
         if dt.byteorder not in ("=", "|") and dt != dt.newbyteorder("="):
             return x.astype(dt.newbyteorder("="))
         return x
-    raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
+    expected = "a float16, float32 or float64" if allow_half else "a float32 or float64"
+    raise TypeError(f"{name} must be {expected} array, got dtype {dt}")
 
 
 def check_axis(axis, ndim, name="axis"):
@@ -40,9 +44,9 @@ def check_axis(axis, ndim, name="axis"):
     return a + ndim if a < 0 else a
 
 
-def check_input(x, axis, name="x"):
+def check_input(x, axis, name="x", allow_half=False):
     """Validate ``x`` and its channel axis; return ``(x, axis)`` with axis normalised."""
-    x = kernel_dtype(x, name)
+    x = kernel_dtype(x, name, allow_half)
     if x.ndim < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}"

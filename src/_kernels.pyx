@@ -1111,6 +1111,23 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
 # arguments: C-contiguous arrays of one float type, per-channel arrays of length C as float64
 # C-contiguous (or None), and (outer, C, inner) matching x.
 
+cdef inline int _check_kernel_arrays(cnp.ndarray x, object a=None, object b=None) except -1:
+    """The entries dispatch on float32 vs float64: anything else must never reach a kernel
+    (it would be read with the wrong element size)."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"cbn kernels take float32 or float64 arrays, got {x.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(x):
+        raise ValueError("cbn kernels take C-contiguous arrays")
+    for other in (a, b):
+        if other is not None:
+            if (cnp.PyArray_TYPE(<cnp.ndarray>other) != t
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>other)
+                    or cnp.PyArray_SIZE(<cnp.ndarray>other) != cnp.PyArray_SIZE(x)):
+                raise TypeError("cbn kernels take C-contiguous arrays of one dtype and size")
+    return 0
+
+
 cdef inline const double* _vec_or_null(object a) except? NULL:
     if a is None:
         return NULL
@@ -1127,6 +1144,7 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
                   int num_threads, bint relu=False):
     """Training forward: y_out (ReLU applied if relu), and float64 mean_out, var_out (biased),
     invstd_out."""
+    _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* w = _vec_or_null(weight)
     cdef const double* b = _vec_or_null(bias)
@@ -1149,6 +1167,7 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
 def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
             cnp.ndarray mean_out, cnp.ndarray m2_out, int num_threads):
     """Per-channel float64 mean and M2 (sum of squared deviations)."""
+    _check_kernel_arrays(x)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
     cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
@@ -1169,6 +1188,7 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               int num_threads, bint relu=False):
     """y_out = (x - centre) * scale + shift with float64 per-channel vectors (then ReLU if
     relu)."""
+    _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* ce = <const double*>cnp.PyArray_DATA(centre)
     cdef const double* sc = <const double*>cnp.PyArray_DATA(scale)
@@ -1192,6 +1212,9 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
              object y_mask=None):
     """Backward sums (float64 sum(g), sum(g*(x-mean))) and, if dx_out is given, dx; g is dy,
     or dy where y_mask (the output of a fused ReLU, shaped like x) is > 0."""
+    _check_kernel_arrays(x, dy, dx_out)
+    if y_mask is not None:
+        _check_kernel_arrays(x, y_mask)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
@@ -1222,6 +1245,9 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
                           object weight, cnp.ndarray sdy, cnp.ndarray sdyx, double n_total,
                           int num_threads, object y_mask=None):
     """dx from given float64 sums (e.g. all-reduced across shards) and total count n_total."""
+    _check_kernel_arrays(x, dy, dx_out)
+    if y_mask is not None:
+        _check_kernel_arrays(x, y_mask)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
     cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)

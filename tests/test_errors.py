@@ -13,7 +13,7 @@ C3 = np.ones(3)
                                  np.ones((4, 3), np.complex64), np.ones((4, 3), np.int8)])
 @pytest.mark.parametrize("fn", ["forward", "inference", "batch_norm", "backward"])
 def test_non_float_x_is_a_type_error(bad, fn):
-    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+    with pytest.raises(TypeError, match="x must be a float16, float32 or float64 array"):
         if fn == "forward":
             cbn.batch_norm_forward(bad)
         elif fn == "inference":
@@ -119,8 +119,3 @@ def test_backward_argument_checks():
 def test_num_threads(bad, exc):
     with pytest.raises(exc, match="num_threads"):
         cbn.batch_norm_forward(X, num_threads=bad)
-
-
-def test_float16_is_rejected_clearly():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        cbn.batch_norm_forward(X.astype(np.float16))

@@ -1,0 +1,115 @@
+"""float16 inputs: float32 arithmetic with float64 accumulation (chunked through the float32
+kernels), float16 outputs, float32/float64 parameters and statistics."""
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import _half
+from cbn import reference as ref
+
+from helpers import make_case
+
+F16_ULP_AT_1 = float(np.finfo(np.float16).eps)  # 2**-10
+
+CASES = [((8, 16, 20, 20), 1), ((3000, 48), 1), ((1, 3, 300000), 1), ((4, 10, 10, 6), -1),
+         ((5, 7, 9), 2), ((2, 3), 1)]
+
+
+def _close_f16(actual, expected):
+    """Within one float16 rounding of the exact result (half an ulp of |expected|), plus a
+    float32-arithmetic allowance."""
+    expected = np.asarray(expected, np.float64)
+    tol = F16_ULP_AT_1 * np.maximum(np.abs(expected), 2.0 ** -14) + 1e-5 * (1 + np.abs(expected))
+    err = np.abs(actual.astype(np.float64) - expected)
+    assert np.all(err <= tol), float((err - tol).max())
+
+
+@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float16_forward_inference_backward(rng, shape, axis, threads):
+    x, dy, w, b = make_case(rng, shape, axis, np.float16)
+    C = shape[axis]
+    w, b = w.astype(np.float32), b.astype(np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    rm_ref, rv_ref = rm.astype(np.float64), rv.astype(np.float64)
+    f = cbn.batch_norm_forward(x, w, b, running_mean=rm, running_var=rv, axis=axis,
+                               num_threads=threads)
+    x64 = x.astype(np.float64)
+    r = ref.batch_norm_forward(x64, w.astype(np.float64), b.astype(np.float64), running_mean=rm_ref,
+                               running_var=rv_ref, axis=axis)
+    assert f.out.dtype == np.float16 and f.mean.dtype == np.float64
+    assert rm.dtype == np.float32 and rv.dtype == np.float32  # statistics keep their dtype
+    _close_f16(f.out, r.out)
+    np.testing.assert_allclose(f.mean, r.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f.invstd, r.invstd, rtol=1e-10)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-6)
+    y = cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis, num_threads=threads)
+    assert y.dtype == np.float16
+    _close_f16(y, ref.batch_norm_inference(x64, rm.astype(np.float64), rv.astype(np.float64),
+                                           w.astype(np.float64), b.astype(np.float64), axis=axis))
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis, num_threads=threads)
+    gr = ref.batch_norm_backward(dy.astype(np.float64), x64, f.mean, f.invstd,
+                                 w.astype(np.float64), axis=axis)
+    assert g.dx.dtype == np.float16 and g.dweight.dtype == np.float32
+    _close_f16(g.dx, gr.dx)
+    np.testing.assert_allclose(g.dweight, gr.dweight, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(g.dbias, gr.dbias, rtol=1e-5, atol=1e-4)
+
+
+def test_float16_gradients_of_parameters_do_not_overflow(rng):
+    # 200k values of 1.0 per channel: the sum (2e5) is beyond float16's range (65504)
+    x = rng.standard_normal((100000, 2)).astype(np.float16)
+    dy = np.ones_like(x)
+    f = cbn.batch_norm_forward(x)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd)
+    assert g.dbias.dtype == np.float32
+    np.testing.assert_allclose(g.dbias, 100000.0)
+
+
+def test_float16_relu_layer_and_thread_independence(rng):
+    x, dy, _, _ = make_case(rng, (6, 5, 40, 40), 1, np.float16)
+    f = cbn.batch_norm_forward(x, activation="relu")
+    plain = cbn.batch_norm_forward(x)
+    np.testing.assert_array_equal(f.out, np.where(plain.out < 0, 0, plain.out).astype(np.float16))
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, activation="relu", y=f.out)
+    g2 = cbn.batch_norm_backward(np.where(f.out > 0, dy, 0).astype(np.float16), x, f.mean, f.invstd)
+    np.testing.assert_array_equal(g.dx, g2.dx)
+    r1 = cbn.batch_norm_forward(x, num_threads=1)
+    r2 = cbn.batch_norm_forward(x, num_threads=2)
+    for a, b in zip(r1, r2):
+        np.testing.assert_array_equal(a, b)
+    bn = cbn.BatchNorm(5)
+    y = bn(x)
+    assert y.dtype == np.float16 and bn.running_mean.dtype == np.float32
+    dx = bn.backward(dy)
+    assert dx.dtype == np.float16 and bn.grad_weight.dtype == np.float32
+    bn.eval()
+    assert bn(x).dtype == np.float16 and bn.freeze()(x).dtype == np.float16
+
+
+def test_float16_work_memory_is_bounded():
+    """Chunks of at most CHUNK_ELEMS elements: the float32 work buffers are bounded, whatever
+    the input size."""
+    for outer, C, inner in [(1000, 64, 3136), (1, 3, 10 ** 7), (10 ** 6, 7, 1), (3, 1, 5)]:
+        total = 0
+        for sl, shape in _half._chunks(outer, C, inner):
+            n = shape[0] * shape[1] * shape[2]
+            assert n <= max(_half.CHUNK_ELEMS, C * inner if outer >= 2 else C)
+            total += n
+        assert total == outer * C * inner
+
+
+def test_float16_matches_torch_running_stats():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((16, 8, 12, 12)) * 2 + 1).astype(np.float16)
+    rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)
+    y = cbn.batch_norm(x, rm, rv, training=True, momentum=0.1)
+    trm, trv = torch.zeros(8), torch.ones(8)
+    ty = torch.nn.functional.batch_norm(torch.from_numpy(x).float(), trm, trv, training=True,
+                                        momentum=0.1).half()
+    np.testing.assert_allclose(y.astype(np.float32), ty.numpy().astype(np.float32), atol=4e-3)
+    np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5)
