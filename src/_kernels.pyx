@@ -74,24 +74,11 @@ cdef extern from "cbn_simd.h" nogil:
                          double m, double* sdy, double* sdyx)
     void cbn_sum_dot_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
                          double m, double* sdy, double* sdyx)
-    void cbn_affine_rows_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows,
-                             Py_ssize_t w, const float* hi, const float* sc, const float* sh)
-    void cbn_affine_rows_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
-                             Py_ssize_t w, const double* hi, const double* sc, const double* sh)
-    void cbn_affine_rows_inplace_f32(float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
-                                     const float* hi, const float* sc, const float* sh)
-    void cbn_affine_rows_inplace_f64(double* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
-                                     const double* hi, const double* sc, const double* sh)
-    void cbn_affine_relu_rows_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows,
-                                  Py_ssize_t w, const float* hi, const float* sc, const float* sh)
-    void cbn_affine_relu_rows_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
-                                  Py_ssize_t w, const double* hi, const double* sc,
-                                  const double* sh)
-    void cbn_affine_relu_rows_inplace_f32(float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
-                                          const float* hi, const float* sc, const float* sh)
-    void cbn_affine_relu_rows_inplace_f64(double* y, Py_ssize_t ld, Py_ssize_t rows,
-                                          Py_ssize_t w, const double* hi, const double* sc,
-                                          const double* sh)
+    void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                        const float* hi, const float* sc, const float* sh, int relu)
+    void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
+                        Py_ssize_t w, const double* hi, const double* sc, const double* sh,
+                        int relu)
     void cbn_dx_rows_f32(const float* dy, const float* ym, const float* x, float* dx,
                          Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
                          const float* k1, const float* k2, const float* k3)
@@ -629,29 +616,11 @@ cdef inline void _affine_rows(const floating* x, floating* y_out, Py_ssize_t ld,
                               Py_ssize_t w, const floating* coef, Py_ssize_t C,
                               bint relu) noexcept nogil:
     """Channels-last rows: y = (x - hi) * scale + shift (then max(y, 0) if relu),
-    coef = [hi | scale | shift]."""
-    if relu:
-        if floating is float:
-            if <const void*>x == <const void*>y_out:
-                cbn_affine_relu_rows_inplace_f32(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-            else:
-                cbn_affine_relu_rows_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-        else:
-            if <const void*>x == <const void*>y_out:
-                cbn_affine_relu_rows_inplace_f64(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-            else:
-                cbn_affine_relu_rows_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-        return
+    coef = [hi | scale | shift]; in place when x is y_out."""
     if floating is float:
-        if <const void*>x == <const void*>y_out:
-            cbn_affine_rows_inplace_f32(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-        else:
-            cbn_affine_rows_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        cbn_affine_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, relu)
     else:
-        if <const void*>x == <const void*>y_out:
-            cbn_affine_rows_inplace_f64(y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
-        else:
-            cbn_affine_rows_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C)
+        cbn_affine_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, relu)
 
 
 cdef inline void _dx_run(const floating* dy, const floating* ym, const floating* x,

@@ -430,6 +430,26 @@ static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict ym,
 CBN_DEFINE_ROWS(float, f32)
 CBN_DEFINE_ROWS(double, f64)
 
+/* y = (x - hi) * sc + sh (then max(., 0) if relu) over channels-last rows; in place when
+ * x == y (the restrict-qualified variants never see two names for one array). */
+#define CBN_DEFINE_AFFINE_DISPATCH(T, SFX)                                                       \
+static inline void cbn_affine_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, \
+                                    const T *hi, const T *sc, const T *sh, int relu) {           \
+    if (relu) {                                                                                  \
+        if ((const void *)x == (const void *)y)                                                  \
+            cbn_affine_relu_rows_inplace_##SFX(y, ld, rows, w, hi, sc, sh);                      \
+        else                                                                                     \
+            cbn_affine_relu_rows_##SFX(x, y, ld, rows, w, hi, sc, sh);                           \
+    } else if ((const void *)x == (const void *)y) {                                             \
+        cbn_affine_rows_inplace_##SFX(y, ld, rows, w, hi, sc, sh);                               \
+    } else {                                                                                     \
+        cbn_affine_rows_##SFX(x, y, ld, rows, w, hi, sc, sh);                                    \
+    }                                                                                            \
+}
+
+CBN_DEFINE_AFFINE_DISPATCH(float, f32)
+CBN_DEFINE_AFFINE_DISPATCH(double, f64)
+
 CBN_DEFINE_COLUMNS(float, f32)
 CBN_DEFINE_COLUMNS(double, f64)
 CBN_DEFINE_COL_SUM_DOT(float, f32)
