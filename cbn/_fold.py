@@ -353,6 +353,10 @@ class FrozenBatchNorm:
         """
         eps = v.check_eps(eps)
         mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
+        for name, a in (("running_mean", mean), ("running_var", var), ("weight", w),
+                        ("bias", b)):
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name} must be finite everywhere")
         # the same float64 vectors as batch_norm_inference: bit-identical results
         return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads, activation)
 

@@ -6,6 +6,7 @@ C-contiguous float32/float64 ndarray and float64 vectors) costs a few attribute 
 """
 
 import math
+import numbers
 import operator
 
 import numpy as np
@@ -35,6 +36,8 @@ def kernel_dtype(x, name="x", allow_half=False):
 
 def check_axis(axis, ndim, name="axis"):
     """Normalise a possibly negative channel axis for an array of ``ndim`` dimensions."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
     try:
         a = operator.index(axis)
     except TypeError:
@@ -99,7 +102,7 @@ def output_for(out, x, xk, perm, name="out"):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != x.shape:
         raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
-    if out.dtype != x.dtype:
+    if out.dtype.newbyteorder("=") != x.dtype.newbyteorder("="):
         raise TypeError(f"{name} must have dtype {x.dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
@@ -122,8 +125,12 @@ def geometry(shape, axis):
 
 
 def channel_vector(a, name, C, *, writeable=False):
-    """Validate a per-channel array: a float ndarray of shape (C,).  Returns it as given."""
+    """Validate a per-channel array: a float ndarray of shape (C,).  Returns it as given.
+    ``writeable``: the array is updated in place, so it must be a writeable ndarray."""
     if not isinstance(a, np.ndarray):
+        if writeable:
+            raise TypeError(
+                f"{name} must be a numpy.ndarray (it is updated in place), got {type(a).__name__}")
         a = np.asarray(a)
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
@@ -142,12 +149,16 @@ def as_f64(a, name, C):
     return np.ascontiguousarray(a, dtype=F64)
 
 
+def _real(value, name):
+    """A real number (int, float or NumPy scalar; not a string or a bool) as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
 def check_eps(eps):
     """eps must be a finite number > 0."""
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    e = _real(eps, "eps")
     if not (e > 0.0 and math.isfinite(e)):
         raise ValueError(f"eps must be finite and > 0, got {eps!r}")
     return e
@@ -155,10 +166,7 @@ def check_eps(eps):
 
 def check_momentum(momentum):
     """momentum must be a number in [0, 1]."""
-    try:
-        m = float(momentum)
-    except (TypeError, ValueError):
-        raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}") from None
+    m = _real(momentum, "momentum")
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
     return m

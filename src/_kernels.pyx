@@ -327,7 +327,7 @@ cdef Geometry _geometry(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
         g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
         # whole rows per task (sequential reads); chunk only very wide rows, to bound the
         # per-thread accumulators (3 doubles per column) to L2
-        g.col_width = min(C, MAX_COLUMNS)
+        g.col_width = max(1, min(C, MAX_COLUMNS))  # >= 1: C may be 0
         g.ncol_chunks = (C + g.col_width - 1) // g.col_width
     g.nseg = max(1, min(MAX_SEGMENTS, g.nblocks))
     return g

@@ -9,6 +9,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -74,10 +75,9 @@ def _hash_work(data, record):
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
 def test_gil_released_two_threads_run_concurrently():
     """Two Python threads each running single-threaded cbn calls on their own (8,64,64,64)
-    float32 array overlap in time and finish in less than 0.85 x the serial time (i.e.
-    1.7 x one thread's share; with the GIL held it is >= 1.0 x).  Best of up to 10 attempts.
-    On a machine whose second CPU is taken by other work, a GIL-free control (hashlib) is
-    measured the same way: if it cannot reach 0.85 either, the test is skipped, not failed."""
+    float32 array overlap in time: a call that held the GIL would keep the other thread from
+    even starting its call (its start time is taken in Python).  The proof is the overlap, not
+    a speed-up, so it holds on a busy machine too."""
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((8, 64, 64, 64)).astype(np.float32) for _ in range(2)]
     outs = [np.empty_like(x) for x in xs]
@@ -88,16 +88,9 @@ def test_gil_released_two_threads_run_concurrently():
             cbn.batch_norm_forward(xs[i], num_threads=1, out=outs[i])
             record.append((t0, time.perf_counter()))
 
-    ratio, records = _serial_and_concurrent(work, [0, 1], attempts=10)
+    _, records = _serial_and_concurrent(work, [0, 1], attempts=3)
     call = np.mean([e - s for s, e in records[0] + records[1]])
     assert _overlap(records[0], records[1]) > call, "the calls of the two threads never overlapped"
-    if ratio >= 0.85:
-        blobs = [rng.bytes(4 << 20) for _ in range(2)]
-        control, _ = _serial_and_concurrent(_hash_work, blobs, attempts=5)
-        if control >= 0.85:
-            pytest.skip(f"no free second CPU: a GIL-free control reached only {control:.2f} "
-                        f"(cbn {ratio:.2f})")
-    assert ratio < 0.85, f"concurrent / serial wall time = {ratio:.2f} (GIL held?)"
 
 
 def test_gil_released_other_python_thread_progresses_during_a_call():
@@ -398,7 +391,7 @@ def _bad_layer_calls():
         ("layer: 1-d x", lambda: cbn.BatchNorm(3)(np.ones(3, np.float32)),
          ValueError, "x must have at least 2 dimensions"),
         ("layer eval: non-float x", lambda: cbn.BatchNorm(3).eval()(np.ones((2, 3), np.int32)),
-         TypeError, "x must be a float32 or float64"),
+         TypeError, "x must be a (float16, )?float32 or float64"),
         ("layer eval: wrong C", lambda: cbn.BatchNorm(4).eval()(x),
          ValueError, "num_features=4"),
         ("layer: out of the wrong shape", lambda: cbn.BatchNorm(3)(x, out=np.empty((4, 3))),
@@ -408,7 +401,7 @@ def _bad_layer_calls():
         ("layer: axis out of range for x", lambda: cbn.BatchNorm(3, axis=3)(x),
          ValueError, "axis=3"),
         ("frozen: non-float dy", lambda: cbn.FrozenBatchNorm(C3, C3).backward(X.astype(int)),
-         TypeError, "dy must be a float32 or float64"),
+         TypeError, "dy must be a (float16, )?float32 or float64"),
         ("frozen: dy of wrong C", lambda: cbn.FrozenBatchNorm(C3, C3).backward(np.ones((2, 4))),
          ValueError, "num_features=3"),
         ("frozen: 1-d x", lambda: cbn.FrozenBatchNorm(C3, C3)(np.ones(3)),
@@ -446,7 +439,7 @@ def _bad_layer_calls():
         ("merge_moments: m2 of wrong length", lambda: cbn.merge_moments((2, C3, np.ones(4))),
          ValueError, r"parts\[0\]\.m2 must have shape \(3,\)"),
         ("normalize: non-float x", lambda: cbn.normalize(X.astype(int), C3, C3),
-         TypeError, "x must be a float32 or float64"),
+         TypeError, "x must be a (float16, )?float32 or float64"),
         ("normalize: 1-d x", lambda: cbn.normalize(np.ones(3), C3, C3),
          ValueError, "x must have at least 2 dimensions"),
         ("normalize: non-float bias", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(3, int)),
@@ -458,9 +451,9 @@ def _bad_layer_calls():
         ("normalize: out of the wrong shape", lambda: cbn.normalize(x, C3, C3, out=x[:2]),
          ValueError, "out must have shape"),
         ("backward_reduce: non-float x", lambda: cbn.backward_reduce(dy, X.astype(int), C3),
-         TypeError, "x must be a float32 or float64"),
+         TypeError, "x must be a (float16, )?float32 or float64"),
         ("backward_reduce: non-float dy", lambda: cbn.backward_reduce(X.astype(int), x, C3),
-         TypeError, "dy must be a float32 or float64"),
+         TypeError, "dy must be a (float16, )?float32 or float64"),
         ("backward_reduce: non-float mean", lambda: cbn.backward_reduce(dy, x, np.zeros(3, int)),
          TypeError, "mean must be a floating-point"),
         ("backward_elemt: weight of wrong length",
@@ -639,8 +632,6 @@ def test_big_endian_input_is_accepted_and_correct(rng, dtype):
     np.testing.assert_array_equal(layer_b.running_var, layer.running_var)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: out=x with a big-endian x raises 'out must have "
-                   "dtype float32, got >f4' although out is x itself")
 @pytest.mark.parametrize("fn", ["forward", "inference"])
 def test_big_endian_in_place(fn):
     x = _be(np.arange(12, dtype=np.float32).reshape(4, 3))
@@ -710,12 +701,13 @@ def test_empty_batch_every_op(shape, axis, dtype):
     assert bn(x).shape == shape and bn.backward(x).shape == shape
 
 
-# ------------------------------------------------------------------------ bugs found (xfail)
+# ------------------------------------------------------------------------ bugs found (fixed)
 
 def _survives(code):
     """Run ``code`` in a fresh interpreter; return (exit code, last stderr line)."""
+    # outside the source tree, so the subprocess imports the installed package
     r = subprocess.run([sys.executable, "-c", "import numpy as np, cbn\n" + textwrap.dedent(code)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
     lines = r.stderr.strip().splitlines()
     return r.returncode, (lines[-1] if lines else "")
 
@@ -729,18 +721,12 @@ ZERO_CHANNEL_CALLS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="bug: C == 0 with inner == 1 divides by zero in the "
-                   "kernels' _geometry (col_width = min(C, MAX_COLUMNS) = 0): SIGFPE kills "
-                   "the interpreter")
 @pytest.mark.parametrize("name", list(ZERO_CHANNEL_CALLS))
 def test_zero_channels_do_not_crash(name):
     rc, err = _survives(ZERO_CHANNEL_CALLS[name])
     assert rc == 0, f"exit code {rc} {err}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a list running_mean passes validation, the "
-                   "kernel runs, then the running update fails with AttributeError "
-                   "('list' object has no attribute 'dtype')")
 def test_running_stat_that_is_not_an_ndarray_is_a_clear_error():
     rm = [0.0, 0.0, 0.0]
     with pytest.raises((TypeError, ValueError), match="running_mean"):
@@ -748,9 +734,6 @@ def test_running_stat_that_is_not_an_ndarray_is_a_clear_error():
     assert rm == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.xfail(strict=True, reason="unclear error: a NaN running_var / weight or an "
-                   "Inf running_mean is reported as 'scale' / 'centre must be finite', names "
-                   "that are not arguments of from_stats")
 @pytest.mark.parametrize("arg", ["running_mean", "running_var", "weight"])
 def test_frozen_from_stats_nonfinite_names_the_argument(arg):
     kw = dict(running_mean=np.zeros(3), running_var=np.ones(3), weight=np.ones(3))
