@@ -107,8 +107,6 @@ DEF MIN_ROWS_B = 64
 DEF MAX_COLUMNS = 8192
 # Upper bound on segments per channel: bounds the partials to O(C * MAX_SEGMENTS) doubles.
 DEF MAX_SEGMENTS = 16
-# Arrays up to this size are cache-resident: per-channel fused passes, whatever the layout.
-DEF SMALL_BYTES = 4 << 20
 # Below this many elements a call runs on the calling thread only.
 DEF PARALLEL_MIN_ELEMS = 65536
 
@@ -802,11 +800,9 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef double* m2
     if coef == NULL:
         return -1
-    # fused per channel (statistics, then normalise while cached) for long runs, or when the
-    # whole array is cache-sized: with short runs in a large array the channel-by-channel
-    # traversal costs more than the second read it saves
-    if (g.inner > 1 and (g.pieces > 1 or total * <Py_ssize_t>sizeof(floating) <= SMALL_BYTES)
-            and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
+    # fused per channel (statistics, then normalise while cached) only for long runs: with
+    # short runs the channel-by-channel traversal costs more than the second read it saves
+    if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
@@ -989,11 +985,10 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if coef == NULL:
             return -1
-    # fused per channel (sums, then dx while cached) for long runs, or when the arrays are
-    # cache-sized (one parallel region instead of two)
-    if (dx_out != NULL and g.inner > 1
-            and (g.pieces > 1 or 2 * total * <Py_ssize_t>sizeof(floating) <= SMALL_BYTES)
-            and C >= nt and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
+    # fused per channel (sums, then dx while cached) only for long runs: with short runs the
+    # channel-by-channel traversal costs more than the second read it saves
+    if (dx_out != NULL and g.pieces > 1 and C >= nt
+            and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
