@@ -8,34 +8,40 @@ Every C-contiguous array with channel axis ``a`` is viewed as ``(outer, C, inner
 layouts follow:
 
 * **channel-major** (``inner > 1``: NCL, NCHW, NCDHW, a middle axis): each ``(o, c)`` pair owns
-  a contiguous *run* of ``inner`` elements.  Loops vectorise along the run.
+  a contiguous *run* of ``inner`` elements.  Loops vectorise along the run, with per-run scalar
+  coefficients.
 * **channels-last** (``inner == 1``: NC, NHWC): each row ``o`` holds the C channels contiguously.
-  Loops vectorise across channels, with per-channel coefficient arrays.
+  Loops vectorise across channels, with per-channel coefficient vectors.
 
 Statistics (mean and biased variance, float64 whatever the input) use a fixed decomposition of
-each channel into *blocks* of about ``BLOCK_BYTES`` of data, grouped into at most ``MAX_SEGMENTS``
-*segments* of consecutive blocks.  A block is read once from memory and then a second time from
-cache: its exact two-pass mean and sum of squared deviations (M2) are merged into the segment by
-Chan's parallel formula, and the segments into the channel in order.  This is accurate on data
-with huge offsets (|mean|/std of 1e6 and more in float32), costs one read of the data from
-memory, and -- because the decomposition depends only on the shape and dtype -- gives results
-that are bit-identical for any number of threads: threads only choose *who* computes a segment
-or a channel, never *how*.
+each channel into *blocks* (``BLOCK_BYTES`` of data per channel in the channel-major layout, at
+least ``MIN_ROWS_B`` rows in the channels-last one), grouped into at most ``MAX_SEGMENTS``
+*segments* of consecutive blocks.  A block is read once, accumulating sums shifted by one of
+its own elements ``k`` (so ``(k - mean)^2 <= n * var`` and the cancellation in
+``M2 = S2 - S1^2 / n`` costs at most a factor ``n + 1``); blocks merge into segments, and
+segments into the channel, by Chan's parallel formula, in order.  This is accurate on data with
+huge offsets (|mean|/std of 1e6 in float32 keeps ~1e-12 relative variance) and, because the
+decomposition depends only on the shape and dtype, results are bit-identical for any number of
+threads: threads only choose *who* computes a segment or a channel, never *how*.
 
-Normalisation uses ``y = ((x - hi) - lo) * scale + shift`` where ``hi + lo`` is the float64
-centre split into two numbers of the input type.  For float32 with large offsets this keeps
-``x - mean`` exact to float32 rounding, where the textbook ``x * scale + (bias - mean*scale)``
-would cancel catastrophically; it costs one extra subtraction on a memory-bound loop.
+Traversal: reading an NCHW array channel by channel (runs spread across the batch) measured 2x
+slower than memory order, so short runs are reduced in memory order -- a task takes a segment's
+rows and keeps per-channel block accumulators -- with exactly the per-channel arithmetic of the
+channel-by-channel path.  Long runs (``inner`` above a block) are reduced per channel, and when
+a channel fits in half the L2 cache its task normalises the channel while it is still cached.
 
-Parallel strategy: channel-major with ``C >= threads`` runs one task per channel; when a channel
-fits in half the L2 cache the task computes the statistics *and* normalises the channel while it
-is still in cache (one read from memory instead of two).  Otherwise the statistics run as
-``(channel, segment)`` or ``(segment, channel-chunk)`` tasks writing float64 partials, merged in
-order, followed by a separate element-wise pass.  Inputs below ``PARALLEL_MIN_ELEMS`` elements
-never start a thread team.
+Element-wise passes compute ``(x - hi) * scale + shift'`` where ``hi`` is the float64 mean
+rounded to the input type and ``shift' = shift - (mean - hi) * scale``: ``x - hi`` keeps the
+digits of float32 data with large offsets (the textbook ``x * scale + (bias - mean*scale)``
+would cancel them) at the cost of one subtraction.  A fused ReLU clamps in the same pass, and
+backward applies its mask ``y > 0`` inside both of its passes.
+
+Inputs below ``PARALLEL_MIN_ELEMS`` elements never start a thread team; in a process forked
+after a thread team ran, every kernel runs serially (GNU libgomp can hang there).
 
 Conventions: arguments marked IN are read, OUT are written (named ``*_out``); every function
-called inside a parallel region is ``noexcept nogil``.
+called inside a parallel region is ``noexcept nogil``; the innermost reductions and the
+channels-last row passes live in cbn_simd.h (explicit SIMD, fixed summation order).
 """
 
 from libc.stdlib cimport malloc, calloc, free
