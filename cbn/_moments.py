@@ -196,8 +196,9 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -
 
     Notes
     -----
-    The same kernel as :func:`cbn.batch_norm_forward`: float64 accumulation, per-block sums shifted by an element of the block (bounded cancellation),
-    merged by Chan's formula, bit-identical for any ``num_threads``.
+    The same kernel as :func:`cbn.batch_norm_forward`: float64 accumulation, per-block sums
+    shifted by an element of the block (bounded cancellation) merged by Chan's formula,
+    bit-identical for any ``num_threads``.
     ``np.var(x, axis=others) * count`` equals ``m2`` up to rounding.
     """
     x, axis = v.check_input(x, axis)
