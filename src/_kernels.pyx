@@ -1217,6 +1217,22 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
         raise MemoryError("cbn: out of memory for per-channel work buffers")
 
 
+cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x,
+                       floating* dx_out, const Geometry* g, int nt, double n_total,
+                       const double* mean, const double* invstd, const double* w,
+                       const double* sdy, const double* sdyx) noexcept nogil:
+    """dx from given float64 sums over n_total values per channel (SyncBN); returns 0/-1."""
+    cdef floating* coef = <floating*>malloc(4 * g.C * sizeof(floating))
+    cdef Py_ssize_t c
+    if coef == NULL:
+        return -1
+    for c in range(g.C):
+        _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
+    _dx_pass(dy, ym, x, dx_out, g, nt, coef)
+    free(coef)
+    return 0
+
+
 def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_ssize_t outer,
                           Py_ssize_t C, Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd,
                           object weight, cnp.ndarray sdy, cnp.ndarray sdyx, double n_total,
@@ -1233,31 +1249,21 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
     cdef const double* d = <const double*>cnp.PyArray_DATA(sdyx)
     cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
     cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
-    cdef Py_ssize_t c
-    cdef float* cf
-    cdef double* cd
+    cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        cf = <float*>malloc(4 * C * sizeof(float))
-        if cf == NULL:
-            raise MemoryError("cbn: out of memory for per-channel work buffers")
         with nogil:
-            for c in range(C):
-                _backward_coef(c, C, n_total, mu, iv, w, a, d, cf)
-            _dx_pass(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
-                     <const float*>cnp.PyArray_DATA(x),
-                     <float*>cnp.PyArray_DATA(dx_out), &g, nt, cf)
-        free(cf)
+            rc = _dx_from_sums(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
+                               <const float*>cnp.PyArray_DATA(x),
+                               <float*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
+                               a, d)
     else:
-        cd = <double*>malloc(4 * C * sizeof(double))
-        if cd == NULL:
-            raise MemoryError("cbn: out of memory for per-channel work buffers")
         with nogil:
-            for c in range(C):
-                _backward_coef(c, C, n_total, mu, iv, w, a, d, cd)
-            _dx_pass(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
-                     <const double*>cnp.PyArray_DATA(x),
-                     <double*>cnp.PyArray_DATA(dx_out), &g, nt, cd)
-        free(cd)
+            rc = _dx_from_sums(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
+                               <const double*>cnp.PyArray_DATA(x),
+                               <double*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
+                               a, d)
+    if rc != 0:
+        raise MemoryError("cbn: out of memory for per-channel work buffers")
 
 
 # ------------------------------------------------------------------------------------ streaming floor
