@@ -24,14 +24,6 @@ _fast_inference = _k.fast_inference
 _ALL_GRADIENTS = (True, True, True)
 
 
-def _finish(yk, y, out, copy_back, perm):
-    """Return the result; if the kernel wrote to a temporary, copy it into ``out`` first."""
-    if copy_back:
-        np.copyto(out if perm is None else out.transpose(perm), yk)
-        return out
-    return y
-
-
 def _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite):
     """In-place running-stat update (unbiased variance), in float64, stored in each statistic's
     own dtype.  The kernel's C update (the one the fast path uses) takes float32/float64
@@ -154,14 +146,14 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         )
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if n == 0:
-        return _empty_stats(C, _finish(yk, y, out, copy_back, perm))
+        return _empty_stats(C, v.finish_output(yk, y, out, copy_back, perm))
     mean = np.empty(C, _F64)
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
     kern = _half if xk.dtype == _F16 else _k
     kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
     _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
-    return ForwardResult(_finish(yk, y, out, copy_back, perm), mean, invstd)
+    return ForwardResult(v.finish_output(yk, y, out, copy_back, perm), mean, invstd)
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
@@ -235,7 +227,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     if xk.size:
         kern = _half if xk.dtype == _F16 else _k
         kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, relu)
-    return _finish(yk, y, out, copy_back, perm)
+    return v.finish_output(yk, y, out, copy_back, perm)
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
@@ -317,9 +309,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
-    dyk = dy if perm is None else dy.transpose(perm)
-    if not dyk.flags.c_contiguous:
-        dyk = np.ascontiguousarray(dyk)
+    dyk = v.view_like(dy, perm)
     yk = None
     if relu:
         y = v.kernel_dtype(y, "y", allow_half=True)
@@ -327,9 +317,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
             raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
         if y.dtype != x.dtype:
             raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
-        yk = y if perm is None else y.transpose(perm)
-        if not yk.flags.c_contiguous:
-            yk = np.ascontiguousarray(yk)
+        yk = v.view_like(y, perm)
     mu = v.as_f64(mean, "mean", C)
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
@@ -355,7 +343,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         sdy.fill(0.0)
         sdyx.fill(0.0)
     if need_dx:
-        dx = _finish(dxk, dx, out, copy_back, perm)
+        dx = v.finish_output(dxk, dx, out, copy_back, perm)
     dweight = (sdyx * iv).astype(grad_dtype, copy=False) if need_dw else None
     dbias = sdy.astype(grad_dtype, copy=False) if need_db else None
     return BackwardResult(dx, dweight, dbias)

@@ -219,14 +219,6 @@ def fold_into_linear(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLi
     return fold_into_conv(W, b, running_mean, running_var, weight, bias, eps)
 
 
-def _write(yk: np.ndarray, y: np.ndarray, out: Optional[np.ndarray], copy_back: bool,
-           perm: Optional[tuple]) -> np.ndarray:
-    if copy_back:
-        np.copyto(out if perm is None else out.transpose(perm), yk)
-        return out
-    return y
-
-
 def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarray, axis: int,
                   out: Optional[np.ndarray], nt: int, name: str = "x",
                   relu: bool = False) -> np.ndarray:
@@ -242,7 +234,7 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
     if xk.size:
         kern = _half if xk.dtype == v.F16 else _k
         kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
-    return _write(yk, y, out, copy_back, perm)
+    return v.finish_output(yk, y, out, copy_back, perm)
 
 
 class FrozenBatchNorm:

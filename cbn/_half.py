@@ -15,7 +15,6 @@ import numpy as np
 
 from ._dispatch import kernels as _k
 
-F16 = np.dtype(np.float16)
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 

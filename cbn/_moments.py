@@ -120,14 +120,6 @@ class BackwardSums(NamedTuple):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _finish(yk, y, out, copy_back, perm):
-    """Return the result; if the kernel wrote to a temporary, copy it into ``out`` first."""
-    if copy_back:
-        np.copyto(out if perm is None else out.transpose(perm), yk)
-        return out
-    return y
-
-
 def _check_dy(dy, x):
     dy = v.kernel_dtype(dy, "dy")
     if dy.shape != x.shape:
@@ -135,13 +127,6 @@ def _check_dy(dy, x):
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
     return dy
-
-
-def _dy_view(dy, perm):
-    dyk = dy if perm is None else dy.transpose(perm)
-    if not dyk.flags.c_contiguous:
-        dyk = np.ascontiguousarray(dyk)
-    return dyk
 
 
 def _check_count(count, name="count"):
@@ -362,7 +347,7 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
         _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt)
-    return _finish(yk, y, out, copy_back, perm)
+    return v.finish_output(yk, y, out, copy_back, perm)
 
 
 # ------------------------------------------------------------------------------------ backward
@@ -413,7 +398,7 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     mu = v.as_f64(mean, "mean", C)
-    return _backward_sums(_dy_view(dy, perm), xk, outer, C, inner, mu, True, nt)
+    return _backward_sums(v.view_like(dy, perm), xk, outer, C, inner, mu, True, nt)
 
 
 def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
@@ -479,7 +464,7 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     w = None if weight is None else v.as_f64(weight, "weight", C)
     a = v.as_f64(sum_dy, "sum_dy", C)
     d = v.as_f64(sum_dy_xmu, "sum_dy_xmu", C)
-    dyk = _dy_view(dy, perm)
+    dyk = v.view_like(dy, perm)
     dxk, dx, copy_back = v.output_for(out, x, xk, perm)
     if not copy_back and out is not None and np.may_share_memory(dxk, dyk) \
             and not v._same_memory(dxk, dyk):
@@ -487,4 +472,4 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     if xk.size:
         _k.backward_dx_from_sums(dyk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
                                  float(n_total), nt)
-    return _finish(dxk, dx, out, copy_back, perm)
+    return v.finish_output(dxk, dx, out, copy_back, perm)

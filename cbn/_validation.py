@@ -114,6 +114,22 @@ def output_for(out, x, xk, perm, name="out"):
     return yk, out, True
 
 
+def view_like(a, perm):
+    """``a`` (shaped like x) in the kernel's axis order ``perm`` and C-contiguous, as
+    :func:`kernel_view` made ``xk``; copied only when that order is not contiguous."""
+    ak = a if perm is None else a.transpose(perm)
+    return ak if ak.flags.c_contiguous else np.ascontiguousarray(ak)
+
+
+def finish_output(yk, y, out, copy_back, perm):
+    """The result of :func:`output_for`'s ``(yk, y, copy_back)``: ``y``, or ``out`` after
+    copying the kernel's temporary ``yk`` into it."""
+    if copy_back:
+        np.copyto(out if perm is None else out.transpose(perm), yk)
+        return out
+    return y
+
+
 def _same_memory(a, b):
     """True if two C-contiguous arrays of one shape start at the same address (exact alias)."""
     return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
@@ -188,8 +204,6 @@ def check_threads(num_threads):
         raise ValueError(f"num_threads must be >= 1, got {n}")
     return min(n, 1 << 20)  # the kernels cap it further, at omp_get_num_procs()
 
-
-ACTIVATIONS = (None, "relu")
 
 
 def check_activation(activation):

@@ -32,7 +32,6 @@ from ._batch_norm import batch_norm_inference as _np_inference
 from ._moments import (
     Moments,
     _backward_sums,
-    _dy_view,
     backward_elemt,
     merge_moments,
     moments,
@@ -138,7 +137,7 @@ def _chunk_backward_sums(dy, x, axis, mean, with_dot, nt):
     x, axis = v.check_input(x, axis)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
-    s = _backward_sums(_dy_view(dy, perm), xk, outer, C, inner, mean, with_dot, nt)
+    s = _backward_sums(v.view_like(dy, perm), xk, outer, C, inner, mean, with_dot, nt)
     return (outer * inner, s.sum_dy, s.sum_dy_xmu)
 
 
