@@ -290,7 +290,7 @@ CBN_DEFINE_REDUCTIONS(double, f64)
  * deterministic.  Accumulators and inputs never alias. */
 #define CBN_DEFINE_COLUMNS(T, SFX)                                                               \
 /* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */                         \
-static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
+static inline void cbn_col_shifted_sums_rows_##SFX(double *restrict s1, double *restrict s2,    \
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
     ptrdiff_t r = 0;                                                                             \
@@ -354,7 +354,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
     }
 
 #define CBN_DEFINE_COL_SUM_DOT(T, SFX)                                                           \
-static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
+static inline void cbn_col_sum_dot_rows_##SFX(double *restrict sdy, double *restrict sdyx,      \
                                          const T *restrict dy, const T *restrict ym,             \
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
@@ -412,7 +412,7 @@ static inline void cbn_affine_relu_rows_inplace_##SFX(T *restrict y, ptrdiff_t l
     CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)                                            \
 }                                                                                                \
 /* dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy masked by the ReLU output ym */          \
-static inline void cbn_dx_rows_##SFX(const T *restrict dy, const T *restrict ym,                \
+static inline void cbn_dx_rows4_##SFX(const T *restrict dy, const T *restrict ym,               \
                                      const T *restrict x, T *restrict dx,                        \
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,                  \
                                      const T *restrict hi, const T *restrict k1,                 \
@@ -433,8 +433,9 @@ CBN_DEFINE_ROWS(double, f64)
 /* y = (x - hi) * sc + sh (then max(., 0) if relu) over channels-last rows; in place when
  * x == y (the restrict-qualified variants never see two names for one array). */
 #define CBN_DEFINE_AFFINE_DISPATCH(T, SFX)                                                       \
-static inline void cbn_affine_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, \
-                                    const T *hi, const T *sc, const T *sh, int relu) {           \
+static inline void cbn_affine_any_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,         \
+                                        ptrdiff_t w, const T *hi, const T *sc, const T *sh,      \
+                                        int relu) {                                              \
     if (relu) {                                                                                  \
         if ((const void *)x == (const void *)y)                                                  \
             cbn_affine_relu_rows_inplace_##SFX(y, ld, rows, w, hi, sc, sh);                      \
@@ -454,5 +455,7 @@ CBN_DEFINE_COLUMNS(float, f32)
 CBN_DEFINE_COLUMNS(double, f64)
 CBN_DEFINE_COL_SUM_DOT(float, f32)
 CBN_DEFINE_COL_SUM_DOT(double, f64)
+
+#include "cbn_tiles.h"
 
 #endif /* CBN_SIMD_H */

@@ -1,0 +1,291 @@
+/* cbn_tiles.h: register-tiled channels-last kernels (included by cbn_simd.h).
+ *
+ * Why: in the channels-last layout (rows of C channels) the per-channel state -- float64
+ * accumulators for the reductions, coefficient vectors for the element-wise passes -- is a
+ * vector across the row.  The row loops of cbn_simd.h reload and store that state from L1 for
+ * every row or every four rows; with data arriving from L3 at ~50 GB/s per core those extra
+ * loads and stores, not the data, set the pace (reductions at 2-4x a plain read, NHWC
+ * inference at ~1.6x a copy).  Here a *tile* of columns keeps its state in registers:
+ *
+ * - reductions: a tile of 8 * CBN_COL_TV columns (float64 lanes) walks CBN_COL_RS rows at a
+ *   time, then the next tile of the same rows (still in L1).  A column tile jumps from row to
+ *   row, which the hardware prefetchers do not follow, so each row prefetches the same tile
+ *   CBN_COL_RS rows ahead (measured: 27-31 GB/s from memory on one core at any width, against
+ *   10-28 GB/s for the row loops).
+ * - element-wise passes: when a whole row fits one tile (up to CBN_ROW_TV vectors of the data
+ *   type: C <= 64 float32 with AVX-512), the coefficients stay in registers for all rows and
+ *   the rows stream in memory order.
+ *
+ * Summation order is fixed by the code: per column, the rows of a sub-block are summed in order
+ * from zero and that partial is added to the accumulator (two levels keep the rounding error
+ * near that of the four-row pairs of the row loops), so results still depend only on the shape, never on threads.
+ * Columns that do not fill a tile go through the row loops of cbn_simd.h.
+ */
+#ifndef CBN_TILES_H
+#define CBN_TILES_H
+
+#include <stdint.h>
+
+#ifdef CBN_VECTOR
+
+#if defined(__AVX512F__)
+#define CBN_COL_TV 4 /* float64 vectors per reduction tile: 32 columns in 4 zmm per sum */
+#define CBN_ROW_TV 4 /* data vectors per element-wise tile: 64 float32 / 32 float64 columns */
+#elif defined(__AVX__)
+#define CBN_COL_TV 2 /* 16 ymm registers: 2 x (2 ymm) per sum, plus the shift */
+#define CBN_ROW_TV 2
+#else
+#define CBN_COL_TV 1
+#define CBN_ROW_TV 1
+#endif
+#define CBN_COL_RS 8 /* rows per sub-block: 8 rows of a tile stay in L1 at any width */
+
+typedef float cbn_v16f __attribute__((vector_size(64)));
+typedef int cbn_v16i __attribute__((vector_size(64)));
+
+static inline cbn_v16f cbn_vload_f32(const float *p) {
+    cbn_v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void cbn_vstore_f32(float *p, cbn_v16f v) { memcpy(p, &v, sizeof v); }
+static inline cbn_v8d cbn_vload_f64(const double *p) { return cbn_load8_f64(p); }
+static inline void cbn_vstore_f64(double *p, cbn_v8d v) { memcpy(p, &v, sizeof v); }
+static inline cbn_v16f cbn_relu_f32(cbn_v16f v) {
+    const cbn_v16f zero = {0};
+    return (cbn_v16f)((cbn_v16i)v & ~(cbn_v16i)(v < zero)); /* NaN < 0 is false: NaN stays */
+}
+static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
+    const cbn_v8d zero = {0};
+    return (cbn_v8d)((cbn_v8l)v & ~(cbn_v8l)(v < zero));
+}
+
+/* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
+ * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */
+#define CBN_PREFETCH_AHEAD(p, ahead, bytes)                                                       \
+    do {                                                                                          \
+        uintptr_t a_ = (uintptr_t)(p) + (uintptr_t)(ahead) * sizeof(*(p));                      \
+        for (int b_ = 0; b_ < (int)(bytes); b_ += 64) __builtin_prefetch((const void *)(a_ + b_));\
+    } while (0)
+
+#define CBN_DEFINE_COL_TILES(T, SFX)                                                             \
+/* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */                        \
+static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
+                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
+                                              const double *restrict k, ptrdiff_t w) {           \
+    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw;                                       \
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_COL_RS) {                                       \
+        const ptrdiff_t r1 = r0 + CBN_COL_RS < rows ? r0 + CBN_COL_RS : rows;                    \
+        for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
+            cbn_v8d kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];                                \
+            for (int v = 0; v < CBN_COL_TV; v++) {                                               \
+                const cbn_v8d zero = {0};                                                        \
+                kv[v] = cbn_load8_f64(k + j + 8 * v);                                            \
+                a[v] = zero;                                                                     \
+                q[v] = zero;                                                                     \
+            }                                                                                    \
+            const T *p = x + r0 * ld + j;                                                        \
+            for (ptrdiff_t r = r0; r < r1; r++, p += ld) {                                       \
+                CBN_PREFETCH_AHEAD(p, CBN_COL_RS * ld, tw * sizeof(T));                          \
+                for (int v = 0; v < CBN_COL_TV; v++) {                                           \
+                    cbn_v8d d = cbn_load8_##SFX(p + 8 * v) - kv[v];                              \
+                    a[v] += d;                                                                   \
+                    q[v] += d * d;                                                               \
+                }                                                                                \
+            }                                                                                    \
+            for (int v = 0; v < CBN_COL_TV; v++) {                                               \
+                cbn_vstore_f64(s1 + j + 8 * v, cbn_load8_f64(s1 + j + 8 * v) + a[v]);            \
+                cbn_vstore_f64(s2 + j + 8 * v, cbn_load8_f64(s2 + j + 8 * v) + q[v]);            \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (wt < w) cbn_col_shifted_sums_rows_##SFX(s1 + wt, s2 + wt, x + wt, ld, rows, k + wt,     \
+                                                 w - wt);                                        \
+}                                                                                                \
+/* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]); g = dy, or dy \
+ * where the fused ReLU's output ym > 0.  The g sums are added in the same order either way. */ \
+static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
+                                         const T *restrict dy, const T *restrict ym,             \
+                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
+                                         const double *restrict m, ptrdiff_t w) {                \
+    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw;                                       \
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_COL_RS) {                                       \
+        const ptrdiff_t r1 = r0 + CBN_COL_RS < rows ? r0 + CBN_COL_RS : rows;                    \
+        for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
+            cbn_v8d mv[CBN_COL_TV], a[CBN_COL_TV], b[CBN_COL_TV];                                \
+            for (int v = 0; v < CBN_COL_TV; v++) {                                               \
+                const cbn_v8d zero = {0};                                                        \
+                a[v] = zero;                                                                     \
+                b[v] = zero;                                                                     \
+                if (sdyx) mv[v] = cbn_load8_f64(m + j + 8 * v);                                  \
+            }                                                                                    \
+            const ptrdiff_t o = r0 * ld + j;                                                     \
+            if (sdyx && ym) {                                                                    \
+                CBN_SUM_DOT_TILE_LOOP(SFX, 1, 1)                                                 \
+            } else if (sdyx) {                                                                   \
+                CBN_SUM_DOT_TILE_LOOP(SFX, 1, 0)                                                 \
+            } else if (ym) {                                                                     \
+                CBN_SUM_DOT_TILE_LOOP(SFX, 0, 1)                                                 \
+            } else {                                                                             \
+                CBN_SUM_DOT_TILE_LOOP(SFX, 0, 0)                                                 \
+            }                                                                                    \
+            for (int v = 0; v < CBN_COL_TV; v++) {                                               \
+                cbn_vstore_f64(sdy + j + 8 * v, cbn_load8_f64(sdy + j + 8 * v) + a[v]);          \
+                if (sdyx)                                                                        \
+                    cbn_vstore_f64(sdyx + j + 8 * v, cbn_load8_f64(sdyx + j + 8 * v) + b[v]);    \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (wt < w) cbn_col_sum_dot_rows_##SFX(sdy + wt, sdyx ? sdyx + wt : NULL, dy + wt,          \
+                                            ym ? ym + wt : NULL, x + wt, ld, rows, m + wt,       \
+                                            w - wt);                                             \
+}
+
+/* The row loop of one sum/dot tile; DOT and MASK are literal 0/1 so each instance is
+ * branch-free.  Uses o, r0, r1, ld, tw, a, b, mv from the enclosing scope. */
+#define CBN_SUM_DOT_TILE_LOOP(SFX, DOT, MASK)                                                    \
+    for (ptrdiff_t r = r0, i = o; r < r1; r++, i += ld) {                                        \
+        CBN_PREFETCH_AHEAD(dy + i, CBN_COL_RS * ld, tw * sizeof(*dy));                           \
+        if (DOT) CBN_PREFETCH_AHEAD(x + i, CBN_COL_RS * ld, tw * sizeof(*x));                    \
+        if (MASK) CBN_PREFETCH_AHEAD(ym + i, CBN_COL_RS * ld, tw * sizeof(*ym));                 \
+        for (int v = 0; v < CBN_COL_TV; v++) {                                                   \
+            cbn_v8d g = cbn_load8_##SFX(dy + i + 8 * v);                                         \
+            if (MASK) g = cbn_relu_mask8(g, cbn_load8_##SFX(ym + i + 8 * v));                    \
+            a[v] += g;                                                                           \
+            if (DOT) b[v] += g * (cbn_load8_##SFX(x + i + 8 * v) - mv[v]);                       \
+        }                                                                                        \
+    }
+
+CBN_DEFINE_COL_TILES(float, f32)
+CBN_DEFINE_COL_TILES(double, f64)
+
+/* Element-wise tiles: rows of w <= CBN_ROW_TV * VL columns with the coefficients in registers.
+ * x and y may be the same array (each element is read before it is written), so they are not
+ * restrict-qualified; the coefficients are separate arrays.  nv full vectors per row take the
+ * tile; the w - nv * VL trailing columns go through the row loops. */
+#define CBN_DEFINE_ROW_TILES(T, SFX, VT, VL)                                                     \
+static inline int cbn_row_tile_fits_##SFX(ptrdiff_t w) {                                         \
+    return w >= (VL) && w <= CBN_ROW_TV * (VL);                                                  \
+}                                                                                                \
+static inline void cbn_affine_tile_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,        \
+                                         ptrdiff_t w, const T *restrict hi,                      \
+                                         const T *restrict sc, const T *restrict sh, int relu) { \
+    const int nv = (int)(w / (VL));                                                              \
+    VT H[CBN_ROW_TV], S[CBN_ROW_TV], B[CBN_ROW_TV];                                              \
+    for (int v = 0; v < CBN_ROW_TV; v++) {                                                       \
+        if (v < nv) {                                                                            \
+            H[v] = cbn_vload_##SFX(hi + (VL) * v);                                               \
+            S[v] = cbn_vload_##SFX(sc + (VL) * v);                                               \
+            B[v] = cbn_vload_##SFX(sh + (VL) * v);                                               \
+        }                                                                                        \
+    }                                                                                            \
+    if (relu) {                                                                                  \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
+            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
+                if (v < nv) {                                                                    \
+                    ptrdiff_t i = r * ld + (VL) * v;                                             \
+                    cbn_vstore_##SFX(y + i, cbn_relu_##SFX((cbn_vload_##SFX(x + i) - H[v])      \
+                                                           * S[v] + B[v]));                      \
+                }                                                                                \
+    } else {                                                                                     \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
+            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
+                if (v < nv) {                                                                    \
+                    ptrdiff_t i = r * ld + (VL) * v;                                             \
+                    cbn_vstore_##SFX(y + i, (cbn_vload_##SFX(x + i) - H[v]) * S[v] + B[v]);      \
+                }                                                                                \
+    }                                                                                            \
+    if (nv * (VL) < w) {                                                                         \
+        ptrdiff_t j = nv * (VL);                                                                 \
+        cbn_affine_any_##SFX(x + j, y + j, ld, rows, w - j, hi + j, sc + j, sh + j, relu);       \
+    }                                                                                            \
+}                                                                                                \
+/* dx = g * k1 + (x - hi) * k2 + k3, g = dy or dy where ym > 0; dx aliases none of the inputs */\
+static inline void cbn_dx_tile_##SFX(const T *restrict dy, const T *restrict ym,                \
+                                     const T *restrict x, T *restrict dx, ptrdiff_t ld,          \
+                                     ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,          \
+                                     const T *restrict k1, const T *restrict k2,                 \
+                                     const T *restrict k3) {                                     \
+    const int nv = (int)(w / (VL));                                                              \
+    const VT zero = {0};                                                                         \
+    VT H[CBN_ROW_TV], K1[CBN_ROW_TV], K2[CBN_ROW_TV], K3[CBN_ROW_TV];                            \
+    for (int v = 0; v < CBN_ROW_TV; v++) {                                                       \
+        if (v < nv) {                                                                            \
+            H[v] = cbn_vload_##SFX(hi + (VL) * v);                                               \
+            K1[v] = cbn_vload_##SFX(k1 + (VL) * v);                                              \
+            K2[v] = cbn_vload_##SFX(k2 + (VL) * v);                                              \
+            K3[v] = cbn_vload_##SFX(k3 + (VL) * v);                                              \
+        }                                                                                        \
+    }                                                                                            \
+    if (ym) {                                                                                    \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
+            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
+                if (v < nv) {                                                                    \
+                    ptrdiff_t i = r * ld + (VL) * v;                                             \
+                    VT g = cbn_vload_##SFX(dy + i);                                              \
+                    g = (VT)((__typeof__(g > zero))g & (cbn_vload_##SFX(ym + i) > zero));        \
+                    cbn_vstore_##SFX(dx + i, g * K1[v] + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] \
+                                             + K3[v]);                                           \
+                }                                                                                \
+    } else {                                                                                     \
+        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
+            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
+                if (v < nv) {                                                                    \
+                    ptrdiff_t i = r * ld + (VL) * v;                                             \
+                    cbn_vstore_##SFX(dx + i, cbn_vload_##SFX(dy + i) * K1[v]                     \
+                                             + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] + K3[v]); \
+                }                                                                                \
+    }                                                                                            \
+    if (nv * (VL) < w) {                                                                         \
+        ptrdiff_t j = nv * (VL);                                                                 \
+        cbn_dx_rows4_##SFX(dy + j, ym ? ym + j : NULL, x + j, dx + j, ld, rows, w - j, hi + j,   \
+                           k1 + j, k2 + j, k3 + j);                                              \
+    }                                                                                            \
+}                                                                                                \
+static inline void cbn_affine_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, \
+                                    const T *hi, const T *sc, const T *sh, int relu) {           \
+    if (cbn_row_tile_fits_##SFX(w))                                                              \
+        cbn_affine_tile_##SFX(x, y, ld, rows, w, hi, sc, sh, relu);                              \
+    else                                                                                         \
+        cbn_affine_any_##SFX(x, y, ld, rows, w, hi, sc, sh, relu);                               \
+}                                                                                                \
+static inline void cbn_dx_rows_##SFX(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,  \
+                                     ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,      \
+                                     const T *k2, const T *k3) {                                 \
+    if (cbn_row_tile_fits_##SFX(w))                                                              \
+        cbn_dx_tile_##SFX(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);                           \
+    else                                                                                         \
+        cbn_dx_rows4_##SFX(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);                          \
+}
+
+CBN_DEFINE_ROW_TILES(float, f32, cbn_v16f, 16)
+CBN_DEFINE_ROW_TILES(double, f64, cbn_v8d, 8)
+
+#else /* no vector extensions: the row loops are the kernels */
+
+#define CBN_DEFINE_TILE_FALLBACKS(T, SFX)                                                        \
+static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
+                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
+                                              const double *restrict k, ptrdiff_t w) {           \
+    cbn_col_shifted_sums_rows_##SFX(s1, s2, x, ld, rows, k, w);                                  \
+}                                                                                                \
+static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict sdyx,           \
+                                         const T *restrict dy, const T *restrict ym,             \
+                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
+                                         const double *restrict m, ptrdiff_t w) {                \
+    cbn_col_sum_dot_rows_##SFX(sdy, sdyx, dy, ym, x, ld, rows, m, w);                            \
+}                                                                                                \
+static inline void cbn_affine_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, \
+                                    const T *hi, const T *sc, const T *sh, int relu) {           \
+    cbn_affine_any_##SFX(x, y, ld, rows, w, hi, sc, sh, relu);                                   \
+}                                                                                                \
+static inline void cbn_dx_rows_##SFX(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,  \
+                                     ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,      \
+                                     const T *k2, const T *k3) {                                 \
+    cbn_dx_rows4_##SFX(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);                              \
+}
+CBN_DEFINE_TILE_FALLBACKS(float, f32)
+CBN_DEFINE_TILE_FALLBACKS(double, f64)
+
+#endif /* CBN_VECTOR */
+#endif /* CBN_TILES_H */
