@@ -7,10 +7,10 @@
  * loads and stores, not the data, set the pace (reductions at 2-4x a plain read, NHWC
  * inference at ~1.6x a copy).  Here a *tile* of columns keeps its state in registers:
  *
- * - reductions: a tile of 8 * CBN_COL_TV columns (float64 lanes) walks CBN_COL_RS rows at a
+ * - reductions: a tile of 8 * CBN_COL_TV columns (float64 lanes) walks a few rows (CBN_COL_RS) at a
  *   time, then the next tile of the same rows (still in L1).  A column tile jumps from row to
  *   row, which the hardware prefetchers do not follow, so each row prefetches the same tile
- *   CBN_COL_RS rows ahead (measured: 27-31 GB/s from memory on one core at any width, against
+ *   one sub-block ahead (measured: 27-31 GB/s from memory on one core at any width, against
  *   10-28 GB/s for the row loops).
  * - element-wise passes: when a whole row fits one tile (up to CBN_ROW_TV vectors of the data
  *   type: C <= 64 float32 with AVX-512), the coefficients stay in registers for all rows and
@@ -38,7 +38,9 @@
 #define CBN_COL_TV 1
 #define CBN_ROW_TV 1
 #endif
-#define CBN_COL_RS 8 /* rows per sub-block: 8 rows of a tile stay in L1 at any width */
+/* Rows per sub-block: the sub-block and the one being prefetched share L1; rows of 2 KB or more
+ * map many lines to the same L1 sets, so those take 4 rows (measured faster), narrower ones 8. */
+#define CBN_COL_RS(ld, T) ((ptrdiff_t)(ld) * (ptrdiff_t)sizeof(T) >= 2048 ? 4 : 8)
 
 typedef float cbn_v16f __attribute__((vector_size(64)));
 typedef int cbn_v16i __attribute__((vector_size(64)));
@@ -73,9 +75,9 @@ static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
 static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
-    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw;                                       \
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_COL_RS) {                                       \
-        const ptrdiff_t r1 = r0 + CBN_COL_RS < rows ? r0 + CBN_COL_RS : rows;                    \
+    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
+        const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
             cbn_v8d kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];                                \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
@@ -86,7 +88,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
             }                                                                                    \
             const T *p = x + r0 * ld + j;                                                        \
             for (ptrdiff_t r = r0; r < r1; r++, p += ld) {                                       \
-                CBN_PREFETCH_AHEAD(p, CBN_COL_RS * ld, tw * sizeof(T));                          \
+                CBN_PREFETCH_AHEAD(p, rs * ld, tw * sizeof(T));                                    \
                 for (int v = 0; v < CBN_COL_TV; v++) {                                           \
                     cbn_v8d d = cbn_load8_##SFX(p + 8 * v) - kv[v];                              \
                     a[v] += d;                                                                   \
@@ -108,9 +110,9 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                                          const T *restrict dy, const T *restrict ym,             \
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
-    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw;                                       \
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_COL_RS) {                                       \
-        const ptrdiff_t r1 = r0 + CBN_COL_RS < rows ? r0 + CBN_COL_RS : rows;                    \
+    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
+        const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
             cbn_v8d mv[CBN_COL_TV], a[CBN_COL_TV], b[CBN_COL_TV];                                \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
@@ -142,12 +144,12 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
 }
 
 /* The row loop of one sum/dot tile; DOT and MASK are literal 0/1 so each instance is
- * branch-free.  Uses o, r0, r1, ld, tw, a, b, mv from the enclosing scope. */
+ * branch-free.  Uses o, r0, r1, rs, ld, tw, a, b, mv from the enclosing scope. */
 #define CBN_SUM_DOT_TILE_LOOP(SFX, DOT, MASK)                                                    \
     for (ptrdiff_t r = r0, i = o; r < r1; r++, i += ld) {                                        \
-        CBN_PREFETCH_AHEAD(dy + i, CBN_COL_RS * ld, tw * sizeof(*dy));                           \
-        if (DOT) CBN_PREFETCH_AHEAD(x + i, CBN_COL_RS * ld, tw * sizeof(*x));                    \
-        if (MASK) CBN_PREFETCH_AHEAD(ym + i, CBN_COL_RS * ld, tw * sizeof(*ym));                 \
+        CBN_PREFETCH_AHEAD(dy + i, rs * ld, tw * sizeof(*dy));                           \
+        if (DOT) CBN_PREFETCH_AHEAD(x + i, rs * ld, tw * sizeof(*x));                    \
+        if (MASK) CBN_PREFETCH_AHEAD(ym + i, rs * ld, tw * sizeof(*ym));                 \
         for (int v = 0; v < CBN_COL_TV; v++) {                                                   \
             cbn_v8d g = cbn_load8_##SFX(dy + i + 8 * v);                                         \
             if (MASK) g = cbn_relu_mask8(g, cbn_load8_##SFX(ym + i + 8 * v));                    \
