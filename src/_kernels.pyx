@@ -41,7 +41,8 @@ after a thread team ran, every kernel runs serially (GNU libgomp can hang there)
 
 Conventions: arguments marked IN are read, OUT are written (named ``*_out``); every function
 called inside a parallel region is ``noexcept nogil``; the innermost reductions and the
-channels-last row passes live in cbn_simd.h (explicit SIMD, fixed summation order).
+channels-last row passes live in cbn_simd.h (explicit SIMD, fixed summation order), the
+register-tiled channels-last kernels in cbn_tiles.h.
 """
 
 from libc.stdlib cimport malloc, calloc, free
