@@ -18,7 +18,8 @@
  *
  * Summation order is fixed by the code: per column, the rows of a sub-block are summed in order
  * from zero and that partial is added to the accumulator (two levels keep the rounding error
- * near that of the four-row pairs of the row loops), so results still depend only on the shape, never on threads.
+ * near that of the four-row pairs of the row loops), so results still depend only on the
+ * shape, never on threads.
  * Columns that do not fill a tile go through the row loops of cbn_simd.h.
  */
 #ifndef CBN_TILES_H
@@ -161,6 +162,15 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
 CBN_DEFINE_COL_TILES(float, f32)
 CBN_DEFINE_COL_TILES(double, f64)
 
+/* for every row and every full vector v of the tile: BODY, with i the element offset */
+#define CBN_TILE_ROWS(VL, ...)                                                                   \
+    for (ptrdiff_t r = 0; r < rows; r++)                                                         \
+        for (int v = 0; v < CBN_ROW_TV; v++)                                                     \
+            if (v < nv) {                                                                        \
+                ptrdiff_t i = r * ld + (VL) * v;                                                 \
+                __VA_ARGS__                                                                      \
+            }
+
 /* Element-wise tiles: rows of w <= CBN_ROW_TV * VL columns with the coefficients in registers.
  * x and y may be the same array (each element is read before it is written), so they are not
  * restrict-qualified; the coefficients are separate arrays.  nv full vectors per row take the
@@ -182,20 +192,11 @@ static inline void cbn_affine_tile_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff
         }                                                                                        \
     }                                                                                            \
     if (relu) {                                                                                  \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
-            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
-                if (v < nv) {                                                                    \
-                    ptrdiff_t i = r * ld + (VL) * v;                                             \
-                    cbn_vstore_##SFX(y + i, cbn_relu_##SFX((cbn_vload_##SFX(x + i) - H[v])      \
-                                                           * S[v] + B[v]));                      \
-                }                                                                                \
+        CBN_TILE_ROWS((VL), cbn_vstore_##SFX(y + i, cbn_relu_##SFX((cbn_vload_##SFX(x + i) - H[v]) \
+                                                               * S[v] + B[v]));)                 \
     } else {                                                                                     \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
-            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
-                if (v < nv) {                                                                    \
-                    ptrdiff_t i = r * ld + (VL) * v;                                             \
-                    cbn_vstore_##SFX(y + i, (cbn_vload_##SFX(x + i) - H[v]) * S[v] + B[v]);      \
-                }                                                                                \
+        CBN_TILE_ROWS((VL), cbn_vstore_##SFX(y + i, (cbn_vload_##SFX(x + i) - H[v]) * S[v]      \
+                                                + B[v]);)                                        \
     }                                                                                            \
     if (nv * (VL) < w) {                                                                         \
         ptrdiff_t j = nv * (VL);                                                                 \
@@ -220,23 +221,13 @@ static inline void cbn_dx_tile_##SFX(const T *restrict dy, const T *restrict ym,
         }                                                                                        \
     }                                                                                            \
     if (ym) {                                                                                    \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
-            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
-                if (v < nv) {                                                                    \
-                    ptrdiff_t i = r * ld + (VL) * v;                                             \
-                    VT g = cbn_vload_##SFX(dy + i);                                              \
-                    g = (VT)((__typeof__(g > zero))g & (cbn_vload_##SFX(ym + i) > zero));        \
-                    cbn_vstore_##SFX(dx + i, g * K1[v] + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] \
-                                             + K3[v]);                                           \
-                }                                                                                \
+        CBN_TILE_ROWS((VL), VT g = cbn_vload_##SFX(dy + i);                                      \
+                      g = (VT)((__typeof__(g > zero))g & (cbn_vload_##SFX(ym + i) > zero));      \
+                      cbn_vstore_##SFX(dx + i, g * K1[v] + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] \
+                                               + K3[v]);)                                        \
     } else {                                                                                     \
-        for (ptrdiff_t r = 0; r < rows; r++)                                                     \
-            for (int v = 0; v < CBN_ROW_TV; v++)                                                 \
-                if (v < nv) {                                                                    \
-                    ptrdiff_t i = r * ld + (VL) * v;                                             \
-                    cbn_vstore_##SFX(dx + i, cbn_vload_##SFX(dy + i) * K1[v]                     \
-                                             + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] + K3[v]); \
-                }                                                                                \
+        CBN_TILE_ROWS((VL), cbn_vstore_##SFX(dx + i, cbn_vload_##SFX(dy + i) * K1[v]             \
+                                             + (cbn_vload_##SFX(x + i) - H[v]) * K2[v] + K3[v]);)\
     }                                                                                            \
     if (nv * (VL) < w) {                                                                         \
         ptrdiff_t j = nv * (VL);                                                                 \
