@@ -105,6 +105,40 @@ static inline int cbn_cpu_supports(const char *variant) {
 }
 
 /* Per-core L2 size in bytes (0 when unknown); decides whether a channel is fused in cache. */
+/* Size of the last-level cache: Linux sysfs first (glibc's sysconf has been seen reporting a
+ * whole host's L3, 10x the 32 MB a 2-core VM shares, from CPUID leaves), sysconf otherwise. */
+#include <stdio.h>
+static inline long cbn_l3_cache_bytes(void) {
+    long best = 0;
+    int best_level = 0;
+    for (int i = 0; i < 16; i++) {
+        char path[96];
+        int level = 0;
+        long size = 0;
+        char unit = 0;
+        FILE *f;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+        if (!(f = fopen(path, "r"))) break;
+        if (fscanf(f, "%d", &level) != 1) level = 0;
+        fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        if (!(f = fopen(path, "r"))) continue;
+        if (fscanf(f, "%ld%c", &size, &unit) < 1) size = 0;
+        fclose(f);
+        if (unit == 'K') size *= 1024;
+        else if (unit == 'M') size *= 1024 * 1024;
+        if (level > best_level && size > 0) { best_level = level; best = size; }
+    }
+    if (best_level >= 2 && best > 0) return best;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    {
+        long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        if (v > 0) return v;
+    }
+#endif
+    return 0;
+}
+
 static inline long cbn_l2_cache_bytes(void) {
 #ifdef _SC_LEVEL2_CACHE_SIZE
     long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -457,5 +491,6 @@ CBN_DEFINE_COL_SUM_DOT(float, f32)
 CBN_DEFINE_COL_SUM_DOT(double, f64)
 
 #include "cbn_tiles.h"
+#include "cbn_stream.h"
 
 #endif /* CBN_SIMD_H */
