@@ -63,6 +63,19 @@ static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
     return (cbn_v8d)((cbn_v8l)v & ~(cbn_v8l)(v < zero));
 }
 
+/* x - k computed as x * 1 - k: the same value (x * 1 is exact, one rounding either way), but
+ * on an FMA pipe.  With AVX-512 on Zen 4 the float64 column sums are bound by the add pipes
+ * (the float32 -> float64 conversions, the shifts and the sums all go there); moving the shift
+ * to an FMA measured 11% faster.  The empty asm hides the 1.0 from the compiler, which would
+ * otherwise fold the multiplication away. */
+#if defined(__AVX512F__) && defined(__FMA__)
+#define CBN_ONE_INIT(one) cbn_v8d one = {1, 1, 1, 1, 1, 1, 1, 1}; __asm__("" : "+v"(one))
+#define CBN_SUB_ON_FMA(x, k, one) ((x) * (one) - (k))
+#else
+#define CBN_ONE_INIT(one) (void)0
+#define CBN_SUB_ON_FMA(x, k, one) ((x) - (k))
+#endif
+
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
  * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */
 #define CBN_PREFETCH_AHEAD(p, ahead, bytes)                                                       \
@@ -77,6 +90,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
     const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
@@ -91,7 +105,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
             for (ptrdiff_t r = r0; r < r1; r++, p += ld) {                                       \
                 CBN_PREFETCH_AHEAD(p, rs * ld, tw * sizeof(T));                                    \
                 for (int v = 0; v < CBN_COL_TV; v++) {                                           \
-                    cbn_v8d d = cbn_load8_##SFX(p + 8 * v) - kv[v];                              \
+                    cbn_v8d d = CBN_SUB_ON_FMA(cbn_load8_##SFX(p + 8 * v), kv[v], one);          \
                     a[v] += d;                                                                   \
                     q[v] += d * d;                                                               \
                 }                                                                                \
@@ -112,6 +126,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
     const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
@@ -155,7 +170,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
             cbn_v8d g = cbn_load8_##SFX(dy + i + 8 * v);                                         \
             if (MASK) g = cbn_relu_mask8(g, cbn_load8_##SFX(ym + i + 8 * v));                    \
             a[v] += g;                                                                           \
-            if (DOT) b[v] += g * (cbn_load8_##SFX(x + i + 8 * v) - mv[v]);                       \
+            if (DOT) b[v] += g * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8 * v), mv[v], one);     \
         }                                                                                        \
     }
 
