@@ -36,13 +36,19 @@ digits of float32 data with large offsets (the textbook ``x * scale + (bias - me
 would cancel them) at the cost of one subtraction.  A fused ReLU clamps in the same pass, and
 backward applies its mask ``y > 0`` inside both of its passes.
 
+When the arrays of an element-wise pass exceed the last-level cache (``_NT_MIN_BYTES``) and its
+output is a separate array, the output is written with streaming stores (cbn_stream.h): no
+read-for-ownership of lines that would not stay cached anyway, and the inputs that a second pass
+re-reads are not evicted by the output.  Same arithmetic, bit-identical results.
+
 Inputs below ``PARALLEL_MIN_ELEMS`` elements never start a thread team; in a process forked
 after a thread team ran, every kernel runs serially (GNU libgomp can hang there).
 
 Conventions: arguments marked IN are read, OUT are written (named ``*_out``); every function
 called inside a parallel region is ``noexcept nogil``; the innermost reductions and the
 channels-last row passes live in cbn_simd.h (explicit SIMD, fixed summation order), the
-register-tiled channels-last kernels in cbn_tiles.h.
+register-tiled channels-last kernels in cbn_tiles.h, the streaming-store passes in
+cbn_stream.h.
 """
 
 from libc.stdlib cimport malloc, calloc, free
@@ -674,7 +680,7 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     the line is read anyway, so a plain store costs no extra read) and it is aligned to its
     element size."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
-    return (_NT_MIN_BYTES >= 0 and arrays * n * itemsize >= _NT_MIN_BYTES and out != a
+    return (_NT_MIN_BYTES >= 0 and n > 0 and arrays * n * itemsize >= _NT_MIN_BYTES and out != a
             and out != b and out != c and (<size_t>out) % <size_t>itemsize == 0)
 
 

@@ -139,3 +139,12 @@ def test_default_threshold_is_the_last_level_cache():
     K.last_streamed(reset=True)
     cbn.batch_norm_inference(x, np.zeros(64), np.ones(64), axis=-1, out=np.empty_like(x))
     assert not K.last_streamed(reset=True)
+
+
+@pytest.mark.parametrize("shape,axis", [((0, 8), -1), ((4, 0), -1), ((0, 3, 5), 1), ((2, 3, 0), 1)])
+def test_empty_arrays_with_streaming_on(threshold, shape, axis):
+    threshold(0)
+    x = np.zeros(shape, np.float32)
+    C = shape[axis]
+    y = cbn.batch_norm_inference(x, np.zeros(C), np.ones(C), axis=axis, out=np.empty_like(x))
+    assert y.shape == shape
