@@ -776,6 +776,7 @@ cdef inline void _affine_flat_nt(const floating* x, floating* y_out, Py_ssize_t 
         cbn_affine_flat_nt_f32(x, y_out, rows * C, C, ext, relu)
     else:
         cbn_affine_flat_nt_f64(x, y_out, rows * C, C, ext, relu)
+    cbn_nt_fence()
 
 
 cdef inline void _dx_flat_nt(const floating* dy, const floating* ym, const floating* x,
@@ -786,6 +787,7 @@ cdef inline void _dx_flat_nt(const floating* dy, const floating* ym, const float
         cbn_dx_flat_nt_f32(dy, ym, x, dx_out, rows * C, C, ext)
     else:
         cbn_dx_flat_nt_f64(dy, ym, x, dx_out, rows * C, C, ext)
+    cbn_nt_fence()
 
 
 cdef floating* _extended_coef(const floating* coef, Py_ssize_t C, int k) noexcept nogil:
@@ -808,28 +810,45 @@ cdef inline Py_ssize_t _rows_per_task(Py_ssize_t outer, int nt) noexcept nogil:
     return max(4, (r + 3) // 4 * 4)
 
 
+cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
+                          const floating* coef, Py_ssize_t r0, Py_ssize_t r1, bint relu,
+                          bint stream) noexcept nogil:
+    """Channel-major runs r0 <= r < r1 of _normalize; a store fence after them if stream."""
+    cdef Py_ssize_t r, c, C = g.C
+    for r in range(r0, r1):
+        c = r % C
+        _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c], coef[C + c],
+                       coef[2 * C + c], relu, stream)
+    if stream:
+        cbn_nt_fence()
+
+
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
                      const floating* coef, bint relu) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
-    cdef Py_ssize_t C = g.C, r, c, nruns, ngroups, rpt, rows
+    cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
     cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating))
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
-        if nt > 1:
+        if stream:  # one contiguous share of runs per thread, one store fence at its end
+            if nt > 1:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    if t == 0:
+                        cbn_note_team()
+                    _normalize_runs(x, y_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
+                                    relu, True)
+            else:
+                _normalize_runs(x, y_out, g, coef, 0, nruns, relu, True)
+        elif nt > 1:
             for r in prange(nruns, num_threads=nt, schedule='static'):
-                c = r % C
                 if r == 0:
                     cbn_note_team()
-                _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c], relu, stream)
+                _normalize_runs(x, y_out, g, coef, r, r + 1, relu, False)
         else:
-            for r in range(nruns):
-                c = r % C
-                _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                               coef[C + c], coef[2 * C + c], relu, stream)
+            _normalize_runs(x, y_out, g, coef, 0, nruns, relu, False)
         return
     if stream:
         ext = _extended_coef(coef, C, 3)
@@ -851,30 +870,46 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
     free(ext)
 
 
+cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+                   const Geometry* g, const floating* coef, Py_ssize_t r0, Py_ssize_t r1,
+                   bint stream) noexcept nogil:
+    """Channel-major runs r0 <= r < r1 of _dx_pass; a store fence after them if stream."""
+    cdef Py_ssize_t r, c, off, C = g.C
+    for r in range(r0, r1):
+        c = r % C
+        off = r * g.inner
+        _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+                coef[2 * C + c], coef[3 * C + c], stream)
+    if stream:
+        cbn_nt_fence()
+
+
 cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
                    const Geometry* g, int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
-    cdef Py_ssize_t C = g.C, r, c, nruns, off, ngroups, rpt, rows
+    cdef Py_ssize_t C = g.C, r, c, t, nruns, off, ngroups, rpt, rows
     cdef bint stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating))
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
-        if nt > 1:
+        if stream:  # one contiguous share of runs per thread, one store fence at its end
+            if nt > 1:
+                for t in prange(nt, num_threads=nt, schedule='static'):
+                    if t == 0:
+                        cbn_note_team()
+                    _dx_runs(dy, ym, x, dx_out, g, coef, t * nruns // nt,
+                             (t + 1) * nruns // nt, True)
+            else:
+                _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, True)
+        elif nt > 1:
             for r in prange(nruns, num_threads=nt, schedule='static'):
-                c = r % C
-                off = r * g.inner
                 if r == 0:
                     cbn_note_team()
-                _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c],
-                        coef[C + c], coef[2 * C + c], coef[3 * C + c], stream)
+                _dx_runs(dy, ym, x, dx_out, g, coef, r, r + 1, False)
         else:
-            for r in range(nruns):
-                c = r % C
-                off = r * g.inner
-                _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c],
-                        coef[C + c], coef[2 * C + c], coef[3 * C + c], stream)
+            _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, False)
         return
     if stream:
         ext = _extended_coef(coef, C, 4)
@@ -937,6 +972,8 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
         off = (o * C + c) * g.inner
         _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c],
                        relu, stream)
+    if stream:
+        cbn_nt_fence()
 
 
 cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
@@ -1120,6 +1157,8 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, const 
         off = (o * C + c) * g.inner
         _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                 coef[2 * C + c], coef[3 * C + c], stream)
+    if stream:
+        cbn_nt_fence()
 
 
 cdef int _backward(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
