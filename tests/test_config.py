@@ -23,6 +23,23 @@ def test_show_config_and_info_command(capsys, tmp_path):
     assert f"cbn {cbn.__version__}" in out and "simd level" in out
 
 
+def test_main_job_runs_from_the_repository_root():
+    # README: "pip install . && python -m cbn bench" is typed in the checkout, where Python
+    # finds the uncompiled cbn/ folder first; it must defer to the installed package
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "cbn", "__init__.py")):
+        pytest.skip("not run from a source checkout")
+    code = ("import cbn; print(cbn._dispatch.level); "
+            "print(cbn.batch_norm_inference(cbn.reference.np.ones((2, 3)), "
+            "[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]).sum())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=root).stdout.split()
+    assert out[0] in _dispatch.LEVELS and abs(float(out[1]) - 6 / (1 + 1e-5) ** 0.5) < 1e-6
+    out = subprocess.run([sys.executable, "-m", "cbn", "info"], capture_output=True, text=True,
+                         check=True, cwd=root).stdout
+    assert "simd level" in out
+
+
 def test_openmp_is_built_in_and_threads_are_really_used():
     cfg = cbn.config()
     assert cfg["openmp"], "our builds must have OpenMP (meson found no OpenMP?)"
