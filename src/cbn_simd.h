@@ -215,6 +215,19 @@ static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
     : cbn_relu_mask8(cbn_load8_##SFX((dy) + (i)), cbn_load8_##SFX((ym) + (i))))
 #endif
 
+/* x - k computed as x * 1 - k: the same value (x * 1 is exact, one rounding either way), but
+ * on an FMA pipe.  With AVX-512 on Zen 4 the float64 sums of cached data are bound by the add
+ * pipes (the float32 -> float64 conversions, the shifts and the sums all go there); moving the
+ * shift to an FMA measured 11% faster (column tiles, data in L2).  The empty asm hides the 1.0 from the compiler, which would
+ * otherwise fold the multiplication away. */
+#if defined(__AVX512F__) && defined(__FMA__)
+#define CBN_ONE_INIT(one) cbn_v8d one = {1, 1, 1, 1, 1, 1, 1, 1}; __asm__("" : "+v"(one))
+#define CBN_SUB_ON_FMA(x, k, one) ((x) * (one) - (k))
+#else
+#define CBN_ONE_INIT(one) (void)0
+#define CBN_SUB_ON_FMA(x, k, one) ((x) - (k))
+#endif
+
 /* The reductions are generated for float and double by one macro so both stay identical. */
 #ifdef CBN_VECTOR
 #define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \
@@ -239,9 +252,11 @@ static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,    
                                           double *s1, double *s2) {                              \
     cbn_v8d a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0};                                              \
     const cbn_v8d kv = {k, k, k, k, k, k, k, k};                                                 \
+    CBN_ONE_INIT(one);                                                                           \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d d0 = cbn_load8_##SFX(x + i) - kv, d1 = cbn_load8_##SFX(x + i + 8) - kv;          \
+        cbn_v8d d0 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                            \
+        cbn_v8d d1 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                        \
         a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1;                                        \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
@@ -270,12 +285,13 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
                                      double m, double *sdy, double *sdyx) {                      \
     cbn_v8d s0 = {0}, s1 = {0}, p0 = {0}, p1 = {0};                                              \
     const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
+    CBN_ONE_INIT(one);                                                                           \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
         cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
         s0 += g0; s1 += g1;                                                                      \
-        p0 += g0 * (cbn_load8_##SFX(x + i) - mv);                                                \
-        p1 += g1 * (cbn_load8_##SFX(x + i + 8) - mv);                                            \
+        p0 += g0 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                              \
+        p1 += g1 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one);                          \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
         cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \

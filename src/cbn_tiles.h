@@ -63,19 +63,6 @@ static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
     return (cbn_v8d)((cbn_v8l)v & ~(cbn_v8l)(v < zero));
 }
 
-/* x - k computed as x * 1 - k: the same value (x * 1 is exact, one rounding either way), but
- * on an FMA pipe.  With AVX-512 on Zen 4 the float64 column sums are bound by the add pipes
- * (the float32 -> float64 conversions, the shifts and the sums all go there); moving the shift
- * to an FMA measured 11% faster.  The empty asm hides the 1.0 from the compiler, which would
- * otherwise fold the multiplication away. */
-#if defined(__AVX512F__) && defined(__FMA__)
-#define CBN_ONE_INIT(one) cbn_v8d one = {1, 1, 1, 1, 1, 1, 1, 1}; __asm__("" : "+v"(one))
-#define CBN_SUB_ON_FMA(x, k, one) ((x) * (one) - (k))
-#else
-#define CBN_ONE_INIT(one) (void)0
-#define CBN_SUB_ON_FMA(x, k, one) ((x) - (k))
-#endif
-
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
  * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */
 #define CBN_PREFETCH_AHEAD(p, ahead, bytes)                                                       \
