@@ -36,10 +36,11 @@ digits of float32 data with large offsets (the textbook ``x * scale + (bias - me
 would cancel them) at the cost of one subtraction.  A fused ReLU clamps in the same pass, and
 backward applies its mask ``y > 0`` inside both of its passes.
 
-When the arrays of an element-wise pass exceed the last-level cache (``_NT_MIN_BYTES``) and its
-output is a separate array, the output is written with streaming stores (cbn_stream.h): no
-read-for-ownership of lines that would not stay cached anyway, and the inputs that a second pass
-re-reads are not evicted by the output.  Same arithmetic, bit-identical results.
+When the arrays of an element-wise pass span at least the last-level cache (``_NT_MIN_BYTES``),
+its output is a separate array and its runs are long enough (``NT_MIN_RUN_BYTES``), the output
+is written with streaming stores (cbn_stream.h): no read-for-ownership of lines that would not
+stay cached anyway, and the inputs that a second pass re-reads are not evicted by the output.  Same arithmetic, bit-identical results (NaN payloads
+aside: which NaN operand propagates may differ).
 
 Inputs below ``PARALLEL_MIN_ELEMS`` elements never start a thread team; in a process forked
 after a thread team ran, every kernel runs serially (GNU libgomp can hang there).
@@ -148,6 +149,10 @@ DEF MAX_COLUMNS = 8192
 DEF MAX_SEGMENTS = 16
 # Below this many elements a call runs on the calling thread only.
 DEF PARALLEL_MIN_ELEMS = 65536
+# Channel-major runs shorter than this keep plain stores even when the output streams: each run
+# starts and ends with plain stores up to a line boundary (measured, 2 threads, 51 MB pass:
+# runs of 196 B streamed 2x slower than plain, 784 B even, 3 KB and more 0.8x).
+DEF NT_MIN_RUN_BYTES = 512
 
 # GNU libgomp is not fork-safe: a forked child that enters a parallel region after the parent
 # used OpenMP can hang (scikit-learn #7650).  A pthread_atfork child handler marks the child,
@@ -212,7 +217,8 @@ def tuning():
                 max_columns_channels_last=MAX_COLUMNS,
                 max_segments=MAX_SEGMENTS, parallel_min_elems=PARALLEL_MIN_ELEMS,
                 l2_bytes=_L2_BYTES, fuse_budget_bytes=_FUSE_BUDGET, l3_bytes=_L3_BYTES,
-                nontemporal_min_bytes=_NT_MIN_BYTES if _NT_MIN_BYTES >= 0 else None)
+                nontemporal_min_bytes=_NT_MIN_BYTES if _NT_MIN_BYTES >= 0 else None,
+                nontemporal_min_run_bytes=NT_MIN_RUN_BYTES)
 
 
 def set_nontemporal_min_bytes(n):
@@ -225,8 +231,10 @@ def set_nontemporal_min_bytes(n):
     """
     global _NT_MIN_BYTES
     cdef Py_ssize_t old = _NT_MIN_BYTES
+    if n is not None and int(n) < 0:
+        raise ValueError(f"n must be a byte count >= 0 or None, got {n}")
     if cbn_nt_available():
-        _NT_MIN_BYTES = _NT_DEFAULT if n is None else max(0, int(n))
+        _NT_MIN_BYTES = _NT_DEFAULT if n is None else int(n)
     return old if old >= 0 else None
 
 
@@ -673,15 +681,17 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
 
 # ------------------------------------------------------------------------------------ element-wise passes
 cdef inline bint _streams(const void* out, const void* a, const void* b, const void* c,
-                          Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+                          Py_ssize_t n, Py_ssize_t itemsize, Py_ssize_t run) noexcept nogil:
     """Whether an element-wise pass writes its n-element output with streaming stores: the
     arrays it touches (the output and the non-NULL inputs a, b, c) cannot stay in the
     last-level cache together (_NT_MIN_BYTES), the output aliases none of the inputs (in place
-    the line is read anyway, so a plain store costs no extra read) and it is aligned to its
-    element size."""
+    the line is read anyway, so a plain store costs no extra read), it is aligned to its
+    element size, and its contiguous runs (``run`` elements) are long enough for the plain
+    head and tail of each run not to dominate (NT_MIN_RUN_BYTES)."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
-    return (_NT_MIN_BYTES >= 0 and n > 0 and arrays * n * itemsize >= _NT_MIN_BYTES and out != a
-            and out != b and out != c and (<size_t>out) % <size_t>itemsize == 0)
+    return (_NT_MIN_BYTES >= 0 and n > 0 and arrays * n * itemsize >= _NT_MIN_BYTES
+            and run * itemsize >= NT_MIN_RUN_BYTES and out != a and out != b and out != c
+            and (<size_t>out) % <size_t>itemsize == 0)
 
 
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
@@ -827,7 +837,8 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                      const floating* coef, bint relu) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
     cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
-    cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating))
+    cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
+                                g.inner if g.inner > 1 else g.outer * C)
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
@@ -888,7 +899,8 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
                    const Geometry* g, int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
     cdef Py_ssize_t C = g.C, r, c, t, nruns, off, ngroups, rpt, rows
-    cdef bint stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating))
+    cdef bint stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating),
+                                g.inner if g.inner > 1 else g.outer * C)
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
@@ -987,7 +999,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     cdef double* m2
-    cdef bint stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating))
+    cdef bint stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
     if coef == NULL:
         return -1
     # fused per channel (statistics, then normalise while cached) only for long runs: with
@@ -1173,7 +1185,8 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
     cdef floating* coef = NULL
     cdef double* part
-    cdef bint stream = dx_out != NULL and _streams(dx_out, dy, x, ym, total, sizeof(floating))
+    cdef bint stream = dx_out != NULL and _streams(dx_out, dy, x, ym, total, sizeof(floating),
+                                                   g.inner)
     if dx_out != NULL:
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if coef == NULL:

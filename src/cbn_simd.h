@@ -104,7 +104,6 @@ static inline int cbn_cpu_supports(const char *variant) {
     return 0;
 }
 
-/* Per-core L2 size in bytes (0 when unknown); decides whether a channel is fused in cache. */
 /* Size of the last-level cache: Linux sysfs first (glibc's sysconf has been seen reporting a
  * whole host's L3, 10x the 32 MB a 2-core VM shares, from CPUID leaves), sysconf otherwise. */
 #include <stdio.h>
@@ -139,6 +138,7 @@ static inline long cbn_l3_cache_bytes(void) {
     return 0;
 }
 
+/* Per-core L2 size in bytes (0 when unknown); decides whether a channel is fused in cache. */
 static inline long cbn_l2_cache_bytes(void) {
 #ifdef _SC_LEVEL2_CACHE_SIZE
     long v = sysconf(_SC_LEVEL2_CACHE_SIZE);

@@ -27,13 +27,16 @@
 #ifndef CBN_STREAM_H
 #define CBN_STREAM_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Entries appended to each extended coefficient vector (>= the widest vector in elements). */
 #define CBN_NT_PAD 16
 
 #if defined(CBN_VECTOR) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #define CBN_HAVE_NT 1
+#include <immintrin.h>
 
 #if defined(__AVX512F__)
 #define CBN_NT_BYTES 64
@@ -49,6 +52,8 @@
 #define CBN_NT_STORE_F64(p, v) _mm_stream_pd((p), (__m128d)(v))
 #endif
 
+_Static_assert(CBN_NT_PAD >= CBN_NT_BYTES / sizeof(float),
+               "the extended coefficient vectors must hold one vector past their end");
 typedef float cbn_ntf __attribute__((vector_size(CBN_NT_BYTES)));
 typedef int cbn_nti __attribute__((vector_size(CBN_NT_BYTES)));
 typedef double cbn_ntd __attribute__((vector_size(CBN_NT_BYTES)));
@@ -148,7 +153,7 @@ static inline void cbn_affine_flat_nt_##SFX(const T *restrict x, T *restrict y, 
                                             ptrdiff_t C, const T *restrict ext, int relu) {      \
     enum { VL = CBN_NT_BYTES / sizeof(T) };                                                      \
     const T *hi = ext, *sc = ext + (C + CBN_NT_PAD), *sh = ext + 2 * (C + CBN_NT_PAD);           \
-    const ptrdiff_t h = CBN_NT_HEAD(y, n);                                                       \
+    const ptrdiff_t h = CBN_NT_HEAD(y, n), step = VL % C; /* c += VL, modulo C */               \
     ptrdiff_t i = 0, c = 0;                                                                      \
     cbn_last_streamed = 1;                                                                       \
     for (; i < h; i++) {                                                                         \
@@ -160,15 +165,15 @@ static inline void cbn_affine_flat_nt_##SFX(const T *restrict x, T *restrict y, 
         for (; i + VL <= n; i += VL) {                                                           \
             STORE(y + i, cbn_nt_relu_##SFX(CBN_NT_AFFINE_S(cbn_nt_load_##SFX(x + i),             \
                 cbn_nt_load_##SFX(hi + c), cbn_nt_load_##SFX(sc + c), cbn_nt_load_##SFX(sh + c)))); \
-            c += VL;                                                                             \
-            while (c >= C) c -= C;                                                               \
+            c += step;                                                                           \
+            if (c >= C) c -= C;                                                                  \
         }                                                                                        \
     } else {                                                                                     \
         for (; i + VL <= n; i += VL) {                                                           \
             STORE(y + i, CBN_NT_AFFINE_S(cbn_nt_load_##SFX(x + i), cbn_nt_load_##SFX(hi + c),    \
                                          cbn_nt_load_##SFX(sc + c), cbn_nt_load_##SFX(sh + c)));  \
-            c += VL;                                                                             \
-            while (c >= C) c -= C;                                                               \
+            c += step;                                                                           \
+            if (c >= C) c -= C;                                                                  \
         }                                                                                        \
     }                                                                                            \
     for (; i < n; i++) {                                                                         \
@@ -185,7 +190,7 @@ static inline void cbn_dx_flat_nt_##SFX(const T *restrict dy, const T *restrict 
     enum { VL = CBN_NT_BYTES / sizeof(T) };                                                      \
     const ptrdiff_t L = C + CBN_NT_PAD;                                                          \
     const T *hi = ext, *k1 = ext + L, *k2 = ext + 2 * L, *k3 = ext + 3 * L;                      \
-    const ptrdiff_t h = CBN_NT_HEAD(dx, n);                                                      \
+    const ptrdiff_t h = CBN_NT_HEAD(dx, n), step = VL % C; /* c += VL, modulo C */              \
     const VT zero = {0};                                                                         \
     ptrdiff_t i = 0, c = 0;                                                                      \
     cbn_last_streamed = 1;                                                                       \
@@ -202,16 +207,16 @@ static inline void cbn_dx_flat_nt_##SFX(const T *restrict dy, const T *restrict 
             STORE(dx + i, CBN_NT_DX_S(g, cbn_nt_load_##SFX(x + i), cbn_nt_load_##SFX(hi + c),    \
                                       cbn_nt_load_##SFX(k1 + c), cbn_nt_load_##SFX(k2 + c),      \
                                       cbn_nt_load_##SFX(k3 + c)));                               \
-            c += VL;                                                                             \
-            while (c >= C) c -= C;                                                               \
+            c += step;                                                                           \
+            if (c >= C) c -= C;                                                                  \
         }                                                                                        \
     } else {                                                                                     \
         for (; i + VL <= n; i += VL) {                                                           \
             STORE(dx + i, CBN_NT_DX_S(cbn_nt_load_##SFX(dy + i), cbn_nt_load_##SFX(x + i),       \
                                       cbn_nt_load_##SFX(hi + c), cbn_nt_load_##SFX(k1 + c),      \
                                       cbn_nt_load_##SFX(k2 + c), cbn_nt_load_##SFX(k3 + c)));    \
-            c += VL;                                                                             \
-            while (c >= C) c -= C;                                                               \
+            c += step;                                                                           \
+            if (c >= C) c -= C;                                                                  \
         }                                                                                        \
     }                                                                                            \
     for (; i < n; i++) {                                                                         \

@@ -19,8 +19,8 @@ from helpers import DTYPES, assert_elementwise_close, eps_of, make_case
 K = _dispatch.kernels
 
 CASES = [
-    ((3, 5, 37), 1),          # runs shorter than a few vectors, odd length
-    ((4, 6, 8, 9), 1),
+    ((3, 5, 131), 1),         # the shortest runs that stream (>= 512 bytes), odd length
+    ((4, 6, 8, 17), 1),
     ((2, 3, 400), 1),         # long runs: head, many streamed vectors, tail
     ((150, 1), -1),
     ((150, 3), -1),
@@ -89,7 +89,45 @@ def test_streamed_equals_plain(rng, threshold, shape, axis, dtype, relu):
                 np.testing.assert_array_equal(streamed[key], plain[key], err_msg=key)
 
 
-@pytest.mark.parametrize("shape,axis", [((4, 6, 8, 9), 1), ((90, 33), -1), ((12, 1024), -1)])
+# past PARALLEL_MIN_ELEMS (two threads), with channel-major runs beyond a statistics block (the
+# fused per-channel forward and backward) and without
+LARGE = [((2, 8, 9000), 1), ((4, 64, 300), 1), ((70000, 3), -1), ((300, 260), -1)]
+
+
+@pytest.mark.parametrize("shape,axis", LARGE)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamed_equals_plain_threaded(rng, threshold, shape, axis, dtype):
+    x, dy, w, b = make_case(rng, shape, axis, dtype, offset=2.0)
+    for relu in (False, True):
+        act = "relu" if relu else None
+        threshold(1 << 62)
+        plain = _run_all(x, dy, w, b, axis, act, 2, 1)
+        threshold(0)
+        K.last_streamed(reset=True)
+        K.last_team_size(reset=True)
+        streamed = _run_all(x, dy, w, b, axis, act, 2, 1)
+        assert K.last_streamed(reset=True)
+        assert K.last_team_size() == 2
+        for key in plain:
+            np.testing.assert_array_equal(streamed[key], plain[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_short_runs_keep_plain_stores(rng, threshold, dtype):
+    # runs of 15 elements: the plain head and tail of every run would dominate
+    threshold(0)
+    x, dy, w, b = make_case(rng, (4, 6, 3, 5), 1, dtype)
+    K.last_streamed(reset=True)
+    _run_all(x, dy, w, b, 1, None, 1, 1)
+    assert not K.last_streamed(reset=True)
+
+
+def test_threshold_setter_rejects_negative_sizes(threshold):
+    with pytest.raises(ValueError, match="n must be"):
+        K.set_nontemporal_min_bytes(-1)
+
+
+@pytest.mark.parametrize("shape,axis", [((4, 6, 8, 17), 1), ((90, 33), -1), ((12, 1024), -1)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_streamed_against_oracle(rng, threshold, shape, axis, dtype):
     threshold(0)
