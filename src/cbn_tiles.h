@@ -9,9 +9,8 @@
  *
  * - reductions: a tile of 8 * CBN_COL_TV columns (float64 lanes) walks a few rows (CBN_COL_RS) at a
  *   time, then the next tile of the same rows (still in L1).  A column tile jumps from row to
- *   row, which the hardware prefetchers do not follow, so each row prefetches the same tile
- *   one sub-block ahead (measured: 27-31 GB/s from memory on one core at any width, against
- *   10-28 GB/s for the row loops).
+ *   row, which the hardware prefetchers do not follow when rows are wide, so with rows of 1 KB
+ *   or more each row prefetches the same tile one sub-block ahead (see CBN_COL_PF).
  * - element-wise passes: when a whole row fits one tile (up to CBN_ROW_TV vectors of the data
  *   type: C <= 64 float32 with AVX-512), the coefficients stay in registers for all rows and
  *   the rows stream in memory order.
@@ -68,8 +67,18 @@ static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
 #define CBN_PREFETCH_AHEAD(p, ahead, bytes)                                                       \
     do {                                                                                          \
         uintptr_t a_ = (uintptr_t)(p) + (uintptr_t)(ahead) * sizeof(*(p));                      \
-        for (int b_ = 0; b_ < (int)(bytes); b_ += 64) __builtin_prefetch((const void *)(a_ + b_));\
+        if (pf_)                                                                                  \
+            for (int b_ = 0; b_ < (int)(bytes); b_ += 64) __builtin_prefetch((const void *)(a_ + b_));\
     } while (0)
+/* Whether the column tiles prefetch: only rows of at least CBN_COL_PF_MIN_BYTES.  A sub-block of
+ * narrower rows spans a page or less, which the hardware prefetchers follow; there the software
+ * prefetches only cost (measured from memory, one core, 64 float32 columns: column sums 1.5x ->
+ * 1.25x a plain read without them, sums-and-dot 1.6x -> 1.0x; two threads, NHWC backward
+ * float32 1.04x -> 0.85x the floor, float64 1.08x -> 0.95x). */
+#ifndef CBN_COL_PF_MIN_BYTES
+#define CBN_COL_PF_MIN_BYTES 1024
+#endif
+#define CBN_COL_PF(ld, T) ((ptrdiff_t)(ld) * (ptrdiff_t)sizeof(T) >= CBN_COL_PF_MIN_BYTES)
 
 #define CBN_DEFINE_COL_TILES(T, SFX)                                                             \
 /* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */                        \
@@ -77,6 +86,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
     const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
@@ -113,6 +123,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
     const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
