@@ -5,6 +5,10 @@ target), ``avx2`` (x86-64-v3) and ``avx512`` (x86-64-v4).  The best one the CPU 
 the environment variable ``CBN_SIMD`` (``baseline``, ``avx2`` or ``avx512``) caps the level, e.g.
 to compare variants or to work around a CPU problem.  Asking for a level the CPU or the build
 lacks falls back to the best available level below it, with a warning.
+
+``CBN_STREAMING_MIN_BYTES`` sets the size (bytes of all arrays of an element-wise pass) from
+which outputs are written with streaming stores (default: the last-level cache size); ``off``
+disables them, e.g. when the next layer reads the output while it is still in cache.
 """
 
 import importlib
@@ -23,7 +27,7 @@ def _select():
     requested = os.environ.get("CBN_SIMD", "").strip().lower()
     if requested:
         if requested not in LEVELS:
-            raise ImportError(
+            raise ValueError(
                 f"CBN_SIMD={requested!r} is not a SIMD level; expected one of {', '.join(LEVELS)}"
             )
         allowed = LEVELS[LEVELS.index(requested):]
@@ -43,4 +47,24 @@ def _select():
     return baseline, "baseline"  # pragma: no cover - baseline always qualifies
 
 
+def _configure_streaming(module):
+    """Apply ``CBN_STREAMING_MIN_BYTES`` (a byte count, or ``off``) to the kernel module."""
+    text = os.environ.get("CBN_STREAMING_MIN_BYTES", "").strip().lower()
+    if not text:
+        return
+    if text in ("off", "never", "none"):
+        module.set_nontemporal_min_bytes(1 << 62)
+        return
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"CBN_STREAMING_MIN_BYTES={text!r} is not a byte count >= 0 or 'off'"
+        ) from None
+    module.set_nontemporal_min_bytes(value)
+
+
 kernels, level = _select()
+_configure_streaming(kernels)

@@ -8,6 +8,10 @@ thread counts; one sweep also checks against the float64 oracle.  In place there
 gain (the line is read anyway) and the plain kernels must run.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -186,3 +190,21 @@ def test_empty_arrays_with_streaming_on(threshold, shape, axis):
     C = shape[axis]
     y = cbn.batch_norm_inference(x, np.zeros(C), np.ones(C), axis=axis, out=np.empty_like(x))
     assert y.shape == shape
+
+
+@pytest.mark.parametrize("value,expected", [("off", 1 << 62), ("12345", 12345), ("0", 0)])
+def test_environment_sets_the_threshold(tmp_path, value, expected):
+    if K.tuning()["nontemporal_min_bytes"] is None:
+        pytest.skip("no streaming stores on this target")
+    env = dict(os.environ, CBN_STREAMING_MIN_BYTES=value)
+    out = subprocess.run([sys.executable, "-c",
+                          "import cbn; print(cbn.config()['tuning']['nontemporal_min_bytes'])"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+    assert int(out.stdout) == expected
+
+
+def test_environment_rejects_a_bad_threshold(tmp_path):
+    env = dict(os.environ, CBN_STREAMING_MIN_BYTES="lots")
+    out = subprocess.run([sys.executable, "-c", "import cbn"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode != 0 and "CBN_STREAMING_MIN_BYTES" in out.stderr
