@@ -16,7 +16,8 @@
  * tail with plain stores.  Channels-last blocks are dense (rows of C channels, back to back), so
  * they are streamed as one run with periodic coefficients: the coefficient vectors are extended
  * by CBN_NT_PAD wrapped-around entries so that a vector starting at any column can be loaded
- * in one piece.
+ * in one piece.  Narrow rows of whole vectors (C = m * VL, m <= CBN_NT_REG) keep the m
+ * rotated coefficient vectors in registers instead.
  *
  * Streaming stores are weakly ordered: each thread must call cbn_nt_fence() (SFENCE) after its
  * last streaming store and before the OpenMP team joins, so that the data are visible to the
@@ -33,6 +34,13 @@
 
 /* Entries appended to each extended coefficient vector (>= the widest vector in elements). */
 #define CBN_NT_PAD 16
+/* Rows of at most this many vectors (and a whole number of them) keep their coefficients in
+ * registers: the aligned vectors of the stream then cycle through C / VL column phases. */
+#ifdef CBN_ROW_TV
+#define CBN_NT_REG CBN_ROW_TV
+#else
+#define CBN_NT_REG 1
+#endif
 
 #if defined(CBN_VECTOR) && (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #define CBN_HAVE_NT 1
@@ -161,6 +169,30 @@ static inline void cbn_affine_flat_nt_##SFX(const T *restrict x, T *restrict y, 
         y[i] = relu ? CBN_NT_RELU_S(v) : v;                                                      \
         if (++c == C) c = 0;                                                                     \
     }                                                                                            \
+    if (C % VL == 0 && C / VL <= CBN_NT_REG) { /* whole periods of C / VL vectors */            \
+        const int m = (int)(C / VL);                                                             \
+        VT H[CBN_NT_REG], S[CBN_NT_REG], B[CBN_NT_REG];                                          \
+        for (int v = 0; v < CBN_NT_REG; v++)                                                     \
+            if (v < m) {                                                                         \
+                const ptrdiff_t cv = c + v * VL < C ? c + v * VL : c + v * VL - C;               \
+                H[v] = cbn_nt_load_##SFX(hi + cv);                                               \
+                S[v] = cbn_nt_load_##SFX(sc + cv);                                               \
+                B[v] = cbn_nt_load_##SFX(sh + cv);                                               \
+            }                                                                                    \
+        if (relu) {                                                                              \
+            for (; i + C <= n; i += C)                                                           \
+                for (int v = 0; v < CBN_NT_REG; v++)                                             \
+                    if (v < m)                                                                   \
+                        STORE(y + i + v * VL, cbn_nt_relu_##SFX(CBN_NT_AFFINE_S(                  \
+                            cbn_nt_load_##SFX(x + i + v * VL), H[v], S[v], B[v])));              \
+        } else {                                                                                 \
+            for (; i + C <= n; i += C)                                                           \
+                for (int v = 0; v < CBN_NT_REG; v++)                                             \
+                    if (v < m)                                                                   \
+                        STORE(y + i + v * VL, CBN_NT_AFFINE_S(cbn_nt_load_##SFX(x + i + v * VL), \
+                                                               H[v], S[v], B[v]));               \
+        }                                                                                        \
+    }                                                                                            \
     if (relu) {                                                                                  \
         for (; i + VL <= n; i += VL) {                                                           \
             STORE(y + i, cbn_nt_relu_##SFX(CBN_NT_AFFINE_S(cbn_nt_load_##SFX(x + i),             \
@@ -199,6 +231,38 @@ static inline void cbn_dx_flat_nt_##SFX(const T *restrict dy, const T *restrict 
         if (ym) g = ym[i] > 0 ? g : 0;                                                           \
         dx[i] = CBN_NT_DX_S(g, x[i], hi[c], k1[c], k2[c], k3[c]);                                \
         if (++c == C) c = 0;                                                                     \
+    }                                                                                            \
+    if (C % VL == 0 && C / VL <= CBN_NT_REG) { /* whole periods of C / VL vectors */            \
+        const int m = (int)(C / VL);                                                             \
+        VT H[CBN_NT_REG], A1[CBN_NT_REG], A2[CBN_NT_REG], A3[CBN_NT_REG];                        \
+        for (int v = 0; v < CBN_NT_REG; v++)                                                     \
+            if (v < m) {                                                                         \
+                const ptrdiff_t cv = c + v * VL < C ? c + v * VL : c + v * VL - C;               \
+                H[v] = cbn_nt_load_##SFX(hi + cv);                                               \
+                A1[v] = cbn_nt_load_##SFX(k1 + cv);                                              \
+                A2[v] = cbn_nt_load_##SFX(k2 + cv);                                              \
+                A3[v] = cbn_nt_load_##SFX(k3 + cv);                                              \
+            }                                                                                    \
+        if (ym) {                                                                                \
+            for (; i + C <= n; i += C)                                                           \
+                for (int v = 0; v < CBN_NT_REG; v++)                                             \
+                    if (v < m) {                                                                 \
+                        const ptrdiff_t o = i + v * VL;                                          \
+                        VT g = cbn_nt_load_##SFX(dy + o);                                        \
+                        g = (VT)((VI)g & (VI)(cbn_nt_load_##SFX(ym + o) > zero));                \
+                        STORE(dx + o, CBN_NT_DX_S(g, cbn_nt_load_##SFX(x + o), H[v], A1[v],      \
+                                                  A2[v], A3[v]));                                \
+                    }                                                                            \
+        } else {                                                                                 \
+            for (; i + C <= n; i += C)                                                           \
+                for (int v = 0; v < CBN_NT_REG; v++)                                             \
+                    if (v < m) {                                                                 \
+                        const ptrdiff_t o = i + v * VL;                                          \
+                        STORE(dx + o, CBN_NT_DX_S(cbn_nt_load_##SFX(dy + o),                     \
+                                                  cbn_nt_load_##SFX(x + o), H[v], A1[v], A2[v],  \
+                                                  A3[v]));                                       \
+                    }                                                                            \
+        }                                                                                        \
     }                                                                                            \
     if (ym) {                                                                                    \
         for (; i + VL <= n; i += VL) {                                                           \
