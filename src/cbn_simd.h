@@ -191,6 +191,25 @@ static inline cbn_v8d cbn_load8_f64(const double *p) {
     memcpy(&v, p, sizeof v);
     return v;
 }
+/* The first k < 8 elements at p, zero-padded (never reads past p + k). */
+static inline cbn_v8d cbn_load8_tail_f32(const float *p, int k) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    return (cbn_v8d)_mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)((1u << k) - 1u), p));
+#else
+    float b[8] = {0};
+    for (int l = 0; l < k; l++) b[l] = p[l];
+    return cbn_load8_f32(b);
+#endif
+}
+static inline cbn_v8d cbn_load8_tail_f64(const double *p, int k) {
+#if defined(__AVX512F__)
+    return (cbn_v8d)_mm512_maskz_loadu_pd((__mmask8)((1u << k) - 1u), p);
+#else
+    double b[8] = {0};
+    for (int l = 0; l < k; l++) b[l] = p[l];
+    return cbn_load8_f64(b);
+#endif
+}
 static inline double cbn_hsum8(cbn_v8d v) {
     /* fixed pairwise order */
     double a = (v[0] + v[4]) + (v[2] + v[6]);
@@ -230,6 +249,13 @@ static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
 #define CBN_SUB_ON_FMA(x, k, one) ((x) - (k))
 #define CBN_ADD_ON_FMA(s, g, one) ((s) + (g))
 #endif
+
+/* Horizontal sum of 8 doubles in memory, in cbn_hsum8's fixed pairwise order. */
+static inline double cbn_hsum8_array(const double *v) {
+    double a = (v[0] + v[4]) + (v[2] + v[6]);
+    double b = (v[1] + v[5]) + (v[3] + v[7]);
+    return a + b;
+}
 
 /* The reductions are generated for float and double by one macro so both stay identical. */
 #ifdef CBN_VECTOR
@@ -303,6 +329,47 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
     double a = cbn_hsum8(s0 + s1), b = cbn_hsum8(p0 + p1);                                       \
     for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }   \
     *sdy += a; *sdyx += b;                                                                       \
+}                                                                                                \
+/* The same sums over many short runs of one channel, into 8-lane partials (no horizontal sum  \
+ * per run: cbn_hsum8 of the partials at the end gives the totals).  sdy8 += lanes of g,        \
+ * sdyx8 += lanes of g * (x - m) (sdyx8 NULL: only the first); the n % 8 trailing elements are  \
+ * added as one zero-padded vector.  The g lanes are added in the same order with or without    \
+ * sdyx8, so the sums of g agree bit for bit. */                                                 \
+static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
+                                      double m, double *sdy8, double *sdyx8) {                   \
+    cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = {0}, p0 = {0}, p1 = {0};                              \
+    const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
+    CBN_ONE_INIT(one);                                                                           \
+    ptrdiff_t i = 0;                                                                             \
+    if (sdyx8) p0 = cbn_load8_f64(sdyx8);                                                        \
+    for (; i + 16 <= n; i += 16) {                                                               \
+        cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
+        s0 += g0; s1 = CBN_ADD_ON_FMA(s1, g1, one);                                              \
+        if (sdyx8) {                                                                             \
+            p0 += g0 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                          \
+            p1 += g1 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one);                      \
+        }                                                                                        \
+    }                                                                                            \
+    for (; i + 8 <= n; i += 8) {                                                                 \
+        cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
+        s0 += g;                                                                                 \
+        if (sdyx8) p0 += g * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                    \
+    }                                                                                            \
+    if (i < n) { /* the n - i < 8 trailing elements as one zero-padded vector */               \
+        const int k = (int)(n - i);                                                              \
+        cbn_v8d g = cbn_load8_tail_##SFX(dy + i, k);                                             \
+        if (ym) g = cbn_relu_mask8(g, cbn_load8_tail_##SFX(ym + i, k));                          \
+        s0 += g;                                                                                 \
+        if (sdyx8) { /* padding lanes: g = 0 times d = 0 (x - m could be inf or NaN) */         \
+            cbn_v8d d = CBN_SUB_ON_FMA(cbn_load8_tail_##SFX(x + i, k), mv, one);                 \
+            const cbn_v8l lane = {0, 1, 2, 3, 4, 5, 6, 7};                                       \
+            d = (cbn_v8d)((cbn_v8l)d & (cbn_v8l)(lane < (long long)k));                          \
+            p0 += g * d;                                                                         \
+        }                                                                                        \
+    }                                                                                            \
+    const cbn_v8d st = s0 + s1, pt = p0 + p1;                                                    \
+    memcpy(sdy8, &st, sizeof st);                                                                \
+    if (sdyx8) memcpy(sdyx8, &pt, sizeof pt);                                                    \
 }
 #else /* portable scalar fallback with the same semantics */
 #define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \
@@ -330,6 +397,14 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
         double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m);                       \
     }                                                                                            \
     *sdy += a; *sdyx += b;                                                                       \
+}                                                                                                \
+static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
+                                      double m, double *sdy8, double *sdyx8) {                   \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
+        double g = CBN_G1(dy, ym, i);                                                            \
+        sdy8[i % 8] += g;                                                                        \
+        if (sdyx8) sdyx8[i % 8] += g * ((double)x[i] - m);                                       \
+    }                                                                                            \
 }
 #endif
 
