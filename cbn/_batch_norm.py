@@ -132,18 +132,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     outer, C, inner = v.geometry(xk.shape, ak)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
-    if running_mean is not None or running_var is not None:
-        momentum = v.check_momentum(momentum)
-        if running_mean is not None:
-            v.channel_vector(running_mean, "running_mean", C, writeable=True)
-        if running_var is not None:
-            v.channel_vector(running_var, "running_var", C, writeable=True)
+    momentum = v.check_running_stats(running_mean, running_var, momentum, C)
     n = outer * inner
-    if n == 1:
-        raise ValueError(
-            "Expected more than 1 value per channel when training, "
-            f"got input size {tuple(x.shape)}"
-        )
+    v.check_batch_count(n, x.shape)
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if n == 0:
         return _empty_stats(C, v.finish_output(yk, y, out, copy_back, perm))

@@ -188,6 +188,42 @@ def check_momentum(momentum):
     return m
 
 
+def check_running_stats(running_mean, running_var, momentum, C):
+    """Validate the running statistics updated in place by a training forward pass.
+
+    Parameters
+    ----------
+    running_mean, running_var : ndarray or None
+        Writeable float vectors of shape (C,), or None (not updated).
+    momentum : float
+        Checked (in [0, 1]) only when a running statistic is given.
+    C : int
+        Number of channels.
+
+    Returns
+    -------
+    float
+        ``momentum``, as a float when checked.
+    """
+    if running_mean is None and running_var is None:
+        return momentum
+    momentum = check_momentum(momentum)
+    if running_mean is not None:
+        channel_vector(running_mean, "running_mean", C, writeable=True)
+    if running_var is not None:
+        channel_vector(running_var, "running_var", C, writeable=True)
+    return momentum
+
+
+def check_batch_count(n, shape):
+    """Training statistics need more than one value per channel (torch's rule)."""
+    if n == 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {tuple(shape)}"
+        )
+
+
 def check_threads(num_threads):
     """None (all OpenMP threads) or a positive int; returns the int the kernels take (0 = auto)."""
     if num_threads is None:

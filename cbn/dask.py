@@ -225,20 +225,11 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     C = x.shape[a]
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
-    if running_mean is not None or running_var is not None:
-        momentum = v.check_momentum(momentum)
-        if running_mean is not None:
-            v.channel_vector(running_mean, "running_mean", C, writeable=True)
-        if running_var is not None:
-            v.channel_vector(running_var, "running_var", C, writeable=True)
+    momentum = v.check_running_stats(running_mean, running_var, momentum, C)
     shape_known = not any(math.isnan(s) for s in x.shape)
     if shape_known:
         n = math.prod(s for i, s in enumerate(x.shape) if i != a)
-        if n == 1:
-            raise ValueError(
-                "Expected more than 1 value per channel when training, "
-                f"got input size {tuple(x.shape)}"
-            )
+        v.check_batch_count(n, x.shape)
         if n == 0:
             return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
     m = _global_moments(x, a, nt, split_every)
