@@ -123,6 +123,7 @@ cdef extern from "cbn_stream.h" nogil:
     int cbn_get_last_streamed()
     void cbn_reset_last_streamed()
     void cbn_nt_fence()
+    void cbn_note_streamed()
     void cbn_affine_run_nt_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
                                float sh, int relu)
     void cbn_affine_run_nt_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
@@ -694,11 +695,15 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     last-level cache together (_NT_MIN_BYTES), the output aliases none of the inputs (in place
     the line is read anyway, so a plain store costs no extra read), it is aligned to its
     element size, and its contiguous runs (``run`` elements) are long enough for the plain
-    head and tail of each run not to dominate (NT_MIN_RUN_BYTES)."""
+    head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per pass, before
+    its parallel region; notes a yes for last_streamed()."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
-    return (_NT_MIN_BYTES >= 0 and n > 0 and arrays * n * itemsize >= _NT_MIN_BYTES
-            and run * itemsize >= NT_MIN_RUN_BYTES and out != a and out != b and out != c
-            and (<size_t>out) % <size_t>itemsize == 0)
+    cdef bint yes = (_NT_MIN_BYTES >= 0 and n > 0 and arrays * n * itemsize >= _NT_MIN_BYTES
+                     and run * itemsize >= NT_MIN_RUN_BYTES and out != a and out != b
+                     and out != c and (<size_t>out) % <size_t>itemsize == 0)
+    if yes:
+        cbn_note_streamed()
+    return yes
 
 
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
@@ -1006,12 +1011,13 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     cdef double* m2
-    cdef bint stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
+    cdef bint stream
     if coef == NULL:
         return -1
     # fused per channel (statistics, then normalise while cached) only for long runs: with
     # short runs the channel-by-channel traversal costs more than the second read it saves
     if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
+        stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
@@ -1200,8 +1206,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     cdef floating* coef = NULL
     cdef double* part
     cdef double* scratch
-    cdef bint stream = dx_out != NULL and _streams(dx_out, dy, x, ym, total, sizeof(floating),
-                                                   g.inner)
+    cdef bint stream
     if dx_out != NULL:
         coef = <floating*>malloc(4 * C * sizeof(floating))
         if coef == NULL:
@@ -1210,6 +1215,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     # channel-by-channel traversal costs more than the second read it saves
     if (dx_out != NULL and g.pieces > 1 and C >= nt
             and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
+        stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,

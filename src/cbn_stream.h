@@ -70,9 +70,11 @@ typedef long long cbn_ntl __attribute__((vector_size(CBN_NT_BYTES)));
 static inline int cbn_nt_available(void) { return 1; }
 static inline void cbn_nt_fence(void) { _mm_sfence(); }
 
-/* Whether the last element-wise pass used streaming stores (a benign race, as cbn_note_team):
- * lets the tests prove that the streaming path ran. */
+/* Whether an element-wise pass chose streaming stores since the last reset, noted once per pass
+ * by the caller (not per run: two threads writing one line per run would share it): lets the
+ * tests prove that the streaming path ran. */
 static int cbn_last_streamed = 0;
+static inline void cbn_note_streamed(void) { cbn_last_streamed = 1; }
 static inline int cbn_get_last_streamed(void) { return cbn_last_streamed; }
 static inline void cbn_reset_last_streamed(void) { cbn_last_streamed = 0; }
 
@@ -105,7 +107,6 @@ static inline void cbn_affine_run_nt_##SFX(const T *restrict x, T *restrict y, p
     const ptrdiff_t h = CBN_NT_HEAD(y, n);                                                       \
     const VT H = (VT){0} + hi, S = (VT){0} + sc, B = (VT){0} + sh;                               \
     ptrdiff_t i = 0;                                                                             \
-    cbn_last_streamed = 1;                                                                       \
     if (relu) {                                                                                  \
         for (; i < h; i++) { T v = CBN_NT_AFFINE_S(x[i], hi, sc, sh); y[i] = CBN_NT_RELU_S(v); } \
         for (; i + VL <= n; i += VL)                                                             \
@@ -128,7 +129,6 @@ static inline void cbn_dx_run_nt_##SFX(const T *restrict dy, const T *restrict y
     const VT H = (VT){0} + hi, K1 = (VT){0} + k1, K2 = (VT){0} + k2, K3 = (VT){0} + k3;         \
     const VT zero = {0};                                                                         \
     ptrdiff_t i = 0;                                                                             \
-    cbn_last_streamed = 1;                                                                       \
     if (ym) {                                                                                    \
         for (; i < h; i++) { T g = dy[i]; g = ym[i] > 0 ? g : 0;                                 \
                              dx[i] = CBN_NT_DX_S(g, x[i], hi, k1, k2, k3); }                     \
@@ -163,7 +163,6 @@ static inline void cbn_affine_flat_nt_##SFX(const T *restrict x, T *restrict y, 
     const T *hi = ext, *sc = ext + (C + CBN_NT_PAD), *sh = ext + 2 * (C + CBN_NT_PAD);           \
     const ptrdiff_t h = CBN_NT_HEAD(y, n), step = VL % C; /* c += VL, modulo C */               \
     ptrdiff_t i = 0, c = 0;                                                                      \
-    cbn_last_streamed = 1;                                                                       \
     for (; i < h; i++) {                                                                         \
         T v = CBN_NT_AFFINE_S(x[i], hi[c], sc[c], sh[c]);                                        \
         y[i] = relu ? CBN_NT_RELU_S(v) : v;                                                      \
@@ -225,7 +224,6 @@ static inline void cbn_dx_flat_nt_##SFX(const T *restrict dy, const T *restrict 
     const ptrdiff_t h = CBN_NT_HEAD(dx, n), step = VL % C; /* c += VL, modulo C */              \
     const VT zero = {0};                                                                         \
     ptrdiff_t i = 0, c = 0;                                                                      \
-    cbn_last_streamed = 1;                                                                       \
     for (; i < h; i++) {                                                                         \
         T g = dy[i];                                                                             \
         if (ym) g = ym[i] > 0 ? g : 0;                                                           \
@@ -298,6 +296,7 @@ CBN_DEFINE_STREAM(double, f64, cbn_ntd, cbn_ntl, CBN_NT_STORE_F64)
 
 static inline int cbn_nt_available(void) { return 0; }
 static inline void cbn_nt_fence(void) {}
+static inline void cbn_note_streamed(void) {}
 static inline int cbn_get_last_streamed(void) { return 0; }
 static inline void cbn_reset_last_streamed(void) {}
 #define CBN_DEFINE_STREAM_FALLBACK(T, SFX)                                                       \
