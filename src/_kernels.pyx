@@ -19,7 +19,9 @@ least ``MIN_ROWS_B`` rows in the channels-last one), grouped into at most ``MAX_
 *segments* of consecutive blocks.  A block is read once, accumulating sums shifted by one of
 its own elements ``k`` (so ``(k - mean)^2 <= n * var`` and the cancellation in
 ``M2 = S2 - S1^2 / n`` costs at most a factor ``n + 1``); blocks merge into segments, and
-segments into the channel, by Chan's parallel formula, in order.  This is accurate on data with
+segments into the channel, by Chan's parallel formula, in order, with every block mean carried
+as an offset from the channel's first element (added back once at the end: merging rounded
+copies of a huge mean would cost the variance ~eps * |mean| / std).  This is accurate on data with
 huge offsets (|mean|/std of 1e6 in float32 keeps ~1e-12 relative variance) and, because the
 decomposition depends only on the shape and dtype, results are bit-identical for any number of
 threads: threads only choose *who* computes a segment or a channel, never *how*.
@@ -311,28 +313,31 @@ cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, con
         cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w)
 
 
-cdef inline void _block_moments(double inv_nb, double k, double s1, double s2,
+cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,
                                 double* mean_out, double* m2_out) noexcept nogil:
     """Moments of a block of nb = 1 / inv_nb values from its sums shifted by k, an element of
     the block: then (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor
-    nb + 1."""
+    nb + 1.  OUT mean_out is the block mean *less kref*, the channel's reference element (see
+    _channel_ref): merges then subtract small offsets, not two rounded copies of a huge mean
+    (float64 data at 1e10 +- 1 lost 7e-8 of its variance that way)."""
     cdef double t = s1 * inv_nb
     cdef double q = s2 - s1 * t
-    mean_out[0] = k + t
+    mean_out[0] = (k - kref) + t
     # clamp rounding below zero, but let NaN through (a NaN/Inf input must poison its channel)
     m2_out[0] = 0.0 if q < 0.0 else q
 
 
-cdef inline void _block_moments_columns(double inv_nb, const double* k, double* s1_mean,
-                                        double* s2_m2, Py_ssize_t w) noexcept nogil:
-    """_block_moments for w columns, in place: IN/OUT s1 -> mean and s2 -> M2 (vectorised;
-    the same operations in the same order as the scalar form)."""
+cdef inline void _block_moments_columns(double inv_nb, const double* k, const floating* kref,
+                                        double* s1_mean, double* s2_m2,
+                                        Py_ssize_t w) noexcept nogil:
+    """_block_moments for w columns, in place: IN/OUT s1 -> mean less kref and s2 -> M2
+    (vectorised; the same operations in the same order as the scalar form)."""
     cdef Py_ssize_t j
     cdef double t, q
     for j in range(w):
         t = s1_mean[j] * inv_nb
         q = s2_m2[j] - s1_mean[j] * t
-        s1_mean[j] = k[j] + t
+        s1_mean[j] = (k[j] - <double>kref[j]) + t
         s2_m2[j] = 0.0 if q < 0.0 else q
 
 
@@ -345,6 +350,11 @@ cdef void _merge(double* n_a, double* mean_a, double* m2_a,
     cdef double n = n_a[0] + n_b
     cdef double delta, f
     if n_b == 0:
+        return
+    if n_a[0] == 0:  # the formula below gives the same, but inf * 0 = NaN once delta^2 overflows
+        mean_a[0] = mean_b
+        m2_a[0] = m2_b
+        n_a[0] = n_b
         return
     delta = mean_b - mean_a[0]
     f = n_b / n
@@ -363,6 +373,11 @@ cdef void _merge_columns(double* mean_a, double* m2_a, double n_a,
     cdef double f, g, delta
     cdef Py_ssize_t j
     if n_b == 0:
+        return
+    if n_a == 0:  # as in _merge: a copy, bit-identical to the formula when it is finite
+        for j in range(ncols):
+            mean_a[j] = mean_b[j]
+            m2_a[j] = m2_b[j]
         return
     f = n_b / n
     g = n_a * f
@@ -447,15 +462,25 @@ cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) 
 
 
 # ------------------------------------------------------------------------------------ statistics
+cdef inline double _channel_ref(const floating* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
+    """The reference element of channel c: its first element.  Block and segment means are
+    kept as offsets from it through every merge and it is added back once at the end, in the
+    same way by every code path (so fused and partial paths stay bit-identical).  0 for an
+    empty channel, which has no element to read."""
+    return <double>x[c * g.inner] if g.n > 0 else 0.0
+
+
 cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c,
                               Py_ssize_t s, double* cnt_out, double* mean_out,
                               double* m2_out) noexcept nogil:
-    """Channel-major: moments of segment s of channel c (IN x, OUT the three scalars)."""
+    """Channel-major: moments of segment s of channel c (IN x, OUT the three scalars; the
+    mean less _channel_ref)."""
     cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
     cdef Py_ssize_t o, o0, o1, i0, i1, length, p
     cdef Py_ssize_t stride = g.C * g.inner
     cdef const floating* base = x + c * g.inner
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb, k
+    cdef double kref = _channel_ref(x, g, c)
     for b in range(b0, b1):
         if g.pieces > 1:
             o0 = b // g.pieces
@@ -475,7 +500,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
         for o in range(o0, o1):
             _shifted_sums(base + o * stride + i0, length, k, &s1, &q)
         nb = <double>((o1 - o0) * length)
-        _block_moments(1.0 / nb, k, s1, q, &mb, &q)
+        _block_moments(1.0 / nb, k, kref, s1, q, &mb, &q)
         _merge(&cnt, &mean, &m2, nb, mb, q)
     cnt_out[0] = cnt
     mean_out[0] = mean
@@ -491,7 +516,7 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     for s in range(g.nseg):
         _segment_moments_cm(x, g, c, s, &sc, &sm, &sq)
         _merge(&cnt, &mean, &m2, sc, sm, sq)
-    mean_out[0] = mean
+    mean_out[0] = _channel_ref(x, g, c) + mean
     m2_out[0] = m2
 
 
@@ -499,7 +524,8 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
                               Py_ssize_t chunk, double* mean_out, double* m2_out,
                               double* scratch) noexcept nogil:
     """Channels-last: moments of segment s over the channel chunk; OUT mean_out/m2_out are the
-    chunk's slices of the (nseg, C) partials; scratch holds 3 * col_width doubles."""
+    chunk's slices of the (nseg, C) partials (means less the channels' first row, x[c]);
+    scratch holds 3 * col_width doubles."""
     cdef Py_ssize_t c0 = chunk * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
     cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
@@ -520,7 +546,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
             bmean[j] = 0.0
             bm2[j] = 0.0
         _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w)
-        _block_moments_columns(1.0 / nb, bk, bmean, bm2, w)
+        _block_moments_columns(1.0 / nb, bk, x + c0, bmean, bm2, w)
         _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
         cnt = cnt + nb
 
@@ -561,7 +587,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
                 _shifted_sums(row + j * inner, inner, k[j], &s1[j], &s2[j])
         nb = <double>((o1 - o0) * inner)
         for j in range(w):
-            _block_moments(1.0 / nb, k[j], s1[j], s2[j], &bm, &bq)
+            _block_moments(1.0 / nb, k[j], _channel_ref(x, g, c0 + j), s1[j], s2[j], &bm, &bq)
             cnt_c = cnt
             _merge(&cnt_c, &mean[j], &m2[j], nb, bm, bq)
         cnt = cnt + nb
@@ -617,6 +643,7 @@ cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* 
             sc = <double>(_segment_rows(g, s) * g.inner)
             _merge(&cnt, &mean_out[c], &m2_out[c], sc, part[s * C + c],
                    part[g.nseg * C + s * C + c])
+        mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
     free(part)
     return 0
 
@@ -656,6 +683,7 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
             for s in range(g.nseg):
                 t = c * g.nseg + s
                 _merge(&cnt, &mean_out[c], &m2_out[c], part[3 * t], part[3 * t + 1], part[3 * t + 2])
+            mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
         free(part)
         return 0
     # channels-last: (segment, column chunk) tasks into (nseg, C) partials, merged in order
@@ -683,6 +711,8 @@ cdef int _moments(const floating* x, const Geometry* g, int nt,
                       - min(_seg_start(g, s) * g.rows_per_block, g.outer))
         _merge_columns(mean_out, m2_out, cnt, &part[s * C], &part[g.nseg * C + s * C], sc, C)
         cnt = cnt + sc
+    for c in range(C):
+        mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
     free(part)
     return 0
 
@@ -1492,9 +1522,13 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
 
 # ------------------------------------------------------------------------------------ streaming floor
 cdef inline int _stream_threads(int requested) noexcept nogil:
+    cdef int nt
     if cbn_in_forked_child():
         return 1
-    return requested if requested > 0 else cbn_max_threads()
+    nt = requested if requested > 0 else cbn_max_threads()
+    if nt > 1:
+        cbn_note_parallel()  # a child forked after this team must not start another (libgomp)
+    return nt
 
 
 # Plain OpenMP streaming loops over flat float32/float64 arrays: the memory-bandwidth floor that

@@ -106,3 +106,25 @@ def test_empty_batch_returns_empty_and_keeps_running_stats():
     assert cbn.batch_norm_inference(x, rm, rv).shape == x.shape
     dx, dw, db = cbn.batch_norm_backward(x, x, rm, rv)
     assert dx.shape == x.shape and np.all(dw == 0) and np.all(db == 0)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("centre,spread", [(1e155, 0.0), (-1e160, 1e150), (1e163, 1e150), (-1e10, 1.0)])
+def test_float64_huge_offsets_and_magnitudes(rng, shape, axis, centre, spread):
+    """float64 data far from zero: means beyond 1.3e154 (whose square overflows) give finite
+    statistics (a first merge into an empty accumulator must not evaluate inf * 0), and
+    |mean|/std up to 1e13 keeps the variance to 1e-9 (merging blocks by their rounded means
+    lost 7e-8 at 1e10)."""
+    x = centre + spread * rng.standard_normal(shape)
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    mean_ref = np.mean(x, axis=red)
+    # x - centre is exact (Sterbenz), so this reference keeps every digit of the spread
+    var_ref = np.var((x - centre) / spread, axis=red) * spread ** 2 if spread else 0.0
+    y, mean, invstd = cbn.batch_norm_forward(x, eps=1e-5, axis=axis)
+    m = cbn.moments(x, axis=axis)
+    assert np.isfinite(mean).all() and np.isfinite(invstd).all() and np.isfinite(y).all()
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-13)
+    np.testing.assert_allclose(m.mean, mean_ref, rtol=1e-13)
+    var = m.m2 / m.count
+    assert np.isfinite(var).all()
+    np.testing.assert_allclose(var, var_ref, rtol=1e-9, atol=0)

@@ -1,6 +1,9 @@
 """NaN/Inf policy, fork safety, concurrent Python threads."""
 
 import multiprocessing
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -61,6 +64,37 @@ def test_skip_nonfinite_keeps_running_stats_of_bad_channels(rng, shape, axis, st
     rm2, rv2 = np.arange(C, dtype=stat_dtype), np.ones(C, stat_dtype)
     cbn.batch_norm(x, rm2, rv2, training=True, axis=axis, skip_nonfinite=True)
     np.testing.assert_array_equal(rm2, rm)
+
+
+_FRESH_FORK = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    import cbn
+    from cbn._dispatch import kernels as k
+    x = np.ones((8, 64, 40, 40), np.float32)
+    if sys.argv[1] == "floor":  # the benchmark's floor kernels, and nothing else
+        k.stream_scale(x.reshape(-1), np.empty(x.size, np.float32), 2)
+    else:
+        cbn.batch_norm_forward(x, num_threads=2)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(60)  # a hung child dies instead of blocking the test
+        k.last_team_size(reset=True)
+        cbn.batch_norm_forward(x, num_threads=2)
+        os._exit(0 if k.in_forked_child() and k.last_team_size() == 1 else 3)
+    print("status", os.waitpid(pid, 0)[1])
+""")
+
+
+@pytest.mark.skipif(k.max_threads() < 2, reason="needs an OpenMP team of 2")
+@pytest.mark.parametrize("first_use", ["forward", "floor"])
+def test_fork_after_first_team_in_a_fresh_process(first_use):
+    """Every kernel that starts a thread team -- the benchmark floor kernels too -- marks the
+    process, so a child forked afterwards runs serially instead of hanging in libgomp."""
+    out = subprocess.run([sys.executable, "-c", _FRESH_FORK, first_use], capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["status", "0"], out.stdout
 
 
 def _child_work(queue):
