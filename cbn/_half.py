@@ -3,8 +3,8 @@
 Each entry has the signature of its counterpart in the compiled kernels (``forward_train``,
 ``inference``, ``backward``), so the public functions dispatch on the dtype alone.  A float16
 array, seen as ``(outer, C, inner)``, is cut into chunks of about ``CHUNK_ELEMS`` elements along
-``outer`` (or, when ``outer == 1``, along ``inner``).  Each chunk is widened to float32 in a
-bounded work buffer and handed to the float32 kernels; statistics of the chunks are merged with
+``outer`` (or, when a row ``o`` holds more, along ``inner`` within each row).  Each chunk is
+widened to float32 in a bounded work buffer and handed to the float32 kernels; statistics of the chunks are merged with
 Chan's formula in float64, and results are narrowed back into the float16 output.  So float16
 data gets float32 arithmetic with float64 accumulation, and memory stays at the outputs plus
 a few chunk buffers.  Chunk boundaries depend only on the shape, so results do not depend on
@@ -23,17 +23,22 @@ CHUNK_ELEMS = 1 << 18
 
 
 def _chunks(outer, C, inner):
-    """The chunks of an (outer, C, inner) array: (slices, chunk shape) pairs."""
-    if outer >= 2 or inner <= 1:
+    """The chunks of an (outer, C, inner) array: (slices, chunk shape) pairs.
+
+    Whole rows ``o`` while a row holds at most CHUNK_ELEMS elements, else slices of the inner
+    axis of one row at a time; so a chunk holds at most max(CHUNK_ELEMS, C) elements (all C
+    channels of one position are needed together)."""
+    if inner <= 1 or C * inner <= CHUNK_ELEMS:
         rows = max(1, CHUNK_ELEMS // max(1, C * inner))
         for o0 in range(0, outer, rows):
             o1 = min(outer, o0 + rows)
             yield (slice(o0, o1), slice(None), slice(None)), (o1 - o0, C, inner)
     else:
         cols = max(1, CHUNK_ELEMS // max(1, C))
-        for i0 in range(0, inner, cols):
-            i1 = min(inner, i0 + cols)
-            yield (slice(None), slice(None), slice(i0, i1)), (1, C, i1 - i0)
+        for o in range(outer):
+            for i0 in range(0, inner, cols):
+                i1 = min(inner, i0 + cols)
+                yield (slice(o, o + 1), slice(None), slice(i0, i1)), (1, C, i1 - i0)
 
 
 def _widen(a3, sl):

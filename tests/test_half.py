@@ -92,13 +92,39 @@ def test_float16_relu_layer_and_thread_independence(rng):
 def test_float16_work_memory_is_bounded():
     """Chunks of at most CHUNK_ELEMS elements: the float32 work buffers are bounded, whatever
     the input size."""
-    for outer, C, inner in [(1000, 64, 3136), (1, 3, 10 ** 7), (10 ** 6, 7, 1), (3, 1, 5)]:
+    for outer, C, inner in [(1000, 64, 3136), (1, 3, 10 ** 7), (10 ** 6, 7, 1), (3, 1, 5),
+                            (2, 4, 300000), (3, 5, 2 ** 18 + 1), (2, 10 ** 6, 1)]:
+        seen = np.zeros((outer, C, inner), bool) if outer * C * inner < 10 ** 7 else None
         total = 0
         for sl, shape in _half._chunks(outer, C, inner):
             n = shape[0] * shape[1] * shape[2]
-            assert n <= max(_half.CHUNK_ELEMS, C * inner if outer >= 2 else C)
+            assert n <= max(_half.CHUNK_ELEMS, C)
+            if seen is not None:
+                assert seen[sl].shape == shape and not seen[sl].any()
+                seen[sl] = True
             total += n
         assert total == outer * C * inner
+        assert seen is None or seen.all()
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 300000), (3, 2, 2 ** 18 + 5)])
+def test_float16_rows_longer_than_a_chunk(rng, shape):
+    """Rows of more than CHUNK_ELEMS elements are chunked within the row: same results as the
+    float32 computation on the same values (to float16 rounding)."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float16)
+    dy = rng.standard_normal(shape).astype(np.float16)
+    f = cbn.batch_norm_forward(x)
+    e = cbn.reference.batch_norm_forward(x.astype(np.float64))
+    np.testing.assert_allclose(f.mean, e.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f.invstd, e.invstd, rtol=1e-12)
+    np.testing.assert_allclose(f.out.astype(np.float64), e.out, rtol=2e-3, atol=2e-3)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd)
+    ge = cbn.reference.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), f.mean,
+                                           f.invstd)
+    # the parameter gradients come back in float32 (the dtype of float16 layers' parameters)
+    np.testing.assert_allclose(g.dbias, ge.dbias, rtol=2e-7)
+    np.testing.assert_allclose(g.dweight, ge.dweight, rtol=2e-7, atol=1e-4)
+    np.testing.assert_allclose(g.dx.astype(np.float64), ge.dx, rtol=2e-3, atol=2e-3)
 
 
 def test_float16_matches_torch_running_stats():
