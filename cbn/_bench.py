@@ -70,6 +70,9 @@ QUICK_SHAPES = (0, 3, 5, 6)
 FLOOR_SUMMARY_MIN_BYTES = 8_000_000
 #: A case is "at the floor" when cbn takes at most this many times the floor.
 FLOOR_TOLERANCE = 1.2
+#: The summary warns when at least 1 / NOISY_SUMMARY_FRACTION of the cases (and 2) are noisy.
+NOISY_SUMMARY_FRACTION = 4
+
 #: A row is marked noisy when the median round of an implementation is this much slower than
 #: its best round.
 NOISE_THRESHOLD = 1.3
@@ -571,8 +574,9 @@ def summarize(results):
         ``cases``; ``geomean_vs_torch`` and ``geomean_vs_numpy`` (None without data);
         ``worst_vs_torch`` as ``{"speedup": float, "case": "op case-label"}`` or None;
         ``floor_cases``
-        (results whose ``x`` is at least :data:`FLOOR_SUMMARY_MIN_BYTES`) and
-        ``within_floor`` (those of them with a floor ratio <= :data:`FLOOR_TOLERANCE`).
+        (results whose ``x`` is at least :data:`FLOOR_SUMMARY_MIN_BYTES`),
+        ``within_floor`` (those of them with a floor ratio <= :data:`FLOOR_TOLERANCE`) and
+        ``noisy_cases`` (results whose rounds varied more than :data:`NOISE_THRESHOLD`).
     """
     vs_torch = [{"speedup": r.speedup("torch"), "case": f"{r.op} {r.case.label}"}
                 for r in results if r.speedup("torch") is not None]
@@ -585,6 +589,7 @@ def summarize(results):
         "worst_vs_torch": min(vs_torch, key=lambda w: w["speedup"], default=None),
         "floor_cases": len(big),
         "within_floor": sum(r.floor_ratio <= FLOOR_TOLERANCE for r in big),
+        "noisy_cases": sum(r.noisy for r in results),
     }
 
 
@@ -684,6 +689,11 @@ def format_summary(summary):
         f"{summary['within_floor']} of {summary['floor_cases']} cases with x >= "
         f"{FLOOR_SUMMARY_MIN_BYTES / 1e6:.0f} MB",
     ]
+    noisy = summary.get("noisy_cases", 0)
+    if noisy >= 2 and noisy * NOISY_SUMMARY_FRACTION >= summary["cases"]:
+        lines.append(f"  warning: {noisy} of {summary['cases']} cases varied by more than "
+                     f"{NOISE_THRESHOLD - 1:.0%} between rounds -- the machine was busy and the "
+                     "ratios above are unreliable; rerun on an idle machine")
     return "\n".join(lines)
 
 

@@ -119,6 +119,16 @@ def test_noisy_rows_are_marked():
     assert "*" in _bench.format_table("inference", [r]).splitlines()[3]
 
 
+@pytest.mark.parametrize("n_noisy,warns", [(0, False), (1, False), (2, True), (8, True)])
+def test_summary_warns_when_many_rows_are_noisy(n_noisy, warns):
+    quiet = {"cbn": 1.0, "numpy": 1.0}
+    rows = [Result("inference", Case((2, 3)), {"cbn": 1.0, "numpy": 1.0, "floor": 1.0},
+                   {"cbn": 2.0} if i < n_noisy else quiet) for i in range(8)]
+    s = _bench.summarize(rows)
+    assert s["noisy_cases"] == n_noisy
+    assert ("unreliable" in _bench.format_summary(s)) == warns
+
+
 def test_default_cases():
     full = _bench.default_cases()
     assert len(full) == 14 and {c.dtype for c in full} == {"float32", "float64"}
