@@ -246,7 +246,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     out : ndarray, optional
         Where to write ``dx``: same shape and dtype as ``x``.  It may be ``dy`` or ``x``
         itself (each element is read before it is overwritten); other overlaps are handled
-        through a temporary.
+        through a temporary.  Left untouched (and not validated) when ``needs[0]`` is False.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
     needs : tuple of 3 bool, default (True, True, True)
@@ -283,7 +283,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         raise ValueError("y (the forward output) is required with activation='relu'")
     if not relu and y is not None:
         raise ValueError("y is only used with activation='relu'")
-    if needs is _ALL_GRADIENTS or needs == _ALL_GRADIENTS:
+    if needs is _ALL_GRADIENTS or (type(needs) is tuple and needs == _ALL_GRADIENTS):
         result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
         if result is not None:
             return result
@@ -293,10 +293,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
-    try:
-        need_dx, need_dw, need_db = (bool(f) for f in needs)
-    except (TypeError, ValueError):
-        raise TypeError("needs must be a tuple of three booleans (dx, dweight, dbias)") from None
+    need_dx, need_dw, need_db = v.check_needs(needs)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
@@ -393,7 +390,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    if training:
+    if v.check_flag(training, "training"):
         return batch_norm_forward(
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,

@@ -143,6 +143,8 @@ def geometry(shape, axis):
 def channel_vector(a, name, C, *, writeable=False):
     """Validate a per-channel array: a float ndarray of shape (C,).  Returns it as given.
     ``writeable``: the array is updated in place, so it must be a writeable ndarray."""
+    if a is None:
+        raise TypeError(f"{name} must be an array of shape ({C},), got None")
     if not isinstance(a, np.ndarray):
         if writeable:
             raise TypeError(
@@ -163,6 +165,24 @@ def as_f64(a, name, C):
         return a
     a = channel_vector(a, name, C)
     return np.ascontiguousarray(a, dtype=F64)
+
+
+def check_flag(value, name):
+    """A yes/no argument: a bool, a NumPy bool or the integer 0 or 1 (not any truthy object:
+    ``training="no"`` must not train)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def check_needs(needs):
+    """``needs``: three flags for (dx, dweight, dbias)."""
+    if isinstance(needs, (str, bytes)) or not hasattr(needs, "__len__") or len(needs) != 3:
+        raise TypeError(f"needs must be a tuple of three booleans (dx, dweight, dbias), "
+                        f"got {needs!r}")
+    return tuple(check_flag(f, "each item of needs") for f in needs)
 
 
 def _real(value, name):

@@ -389,10 +389,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
-    try:
-        need_dx, need_dw, need_db = (bool(f) for f in needs)
-    except (TypeError, ValueError):
-        raise TypeError("needs must be a tuple of three booleans (dx, dweight, dbias)") from None
+    need_dx, need_dw, need_db = v.check_needs(needs)
     nt = _chunk_threads(num_threads)
     split_every = _check_split(split_every)
     C = x.shape[a]

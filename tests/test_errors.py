@@ -112,6 +112,42 @@ def test_backward_argument_checks():
         cbn.batch_norm_backward(X.astype(np.float64), X, f.mean, f.invstd)
     with pytest.raises(TypeError, match="needs must be a tuple of three booleans"):
         cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=(True,))
+    with pytest.raises(TypeError, match="invstd must be an array of shape"):
+        cbn.batch_norm_backward(X, X, f.mean, None)
+
+
+@pytest.mark.parametrize("needs", ["abc", b"abc", (True, 2, True), (True, "yes", False),
+                                   (None, True, True), 3, (True, True, True, True)])
+def test_needs_must_be_three_flags(needs):
+    f = cbn.batch_norm_forward(X)
+    with pytest.raises(TypeError, match="needs"):
+        cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=needs)
+
+
+@pytest.mark.parametrize("needs", [[True, False, True], (1, 0, 1), np.array([True, False, True]),
+                                   (np.True_, np.False_, np.True_)])
+def test_needs_accepts_bool_like_sequences(needs):
+    f = cbn.batch_norm_forward(X)
+    dx, dw, db = cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=needs)
+    assert dx is not None and dw is None and db is not None
+
+
+def test_out_is_left_untouched_without_dx():
+    """Documented: out only receives dx, so it is not written when dx is not asked for."""
+    f = cbn.batch_norm_forward(X)
+    out = np.full_like(X, 7.0)
+    dx, dw, db = cbn.batch_norm_backward(X, X, f.mean, f.invstd, out=out,
+                                         needs=(False, True, True))
+    assert dx is None and dw is not None and db is not None
+    assert (out == 7.0).all()
+
+
+@pytest.mark.parametrize("training", ["no", "", None, 2, 0.0, [True]])
+def test_training_must_be_a_bool(training):
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="training must be a bool"):
+        cbn.batch_norm(X, rm, rv, training=training)
+    assert (rm == 0).all() and (rv == 1).all()
 
 
 @pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),

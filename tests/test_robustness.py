@@ -447,7 +447,7 @@ def _bad_layer_calls():
         ("normalize: bias of wrong length", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(4)),
          ValueError, r"bias must have shape \(3,\)"),
         ("normalize: mean None", lambda: cbn.normalize(x, None, C3),
-         TypeError, "mean must be a floating-point"),
+         TypeError, r"mean must be an array of shape \(3,\), got None"),
         ("normalize: out of the wrong shape", lambda: cbn.normalize(x, C3, C3, out=x[:2]),
          ValueError, "out must have shape"),
         ("backward_reduce: non-float x", lambda: cbn.backward_reduce(dy, X.astype(int), C3),
