@@ -63,8 +63,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis``.
+    x : ndarray of float16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
+        with float64 statistics).
     weight, bias : array_like of shape (C,), optional
         Affine parameters gamma and beta, any float dtype; None means 1 and 0.
     eps : float, default 1e-5
@@ -104,6 +105,18 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         On a bad shape or axis, ``eps <= 0``, ``momentum`` outside [0, 1], a read-only
         running statistic, or a single value per channel ("Expected more than 1 value per
         channel when training").
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cbn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)  # N = 2, C = 2
+    >>> out, mean, invstd = cbn.batch_norm_forward(x)
+    >>> mean
+    array([ 2., 20.])
+    >>> np.round(out, 4)
+    array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
 
     Notes
     -----
@@ -159,8 +172,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis``.
+    x : ndarray of float16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
+        with float64 statistics).
     running_mean, running_var : array_like of shape (C,)
         The statistics to normalize with (any float dtype); ``running_var`` must be >= 0.
     weight, bias : array_like of shape (C,), optional
@@ -187,6 +201,16 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     TypeError, ValueError
         On bad arguments (see :func:`batch_norm_forward`), and if ``running_var`` has a
         negative entry (torch silently returns NaN there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cbn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    >>> running_mean, running_var = np.array([2.0, 20.0]), np.array([1.0, 100.0])
+    >>> np.round(cbn.batch_norm_inference(x, running_mean, running_var, bias=[0.5, 0.0]), 4)
+    array([[-0.5, -1. ],
+           [ 1.5,  1. ]], dtype=float32)
 
     Notes
     -----
@@ -235,7 +259,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     ----------
     dy : ndarray
         Gradient of the loss with respect to the forward output; shape and dtype of ``x``.
-    x : ndarray of float32 or float64
+    x : ndarray of float16, float32 or float64
         The forward input.
     mean, invstd : array_like of shape (C,)
         The statistics saved by :func:`batch_norm_forward`.
@@ -270,6 +294,19 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     TypeError, ValueError
         On bad arguments, e.g. ``dy`` of another shape or dtype than ``x``, or ``mean`` /
         ``invstd`` not of shape (C,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cbn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]], dtype=np.float32)
+    >>> out, mean, invstd = cbn.batch_norm_forward(x)
+    >>> dy = np.ones_like(x)  # d(sum of the outputs) / d(out)
+    >>> dx, dweight, dbias = cbn.batch_norm_backward(dy, x, mean, invstd)
+    >>> dbias
+    array([3., 3.], dtype=float32)
+    >>> bool(np.abs(dx).max() < 1e-6)  # the normalized outputs always sum to 0
+    True
 
     Notes
     -----
@@ -348,8 +385,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis``.
+    x : ndarray of float16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
+        with float64 statistics).
     running_mean, running_var : ndarray of shape (C,), optional
         Running statistics; required when ``training`` is False, updated in place otherwise.
     weight, bias : array_like of shape (C,), optional
@@ -377,6 +415,30 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     -------
     ndarray
         The normalized array, dtype of ``x``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or a parameter is not floating point, ``training`` is not a bool, or ``out``
+        has the wrong dtype.
+    ValueError
+        On a bad shape or axis, ``eps <= 0``, ``momentum`` outside [0, 1], missing running
+        statistics in evaluation mode, or a single value per channel in training mode.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cbn
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    >>> rm, rv = np.zeros(2, np.float32), np.ones(2, np.float32)
+    >>> y = cbn.batch_norm(x, rm, rv, training=True, momentum=0.5)
+    >>> rm  # 0.5 * 0 + 0.5 * batch mean
+    array([ 1., 10.], dtype=float32)
+    >>> rv  # 0.5 * 1 + 0.5 * unbiased batch variance (2 and 200)
+    array([  1.5, 100.5], dtype=float32)
+    >>> np.round(cbn.batch_norm(x, rm, rv), 3)  # evaluation: the running statistics
+    array([[0.   , 0.   ],
+           [1.633, 1.995]], dtype=float32)
 
     See Also
     --------

@@ -24,6 +24,12 @@ def test_public_functions_have_numpydoc_docstrings(fn):
             assert p in doc, f"{fn.__name__}: parameter {p} undocumented"
 
 
+@pytest.mark.parametrize("fn", PUBLIC[:4], ids=lambda f: f.__name__)
+def test_main_functions_document_raises_and_examples(fn):
+    doc = inspect.getdoc(fn)
+    assert "Raises\n------" in doc and "Examples\n--------" in doc and ">>> " in doc
+
+
 @pytest.mark.parametrize("shape,axis", [((4, 6, 9), 1), ((300, 37), 1), ((5, 6, 7, 11), -1),
                                         ((8, 64, 40, 40), 1), ((2, 3), 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -93,3 +99,14 @@ def test_huge_integer_arguments_do_not_crash_the_fast_path():
     y = cbn.batch_norm_forward(x, num_threads=2**40).out
     np.testing.assert_allclose(y, cbn.reference.batch_norm_forward(x.astype(np.float64)).out,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["cbn._batch_norm", "cbn._moments", "cbn._layer", "cbn._fold"])
+def test_docstring_examples_run(module):
+    """The Examples sections are doctests: they run and print what they show."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
