@@ -461,6 +461,15 @@ cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) 
     return max(nt, 1)
 
 
+cdef inline Py_ssize_t _tasks_of(const Geometry* g) noexcept nogil:
+    """How many threads the work of g can keep busy: channel-major runs, or the segments of a
+    few long channels (a single (1, 1, N) channel still splits); channels-last rows or
+    channels."""
+    if g.inner > 1:
+        return max(g.outer * g.C, g.C * g.nseg)
+    return max(g.C, g.outer)
+
+
 # ------------------------------------------------------------------------------------ statistics
 cdef inline double _channel_ref(const floating* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
     """The reference element of channel c: its first element.  Block and segment means are
@@ -875,6 +884,18 @@ cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
         cbn_nt_fence()
 
 
+cdef void _normalize_piece(const floating* x, floating* y_out, const Geometry* g,
+                           const floating* coef, Py_ssize_t r, Py_ssize_t p, Py_ssize_t npieces,
+                           bint relu, bint stream) noexcept nogil:
+    """Piece p of npieces of channel-major run r (fewer runs than threads)."""
+    cdef Py_ssize_t c = r % g.C, C = g.C
+    cdef Py_ssize_t lo = p * g.inner // npieces, hi = (p + 1) * g.inner // npieces
+    _normalize_run(x + r * g.inner + lo, y_out + r * g.inner + lo, hi - lo, coef[c],
+                   coef[C + c], coef[2 * C + c], relu, stream)
+    if stream:
+        cbn_nt_fence()
+
+
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
                      const floating* coef, bint relu) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift]."""
@@ -886,6 +907,12 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
         cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
+        if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
+            for t in prange(nruns * nt, num_threads=nt, schedule='static'):
+                if t == 0:
+                    cbn_note_team()
+                _normalize_piece(x, y_out, g, coef, t // nt, t % nt, nt, relu, stream)
+            return
         if stream:  # one contiguous share of runs per thread, one store fence at its end
             if nt > 1:
                 for t in prange(nt, num_threads=nt, schedule='static'):
@@ -937,6 +964,19 @@ cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, fl
         cbn_nt_fence()
 
 
+cdef void _dx_piece(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+                    const Geometry* g, const floating* coef, Py_ssize_t r, Py_ssize_t p,
+                    Py_ssize_t npieces, bint stream) noexcept nogil:
+    """Piece p of npieces of channel-major run r (fewer runs than threads)."""
+    cdef Py_ssize_t c = r % g.C, C = g.C
+    cdef Py_ssize_t off = r * g.inner + p * g.inner // npieces
+    cdef Py_ssize_t n = (p + 1) * g.inner // npieces - p * g.inner // npieces
+    _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, n, coef[c], coef[C + c],
+            coef[2 * C + c], coef[3 * C + c], stream)
+    if stream:
+        cbn_nt_fence()
+
+
 cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
                    const Geometry* g, int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
@@ -948,6 +988,12 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
         cbn_note_team()
     if g.inner > 1:
         nruns = g.outer * C
+        if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
+            for t in prange(nruns * nt, num_threads=nt, schedule='static'):
+                if t == 0:
+                    cbn_note_team()
+                _dx_piece(dy, ym, x, dx_out, g, coef, t // nt, t % nt, nt, stream)
+            return
         if stream:  # one contiguous share of runs per thread, one store fence at its end
             if nt > 1:
                 for t in prange(nt, num_threads=nt, schedule='static'):
@@ -1038,7 +1084,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
-    cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
+    cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     cdef double* m2
     cdef bint stream
@@ -1078,7 +1124,7 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
                     bint relu) noexcept nogil:
     """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
     cdef Py_ssize_t C = g.C, c
-    cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, max(C, g.outer))
+    cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, _tasks_of(g))
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     if coef == NULL:
         return -1
@@ -1232,7 +1278,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     if with_dot, sdyx_out = sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
     cdef Py_ssize_t C = g.C, c, s, t, ntasks, nch, cw, stride
     cdef Py_ssize_t total = g.outer * C * g.inner
-    cdef int nt = _threads_for(total, nt_req, max(C, g.outer))
+    cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
     cdef floating* coef = NULL
     cdef double* part
     cdef double* scratch
@@ -1400,7 +1446,7 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     """Per-channel float64 mean and M2 (sum of squared deviations)."""
     _check_kernel_arrays(x)
     cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
+    cdef int nt = _threads_for(outer * C * inner, num_threads, _tasks_of(&g))
     cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
     cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
     cdef int rc
@@ -1501,7 +1547,7 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
     cdef const double* w = _vec_or_null(weight)
     cdef const double* a = <const double*>cnp.PyArray_DATA(sdy)
     cdef const double* d = <const double*>cnp.PyArray_DATA(sdyx)
-    cdef int nt = _threads_for(outer * C * inner, num_threads, max(C, outer))
+    cdef int nt = _threads_for(outer * C * inner, num_threads, _tasks_of(&g))
     cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
     cdef int rc
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:

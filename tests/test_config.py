@@ -54,6 +54,31 @@ def test_openmp_is_built_in_and_threads_are_really_used():
             assert k.last_team_size() == threads
 
 
+@pytest.mark.skipif(k.max_threads() < 2 or (os.cpu_count() or 1) < 2, reason="needs 2 threads")
+@pytest.mark.parametrize("shape", [(1, 1, 300000), (1, 1, 600, 600), (2, 1, 200000),
+                                   (300000, 1), (2, 150000)])
+def test_few_channels_and_samples_still_use_the_threads(shape):
+    """A single long channel (one run) is split into pieces: 2 threads really run, and the
+    results equal the 1-thread ones bit for bit."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    C = shape[1]
+    rm, rv = np.zeros(C), np.ones(C)
+    results = {}
+    for threads in (1, 2):
+        res = []
+        for run in (lambda: cbn.batch_norm_forward(x, num_threads=threads),
+                    lambda: cbn.batch_norm_inference(x, rm, rv, num_threads=threads),
+                    lambda: cbn.batch_norm_backward(x, x, rm, rv, num_threads=threads)):
+            k.last_team_size(reset=True)
+            res.append(run())
+            assert k.last_team_size() == threads
+        results[threads] = res
+    f1, i1, b1 = results[1]
+    f2, i2, b2 = results[2]
+    for a, b in zip(list(f1) + [i1] + list(b1), list(f2) + [i2] + list(b2)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_small_inputs_do_not_start_a_thread_team():
     x = np.ones((2, 16, 8, 8), np.float32)
     k.last_team_size(reset=True)
