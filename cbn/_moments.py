@@ -253,6 +253,11 @@ def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> M
     Any number of parts is combined pairwise in a balanced tree (in argument order), so the
     result does not depend on the grouping beyond float64 rounding.
 
+    Each part's mean is a float64 rounded at ``eps * |mean|``, and ``delta`` inherits that
+    rounding: at ``|mean| / std`` near 1e10 (float64 data), 58 merged parts measured a relative
+    variance error of 2e-8, where one :func:`moments` call over the whole batch (which keeps
+    block means as offsets internally) has 1e-15.  Float32 data cannot reach such ratios.
+
     Parameters
     ----------
     *parts : Moments or (count, mean, m2) tuples
