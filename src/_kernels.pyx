@@ -97,6 +97,10 @@ cdef extern from "cbn_simd.h" nogil:
     void cbn_sum_dot8_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
                           double m, double* sdy8, double* sdyx8)
     double cbn_hsum8_array(const double* v)
+    void cbn_shifted_sums8_f32(const float* x, Py_ssize_t n, double k, double* s1_8,
+                               double* s2_8)
+    void cbn_shifted_sums8_f64(const double* x, Py_ssize_t n, double k, double* s1_8,
+                               double* s2_8)
     void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
                         const float* hi, const float* sc, const float* sh, int relu)
     void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
@@ -563,19 +567,20 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
 cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t s,
                                 Py_ssize_t c0, Py_ssize_t c1, double* part,
                                 double* scratch) noexcept nogil:
-    """Channel-major with runs shorter than a block (pieces == 1): the moments of segment s for
-    channels [c0, c1), reading rows in memory order.  Per channel, the block partition, the
-    shift, the run order and the merges are exactly those of _segment_moments_cm, so the
-    results are bit-identical to it; only the traversal differs (jumping from channel to
-    channel across rows costs ~2x in prefetch and TLB misses).  OUT part[s*C + c] (means) and
-    part[nseg*C + s*C + c] (M2); scratch holds 3 * (c1 - c0) doubles."""
+    """Channel-major with runs shorter than a block (pieces == 1, the only path for such runs):
+    the moments of segment s for channels [c0, c1), reading rows in memory order (jumping from
+    channel to channel across rows, as a per-channel traversal would, costs ~2x in prefetch and
+    TLB misses).  Per channel and block, the shifted sums run over the block's runs into 8-lane
+    partials, summed horizontally once per block (a horizontal sum and a scalar tail per run
+    cost ~20% with runs of 196).  OUT part[s*C + c] (means) and part[nseg*C + s*C + c] (M2);
+    scratch holds 17 * (c1 - c0) doubles."""
     cdef Py_ssize_t C = g.C, inner = g.inner, w = c1 - c0
     cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1), o, o0, o1, j
     cdef double* mean = part + s * C + c0
     cdef double* m2 = part + g.nseg * C + s * C + c0
     cdef double* k = scratch
-    cdef double* s1 = scratch + w
-    cdef double* s2 = scratch + 2 * w
+    cdef double* s1 = scratch + w        # 8 lanes per channel
+    cdef double* s2 = scratch + 9 * w    # 8 lanes per channel
     cdef double cnt = 0.0, cnt_c, nb, bm, bq
     cdef const floating* row
     cbn_note_team()
@@ -588,15 +593,19 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
         row = x + (o0 * C + c0) * inner
         for j in range(w):
             k[j] = <double>row[j * inner]
+        for j in range(16 * w):
             s1[j] = 0.0
-            s2[j] = 0.0
         for o in range(o0, o1):
             row = x + (o * C + c0) * inner
             for j in range(w):
-                _shifted_sums(row + j * inner, inner, k[j], &s1[j], &s2[j])
+                if floating is float:
+                    cbn_shifted_sums8_f32(row + j * inner, inner, k[j], s1 + 8 * j, s2 + 8 * j)
+                else:
+                    cbn_shifted_sums8_f64(row + j * inner, inner, k[j], s1 + 8 * j, s2 + 8 * j)
         nb = <double>((o1 - o0) * inner)
         for j in range(w):
-            _block_moments(1.0 / nb, k[j], _channel_ref(x, g, c0 + j), s1[j], s2[j], &bm, &bq)
+            _block_moments(1.0 / nb, k[j], _channel_ref(x, g, c0 + j),
+                           cbn_hsum8_array(s1 + 8 * j), cbn_hsum8_array(s2 + 8 * j), &bm, &bq)
             cnt_c = cnt
             _merge(&cnt_c, &mean[j], &m2[j], nb, bm, bq)
         cnt = cnt + nb
@@ -628,7 +637,7 @@ cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* 
     cdef Py_ssize_t t, s, c, cw = (C + nch - 1) // nch
     cdef Py_ssize_t stride
     cdef double* part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    cdef double* scratch = cbn_alloc_per_thread(nt, 3 * cw, &stride)
+    cdef double* scratch = cbn_alloc_per_thread(nt, 17 * cw, &stride)
     cdef double cnt, sc
     if part == NULL or scratch == NULL:
         free(part)

@@ -330,6 +330,35 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
     for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }   \
     *sdy += a; *sdyx += b;                                                                       \
 }                                                                                                \
+/* cbn_shifted_sums over many short runs of one channel, into 8-lane partials s1_8, s2_8 (no  \
+ * horizontal sum per run: cbn_hsum8_array of each at the end of the block gives the sums); the \
+ * n % 8 trailing elements are added as one zero-padded vector with the padding lanes masked   \
+ * (their x - k would be -k). */                                                                \
+static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, double *s1_8,    \
+                                           double *s2_8) {                                       \
+    cbn_v8d a0 = cbn_load8_f64(s1_8), a1 = {0}, q0 = cbn_load8_f64(s2_8), q1 = {0};              \
+    const cbn_v8d kv = {k, k, k, k, k, k, k, k};                                                 \
+    CBN_ONE_INIT(one);                                                                           \
+    ptrdiff_t i = 0;                                                                             \
+    for (; i + 16 <= n; i += 16) {                                                               \
+        cbn_v8d d0 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                            \
+        cbn_v8d d1 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                        \
+        a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1;                                        \
+    }                                                                                            \
+    for (; i + 8 <= n; i += 8) {                                                                 \
+        cbn_v8d d = cbn_load8_##SFX(x + i) - kv; a0 += d; q0 += d * d;                           \
+    }                                                                                            \
+    if (i < n) {                                                                                 \
+        const int m = (int)(n - i);                                                              \
+        const cbn_v8l lane = {0, 1, 2, 3, 4, 5, 6, 7};                                           \
+        cbn_v8d d = cbn_load8_tail_##SFX(x + i, m) - kv;                                         \
+        d = (cbn_v8d)((cbn_v8l)d & (cbn_v8l)(lane < (long long)m));                              \
+        a0 += d; q0 += d * d;                                                                    \
+    }                                                                                            \
+    const cbn_v8d at = a0 + a1, qt = q0 + q1;                                                    \
+    memcpy(s1_8, &at, sizeof at);                                                                \
+    memcpy(s2_8, &qt, sizeof qt);                                                                \
+}                                                                                                \
 /* The same sums over many short runs of one channel, into 8-lane partials (no horizontal sum  \
  * per run: cbn_hsum8 of the partials at the end gives the totals).  sdy8 += lanes of g,        \
  * sdyx8 += lanes of g * (x - m) (sdyx8 NULL: only the first); the n % 8 trailing elements are  \
@@ -397,6 +426,14 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
         double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m);                       \
     }                                                                                            \
     *sdy += a; *sdyx += b;                                                                       \
+}                                                                                                \
+static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, double *s1_8,    \
+                                           double *s2_8) {                                       \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
+        double d = (double)x[i] - k;                                                             \
+        s1_8[i % 8] += d;                                                                        \
+        s2_8[i % 8] += d * d;                                                                    \
+    }                                                                                            \
 }                                                                                                \
 static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
                                       double m, double *sdy8, double *sdyx8) {                   \
