@@ -105,7 +105,7 @@ def test_gil_released_other_python_thread_progresses_during_a_call():
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)  # hand the GIL over quickly (less measurement artefact)
     try:
-        for _ in range(3):
+        for _ in range(8):  # a busy machine can deschedule the main thread: retry
             span = []
             started = threading.Event()
 
@@ -125,11 +125,13 @@ def test_gil_released_other_python_thread_progresses_during_a_call():
             t0, t1 = span
             inside = [t0] + [s for s in stamps if t0 < s < t1] + [t1]
             best_gap = min(best_gap, max(np.diff(inside)) / (t1 - t0))
-            if best_gap < 0.3:
+            if best_gap < 0.5:
                 break
     finally:
         sys.setswitchinterval(interval)
-    assert best_gap < 0.3, f"the main thread stalled for {best_gap:.0%} of the call"
+    # held GIL: 80-100 % (see above); a released one measured 1-30 % on an idle machine and up
+    # to 34 % with five test processes sharing the two cores
+    assert best_gap < 0.5, f"the main thread stalled for {best_gap:.0%} of the call"
 
 
 def _case(rng, shape, i):
