@@ -123,6 +123,16 @@ cdef extern from "cbn_simd.h" nogil:
                              const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                              Py_ssize_t w)
 
+cdef extern from "cbn_reverse.h" nogil:
+    void cbn_affine_run_rev_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
+                                float sh, int relu)
+    void cbn_affine_run_rev_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
+                                double sh, int relu)
+    void cbn_dx_run_rev_f32(const float* dy, const float* ym, const float* x, float* dx,
+                            Py_ssize_t n, float hi, float k1, float k2, float k3)
+    void cbn_dx_run_rev_f64(const double* dy, const double* ym, const double* x, double* dx,
+                            Py_ssize_t n, double hi, double k1, double k2, double k3)
+
 cdef extern from "cbn_stream.h" nogil:
     enum: CBN_NT_PAD
     int cbn_nt_available()
@@ -169,6 +179,9 @@ DEF PARALLEL_MIN_ELEMS = 65536
 # starts and ends with plain stores up to a line boundary (measured, 2 threads, 51 MB pass:
 # runs of 196 B streamed 2x slower than plain, 784 B even, 3 KB and more 0.8x).
 DEF NT_MIN_RUN_BYTES = 512
+# Outputs starting up to this many bytes past an input modulo 4 KB are written walking down in
+# memory (see _reverse; measured: 64 bytes past costs 1.12-1.5x, 256 and more nothing).
+DEF ALIAS_WINDOW = 256
 
 # GNU libgomp is not fork-safe: a forked child that enters a parallel region after the parent
 # used OpenMP can hang (scikit-learn #7650).  A pthread_atfork child handler marks the child,
@@ -253,6 +266,33 @@ def set_nontemporal_min_bytes(n):
     if cbn_nt_available():
         _NT_MIN_BYTES = _NT_DEFAULT if n is None else int(n)
     return old if old >= 0 else None
+
+
+# Direction of the plain-store element-wise passes (see _reverse): 1 = by the arrays' placement,
+# 0 = always forward, 2 = always reverse (tests and measurements).
+cdef int _REVERSE_MODE = 1
+cdef bint _REVERSED = False  # a pass walked down since the last reset (last_reversed)
+
+
+def set_reverse_mode(int mode):
+    """0: element-wise passes always walk up in memory, 1 (default): down when the output sits
+    just past an input modulo 4 KB, 2: always down.  Returns the previous mode.  For tests and
+    measurements: results are bit-identical in every mode."""
+    global _REVERSE_MODE
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
+    cdef int previous = _REVERSE_MODE
+    _REVERSE_MODE = mode
+    return previous
+
+
+def last_reversed(bint reset=False):
+    """Whether an element-wise pass walked down in memory since the last reset (for tests)."""
+    global _REVERSED
+    cdef bint r = _REVERSED
+    if reset:
+        _REVERSED = False
+    return r
 
 
 def last_streamed(bint reset=False):
@@ -764,6 +804,39 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     return yes
 
 
+cdef inline bint _note_reversed(bint rev) noexcept nogil:
+    global _REVERSED
+    if rev:
+        _REVERSED = True
+    return rev
+
+
+cdef inline bint _reverse(const void* out, const void* a, const void* b,
+                          const void* c) noexcept nogil:
+    """Whether a plain-store element-wise pass walks down in memory (cbn_reverse.h): its output
+    starts up to ALIAS_WINDOW bytes past an input modulo 4 KB (walking up, each load would wait
+    on the store just issued to the same address modulo 4 KB), and no input starts just past
+    the output (walking down would then alias the same way)."""
+    cdef const void* ins[3]
+    cdef size_t d
+    cdef bint near = False, far = False
+    cdef int j
+    if _REVERSE_MODE != 1:
+        return _note_reversed(_REVERSE_MODE == 2)
+    ins[0] = a
+    ins[1] = b
+    ins[2] = c
+    for j in range(3):
+        if ins[j] != NULL:
+            d = (<size_t>out - <size_t>ins[j]) & 4095
+            if 0 < d <= ALIAS_WINDOW:
+                near = True
+            elif d >= 4096 - ALIAS_WINDOW:
+                far = True
+    return _note_reversed(near and not far)
+
+
+
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
                                 floating scale, floating shift, bint relu,
                                 bint stream) noexcept nogil:
@@ -892,9 +965,20 @@ cdef inline Py_ssize_t _rows_per_task(Py_ssize_t outer, int nt) noexcept nogil:
 
 cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
                           const floating* coef, Py_ssize_t r0, Py_ssize_t r1, bint relu,
-                          bint stream) noexcept nogil:
-    """Channel-major runs r0 <= r < r1 of _normalize; a store fence after them if stream."""
+                          bint stream, bint rev=False) noexcept nogil:
+    """Channel-major runs r0 <= r < r1 of _normalize; a store fence after them if stream;
+    walking down (runs and elements) if rev."""
     cdef Py_ssize_t r, c, C = g.C
+    if rev:
+        for r in range(r1 - 1, r0 - 1, -1):
+            c = r % C
+            if floating is float:
+                cbn_affine_run_rev_f32(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
+                                       coef[C + c], coef[2 * C + c], relu)
+            else:
+                cbn_affine_run_rev_f64(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
+                                       coef[C + c], coef[2 * C + c], relu)
+        return
     for r in range(r0, r1):
         c = r % C
         _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c], coef[C + c],
@@ -922,6 +1006,8 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
     cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
     cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
                                 g.inner if g.inner > 1 else g.outer * C, single_pass)
+    cdef bint rev = (g.inner > 1 and not stream and y_out != x
+                     and _reverse(y_out, x, NULL, NULL))
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
@@ -941,9 +1027,9 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 if t == 0:
                     cbn_note_team()
                 _normalize_runs(x, y_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
-                                relu, stream)
+                                relu, stream, rev)
         else:
-            _normalize_runs(x, y_out, g, coef, 0, nruns, relu, stream)
+            _normalize_runs(x, y_out, g, coef, 0, nruns, relu, stream, rev)
         return
     if stream:
         ext = _extended_coef(coef, C, 3)
@@ -967,9 +1053,21 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
 
 cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
                    const Geometry* g, const floating* coef, Py_ssize_t r0, Py_ssize_t r1,
-                   bint stream) noexcept nogil:
-    """Channel-major runs r0 <= r < r1 of _dx_pass; a store fence after them if stream."""
+                   bint stream, bint rev=False) noexcept nogil:
+    """Channel-major runs r0 <= r < r1 of _dx_pass; a store fence after them if stream;
+    walking down (runs and elements) if rev."""
     cdef Py_ssize_t r, c, off, C = g.C
+    if rev:
+        for r in range(r1 - 1, r0 - 1, -1):
+            c = r % C
+            off = r * g.inner
+            if floating is float:
+                cbn_dx_run_rev_f32(dy + off, _at(ym, off), x + off, dx_out + off, g.inner,
+                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+            else:
+                cbn_dx_run_rev_f64(dy + off, _at(ym, off), x + off, dx_out + off, g.inner,
+                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+        return
     for r in range(r0, r1):
         c = r % C
         off = r * g.inner
@@ -998,6 +1096,8 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
     cdef Py_ssize_t C = g.C, r, c, t, nruns, off, ngroups, rpt, rows
     cdef bint stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating),
                                 g.inner if g.inner > 1 else g.outer * C)
+    cdef bint rev = (g.inner > 1 and not stream and dx_out != dy and dx_out != x
+                     and dx_out != ym and _reverse(dx_out, dy, x, ym))
     cdef floating* ext = NULL
     if nt <= 1:
         cbn_note_team()
@@ -1016,9 +1116,9 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
                 if t == 0:
                     cbn_note_team()
                 _dx_runs(dy, ym, x, dx_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
-                         stream)
+                         stream, rev)
         else:
-            _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, stream)
+            _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, stream, rev)
         return
     if stream:
         ext = _extended_coef(coef, C, 4)

@@ -623,5 +623,6 @@ CBN_DEFINE_COL_SUM_DOT(double, f64)
 
 #include "cbn_tiles.h"
 #include "cbn_stream.h"
+#include "cbn_reverse.h"
 
 #endif /* CBN_SIMD_H */
