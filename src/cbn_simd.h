@@ -275,26 +275,6 @@ static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                   
     for (; i < n; i++) s += (double)x[i];                                                        \
     return s;                                                                                    \
 }                                                                                                \
-/* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of   \
- * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */    \
-static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
-                                          double *s1, double *s2) {                              \
-    cbn_v8d a0 = {0}, a1 = {0}, q0 = {0}, q1 = {0};                                              \
-    const cbn_v8d kv = {k, k, k, k, k, k, k, k};                                                 \
-    CBN_ONE_INIT(one);                                                                           \
-    ptrdiff_t i = 0;                                                                             \
-    for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d d0 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                            \
-        cbn_v8d d1 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                        \
-        a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1;                                        \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d d = cbn_load8_##SFX(x + i) - kv; a0 += d; q0 += d * d;                           \
-    }                                                                                            \
-    double a = cbn_hsum8(a0 + a1), q = cbn_hsum8(q0 + q1);                                       \
-    for (; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }                      \
-    *s1 += a; *s2 += q;                                                                          \
-}                                                                                                \
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
  * then bit-identical whether or not dweight/dx are computed too */                             \
 static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
@@ -358,6 +338,15 @@ static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, do
     const cbn_v8d at = a0 + a1, qt = q0 + q1;                                                    \
     memcpy(s1_8, &at, sizeof at);                                                                \
     memcpy(s2_8, &qt, sizeof qt);                                                                \
+}                                                                                                \
+/* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of   \
+ * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */    \
+static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
+                                          double *s1, double *s2) {                              \
+    double a8[8] = {0}, q8[8] = {0};                                                             \
+    cbn_shifted_sums8_##SFX(x, n, k, a8, q8);                                                    \
+    *s1 += cbn_hsum8_array(a8);                                                                  \
+    *s2 += cbn_hsum8_array(q8);                                                                  \
 }                                                                                                \
 /* The same sums over many short runs of one channel, into 8-lane partials (no horizontal sum  \
  * per run: cbn_hsum8 of the partials at the end gives the totals).  sdy8 += lanes of g,        \
