@@ -4,8 +4,9 @@ Each entry has the signature of its counterpart in the compiled kernels (``forwa
 ``inference``, ``backward``), so the public functions dispatch on the dtype alone.  A float16
 array, seen as ``(outer, C, inner)``, is cut into chunks of about ``CHUNK_ELEMS`` elements along
 ``outer`` (or, when a row ``o`` holds more, along ``inner`` within each row).  Each chunk is
-widened to float32 in a bounded work buffer and handed to the float32 kernels; statistics of the chunks are merged with
-Chan's formula in float64, and results are narrowed back into the float16 output.  So float16
+widened to float32 in a bounded work buffer and handed to the float32 kernels; statistics of
+the chunks are merged with Chan's formula in float64, and results are narrowed back into the
+float16 output.  So float16
 data gets float32 arithmetic with float64 accumulation, and memory stays at the outputs plus
 a few chunk buffers.  Chunk boundaries depend only on the shape, so results do not depend on
 the thread count.
