@@ -5,8 +5,10 @@
  * arithmetic elsewhere in the kernels.  Here each reduction is written with explicit GCC/Clang
  * vector types and four independent accumulators: the summation order is fixed by this code
  * (so results never depend on the compiler or thread count), the loops run at SIMD width, and
- * the four chains hide the add latency.  The vector type is 8 doubles (64 bytes); the compiler
- * lowers it to one AVX-512, two AVX2 or four SSE2 registers according to the variant's -march.
+ * the four chains hide the add latency.  The vectors are native (as wide as the variant's
+ * registers: GCC spills wider generic vectors to the stack); reductions along a run keep 8 lanes
+ * of partial sums as one AVX-512, two AVX2 or four SSE2 vectors, so every level sums in the
+ * same order.
  *
  * All sums are accumulated in double, whatever the input type.
  */
@@ -168,33 +170,92 @@ static inline double *cbn_alloc_per_thread(int nt, ptrdiff_t n, ptrdiff_t *strid
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
-typedef double cbn_v8d __attribute__((vector_size(64)));
-typedef long long cbn_v8l __attribute__((vector_size(64)));
-typedef float cbn_v8f __attribute__((vector_size(32)));
-
-/* float -> double conversion of 8 lanes.  GCC 12 lowers __builtin_convertvector(v8f -> v8d)
- * into half-width converts plus inserts even with AVX-512, so the ISA's own conversion is used. */
-static inline cbn_v8d cbn_load8_f32(const float *p) {
+/* Native vectors: as wide as the target's registers.  GCC keeps a vector type in registers only
+ * when the target has registers of its size: a 64-byte type under AVX2 or SSE2 lives on the
+ * stack, every operation a store and reloads (measured: the float32 sum 5.4x slower under AVX2
+ * than under AVX-512, and slower than SSE2 code).  Kernels on data in the input type use these
+ * directly; each lane is a separate column or element, so their width never changes a result. */
 #if defined(__AVX512F__)
-    return (cbn_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#elif defined(__AVX__) && (defined(__clang__) || __GNUC__ >= 12)
-    __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(p)), hi = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#define CBN_VB 64
+#elif defined(__AVX__)
+#define CBN_VB 32
 #else
-    cbn_v8f v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, cbn_v8d);
+#define CBN_VB 16
 #endif
-}
-static inline cbn_v8d cbn_load8_f64(const double *p) {
-    cbn_v8d v;
+typedef double cbn_vd __attribute__((vector_size(CBN_VB)));
+typedef long long cbn_vl __attribute__((vector_size(CBN_VB)));
+typedef float cbn_vf __attribute__((vector_size(CBN_VB)));
+typedef int cbn_vi __attribute__((vector_size(CBN_VB)));
+#define CBN_DL (CBN_VB / 8) /* doubles per native vector */
+#define CBN_NV (8 / CBN_DL) /* native vectors per 8 lanes */
+
+static inline cbn_vd cbn_loadv_f64(const double *p) {
+    cbn_vd v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+static inline void cbn_storev_f64(double *p, cbn_vd v) { memcpy(p, &v, sizeof v); }
+/* CBN_DL floats at p as doubles.  GCC 12 lowers __builtin_convertvector between these types into
+ * half-width converts plus inserts, so the ISA's own conversion is used. */
+static inline cbn_vd cbn_loadv_f32(const float *p) {
+#if defined(__AVX512F__)
+    return (cbn_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(__AVX__)
+    return (cbn_vd)_mm256_cvtps_pd(_mm_loadu_ps(p));
+#elif defined(__SSE2__)
+    return (cbn_vd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+#else
+    cbn_vd v;
+    for (int l = 0; l < CBN_DL; l++) v[l] = (double)p[l];
+    return v;
+#endif
+}
+
+/* The reductions along a run keep 8 partial sums, lane l summing the elements i with
+ * i % 8 == l, as CBN_NV native vectors (lane l in vector l / CBN_DL): the summation order is
+ * that of 8 lanes at every SIMD level.  cbn_v8d is that group; the small functions below are its
+ * arithmetic (all inlined: GCC keeps the vectors in registers). */
+typedef struct { cbn_vd h[CBN_NV]; } cbn_v8d;
+#define CBN_V8_EACH(u) for (int u = 0; u < CBN_NV; u++)
+
+static inline cbn_v8d cbn_v8_set1(double k) {
+    cbn_v8d r;
+    CBN_V8_EACH(u) r.h[u] = (cbn_vd){0} + k;
+    return r;
+}
+static inline cbn_v8d cbn_v8_zero(void) { return cbn_v8_set1(0.0); }
+static inline cbn_v8d cbn_v8_add(cbn_v8d a, cbn_v8d b) {
+    CBN_V8_EACH(u) a.h[u] += b.h[u];
+    return a;
+}
+static inline cbn_v8d cbn_v8_sub(cbn_v8d a, cbn_v8d b) {
+    CBN_V8_EACH(u) a.h[u] -= b.h[u];
+    return a;
+}
+/* s + a * b (contracted to an FMA where the target has one, as the plain expression would be) */
+static inline cbn_v8d cbn_v8_madd(cbn_v8d s, cbn_v8d a, cbn_v8d b) {
+    CBN_V8_EACH(u) s.h[u] += a.h[u] * b.h[u];
+    return s;
+}
+static inline cbn_v8d cbn_load8_f32(const float *p) {
+    cbn_v8d r;
+    CBN_V8_EACH(u) r.h[u] = cbn_loadv_f32(p + u * CBN_DL);
+    return r;
+}
+static inline cbn_v8d cbn_load8_f64(const double *p) {
+    cbn_v8d r;
+    CBN_V8_EACH(u) r.h[u] = cbn_loadv_f64(p + u * CBN_DL);
+    return r;
+}
+static inline void cbn_store8_f64(double *p, cbn_v8d v) {
+    CBN_V8_EACH(u) cbn_storev_f64(p + u * CBN_DL, v.h[u]);
 }
 /* The first k < 8 elements at p, zero-padded (never reads past p + k). */
 static inline cbn_v8d cbn_load8_tail_f32(const float *p, int k) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-    return (cbn_v8d)_mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)((1u << k) - 1u), p));
+    cbn_v8d r;
+    r.h[0] = (cbn_vd)_mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)((1u << k) - 1u), p));
+    return r;
 #else
     float b[8] = {0};
     for (int l = 0; l < k; l++) b[l] = p[l];
@@ -203,18 +264,29 @@ static inline cbn_v8d cbn_load8_tail_f32(const float *p, int k) {
 }
 static inline cbn_v8d cbn_load8_tail_f64(const double *p, int k) {
 #if defined(__AVX512F__)
-    return (cbn_v8d)_mm512_maskz_loadu_pd((__mmask8)((1u << k) - 1u), p);
+    cbn_v8d r;
+    r.h[0] = (cbn_vd)_mm512_maskz_loadu_pd((__mmask8)((1u << k) - 1u), p);
+    return r;
 #else
     double b[8] = {0};
     for (int l = 0; l < k; l++) b[l] = p[l];
     return cbn_load8_f64(b);
 #endif
 }
+/* v with lanes >= k set to +0.0 (whatever they held: x - k of a zero padding is -k) */
+static inline cbn_v8d cbn_v8_first(cbn_v8d v, int k) {
+    CBN_V8_EACH(u) {
+        cbn_vl lane;
+        for (int l = 0; l < CBN_DL; l++) lane[l] = u * CBN_DL + l;
+        v.h[u] = (cbn_vd)((cbn_vl)v.h[u] & (cbn_vl)(lane < (long long)k));
+    }
+    return v;
+}
 static inline double cbn_hsum8(cbn_v8d v) {
+    double a[8];
+    cbn_store8_f64(a, v);
     /* fixed pairwise order */
-    double a = (v[0] + v[4]) + (v[2] + v[6]);
-    double b = (v[1] + v[5]) + (v[3] + v[7]);
-    return a + b;
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 #endif
 
@@ -226,9 +298,14 @@ static inline double cbn_hsum8(cbn_v8d v) {
  * the vectoriser, a select of loaded values does not. */
 static inline double cbn_select(double g, int keep) { return keep ? g : 0.0; }
 #ifdef CBN_VECTOR
+/* g where y > 0, else 0 */
+static inline cbn_vd cbn_relu_maskv(cbn_vd g, cbn_vd y) {
+    const cbn_vd zero = {0};
+    return (cbn_vd)((cbn_vl)g & (cbn_vl)(y > zero));
+}
 static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
-    const cbn_v8d zero = {0};
-    return (cbn_v8d)((cbn_v8l)g & (cbn_v8l)(y > zero));
+    CBN_V8_EACH(u) g.h[u] = cbn_relu_maskv(g.h[u], y.h[u]);
+    return g;
 }
 #define CBN_G8(SFX, dy, ym, i) ((ym) == NULL ? cbn_load8_##SFX((dy) + (i))                      \
     : cbn_relu_mask8(cbn_load8_##SFX((dy) + (i)), cbn_load8_##SFX((ym) + (i))))
@@ -239,15 +316,22 @@ static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
  * pipes (the float32 -> float64 conversions, the shifts and the sums all go there); moving the
  * shift to an FMA measured 11% faster (column tiles, data in L2), and one of the two sums of
  * the run reductions 4-8% more.  The empty asm hides the 1.0 from the compiler, which would
- * otherwise fold the multiplication away. */
+ * otherwise fold the multiplication away.  `one` is a native vector; the cbn_v8_ forms apply
+ * the same to each of the group's vectors. */
 #if defined(__AVX512F__) && defined(__FMA__)
-#define CBN_ONE_INIT(one) cbn_v8d one = {1, 1, 1, 1, 1, 1, 1, 1}; __asm__("" : "+v"(one))
+#define CBN_ONE_INIT(one) cbn_vd one = (cbn_vd){0} + 1.0; __asm__("" : "+v"(one))
 #define CBN_SUB_ON_FMA(x, k, one) ((x) * (one) - (k))
 #define CBN_ADD_ON_FMA(s, g, one) ((g) * (one) + (s)) /* s + g, on an FMA pipe */
 #else
 #define CBN_ONE_INIT(one) (void)0
 #define CBN_SUB_ON_FMA(x, k, one) ((x) - (k))
 #define CBN_ADD_ON_FMA(s, g, one) ((s) + (g))
+#endif
+#ifdef CBN_VECTOR
+#define CBN_V8_SUB_ON_FMA(x, k, one)                                                             \
+    ({ cbn_v8d x_ = (x), k_ = (k); CBN_V8_EACH(u_) x_.h[u_] = CBN_SUB_ON_FMA(x_.h[u_], k_.h[u_], one); x_; })
+#define CBN_V8_ADD_ON_FMA(s, g, one)                                                             \
+    ({ cbn_v8d s_ = (s), g_ = (g); CBN_V8_EACH(u_) s_.h[u_] = CBN_ADD_ON_FMA(s_.h[u_], g_.h[u_], one); s_; })
 #endif
 
 /* Horizontal sum of 8 doubles in memory, in cbn_hsum8's fixed pairwise order. */
@@ -262,51 +346,51 @@ static inline double cbn_hsum8_array(const double *v) {
 #define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \
 /* sum of x[0:n] */                                                                              \
 static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                                    \
-    cbn_v8d a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                              \
+    cbn_v8d a0 = cbn_v8_zero(), a1 = a0, a2 = a0, a3 = a0;                                       \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 32 <= n; i += 32) {                                                               \
-        a0 += cbn_load8_##SFX(x + i);                                                            \
-        a1 += cbn_load8_##SFX(x + i + 8);                                                        \
-        a2 += cbn_load8_##SFX(x + i + 16);                                                       \
-        a3 += cbn_load8_##SFX(x + i + 24);                                                       \
+        a0 = cbn_v8_add(a0, cbn_load8_##SFX(x + i));                                             \
+        a1 = cbn_v8_add(a1, cbn_load8_##SFX(x + i + 8));                                         \
+        a2 = cbn_v8_add(a2, cbn_load8_##SFX(x + i + 16));                                        \
+        a3 = cbn_v8_add(a3, cbn_load8_##SFX(x + i + 24));                                        \
     }                                                                                            \
-    for (; i + 8 <= n; i += 8) a0 += cbn_load8_##SFX(x + i);                                     \
-    double s = cbn_hsum8((a0 + a1) + (a2 + a3));                                                 \
+    for (; i + 8 <= n; i += 8) a0 = cbn_v8_add(a0, cbn_load8_##SFX(x + i));                      \
+    double s = cbn_hsum8(cbn_v8_add(cbn_v8_add(a0, a1), cbn_v8_add(a2, a3)));                    \
     for (; i < n; i++) s += (double)x[i];                                                        \
     return s;                                                                                    \
 }                                                                                                \
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
  * then bit-identical whether or not dweight/dx are computed too */                             \
 static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
-    cbn_v8d s0 = {0}, s1 = {0};                                                                  \
+    cbn_v8d s0 = cbn_v8_zero(), s1 = s0;                                                         \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
-        s0 += CBN_G8(SFX, dy, ym, i);                                                            \
-        s1 += CBN_G8(SFX, dy, ym, i + 8);                                                        \
+        s0 = cbn_v8_add(s0, CBN_G8(SFX, dy, ym, i));                                             \
+        s1 = cbn_v8_add(s1, CBN_G8(SFX, dy, ym, i + 8));                                         \
     }                                                                                            \
-    for (; i + 8 <= n; i += 8) s0 += CBN_G8(SFX, dy, ym, i);                                     \
-    double a = cbn_hsum8(s0 + s1);                                                               \
+    for (; i + 8 <= n; i += 8) s0 = cbn_v8_add(s0, CBN_G8(SFX, dy, ym, i));                      \
+    double a = cbn_hsum8(cbn_v8_add(s0, s1));                                                    \
     for (; i < n; i++) a += CBN_G1(dy, ym, i);                                                   \
     *sdy += a;                                                                                   \
 }                                                                                                \
 /* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */                          \
 static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,        \
                                      double m, double *sdy, double *sdyx) {                      \
-    cbn_v8d s0 = {0}, s1 = {0}, p0 = {0}, p1 = {0};                                              \
-    const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
+    cbn_v8d s0 = cbn_v8_zero(), s1 = s0, p0 = s0, p1 = s0;                                       \
+    const cbn_v8d mv = cbn_v8_set1(m);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
         cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
-        s0 += g0; s1 = CBN_ADD_ON_FMA(s1, g1, one);                                              \
-        p0 += g0 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                              \
-        p1 += g1 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one);                          \
+        s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);                            \
+        p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));            \
+        p1 = cbn_v8_madd(p1, g1, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one));        \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
         cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
-        s0 += g; p0 += g * (cbn_load8_##SFX(x + i) - mv);                                        \
+        s0 = cbn_v8_add(s0, g); p0 = cbn_v8_madd(p0, g, cbn_v8_sub(cbn_load8_##SFX(x + i), mv)); \
     }                                                                                            \
-    double a = cbn_hsum8(s0 + s1), b = cbn_hsum8(p0 + p1);                                       \
+    double a = cbn_hsum8(cbn_v8_add(s0, s1)), b = cbn_hsum8(cbn_v8_add(p0, p1));                 \
     for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }   \
     *sdy += a; *sdyx += b;                                                                       \
 }                                                                                                \
@@ -316,28 +400,27 @@ static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdi
  * (their x - k would be -k). */                                                                \
 static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, double *s1_8,    \
                                            double *s2_8) {                                       \
-    cbn_v8d a0 = cbn_load8_f64(s1_8), a1 = {0}, q0 = cbn_load8_f64(s2_8), q1 = {0};              \
-    const cbn_v8d kv = {k, k, k, k, k, k, k, k};                                                 \
+    cbn_v8d a0 = cbn_load8_f64(s1_8), a1 = cbn_v8_zero(), q0 = cbn_load8_f64(s2_8), q1 = a1;     \
+    const cbn_v8d kv = cbn_v8_set1(k);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     ptrdiff_t i = 0;                                                                             \
     for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d d0 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                            \
-        cbn_v8d d1 = CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                        \
-        a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1;                                        \
+        cbn_v8d d0 = CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                         \
+        cbn_v8d d1 = CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                     \
+        a0 = cbn_v8_add(a0, d0); a1 = cbn_v8_add(a1, d1);                                        \
+        q0 = cbn_v8_madd(q0, d0, d0); q1 = cbn_v8_madd(q1, d1, d1);                              \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d d = cbn_load8_##SFX(x + i) - kv; a0 += d; q0 += d * d;                           \
+        cbn_v8d d = cbn_v8_sub(cbn_load8_##SFX(x + i), kv);                                      \
+        a0 = cbn_v8_add(a0, d); q0 = cbn_v8_madd(q0, d, d);                                      \
     }                                                                                            \
     if (i < n) {                                                                                 \
         const int m = (int)(n - i);                                                              \
-        const cbn_v8l lane = {0, 1, 2, 3, 4, 5, 6, 7};                                           \
-        cbn_v8d d = cbn_load8_tail_##SFX(x + i, m) - kv;                                         \
-        d = (cbn_v8d)((cbn_v8l)d & (cbn_v8l)(lane < (long long)m));                              \
-        a0 += d; q0 += d * d;                                                                    \
+        cbn_v8d d = cbn_v8_first(cbn_v8_sub(cbn_load8_tail_##SFX(x + i, m), kv), m);             \
+        a0 = cbn_v8_add(a0, d); q0 = cbn_v8_madd(q0, d, d);                                      \
     }                                                                                            \
-    const cbn_v8d at = a0 + a1, qt = q0 + q1;                                                    \
-    memcpy(s1_8, &at, sizeof at);                                                                \
-    memcpy(s2_8, &qt, sizeof qt);                                                                \
+    cbn_store8_f64(s1_8, cbn_v8_add(a0, a1));                                                    \
+    cbn_store8_f64(s2_8, cbn_v8_add(q0, q1));                                                    \
 }                                                                                                \
 /* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of   \
  * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */    \
@@ -355,39 +438,36 @@ static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,    
  * sdyx8, so the sums of g agree bit for bit. */                                                 \
 static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
                                       double m, double *sdy8, double *sdyx8) {                   \
-    cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = {0}, p0 = {0}, p1 = {0};                              \
-    const cbn_v8d mv = {m, m, m, m, m, m, m, m};                                                 \
+    cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = cbn_v8_zero(), p0 = s1, p1 = s1;                      \
+    const cbn_v8d mv = cbn_v8_set1(m);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     ptrdiff_t i = 0;                                                                             \
     if (sdyx8) p0 = cbn_load8_f64(sdyx8);                                                        \
     for (; i + 16 <= n; i += 16) {                                                               \
         cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
-        s0 += g0; s1 = CBN_ADD_ON_FMA(s1, g1, one);                                              \
+        s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);                            \
         if (sdyx8) {                                                                             \
-            p0 += g0 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                          \
-            p1 += g1 * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one);                      \
+            p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));        \
+            p1 = cbn_v8_madd(p1, g1, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one));    \
         }                                                                                        \
     }                                                                                            \
     for (; i + 8 <= n; i += 8) {                                                                 \
         cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
-        s0 += g;                                                                                 \
-        if (sdyx8) p0 += g * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one);                    \
+        s0 = cbn_v8_add(s0, g);                                                                  \
+        if (sdyx8) p0 = cbn_v8_madd(p0, g, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));  \
     }                                                                                            \
     if (i < n) { /* the n - i < 8 trailing elements as one zero-padded vector */               \
         const int k = (int)(n - i);                                                              \
         cbn_v8d g = cbn_load8_tail_##SFX(dy + i, k);                                             \
         if (ym) g = cbn_relu_mask8(g, cbn_load8_tail_##SFX(ym + i, k));                          \
-        s0 += g;                                                                                 \
+        s0 = cbn_v8_add(s0, g);                                                                  \
         if (sdyx8) { /* padding lanes: g = 0 times d = 0 (x - m could be inf or NaN) */         \
-            cbn_v8d d = CBN_SUB_ON_FMA(cbn_load8_tail_##SFX(x + i, k), mv, one);                 \
-            const cbn_v8l lane = {0, 1, 2, 3, 4, 5, 6, 7};                                       \
-            d = (cbn_v8d)((cbn_v8l)d & (cbn_v8l)(lane < (long long)k));                          \
-            p0 += g * d;                                                                         \
+            cbn_v8d d = CBN_V8_SUB_ON_FMA(cbn_load8_tail_##SFX(x + i, k), mv, one);              \
+            p0 = cbn_v8_madd(p0, g, cbn_v8_first(d, k));                                         \
         }                                                                                        \
     }                                                                                            \
-    const cbn_v8d st = s0 + s1, pt = p0 + p1;                                                    \
-    memcpy(sdy8, &st, sizeof st);                                                                \
-    if (sdyx8) memcpy(sdyx8, &pt, sizeof pt);                                                    \
+    cbn_store8_f64(sdy8, cbn_v8_add(s0, s1));                                                    \
+    if (sdyx8) cbn_store8_f64(sdyx8, cbn_v8_add(p0, p1));                                        \
 }
 #else /* portable scalar fallback with the same semantics */
 #define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \

@@ -7,10 +7,11 @@
  * loads and stores, not the data, set the pace (reductions at 2-4x a plain read, NHWC
  * inference at ~1.6x a copy).  Here a *tile* of columns keeps its state in registers:
  *
- * - reductions: a tile of 8 * CBN_COL_TV columns (float64 lanes) walks a few rows (CBN_COL_RS) at a
- *   time, then the next tile of the same rows (still in L1).  A column tile jumps from row to
- *   row, which the hardware prefetchers do not follow when rows are wide, so with rows of 1 KB
- *   or more each row prefetches the same tile one sub-block ahead (see CBN_COL_PF).
+ * - reductions: a tile of CBN_COL_TV float64 vectors (CBN_DL columns each) walks a few rows
+ *   (CBN_COL_RS) at a time, then the next tile of the same rows (still in L1).  A column tile
+ *   jumps from row to row, which the hardware prefetchers do not follow when rows are wide, so
+ *   with rows of 1 KB or more each row prefetches the same tile one sub-block ahead (see
+ *   CBN_COL_PF).
  * - element-wise passes: when a whole row fits one tile (up to CBN_ROW_TV vectors of the data
  *   type: C <= 64 float32 with AVX-512), the coefficients stay in registers for all rows and
  *   the rows stream in memory order.
@@ -28,38 +29,32 @@
 
 #ifdef CBN_VECTOR
 
-#if defined(__AVX512F__)
-#define CBN_COL_TV 4 /* float64 vectors per reduction tile: 32 columns in 4 zmm per sum */
-#define CBN_ROW_TV 4 /* data vectors per element-wise tile: 64 float32 / 32 float64 columns */
-#elif defined(__AVX__)
-#define CBN_COL_TV 2 /* 16 ymm registers: 2 x (2 ymm) per sum, plus the shift */
-#define CBN_ROW_TV 2
-#else
-#define CBN_COL_TV 1
-#define CBN_ROW_TV 1
-#endif
+/* Native vectors (cbn_vd, cbn_vf) per tile, on every target: a reduction tile holds 3 x 4 float64
+ * vectors (shift, two sums: 12 of the 16 registers of AVX2 or SSE2), an element-wise tile 4
+ * data vectors per coefficient.  AVX-512: 32 columns per reduction tile, 64 float32 / 32 float64
+ * per element-wise tile; AVX2 half and SSE2 a quarter of those. */
+#define CBN_COL_TV 4
+#define CBN_ROW_TV 4
 /* Rows per sub-block: the sub-block and the one being prefetched share L1; rows of 2 KB or more
  * map many lines to the same L1 sets, so those take 4 rows (measured faster), narrower ones 8. */
 #define CBN_COL_RS(ld, T) ((ptrdiff_t)(ld) * (ptrdiff_t)sizeof(T) >= 2048 ? 4 : 8)
 
-typedef float cbn_v16f __attribute__((vector_size(64)));
-typedef int cbn_v16i __attribute__((vector_size(64)));
-
-static inline cbn_v16f cbn_vload_f32(const float *p) {
-    cbn_v16f v;
+/* element-wise tiles: native vectors of the data type */
+static inline cbn_vf cbn_vload_f32(const float *p) {
+    cbn_vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
-static inline void cbn_vstore_f32(float *p, cbn_v16f v) { memcpy(p, &v, sizeof v); }
-static inline cbn_v8d cbn_vload_f64(const double *p) { return cbn_load8_f64(p); }
-static inline void cbn_vstore_f64(double *p, cbn_v8d v) { memcpy(p, &v, sizeof v); }
-static inline cbn_v16f cbn_relu_f32(cbn_v16f v) {
-    const cbn_v16f zero = {0};
-    return (cbn_v16f)((cbn_v16i)v & ~(cbn_v16i)(v < zero)); /* NaN < 0 is false: NaN stays */
+static inline void cbn_vstore_f32(float *p, cbn_vf v) { memcpy(p, &v, sizeof v); }
+static inline cbn_vd cbn_vload_f64(const double *p) { return cbn_loadv_f64(p); }
+static inline void cbn_vstore_f64(double *p, cbn_vd v) { cbn_storev_f64(p, v); }
+static inline cbn_vf cbn_relu_f32(cbn_vf v) {
+    const cbn_vf zero = {0};
+    return (cbn_vf)((cbn_vi)v & ~(cbn_vi)(v < zero)); /* NaN < 0 is false: NaN stays */
 }
-static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
-    const cbn_v8d zero = {0};
-    return (cbn_v8d)((cbn_v8l)v & ~(cbn_v8l)(v < zero));
+static inline cbn_vd cbn_relu_f64(cbn_vd v) {
+    const cbn_vd zero = {0};
+    return (cbn_vd)((cbn_vl)v & ~(cbn_vl)(v < zero));
 }
 
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
@@ -87,16 +82,16 @@ static inline cbn_v8d cbn_relu_f64(cbn_v8d v) {
 static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
-    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
     const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
-            cbn_v8d kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];                                \
+            cbn_vd kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];                                \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                const cbn_v8d zero = {0};                                                        \
-                kv[v] = cbn_load8_f64(k + j + 8 * v);                                            \
+                const cbn_vd zero = {0};                                                        \
+                kv[v] = cbn_loadv_f64(k + j + CBN_DL * v);                                            \
                 a[v] = zero;                                                                     \
                 q[v] = zero;                                                                     \
             }                                                                                    \
@@ -104,14 +99,14 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
             for (ptrdiff_t r = r0; r < r1; r++, p += ld) {                                       \
                 CBN_PREFETCH_AHEAD(p, rs * ld, tw * sizeof(T));                                    \
                 for (int v = 0; v < CBN_COL_TV; v++) {                                           \
-                    cbn_v8d d = CBN_SUB_ON_FMA(cbn_load8_##SFX(p + 8 * v), kv[v], one);          \
+                    cbn_vd d = CBN_SUB_ON_FMA(cbn_loadv_##SFX(p + CBN_DL * v), kv[v], one);          \
                     a[v] += d;                                                                   \
                     q[v] += d * d;                                                               \
                 }                                                                                \
             }                                                                                    \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                cbn_vstore_f64(s1 + j + 8 * v, cbn_load8_f64(s1 + j + 8 * v) + a[v]);            \
-                cbn_vstore_f64(s2 + j + 8 * v, cbn_load8_f64(s2 + j + 8 * v) + q[v]);            \
+                cbn_storev_f64(s1 + j + CBN_DL * v, cbn_loadv_f64(s1 + j + CBN_DL * v) + a[v]);            \
+                cbn_storev_f64(s2 + j + CBN_DL * v, cbn_loadv_f64(s2 + j + CBN_DL * v) + q[v]);            \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -124,18 +119,18 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                                          const T *restrict dy, const T *restrict ym,             \
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
-    const ptrdiff_t tw = 8 * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
     const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;                                    \
         for (ptrdiff_t j = 0; j < wt; j += tw) {                                                 \
-            cbn_v8d mv[CBN_COL_TV], a[CBN_COL_TV], b[CBN_COL_TV];                                \
+            cbn_vd mv[CBN_COL_TV], a[CBN_COL_TV], b[CBN_COL_TV];                                \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                const cbn_v8d zero = {0};                                                        \
+                const cbn_vd zero = {0};                                                        \
                 a[v] = zero;                                                                     \
                 b[v] = zero;                                                                     \
-                if (sdyx) mv[v] = cbn_load8_f64(m + j + 8 * v);                                  \
+                if (sdyx) mv[v] = cbn_loadv_f64(m + j + CBN_DL * v);                                  \
             }                                                                                    \
             const ptrdiff_t o = r0 * ld + j;                                                     \
             if (sdyx && ym) {                                                                    \
@@ -148,9 +143,9 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                 CBN_SUM_DOT_TILE_LOOP(SFX, 0, 0)                                                 \
             }                                                                                    \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                cbn_vstore_f64(sdy + j + 8 * v, cbn_load8_f64(sdy + j + 8 * v) + a[v]);          \
+                cbn_storev_f64(sdy + j + CBN_DL * v, cbn_loadv_f64(sdy + j + CBN_DL * v) + a[v]);          \
                 if (sdyx)                                                                        \
-                    cbn_vstore_f64(sdyx + j + 8 * v, cbn_load8_f64(sdyx + j + 8 * v) + b[v]);    \
+                    cbn_storev_f64(sdyx + j + CBN_DL * v, cbn_loadv_f64(sdyx + j + CBN_DL * v) + b[v]);    \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -167,10 +162,10 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
         if (DOT) CBN_PREFETCH_AHEAD(x + i, rs * ld, tw * sizeof(*x));                    \
         if (MASK) CBN_PREFETCH_AHEAD(ym + i, rs * ld, tw * sizeof(*ym));                 \
         for (int v = 0; v < CBN_COL_TV; v++) {                                                   \
-            cbn_v8d g = cbn_load8_##SFX(dy + i + 8 * v);                                         \
-            if (MASK) g = cbn_relu_mask8(g, cbn_load8_##SFX(ym + i + 8 * v));                    \
+            cbn_vd g = cbn_loadv_##SFX(dy + i + CBN_DL * v);                                         \
+            if (MASK) g = cbn_relu_maskv(g, cbn_loadv_##SFX(ym + i + CBN_DL * v));                    \
             a[v] += g;                                                                           \
-            if (DOT) b[v] += g * CBN_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8 * v), mv[v], one);     \
+            if (DOT) b[v] += g * CBN_SUB_ON_FMA(cbn_loadv_##SFX(x + i + CBN_DL * v), mv[v], one);     \
         }                                                                                        \
     }
 
@@ -266,8 +261,8 @@ static inline void cbn_dx_rows_##SFX(const T *dy, const T *ym, const T *x, T *dx
         cbn_dx_rows4_##SFX(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);                          \
 }
 
-CBN_DEFINE_ROW_TILES(float, f32, cbn_v16f, 16)
-CBN_DEFINE_ROW_TILES(double, f64, cbn_v8d, 8)
+CBN_DEFINE_ROW_TILES(float, f32, cbn_vf, CBN_VB / 4)
+CBN_DEFINE_ROW_TILES(double, f64, cbn_vd, CBN_VB / 8)
 
 #else /* no vector extensions: the row loops are the kernels */
 
