@@ -365,8 +365,12 @@ def _torch_layout(torch, arr, axis):
 
 
 def _floor_call(op, d, scratch, nt):
-    """The streaming-kernel callable that moves the bytes of ``op``."""
-    from ._dispatch import kernels as k
+    """The streaming-kernel callable that moves the bytes of ``op``.  The kernels come from the
+    best SIMD variant the CPU runs, not the one ``CBN_SIMD`` selects for cbn: the floor is the
+    machine's bandwidth, the same whichever variant is being measured."""
+    from ._dispatch import best_supported
+
+    k = best_supported()[0]
 
     x = d.x.reshape(-1)
     dy = d.dy.reshape(-1)
@@ -697,6 +701,12 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
+def _floor_level():
+    from ._dispatch import best_supported
+
+    return best_supported()[1]
+
+
 def environment(num_threads, settings, use_torch=True):
     """What the report header shows: versions, SIMD level, threads, timing method.
 
@@ -720,6 +730,7 @@ def environment(num_threads, settings, use_torch=True):
     return {
         "cbn": cfg["version"],
         "simd_level": cfg["simd_level"],
+        "floor_simd_level": _floor_level(),
         "openmp_runtime": cfg["openmp_runtime"],
         "threads": num_threads,
         "max_threads": cfg["default_threads"],
@@ -750,8 +761,12 @@ def format_header(env):
         torch = f"{env['torch']} (not timed: --no-torch)"
     else:
         torch = env["torch"]
+    simd = env["simd_level"]
+    floor_level = env.get("floor_simd_level", simd)
+    if floor_level != simd:
+        simd = f"{simd} (CBN_SIMD; floor kernels {floor_level})"
     return "\n".join([
-        f"cbn {env['cbn']}  |  SIMD {env['simd_level']}  |  threads {env['threads']} "
+        f"cbn {env['cbn']}  |  SIMD {simd}  |  threads {env['threads']} "
         f"(of {env['max_threads']}, {env['openmp_runtime']})  |  torch {torch}  |  "
         f"numpy {env['numpy']}  |  python {env['python']}",
         f"timing: best of {env['repeats']} interleaved rounds of >= {env['min_time_s'] * 1e3:g} ms"

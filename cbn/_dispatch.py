@@ -21,6 +21,23 @@ from . import _build_info
 LEVELS = ("avx512", "avx2", "baseline")
 
 
+def best_supported():
+    """The most capable kernel module built and supported by this CPU, whatever ``CBN_SIMD``
+    says (the benchmark's bandwidth floor measures the machine with it).
+
+    Returns
+    -------
+    (module, str)
+        The module and its level name.
+    """
+    baseline = importlib.import_module("cbn._kernels_baseline")
+    for name in LEVELS:
+        if name in _build_info.VARIANTS and baseline.cpu_supports(name):
+            module = baseline if name == "baseline" else importlib.import_module(f"cbn._kernels_{name}")
+            return module, name
+    return baseline, "baseline"  # pragma: no cover - baseline always qualifies
+
+
 def _select():
     baseline = importlib.import_module("cbn._kernels_baseline")
     built = [v for v in LEVELS if v in _build_info.VARIANTS]

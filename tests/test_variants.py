@@ -1,0 +1,126 @@
+"""Every compiled SIMD variant, not only the one the CPU selects, against the float64 oracle.
+
+The rest of the suite runs on the dispatched variant (AVX-512 on our machines, and in CI).  Here
+the public functions are routed to each built variant the CPU supports in turn (the kernel
+module the Python layer calls is monkeypatched), over shapes that reach every kernel class:
+channel-major runs with vector tails and runs shorter than a vector, a single long channel,
+channels-last rows narrower than, equal to and wider than a register tile, and wide rows that
+take the column tiles.  Each variant must match the oracle, be bit-identical across thread
+counts, and agree with the dispatched variant to rounding: the run reductions keep 8 lanes in
+the same order at every level, only FMA contraction differs (SSE2 has none).
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+import cbn
+import cbn.reference as ref
+from cbn import _batch_norm, _build_info, _dispatch, _fold, _half, _moments
+from helpers import assert_elementwise_close, eps_of, make_case, stats_error
+
+SHAPES = [
+    ((4, 3, 5, 7), 1),        # runs of 35: vector tails
+    ((6, 9, 3), 1),           # runs shorter than a vector
+    ((8, 40, 14, 14), 1),     # short runs, many channels
+    ((1, 1, 70001), 1),       # one channel split between threads
+    ((300, 13), 1),           # NC narrower than a tile
+    ((300, 32), 1),           # one element-wise tile (AVX2 float32)
+    ((64, 7, 7, 70), -1),     # NHWC wider than a tile, partial tiles
+    ((257, 1031), 1),         # wide rows: column tiles plus remainders
+]
+
+
+def _levels():
+    base = importlib.import_module("cbn._kernels_baseline")
+    return [v for v in _dispatch.LEVELS if v in _build_info.VARIANTS and base.cpu_supports(v)]
+
+
+@pytest.fixture(params=_dispatch.LEVELS)
+def variant(request, monkeypatch):
+    """Route cbn's public functions to one SIMD variant; yields its name."""
+    name = request.param
+    if name not in _levels():
+        pytest.skip(f"{name}: not built or not supported by this CPU")
+    mod = importlib.import_module(f"cbn._kernels_{name}")
+    for m in (_batch_norm, _moments, _fold, _half):
+        monkeypatch.setattr(m, "_k", mod)
+    monkeypatch.setattr(_batch_norm, "_fast_forward", mod.fast_forward)
+    monkeypatch.setattr(_batch_norm, "_fast_backward", mod.fast_backward)
+    monkeypatch.setattr(_batch_norm, "_fast_inference", mod.fast_inference)
+    assert mod.variant() == name
+    return name
+
+
+def _running(mean, invstd, dtype):
+    """Running statistics in the input dtype, as a trained layer would hold them."""
+    return mean.astype(dtype), (1.0 / invstd**2 - 1e-5).astype(dtype)
+
+
+def _run(x, dy, w, b, axis, nt):
+    y, mean, invstd = cbn.batch_norm_forward(x, w, b, axis=axis, num_threads=nt)
+    dx, dw, db = cbn.batch_norm_backward(dy, x, mean, invstd, w, axis=axis, num_threads=nt)
+    rm, rv = _running(mean, invstd, x.dtype)
+    yi = cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis, num_threads=nt)
+    return y, mean, invstd, dx, dw, db, yi
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variant_against_the_oracle(rng, variant, shape, axis, dtype):
+    x, dy, w, b = make_case(rng, shape, axis, dtype, offset=3.0)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    a = axis % x.ndim
+    red = tuple(i for i in range(x.ndim) if i != a)
+    bshape = [1] * x.ndim
+    bshape[a] = -1
+    one = _run(x, dy, w, b, axis, 1)
+    two = _run(x, dy, w, b, axis, 2)
+    for p, q in zip(one, two):  # the decomposition depends on the shape only
+        np.testing.assert_array_equal(p, q)
+    y, mean, invstd, dx, dw, db, yi = one
+
+    np.testing.assert_allclose(mean, x64.mean(axis=red), rtol=0,
+                               atol=64 * eps_of(np.float64) * np.abs(x64).max())
+    np.testing.assert_allclose(1.0 / invstd**2 - 1e-5, x64.var(axis=red), rtol=1e-12)
+    scale = np.abs(w) * invstd
+    xhat_mag = (np.abs(x64 - mean.reshape(bshape)) * scale.reshape(bshape)
+                + np.abs(b).reshape(bshape))
+    y_ref, _, _ = ref.batch_norm_forward(x64, w, b, axis=axis)
+    oracle = 4 * eps_of(np.float64) * xhat_mag
+    assert_elementwise_close(y, y_ref, dtype, xhat_mag,
+                             stats_error=stats_error(x64, a, w * invstd) + oracle)
+    rm, rv = (v.astype(np.float64) for v in _running(mean, invstd, dtype))
+    yi_ref = ref.batch_norm_inference(x64, rm, rv, w, b, axis=axis)
+    iscale = np.abs(w) / np.sqrt(rv + 1e-5)
+    yi_mag = (np.abs(x64 - rm.reshape(bshape)) * iscale.reshape(bshape)
+              + np.abs(b).reshape(bshape))
+    # the oracle's own float64 form x * scale + shift rounds at |x * scale| + |shift|
+    yi_oracle = 4 * eps_of(np.float64) * ((np.abs(x64) + np.abs(rm).reshape(bshape))
+                                          * iscale.reshape(bshape) + np.abs(b).reshape(bshape))
+    assert_elementwise_close(yi, yi_ref, dtype, yi_mag, stats_error=yi_oracle)
+
+    dx_ref, dw_ref, db_ref = ref.batch_norm_backward(dy64, x64, mean, invstd, w, axis=axis)
+    n = x.size // x.shape[a]
+    np.testing.assert_allclose(db, db_ref, rtol=0, atol=64 * eps_of(np.float64) * n * np.abs(dy64).max())
+    np.testing.assert_allclose(dw, dw_ref, rtol=0,
+                               atol=64 * eps_of(np.float64) * n * np.abs(dy64).max()
+                               * np.abs(x64 - mean.reshape(bshape)).max() * invstd.max())
+    g = np.abs(w) * invstd
+    dx_mag = g.reshape(bshape) * (np.abs(dy64) + np.abs(dy64).max() * (1 + np.abs(x64 - mean.reshape(bshape)) * invstd.reshape(bshape)))
+    assert_elementwise_close(dx, dx_ref, dtype, dx_mag)
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_variants_agree_with_the_dispatched_one(rng, variant, shape, axis):
+    """To rounding: float64 statistics within a few ulps, float32 outputs within a few ulps of
+    their magnitude."""
+    x, dy, w, b = make_case(rng, shape, axis, np.float32, offset=3.0)
+    mine = _run(x, dy, w, b, axis, 2)
+    mod = _dispatch.kernels
+    y_d, mean_d, invstd_d = mod.fast_forward(x, w, b, 1e-5, None, None, 0.1, axis, 2,
+                                             None, False, False)
+    np.testing.assert_allclose(mine[1], mean_d, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(mine[2], invstd_d, rtol=1e-13)
+    assert np.max(np.abs(mine[0] - y_d)) <= 8 * eps_of(np.float32) * max(1.0, np.abs(y_d).max())
