@@ -5,10 +5,12 @@ tests pass with and without torch installed (torch columns are then ``-``).
 """
 
 import argparse
+import importlib
 import importlib.util
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -212,3 +214,28 @@ def test_python_m_cbn_bench_help(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for option in ("--quick", "--threads", "--ops", "--dtypes", "--plot", "--json"):
         assert option in proc.stdout
+
+
+def test_floor_kernels_are_the_best_variant_whatever_cbn_simd_selects(tmp_path):
+    """The floor measures the machine: with CBN_SIMD capping cbn at the baseline, the floor
+    still uses the best variant, and the header says both."""
+    from cbn import _build_info, _dispatch
+
+    baseline = importlib.import_module("cbn._kernels_baseline")
+    best = next(v for v in _dispatch.LEVELS if v in _build_info.VARIANTS
+                and baseline.cpu_supports(v))
+    assert _dispatch.best_supported()[1] == best
+    assert _dispatch.best_supported()[0].variant() == best
+    code = ("import cbn; from cbn import _bench, _dispatch; "
+            "env = _bench.environment(1, _bench.Settings(1, 0.0), use_torch=False); "
+            "print(cbn.config()['simd_level'], env['floor_simd_level']); "
+            "print(_bench.format_header(env).splitlines()[0])")
+    res = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True, check=True, cwd=tmp_path,
+                         env=dict(os.environ, CBN_SIMD="baseline"))
+    levels, header = res.stdout.splitlines()
+    assert levels.split() == ["baseline", best]
+    if best != "baseline":
+        assert f"SIMD baseline (CBN_SIMD; floor kernels {best})" in header
+    else:
+        assert "SIMD baseline  |" in header
