@@ -21,6 +21,17 @@ from . import _build_info
 LEVELS = ("avx512", "avx2", "baseline")
 
 
+def _first_supported(candidates):
+    """The first of ``candidates`` (level names, most capable first) that this CPU supports,
+    as (module, name); the baseline if none is."""
+    baseline = importlib.import_module("cbn._kernels_baseline")
+    for name in candidates:
+        if baseline.cpu_supports(name):
+            module = baseline if name == "baseline" else importlib.import_module(f"cbn._kernels_{name}")
+            return module, name
+    return baseline, "baseline"  # pragma: no cover - baseline always qualifies
+
+
 def best_supported():
     """The most capable kernel module built and supported by this CPU, whatever ``CBN_SIMD``
     says (the benchmark's bandwidth floor measures the machine with it).
@@ -30,17 +41,11 @@ def best_supported():
     (module, str)
         The module and its level name.
     """
-    baseline = importlib.import_module("cbn._kernels_baseline")
-    for name in LEVELS:
-        if name in _build_info.VARIANTS and baseline.cpu_supports(name):
-            module = baseline if name == "baseline" else importlib.import_module(f"cbn._kernels_{name}")
-            return module, name
-    return baseline, "baseline"  # pragma: no cover - baseline always qualifies
+    return _first_supported([v for v in LEVELS if v in _build_info.VARIANTS])
 
 
 def _select():
-    baseline = importlib.import_module("cbn._kernels_baseline")
-    built = [v for v in LEVELS if v in _build_info.VARIANTS]
+    candidates = [v for v in LEVELS if v in _build_info.VARIANTS]
     requested = os.environ.get("CBN_SIMD", "").strip().lower()
     if requested:
         if requested not in LEVELS:
@@ -48,20 +53,15 @@ def _select():
                 f"CBN_SIMD={requested!r} is not a SIMD level; expected one of {', '.join(LEVELS)}"
             )
         allowed = LEVELS[LEVELS.index(requested):]
-        candidates = [v for v in built if v in allowed]
-    else:
-        candidates = built
-    for name in candidates:
-        if baseline.cpu_supports(name):
-            if requested and name != requested:
-                warnings.warn(
-                    f"CBN_SIMD={requested!r}: not available on this CPU or build; using {name!r}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            module = baseline if name == "baseline" else importlib.import_module(f"cbn._kernels_{name}")
-            return module, name
-    return baseline, "baseline"  # pragma: no cover - baseline always qualifies
+        candidates = [v for v in candidates if v in allowed]
+    module, name = _first_supported(candidates)
+    if requested and name != requested:
+        warnings.warn(
+            f"CBN_SIMD={requested!r}: not available on this CPU or build; using {name!r}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return module, name
 
 
 def _configure_streaming(module):
