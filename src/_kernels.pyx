@@ -785,14 +785,16 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     """Whether an element-wise pass writes its n-element output with streaming stores: the
     arrays it touches (the output and the non-NULL inputs a, b, c) cannot stay in the
     last-level cache together (_NT_MIN_BYTES; twice that for a single_pass op, inference,
-    whose output is the only thing left to keep: measured, 2 threads, float32, x + y of 51 MB
-    against a 32 MB L3, streamed 0.74-1.30x the plain-store floor across processes and plain
-    stores 0.98-1.06x, while at 103 MB streaming won every time, 0.82-0.85x against
-    1.03-1.06x; the passes that follow a reduction gain from it already at 1x, e.g. backward
-    0.85-0.98x against 1.01-1.14x), the output aliases none of the inputs (in place
-    the line is read anyway, so a plain store costs no extra read), it is aligned to its
-    element size, and its contiguous runs (``run`` elements) are long enough for the plain
-    head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per pass, before
+    whose output is the only thing left to keep, when several threads share the memory bus:
+    measured, 2 threads, float32, x + y of 51 MB against a 32 MB L3, streamed 0.74-1.30x the
+    plain-store floor across processes and plain stores 0.98-1.06x, while at 103 MB streaming
+    won every time, 0.82-0.85x against 1.03-1.06x.  One thread cannot keep enough plain-store
+    misses in flight: there streaming already wins at 1x, 0.57-0.80x the time of plain
+    stores at 34-51 MB, NHWC 0.99-1.07x.  The passes that follow a reduction gain from it at
+    1x too, e.g. backward 0.85-0.98x against 1.01-1.14x), the output aliases none of the
+    inputs (in place the line is read anyway, so a plain store costs no extra read), it is
+    aligned to its element size, and its contiguous runs (``run`` elements) are long enough for
+    the plain head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per pass, before
     its parallel region; notes a yes for last_streamed()."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
     cdef bint yes = (_NT_MIN_BYTES >= 0 and n > 0
@@ -1005,7 +1007,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
     single_pass: the whole op (inference), no reduction before it (see _streams)."""
     cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
     cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
-                                g.inner if g.inner > 1 else g.outer * C, single_pass)
+                                g.inner if g.inner > 1 else g.outer * C, single_pass and nt > 1)
     cdef bint rev = (g.inner > 1 and not stream and y_out != x
                      and _reverse(y_out, x, NULL, NULL))
     cdef floating* ext = NULL

@@ -174,22 +174,27 @@ def test_in_place_is_never_streamed(rng, threshold, dtype):
 
 
 @pytest.mark.parametrize("axis", [1, -1])
-def test_inference_streams_from_twice_the_threshold(rng, threshold, axis):
-    """A single-pass op (inference) streams only when its arrays span twice the threshold;
-    the forward pass, whose element-wise pass follows a reduction, from once."""
+@pytest.mark.parametrize("nt", [1, 2])
+def test_inference_streams_from_twice_the_threshold_with_threads(rng, threshold, axis, nt):
+    """A single-pass op (inference) run by several threads streams only when its arrays span
+    twice the threshold, by one thread from once (one core cannot keep enough plain-store
+    misses in flight); the forward pass, whose element-wise pass follows a reduction, from
+    once."""
+    if nt > K.max_threads() or nt > (os.cpu_count() or 1):
+        pytest.skip("needs 2 threads")
     x = rng.standard_normal((16, 32, 16, 16)).astype(np.float32)  # runs of 1 KB
     if axis == -1:
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     C = x.shape[axis]
     both = 2 * x.nbytes  # x and the output
     y = np.empty_like(x)
-    for limit, infer_streams in ((both, False), (both // 2, True)):
+    for limit, infer_streams in ((both, nt == 1), (both // 2, True), (both + 1, False)):
         threshold(limit)
         K.last_streamed(reset=True)
-        cbn.batch_norm_inference(x, np.zeros(C), np.ones(C), axis=axis, out=y)
+        cbn.batch_norm_inference(x, np.zeros(C), np.ones(C), axis=axis, out=y, num_threads=nt)
         assert K.last_streamed(reset=True) == infer_streams
-        cbn.batch_norm_forward(x, axis=axis, out=y)
-        assert K.last_streamed(reset=True)
+        cbn.batch_norm_forward(x, axis=axis, out=y, num_threads=nt)
+        assert K.last_streamed(reset=True) == (limit <= both)
 
 
 def test_default_threshold_is_the_last_level_cache():
