@@ -329,9 +329,13 @@ static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
 #endif
 #ifdef CBN_VECTOR
 #define CBN_V8_SUB_ON_FMA(x, k, one)                                                             \
-    ({ cbn_v8d x_ = (x), k_ = (k); CBN_V8_EACH(u_) x_.h[u_] = CBN_SUB_ON_FMA(x_.h[u_], k_.h[u_], one); x_; })
+    ({ cbn_v8d x_ = (x), k_ = (k);                                                               \
+       CBN_V8_EACH(u_) x_.h[u_] = CBN_SUB_ON_FMA(x_.h[u_], k_.h[u_], one);                         \
+       x_; })
 #define CBN_V8_ADD_ON_FMA(s, g, one)                                                             \
-    ({ cbn_v8d s_ = (s), g_ = (g); CBN_V8_EACH(u_) s_.h[u_] = CBN_ADD_ON_FMA(s_.h[u_], g_.h[u_], one); s_; })
+    ({ cbn_v8d s_ = (s), g_ = (g);                                                               \
+       CBN_V8_EACH(u_) s_.h[u_] = CBN_ADD_ON_FMA(s_.h[u_], g_.h[u_], one);                         \
+       s_; })
 #endif
 
 /* Horizontal sum of 8 doubles in memory, in cbn_hsum8's fixed pairwise order. */

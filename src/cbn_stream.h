@@ -37,7 +37,7 @@
 /* Rows of at most this many vectors (and a whole number of them) keep their coefficients in
  * registers: the aligned vectors of the stream then cycle through C / VL column phases. */
 #ifdef CBN_ROW_TV
-#define CBN_NT_REG CBN_ROW_TV
+#define CBN_NT_REG (CBN_VB / 16) /* 4 zmm, 2 ymm, 1 xmm */
 #else
 #define CBN_NT_REG 1
 #endif

@@ -29,12 +29,19 @@
 
 #ifdef CBN_VECTOR
 
-/* Native vectors (cbn_vd, cbn_vf) per tile, on every target: a reduction tile holds 3 x 4 float64
- * vectors (shift, two sums: 12 of the 16 registers of AVX2 or SSE2), an element-wise tile 4
- * data vectors per coefficient.  AVX-512: 32 columns per reduction tile, 64 float32 / 32 float64
- * per element-wise tile; AVX2 half and SSE2 a quarter of those. */
+/* Native vectors (cbn_vd, cbn_vf) per tile.  A reduction tile holds 3 x 4 float64 vectors
+ * (shift, two sums: 12 of the 16 registers of AVX2 or SSE2): 32 columns with AVX-512, 16 with
+ * AVX2, 8 with SSE2.  An element-wise tile spans 4 data vectors with AVX-512 (64 float32 / 32
+ * float64 columns, coefficients in 12 of the 32 registers) and 8 with AVX2 or SSE2 (64 / 32
+ * float32 columns): there the coefficients no longer all fit the 16 registers and some are
+ * reloaded from the stack, which still beats the row loops (AVX2, NHWC C = 64 float32, one
+ * thread, in one process: inference 1.32-1.56x -> 1.06x the time of AVX-512). */
 #define CBN_COL_TV 4
+#if defined(__AVX512F__)
 #define CBN_ROW_TV 4
+#else
+#define CBN_ROW_TV 8
+#endif
 /* Rows per sub-block: the sub-block and the one being prefetched share L1; rows of 2 KB or more
  * map many lines to the same L1 sets, so those take 4 rows (measured faster), narrower ones 8. */
 #define CBN_COL_RS(ld, T) ((ptrdiff_t)(ld) * (ptrdiff_t)sizeof(T) >= 2048 ? 4 : 8)
@@ -82,7 +89,7 @@ static inline cbn_vd cbn_relu_f64(cbn_vd v) {
 static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restrict s2,         \
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
                                               const double *restrict k, ptrdiff_t w) {           \
-    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);             \
     const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
@@ -91,7 +98,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
             cbn_vd kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];                                \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
                 const cbn_vd zero = {0};                                                        \
-                kv[v] = cbn_loadv_f64(k + j + CBN_DL * v);                                            \
+                kv[v] = cbn_loadv_f64(k + j + CBN_DL * v);                                          \
                 a[v] = zero;                                                                     \
                 q[v] = zero;                                                                     \
             }                                                                                    \
@@ -99,14 +106,14 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
             for (ptrdiff_t r = r0; r < r1; r++, p += ld) {                                       \
                 CBN_PREFETCH_AHEAD(p, rs * ld, tw * sizeof(T));                                    \
                 for (int v = 0; v < CBN_COL_TV; v++) {                                           \
-                    cbn_vd d = CBN_SUB_ON_FMA(cbn_loadv_##SFX(p + CBN_DL * v), kv[v], one);          \
+                    cbn_vd d = CBN_SUB_ON_FMA(cbn_loadv_##SFX(p + CBN_DL * v), kv[v], one);         \
                     a[v] += d;                                                                   \
                     q[v] += d * d;                                                               \
                 }                                                                                \
             }                                                                                    \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                cbn_storev_f64(s1 + j + CBN_DL * v, cbn_loadv_f64(s1 + j + CBN_DL * v) + a[v]);            \
-                cbn_storev_f64(s2 + j + CBN_DL * v, cbn_loadv_f64(s2 + j + CBN_DL * v) + q[v]);            \
+                cbn_storev_f64(s1 + j + CBN_DL * v, cbn_loadv_f64(s1 + j + CBN_DL * v) + a[v]);     \
+                cbn_storev_f64(s2 + j + CBN_DL * v, cbn_loadv_f64(s2 + j + CBN_DL * v) + q[v]);     \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -119,7 +126,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                                          const T *restrict dy, const T *restrict ym,             \
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
                                          const double *restrict m, ptrdiff_t w) {                \
-    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);               \
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);             \
     const int pf_ = CBN_COL_PF(ld, T);                                                           \
     CBN_ONE_INIT(one);                                                                           \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
@@ -130,7 +137,7 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                 const cbn_vd zero = {0};                                                        \
                 a[v] = zero;                                                                     \
                 b[v] = zero;                                                                     \
-                if (sdyx) mv[v] = cbn_loadv_f64(m + j + CBN_DL * v);                                  \
+                if (sdyx) mv[v] = cbn_loadv_f64(m + j + CBN_DL * v);                                \
             }                                                                                    \
             const ptrdiff_t o = r0 * ld + j;                                                     \
             if (sdyx && ym) {                                                                    \
@@ -143,9 +150,10 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
                 CBN_SUM_DOT_TILE_LOOP(SFX, 0, 0)                                                 \
             }                                                                                    \
             for (int v = 0; v < CBN_COL_TV; v++) {                                               \
-                cbn_storev_f64(sdy + j + CBN_DL * v, cbn_loadv_f64(sdy + j + CBN_DL * v) + a[v]);          \
+                cbn_storev_f64(sdy + j + CBN_DL * v, cbn_loadv_f64(sdy + j + CBN_DL * v) + a[v]);   \
                 if (sdyx)                                                                        \
-                    cbn_storev_f64(sdyx + j + CBN_DL * v, cbn_loadv_f64(sdyx + j + CBN_DL * v) + b[v]);    \
+                    cbn_storev_f64(sdyx + j + CBN_DL * v,                                        \
+                                   cbn_loadv_f64(sdyx + j + CBN_DL * v) + b[v]);                 \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
@@ -162,10 +170,10 @@ static inline void cbn_col_sum_dot_##SFX(double *restrict sdy, double *restrict 
         if (DOT) CBN_PREFETCH_AHEAD(x + i, rs * ld, tw * sizeof(*x));                    \
         if (MASK) CBN_PREFETCH_AHEAD(ym + i, rs * ld, tw * sizeof(*ym));                 \
         for (int v = 0; v < CBN_COL_TV; v++) {                                                   \
-            cbn_vd g = cbn_loadv_##SFX(dy + i + CBN_DL * v);                                         \
-            if (MASK) g = cbn_relu_maskv(g, cbn_loadv_##SFX(ym + i + CBN_DL * v));                    \
+            cbn_vd g = cbn_loadv_##SFX(dy + i + CBN_DL * v);                                        \
+            if (MASK) g = cbn_relu_maskv(g, cbn_loadv_##SFX(ym + i + CBN_DL * v));                  \
             a[v] += g;                                                                           \
-            if (DOT) b[v] += g * CBN_SUB_ON_FMA(cbn_loadv_##SFX(x + i + CBN_DL * v), mv[v], one);     \
+            if (DOT) b[v] += g * CBN_SUB_ON_FMA(cbn_loadv_##SFX(x + i + CBN_DL * v), mv[v], one);   \
         }                                                                                        \
     }
 

@@ -1,9 +1,9 @@
 """The register-tiled channels-last kernels (src/cbn_tiles.h) at every width class.
 
-Channel counts straddle the tile boundaries of every SIMD level (8 float64 lanes per vector,
-16/32/64-column element-wise tiles, 16/32-column reduction tiles) so that full tiles, partial
-tiles and the row-loop remainders are all exercised, in place and with the fused ReLU, against
-the float64 oracle."""
+Channel counts straddle the tile boundaries of every SIMD level (2/4/8 float64 lanes per
+vector, element-wise tiles of 4 to 64 columns, 8/16/32-column reduction tiles) so that full
+tiles, partial tiles and the row-loop remainders are all exercised, in place and with the fused
+ReLU, against the float64 oracle (tests/test_variants.py runs every level)."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ import cbn
 import cbn.reference as ref
 from helpers import DTYPES, assert_elementwise_close, eps_of, make_case, stats_error
 
-WIDTHS = [7, 8, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 100, 129, 520]
+WIDTHS = [3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 40, 63, 64, 65, 100, 129, 520]
 
 
 @pytest.mark.parametrize("C", WIDTHS)

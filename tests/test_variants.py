@@ -25,8 +25,10 @@ SHAPES = [
     ((6, 9, 3), 1),           # runs shorter than a vector
     ((8, 40, 14, 14), 1),     # short runs, many channels
     ((1, 1, 70001), 1),       # one channel split between threads
-    ((300, 13), 1),           # NC narrower than a tile
-    ((300, 32), 1),           # one element-wise tile (AVX2 float32)
+    ((300, 3), 1),            # fewer columns than a vector (float64 tiles start at 2 or 4)
+    ((300, 13), 1),           # NC, a partial tile
+    ((300, 32), 1),           # whole element-wise tiles
+    ((500, 64), 1),           # the widest element-wise tile (AVX2 and AVX-512 float32)
     ((64, 7, 7, 70), -1),     # NHWC wider than a tile, partial tiles
     ((257, 1031), 1),         # wide rows: column tiles plus remainders
 ]
