@@ -126,3 +126,25 @@ def test_variants_agree_with_the_dispatched_one(rng, variant, shape, axis):
     np.testing.assert_allclose(mine[1], mean_d, rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(mine[2], invstd_d, rtol=1e-13)
     assert np.max(np.abs(mine[0] - y_d)) <= 8 * eps_of(np.float32) * max(1.0, np.abs(y_d).max())
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variant_fused_relu_is_the_masked_op(rng, variant, shape, axis, dtype):
+    """The fused ReLU (its masked loads and selects) in each variant: the forward equals
+    max(plain forward, 0) and the backward equals the plain backward of the masked gradient,
+    bit for bit."""
+    x, dy, w, b = make_case(rng, shape, axis, dtype, offset=3.0)
+    plain = cbn.batch_norm_forward(x, w, b, axis=axis)
+    fused = cbn.batch_norm_forward(x, w, b, axis=axis, activation="relu")
+    np.testing.assert_array_equal(fused.out, np.where(plain.out < 0, 0, plain.out))
+    rm, rv = _running(plain.mean, plain.invstd, dtype)
+    yi = cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis)
+    yr = cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis, activation="relu")
+    np.testing.assert_array_equal(yr, np.where(yi < 0, 0, yi))
+    masked = np.where(fused.out > 0, dy, 0).astype(dtype)
+    g_sep = cbn.batch_norm_backward(masked, x, fused.mean, fused.invstd, w, axis=axis)
+    g_fused = cbn.batch_norm_backward(dy, x, fused.mean, fused.invstd, w, axis=axis,
+                                      activation="relu", y=fused.out)
+    for p, q in zip(g_fused, g_sep):
+        np.testing.assert_array_equal(p, q)
