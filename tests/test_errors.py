@@ -155,3 +155,17 @@ def test_training_must_be_a_bool(training):
 def test_num_threads(bad, exc):
     with pytest.raises(exc, match="num_threads"):
         cbn.batch_norm_forward(X, num_threads=bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", [0, 17, 36])
+def test_negative_running_var_is_found_at_any_channel(dtype, where):
+    """The fast path's per-channel check covers every channel (vector body and tail)."""
+    x = np.ones((4, 37, 3), np.float32)
+    rv = np.ones(37, dtype)
+    rv[where] = -1e-3
+    with pytest.raises(ValueError, match="running_var must be >= 0"):
+        cbn.batch_norm_inference(x, np.zeros(37, dtype), rv)
+    rv[where] = np.nan  # not negative: the channel's output is NaN, the others are finite
+    y = cbn.batch_norm_inference(x, np.zeros(37, dtype), rv)
+    assert np.isnan(y[:, where]).all() and np.isfinite(np.delete(y, where, axis=1)).all()
