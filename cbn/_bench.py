@@ -701,12 +701,6 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
-def _floor_level():
-    from ._dispatch import best_supported
-
-    return best_supported()[1]
-
-
 def environment(num_threads, settings, use_torch=True):
     """What the report header shows: versions, SIMD level, threads, timing method.
 
@@ -724,13 +718,14 @@ def environment(num_threads, settings, use_torch=True):
     dict
     """
     import cbn
+    from ._dispatch import best_supported
 
     cfg = cbn.config()
     torch = _import_torch()
     return {
         "cbn": cfg["version"],
         "simd_level": cfg["simd_level"],
-        "floor_simd_level": _floor_level(),
+        "floor_simd_level": best_supported()[1],
         "openmp_runtime": cfg["openmp_runtime"],
         "threads": num_threads,
         "max_threads": cfg["default_threads"],

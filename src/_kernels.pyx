@@ -795,8 +795,8 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     1x too, e.g. backward 0.85-0.98x against 1.01-1.14x), the output aliases none of the
     inputs (in place the line is read anyway, so a plain store costs no extra read), it is
     aligned to its element size, and its contiguous runs (``run`` elements) are long enough for
-    the plain head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per pass, before
-    its parallel region; notes a yes for last_streamed()."""
+    the plain head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per
+    pass, before its parallel region; notes a yes for last_streamed()."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
     cdef bint yes = (_NT_MIN_BYTES >= 0 and n > 0
                      and arrays * n * itemsize // (2 if single_pass else 1) >= _NT_MIN_BYTES

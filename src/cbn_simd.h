@@ -203,7 +203,8 @@ static inline cbn_vd cbn_loadv_f32(const float *p) {
 #elif defined(__AVX__)
     return (cbn_vd)_mm256_cvtps_pd(_mm_loadu_ps(p));
 #elif defined(__SSE2__)
-    return (cbn_vd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+    const __m128i two = _mm_loadl_epi64((const __m128i *)(const void *)p); /* 2 floats */
+    return (cbn_vd)_mm_cvtps_pd(_mm_castsi128_ps(two));
 #else
     cbn_vd v;
     for (int l = 0; l < CBN_DL; l++) v[l] = (double)p[l];
