@@ -75,6 +75,8 @@ cdef extern from "cbn_simd.h" nogil:
     int cbn_in_forked_child()
     void cbn_note_parallel()
     double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
+    void* cbn_alloc_beside(size_t nbytes, const void* out)
+    void cbn_free_beside(void* p)
     int cbn_install_fork_handler()
     const char* cbn_variant()
     int cbn_cpu_supports(const char* variant)
@@ -946,10 +948,13 @@ cdef inline void _dx_flat_nt(const floating* dy, const floating* ym, const float
     cbn_nt_fence()
 
 
-cdef floating* _extended_coef(const floating* coef, Py_ssize_t C, int k) noexcept nogil:
-    """The k coefficient vectors extended for the streaming channels-last kernels (NULL if out
-    of memory: the caller then keeps plain stores)."""
-    cdef floating* ext = <floating*>malloc(k * (C + CBN_NT_PAD) * sizeof(floating))
+cdef floating* _extended_coef(const floating* coef, Py_ssize_t C, int k,
+                              const floating* out) noexcept nogil:
+    """The k coefficient vectors extended for the streaming channels-last kernels, placed for
+    the output out (cbn_alloc_beside; NULL if out of memory: the caller then keeps plain
+    stores)."""
+    cdef floating* ext = <floating*>cbn_alloc_beside(k * (C + CBN_NT_PAD) * sizeof(floating),
+                                                     out)
     if ext != NULL:
         if floating is float:
             cbn_nt_extend_f32(coef, C, k, ext)
@@ -1035,7 +1040,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
             _normalize_runs(x, y_out, g, coef, 0, nruns, relu, stream, rev)
         return
     if stream:
-        ext = _extended_coef(coef, C, 3)
+        ext = _extended_coef(coef, C, 3, y_out)
     rpt = _rows_per_task(g.outer, nt)
     ngroups = (g.outer + rpt - 1) // rpt
     if nt > 1:
@@ -1051,7 +1056,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
         _affine_flat_nt(x, y_out, g.outer, C, ext, relu)
     else:
         _affine_rows(x, y_out, C, g.outer, C, coef, C, relu)
-    free(ext)
+    cbn_free_beside(ext)
 
 
 cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
@@ -1124,7 +1129,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
             _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, stream, rev)
         return
     if stream:
-        ext = _extended_coef(coef, C, 4)
+        ext = _extended_coef(coef, C, 4, dx_out)
     rpt = _rows_per_task(g.outer, nt)
     ngroups = (g.outer + rpt - 1) // rpt
     if nt > 1:
@@ -1141,7 +1146,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
         _dx_flat_nt(dy, ym, x, dx_out, g.outer, C, ext)
     else:
         _dx_rows(dy, ym, x, dx_out, C, g.outer, C, coef)
-    free(ext)
+    cbn_free_beside(ext)
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -1197,7 +1202,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
+    cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     cdef double* m2
     cdef bint stream
     if coef == NULL:
@@ -1214,19 +1219,19 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
             for c in range(C):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
                                        invstd_out, coef, relu, stream)
-        free(coef)
+        cbn_free_beside(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))
     if m2 == NULL or _moments(x, g, nt, mean_out, m2) != 0:
         free(m2)
-        free(coef)
+        cbn_free_beside(coef)
         return -1
     for c in range(C):
         _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
                       invstd_out, coef)
     free(m2)
     _normalize(x, y_out, g, nt, coef, relu, False)
-    free(coef)
+    cbn_free_beside(coef)
     return 0
 
 
@@ -1237,13 +1242,13 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
     """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
     cdef Py_ssize_t C = g.C, c
     cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, _tasks_of(g))
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
+    cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     if coef == NULL:
         return -1
     for c in range(C):
         _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
     _normalize(x, y_out, g, nt, coef, relu, True)
-    free(coef)
+    cbn_free_beside(coef)
     return 0
 
 
@@ -1396,7 +1401,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     cdef double* scratch
     cdef bint stream
     if dx_out != NULL:
-        coef = <floating*>malloc(4 * C * sizeof(floating))
+        coef = <floating*>cbn_alloc_beside(4 * C * sizeof(floating), dx_out)
         if coef == NULL:
             return -1
     # fused per channel (sums, then dx while cached) only for long runs: with short runs the
@@ -1412,7 +1417,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
             for c in range(C):
                 _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
                                         sdyx_out, coef, stream)
-        free(coef)
+        cbn_free_beside(coef)
         return 0
     # the sums
     if g.inner > 1 and g.pieces == 1:
@@ -1424,7 +1429,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         if part == NULL or scratch == NULL:
             free(part)
             free(scratch)
-            free(coef)
+            cbn_free_beside(coef)
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
@@ -1454,7 +1459,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         ntasks = C * g.nseg
         part = <double*>malloc(2 * ntasks * sizeof(double))
         if part == NULL:
-            free(coef)
+            cbn_free_beside(coef)
             return -1
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
             _segment_sums_cm(dy, ym, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
@@ -1471,7 +1476,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         ntasks = g.nseg * g.ncol_chunks
         part = <double*>malloc(2 * g.nseg * C * sizeof(double))
         if part == NULL:
-            free(coef)
+            cbn_free_beside(coef)
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
@@ -1491,7 +1496,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         for c in range(C):
             _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
         _dx_pass(dy, ym, x, dx_out, g, nt, coef)
-        free(coef)
+        cbn_free_beside(coef)
     return 0
 
 
@@ -1634,14 +1639,14 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x
                        const double* mean, const double* invstd, const double* w,
                        const double* sdy, const double* sdyx) noexcept nogil:
     """dx from given float64 sums over n_total values per channel (SyncBN); returns 0/-1."""
-    cdef floating* coef = <floating*>malloc(4 * g.C * sizeof(floating))
+    cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)
     cdef Py_ssize_t c
     if coef == NULL:
         return -1
     for c in range(g.C):
         _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
     _dx_pass(dy, ym, x, dx_out, g, nt, coef)
-    free(coef)
+    cbn_free_beside(coef)
     return 0
 
 

@@ -132,3 +132,31 @@ def test_parameters_and_running_stats_of_any_float_dtype(rng, pdtype):
     tol = 8 * max(float(np.finfo(pdtype).eps), float(np.finfo(np.float64).eps))
     np.testing.assert_allclose(rm.astype(np.float64), 0.1 * x.mean(axis=red), rtol=tol,
                                atol=tol * np.abs(x).mean())
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_at_any_offset_in_a_page(rng, axis, dtype):
+    """The kernels place their per-channel coefficient buffers relative to the output's address
+    (half a page away, see cbn_alloc_beside): outputs at every few bytes of a 4 KB page,
+    including ones aligned only to the item size, give the same bits as a fresh output."""
+    shape = (9, 1024, 3) if axis == 1 else (9, 3, 1024)
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = x.shape[axis]
+    w = rng.uniform(0.5, 2, C)
+    b = rng.standard_normal(C)
+    f = cbn.batch_norm_forward(x, w, b, axis=axis)
+    dx = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis).dx
+    var = 1 / f.invstd**2 - 1e-5
+    yi = cbn.batch_norm_inference(x, f.mean, var, w, b, axis=axis)
+    item = np.dtype(dtype).itemsize
+    buf = np.empty(x.size + 4096 // item + 16, dtype)
+    for off in range(0, 4096 // item, 37):
+        out = buf[off:off + x.size].reshape(shape)
+        assert cbn.batch_norm_forward(x, w, b, axis=axis, out=out).out is out
+        np.testing.assert_array_equal(out, f.out)
+        cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis, out=out)
+        np.testing.assert_array_equal(out, dx)
+        cbn.batch_norm_inference(x, f.mean, var, w, b, axis=axis, out=out)
+        np.testing.assert_array_equal(out, yi)
