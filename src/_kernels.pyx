@@ -36,7 +36,9 @@ Element-wise passes compute ``(x - hi) * scale + shift'`` where ``hi`` is the fl
 rounded to the input type and ``shift' = shift - (mean - hi) * scale``: ``x - hi`` keeps the
 digits of float32 data with large offsets (the textbook ``x * scale + (bias - mean*scale)``
 would cancel them) at the cost of one subtraction.  A fused ReLU clamps in the same pass, and
-backward applies its mask ``y > 0`` inside both of its passes.
+backward applies its mask ``y > 0`` inside both of its passes.  The per-channel coefficient
+vectors are allocated half a page (mod 4 KB) from the pass's output (``cbn_alloc_beside``), so
+that their loads never wait on the output's pending stores (4K aliasing).
 
 When the arrays of an element-wise pass span at least the last-level cache (``_NT_MIN_BYTES``),
 its output is a separate array and its runs are long enough (``NT_MIN_RUN_BYTES``), the output
