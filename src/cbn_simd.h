@@ -166,11 +166,11 @@ static inline double *cbn_alloc_per_thread(int nt, ptrdiff_t n, ptrdiff_t *strid
 /* Per-channel coefficient vectors for the element-wise passes, placed half a page (mod 4 KB)
  * away from the output they are used with.  The channels-last loops load coef[j] right after
  * storing out[r, j - VL]; when the two addresses share their low 12 bits the load waits on the
- * store (4K aliasing) and the lines compete for one L1 set.  With rows of a multiple of 4 KB
- * (1024 float32 channels) every row sits at the output's page offset; with the malloc'd block
- * wherever it fell, (64, 1024) float32 inference measured 1.44-1.83x a copy at some output
- * offsets and ~0.95x elsewhere (one thread, data in L2); placed half a page away, 0.92-1.06x at
- * every offset.  Free with cbn_free_beside; NULL when out of memory. */
+ * store (4K aliasing).  With rows of a multiple of 4 KB (1024 float32 channels) every row sits
+ * at the output's page offset; with the malloc'd block wherever it fell, (64, 1024) float32
+ * inference measured 1.44-1.83x a copy at some output offsets and ~0.95x elsewhere (one thread,
+ * data in L2); placed half a page away, 0.92-1.06x at every offset.  Free with cbn_free_beside;
+ * NULL when out of memory. */
 static inline void *cbn_alloc_beside(size_t nbytes, const void *out) {
     char *raw = (char *)malloc(nbytes + 4096 + 2 * sizeof(void *));
     size_t off;
