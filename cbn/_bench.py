@@ -17,9 +17,15 @@ so that slow drift of the machine (frequency, other jobs) hits them alike:
 Each timing is the best of ``repeats`` rounds; a round calls the implementation enough times to
 last at least ``min_time`` seconds (``time.perf_counter``) and reports the time per call.
 
-The building blocks (:func:`default_cases`, :func:`run_benchmark`, :func:`format_report`,
-:func:`summarize`, :func:`write_json`, :func:`plot_speedups`) are usable from Python, e.g. to
-time a case list of your own.
+With more than one thread, a second table shows thread scaling: for the (op, case) pairs whose
+arrays fit in cache and that are large enough for a thread team (:func:`scaling_pairs`), cbn and
+the floor kernels are each timed at 1 and at n threads, the four interleaved in the same rounds
+(:func:`run_scaling`).  The floor kernels' speedup is what the machine gives a plain OpenMP loop
+over the same bytes, the yardstick for cbn's.
+
+The building blocks (:func:`default_cases`, :func:`run_benchmark`, :func:`run_scaling`,
+:func:`format_report`, :func:`summarize`, :func:`write_json`, :func:`plot_speedups`) are usable
+from Python, e.g. to time a case list of your own.
 """
 
 import argparse
@@ -35,11 +41,16 @@ import numpy as np
 __all__ = [
     "Case",
     "Result",
+    "ScalingResult",
     "ProgressBar",
     "default_cases",
     "run_benchmark",
+    "scaling_pairs",
+    "run_scaling",
     "summarize",
+    "summarize_scaling",
     "format_report",
+    "format_scaling",
     "write_json",
     "plot_speedups",
     "add_arguments",
@@ -63,8 +74,9 @@ SHAPES = (
     ((1, 16, 8, 8), 1),
     ((32, 56, 56, 64), -1),
 )
-#: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, 2-D NC, tiny, channels-last.
-QUICK_SHAPES = (0, 3, 5, 6)
+#: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, in-cache NCHW (for the
+#: thread-scaling table), 2-D NC, tiny, channels-last.
+QUICK_SHAPES = (0, 1, 3, 5, 6)
 
 #: Cases at least this large (bytes of ``x``) count in the "within 1.2x of floor" summary.
 FLOOR_SUMMARY_MIN_BYTES = 8_000_000
@@ -76,6 +88,11 @@ NOISY_SUMMARY_FRACTION = 4
 #: A row is marked noisy when the median round of an implementation is this much slower than
 #: its best round.
 NOISE_THRESHOLD = 1.3
+
+#: The thread-scaling table takes the (op, case) pairs whose arrays (x, the output, and dy for
+#: backward) fit in this fraction of the last-level cache, and that are large enough for cbn to
+#: start a thread team.
+SCALING_CACHE_FRACTION = 0.5
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -214,6 +231,79 @@ class Result:
             "speedup_vs_numpy": self.speedup("numpy"),
             "speedup_vs_torch": self.speedup("torch"),
             "floor_ratio": self.floor_ratio,
+            "spreads": dict(self.spreads),
+            "noisy": self.noisy,
+        }
+
+
+@dataclass
+class ScalingResult:
+    """How much faster ``threads`` threads run one op on one case than a single thread does.
+
+    cbn and the floor kernels are each timed at 1 and at ``threads`` threads, all four
+    interleaved in the same rounds, so the two speedups are comparable: the floor kernels' is
+    what this machine's caches and memory give a plain OpenMP loop over the same bytes.
+
+    Attributes
+    ----------
+    op : str
+        ``"forward"``, ``"backward"`` or ``"inference"``.
+    case : Case
+        The input configuration.
+    threads : int
+        The thread count compared with 1.
+    times : dict
+        Seconds per call, keys ``"cbn_1"``, ``"cbn_n"``, ``"floor_1"``, ``"floor_n"``.
+    spreads : dict
+        Median over best time of each of them (see :func:`spread`).
+    """
+
+    op: str
+    case: Case
+    threads: int
+    times: dict = field(default_factory=dict)
+    spreads: dict = field(default_factory=dict)
+
+    @property
+    def noisy(self):
+        """True when some timing's rounds varied more than :data:`NOISE_THRESHOLD`."""
+        return any(s > NOISE_THRESHOLD for s in self.spreads.values())
+
+    def speedup(self, impl="cbn"):
+        """Time at 1 thread over time at ``threads`` threads.
+
+        Parameters
+        ----------
+        impl : {"cbn", "floor"}, default "cbn"
+
+        Returns
+        -------
+        float
+        """
+        return self.times[f"{impl}_1"] / self.times[f"{impl}_n"]
+
+    @property
+    def relative(self):
+        """cbn's speedup over the floor kernels' speedup (1.0: cbn scales as a plain loop)."""
+        return self.speedup("cbn") / self.speedup("floor")
+
+    def to_dict(self):
+        """The result as plain JSON-ready data.
+
+        Returns
+        -------
+        dict
+        """
+        return {
+            "op": self.op,
+            "shape": list(self.case.shape),
+            "dtype": self.case.dtype,
+            "axis": self.case.axis,
+            "threads": self.threads,
+            "times_s": dict(self.times),
+            "speedup": self.speedup("cbn"),
+            "floor_speedup": self.speedup("floor"),
+            "relative": self.relative,
             "spreads": dict(self.spreads),
             "noisy": self.noisy,
         }
@@ -382,11 +472,11 @@ def _floor_call(op, d, scratch, nt):
     return lambda: (k.stream_sum(x, nt), k.stream_sum(dy, nt), k.stream_triad(x, dy, out, nt))
 
 
-def _inference_calls(case, d, nt, torch):
+def _inference_calls(case, d, nt, torch, out=None):
     """Callables for the inference op, keyed by implementation (floor excluded)."""
     import cbn
 
-    y = np.empty_like(d.x)
+    y = np.empty_like(d.x) if out is None else out
     rm, rv, w, b = d.running_mean, d.running_var, d.weight, d.bias
     calls = {
         "cbn": lambda: cbn.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS, axis=case.axis,
@@ -402,11 +492,11 @@ def _inference_calls(case, d, nt, torch):
     return calls
 
 
-def _forward_calls(case, d, nt, torch):
+def _forward_calls(case, d, nt, torch, out=None):
     """Callables for the training forward op (running statistics updated by all)."""
     import cbn
 
-    y = np.empty_like(d.x)
+    y = np.empty_like(d.x) if out is None else out
     w, b = d.weight, d.bias
     rm_c, rv_c = d.running_mean.copy(), d.running_var.copy()
     rm_n, rv_n = d.running_mean.copy(), d.running_var.copy()
@@ -427,11 +517,11 @@ def _forward_calls(case, d, nt, torch):
     return calls
 
 
-def _backward_calls(case, d, nt, torch):
+def _backward_calls(case, d, nt, torch, out=None):
     """Callables for the backward op (all three gradients), from saved forward statistics."""
     import cbn
 
-    dx = np.empty_like(d.x)
+    dx = np.empty_like(d.x) if out is None else out
     w = d.weight
     _, mean, invstd = cbn.batch_norm_forward(d.x, w, d.bias, eps=EPS, axis=case.axis)
     calls = {
@@ -534,6 +624,82 @@ def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=
         if saved_torch_threads is not None:
             torch.set_num_threads(saved_torch_threads)
     return [r for op in ops for r in results[op]]
+
+
+def _footprint(op, case):
+    """Bytes of the arrays ``op`` reads or writes in full: x and the output (and dy)."""
+    return case.nbytes * (3 if op == "backward" else 2)
+
+
+def scaling_pairs(cases, ops=OPS, *, max_bytes=None, min_elements=None):
+    """The (op, case) pairs of the thread-scaling table: in cache, and big enough for a team.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+        Candidate configurations.
+    ops : sequence of str, default all
+        Candidate ops.
+    max_bytes : int, optional
+        Largest footprint (x, the output, and dy for backward) kept; default
+        :data:`SCALING_CACHE_FRACTION` of the last-level cache size the kernels detected.
+    min_elements : int, optional
+        Fewest elements of ``x`` kept; default the size below which cbn runs without a thread
+        team (``tuning()["parallel_min_elems"]``): smaller calls are serial by design.
+
+    Returns
+    -------
+    list of (str, Case)
+        Ordered by op (in the order of ``ops``), then case.
+    """
+    from ._dispatch import kernels
+
+    tuning = kernels.tuning()
+    if max_bytes is None:
+        max_bytes = int(SCALING_CACHE_FRACTION * tuning["l3_bytes"])
+    if min_elements is None:
+        min_elements = tuning["parallel_min_elems"]
+    return [(op, case) for op in ops for case in cases
+            if _footprint(op, case) <= max_bytes and math.prod(case.shape) >= min_elements]
+
+
+def run_scaling(pairs, *, num_threads, settings=FULL, progress=None):
+    """Time cbn and the floor kernels at 1 and at ``num_threads`` threads, in the same rounds.
+
+    Parameters
+    ----------
+    pairs : sequence of (str, Case)
+        The (op, case) pairs, e.g. from :func:`scaling_pairs`.
+    num_threads : int
+        The thread count compared with one thread.
+    settings : Settings, default FULL
+        Rounds and round length.
+    progress : callable, optional
+        Called as ``progress(done, total, label)`` after each pair.
+
+    Returns
+    -------
+    list of ScalingResult
+    """
+    nt = int(num_threads)
+    out = []
+    data_of = {}
+    for done, (op, case) in enumerate(pairs, 1):
+        if case not in data_of:
+            data_of = {case: _make_data(case)}  # one case's arrays alive at a time
+        d = data_of[case]
+        y, scratch = np.empty_like(d.x), np.empty_like(d.x)  # shared by 1 and n threads
+        build = _CALL_BUILDERS[op]
+        calls = {"cbn_1": build(case, d, 1, None, out=y)["cbn"],
+                 "cbn_n": build(case, d, nt, None, out=y)["cbn"],
+                 "floor_1": _floor_call(op, d, scratch, 1),
+                 "floor_n": _floor_call(op, d, scratch, nt)}
+        samples = time_interleaved(calls, settings.repeats, settings.min_time)
+        out.append(ScalingResult(op, case, nt, {k: min(v) for k, v in samples.items()},
+                                 {k: spread(v) for k, v in samples.items()}))
+        if progress is not None:
+            progress(done, len(pairs), f"scaling {op} {case.label}")
+    return out
 
 
 def resolve_threads(num_threads):
@@ -701,6 +867,90 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
+def summarize_scaling(scaling):
+    """Aggregate figures of the thread-scaling table.
+
+    Parameters
+    ----------
+    scaling : list of ScalingResult
+        From :func:`run_scaling`.
+
+    Returns
+    -------
+    dict or None
+        None for an empty list; else ``pairs``, ``threads``, ``worst`` (the pair with the
+        smallest cbn speedup, as ``{"speedup", "floor_speedup", "case"}``), ``min_relative``
+        and ``geomean_relative`` (cbn's speedup over the floor kernels'), ``noisy_pairs``.
+    """
+    if not scaling:
+        return None
+    worst = min(scaling, key=lambda r: r.speedup("cbn"))
+    return {
+        "pairs": len(scaling),
+        "threads": worst.threads,
+        "worst": {"speedup": worst.speedup("cbn"), "floor_speedup": worst.speedup("floor"),
+                  "case": f"{worst.op} {worst.case.label}"},
+        "min_relative": min(r.relative for r in scaling),
+        "geomean_relative": _geomean([r.relative for r in scaling]),
+        "noisy_pairs": sum(r.noisy for r in scaling),
+    }
+
+
+_SCALING_COLUMNS = (("op", "<", 9), ("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4),
+                    ("MB", ">", 7), ("cbn 1T", ">", 10), ("cbn nT", ">", 10),
+                    ("cbn", ">", 7), ("floor", ">", 7), ("cbn/floor", ">", 9))
+
+
+def format_scaling(scaling, threads):
+    """The thread-scaling table and its summary lines.
+
+    Parameters
+    ----------
+    scaling : list of ScalingResult
+        From :func:`run_scaling`.
+    threads : int
+        The thread count of the run (shown when the table is empty).
+
+    Returns
+    -------
+    str
+    """
+    if threads < 2:
+        return "thread scaling: not measured (1 thread; run with --threads 2 or more)"
+    if not scaling:
+        return ("thread scaling: no case both fits in cache and is large enough for a thread "
+                "team (see cbn._bench.scaling_pairs)")
+
+    def row(cells):
+        pairs = zip(cells, _SCALING_COLUMNS, strict=True)
+        return "  ".join(f"{c:{align}{width}}" for c, (_, align, width) in pairs)
+
+    lines = [f"thread scaling: {threads} threads vs 1, cases whose arrays fit in "
+             f"{SCALING_CACHE_FRACTION:g} of the last-level cache",
+             "cbn, floor: time at 1 thread over time at n; cbn/floor: cbn's speedup over the "
+             "floor kernels' (1.00: cbn scales as a plain OpenMP loop over the same bytes)",
+             row([name.replace("nT", f"{threads}T") for name, _, _ in _SCALING_COLUMNS])]
+    lines.append("-" * len(lines[-1]))
+    for r in scaling:
+        c = r.case
+        lines.append(row([
+            r.op, c.shape_label, c.dtype, str(c.axis), f"{c.nbytes / 1e6:.1f}",
+            format_time(r.times["cbn_1"]), format_time(r.times["cbn_n"]),
+            _fmt_ratio(r.speedup("cbn"), "x"), _fmt_ratio(r.speedup("floor"), "x"),
+            _fmt_ratio(r.relative),
+        ]) + ("  *" if r.noisy else ""))
+    if any(r.noisy for r in scaling):
+        lines.append(f"* rounds varied by more than {NOISE_THRESHOLD - 1:.0%} (busy machine?)")
+    sm = summarize_scaling(scaling)
+    w = sm["worst"]
+    lines += ["",
+              f"  smallest speedup, {threads} threads vs 1 : {w['speedup']:.2f}x  ({w['case']}; "
+              f"floor kernels {w['floor_speedup']:.2f}x)",
+              f"  cbn speedup / floor speedup    : min {sm['min_relative']:.2f}, "
+              f"geometric mean {sm['geomean_relative']:.2f}"]
+    return "\n".join(lines)
+
+
 def environment(num_threads, settings, use_torch=True):
     """What the report header shows: versions, SIMD level, threads, timing method.
 
@@ -775,8 +1025,8 @@ def format_header(env):
     ])
 
 
-def format_report(results, env):
-    """The whole text report: header, one table per op, summary.
+def format_report(results, env, scaling=None):
+    """The whole text report: header, one table per op, summary, thread scaling.
 
     Parameters
     ----------
@@ -784,6 +1034,8 @@ def format_report(results, env):
         From :func:`run_benchmark`.
     env : dict
         From :func:`environment`.
+    scaling : list of ScalingResult, optional
+        From :func:`run_scaling`; None leaves the scaling block out.
 
     Returns
     -------
@@ -793,11 +1045,13 @@ def format_report(results, env):
     blocks = [format_header(env)]
     blocks += [format_table(op, [r for r in results if r.op == op]) for op in ops]
     blocks.append(format_summary(summarize(results)))
+    if scaling is not None:
+        blocks.append(format_scaling(scaling, env["threads"]))
     return "\n\n".join(blocks)
 
 
 # ------------------------------------------------------------------------------------ outputs
-def write_json(path, results, env):
+def write_json(path, results, env, scaling=None):
     """Write the raw results and the environment as JSON.
 
     Parameters
@@ -808,10 +1062,16 @@ def write_json(path, results, env):
         From :func:`run_benchmark`.
     env : dict
         From :func:`environment`.
+    scaling : list of ScalingResult, optional
+        From :func:`run_scaling`; written under ``"scaling"`` (with its summary under
+        ``"scaling_summary"``) when given.
     """
     summary = summarize(results)
     payload = {"environment": env, "summary": summary,
                "results": [r.to_dict() for r in results]}
+    if scaling is not None:
+        payload["scaling_summary"] = summarize_scaling(scaling)
+        payload["scaling"] = [r.to_dict() for r in scaling]
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
@@ -968,7 +1228,7 @@ def add_arguments(parser):
     parser.description = ("Time cbn against NumPy (cbn.reference), torch (if installed) and the "
                           "memory-bandwidth floor measured in the same run.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer rounds and a subset (float32, 4 shapes): under a minute")
+                        help="fewer rounds and a subset (float32, 5 shapes): under a minute")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="threads for cbn, torch and the floor kernels (default: all)")
     parser.add_argument("--ops", type=_csv_of(OPS), default=OPS, metavar="LIST",
@@ -979,6 +1239,9 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=_positive_int, default=None, metavar="K",
                         help="rounds per timing, best kept (default: 7; --quick: 3)")
     parser.add_argument("--no-torch", action="store_true", help="do not time torch")
+    parser.add_argument("--no-scaling", action="store_true",
+                        help="skip the thread-scaling table (n threads vs 1 on the cases that "
+                             "fit in cache, next to the floor kernels' scaling)")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="write a bar chart of the speedups (needs matplotlib)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the raw results")
@@ -1023,15 +1286,21 @@ def run(args, cases=None, out=None):
     nt = resolve_threads(args.threads)
     use_torch = not args.no_torch
     env = environment(nt, settings, use_torch)
-    bar = ProgressBar(len(cases) * len(args.ops))
+    pairs = [] if args.no_scaling or nt < 2 else scaling_pairs(cases, args.ops)
+    n_main = len(cases) * len(args.ops)
+    bar = ProgressBar(n_main + len(pairs))
+    scaling = None
     try:
         results = run_benchmark(cases, args.ops, num_threads=nt, settings=settings,
                                 use_torch=use_torch, progress=bar)
+        if not args.no_scaling:
+            scaling = run_scaling(pairs, num_threads=nt, settings=settings,
+                                  progress=lambda d, t, label: bar(n_main + d, bar.total, label))
     finally:
         bar.close()
-    print(format_report(results, env), file=out)
+    print(format_report(results, env, scaling), file=out)
     if args.json:
-        write_json(args.json, results, env)
+        write_json(args.json, results, env, scaling)
         print(f"\nraw results written to {args.json}", file=out)
     if args.plot:
         plot_speedups(args.plot, results, env, plt=plt)

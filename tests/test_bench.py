@@ -136,7 +136,9 @@ def test_default_cases():
     assert len(full) == 14 and {c.dtype for c in full} == {"float32", "float64"}
     assert Case((32, 56, 56, 64), "float32", -1) in full
     quick = _bench.default_cases(quick=True, dtypes=("float32",))
-    assert len(quick) == 4 and any(c.axis == -1 for c in quick)
+    assert len(quick) == 5 and any(c.axis == -1 for c in quick)
+    # the quick run keeps a case for the thread-scaling table (in cache, big enough for a team)
+    assert _bench.scaling_pairs(quick, max_bytes=4 * 2**20, min_elements=65536)
 
 
 def test_cli_run_writes_json_and_report(tmp_path):
@@ -212,7 +214,8 @@ def test_python_m_cbn_bench_help(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cbn", "bench", "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    for option in ("--quick", "--threads", "--ops", "--dtypes", "--plot", "--json"):
+    for option in ("--quick", "--threads", "--ops", "--dtypes", "--plot", "--json",
+                   "--no-scaling"):
         assert option in proc.stdout
 
 
@@ -239,3 +242,105 @@ def test_floor_kernels_are_the_best_variant_whatever_cbn_simd_selects(tmp_path):
         assert f"SIMD baseline (CBN_SIMD; floor kernels {best})" in header
     else:
         assert "SIMD baseline  |" in header
+
+
+# ------------------------------------------------------------------------------------ scaling
+def test_scaling_pairs_keep_exactly_the_cached_cases_big_enough_for_a_team():
+    from cbn._dispatch import kernels
+
+    tuning = kernels.tuning()
+    limit = _bench.SCALING_CACHE_FRACTION * tuning["l3_bytes"]
+    cases = _bench.default_cases()
+    pairs = _bench.scaling_pairs(cases)
+    for op in _bench.OPS:
+        for case in cases:
+            arrays = 3 if op == "backward" else 2
+            fits = case.nbytes * arrays <= limit
+            team = math.prod(case.shape) >= tuning["parallel_min_elems"]
+            assert ((op, case) in pairs) == (fits and team), (op, case)
+    assert [op for op, _ in pairs] == sorted((op for op, _ in pairs), key=_bench.OPS.index)
+
+
+def test_scaling_pairs_limits():
+    big, small = Case((4, 8, 16, 16)), Case((2, 3, 4, 4))
+    pairs = _bench.scaling_pairs([big, small], max_bytes=2 * big.nbytes, min_elements=1000)
+    # backward touches three arrays (x, dy, dx): over the limit; the small case has no team
+    assert pairs == [("forward", big), ("inference", big)]
+    assert _bench.scaling_pairs([big], ("backward",), max_bytes=3 * big.nbytes,
+                                min_elements=1) == [("backward", big)]
+
+
+@pytest.fixture(scope="module")
+def scaling():
+    pairs = [(op, TINY[0]) for op in _bench.OPS] + [("backward", TINY[2])]
+    return _bench.run_scaling(pairs, num_threads=2, settings=FAST)
+
+
+def test_scaling_times_and_ratios(scaling):
+    assert [(r.op, r.case) for r in scaling] == (
+        [(op, TINY[0]) for op in _bench.OPS] + [("backward", TINY[2])])
+    for r in scaling:
+        assert r.threads == 2
+        assert set(r.times) == {"cbn_1", "cbn_n", "floor_1", "floor_n"}
+        assert all(t > 0 for t in r.times.values())
+        assert r.speedup() == pytest.approx(r.times["cbn_1"] / r.times["cbn_n"])
+        assert r.speedup("floor") == pytest.approx(r.times["floor_1"] / r.times["floor_n"])
+        assert r.relative == pytest.approx(r.speedup("cbn") / r.speedup("floor"))
+        d = r.to_dict()
+        assert d["threads"] == 2 and d["relative"] == pytest.approx(r.relative)
+
+
+def test_scaling_report_and_summary():
+    case = Case((8, 256, 14, 14))
+    rows = [_bench.ScalingResult("forward", case, 2, {"cbn_1": 3.0, "cbn_n": 2.0,
+                                                       "floor_1": 2.0, "floor_n": 1.0}),
+            _bench.ScalingResult("inference", case, 2, {"cbn_1": 4.0, "cbn_n": 2.0,
+                                                         "floor_1": 4.0, "floor_n": 2.5},
+                                 {"cbn_n": 2.0})]
+    s = _bench.summarize_scaling(rows)
+    assert s["worst"]["speedup"] == pytest.approx(1.5)
+    assert s["worst"]["floor_speedup"] == pytest.approx(2.0)
+    assert s["worst"]["case"] == "forward 8x256x14x14 float32 axis=1"
+    assert s["min_relative"] == pytest.approx(0.75)
+    assert s["geomean_relative"] == pytest.approx((0.75 * 1.25) ** 0.5)
+    assert s["noisy_pairs"] == 1 and _bench.summarize_scaling([]) is None
+    text = _bench.format_scaling(rows, 2)
+    lines = text.splitlines()
+    assert "cbn 2T" in lines[2]
+    assert lines[4].startswith("forward") and "1.50x" in lines[4] and "2.00x" in lines[4]
+    assert lines[5].endswith("*") and "1.25" in lines[5]
+    assert "1.50x  (forward 8x256x14x14 float32 axis=1; floor kernels 2.00x)" in text
+    assert "not measured" in _bench.format_scaling([], 1)
+    assert "no case" in _bench.format_scaling([], 2)
+
+
+def test_cli_scaling_table_and_json(tmp_path, monkeypatch):
+    path = tmp_path / "bench.json"
+    monkeypatch.setattr(_bench, "scaling_pairs",
+                        lambda cases, ops: [(op, c) for op in ops for c in cases])
+    out = io.StringIO()
+    args = parse(["--quick", "--repeats", "1", "--threads", "2", "--ops", "inference",
+                  "--no-torch", "--json", str(path)])
+    assert _bench.run(args, cases=TINY[:2], out=out) == 0
+    assert "thread scaling: 2 threads vs 1" in out.getvalue()
+    data = json.loads(path.read_text())
+    assert [(r["op"], r["shape"]) for r in data["scaling"]] == [
+        ("inference", list(c.shape)) for c in TINY[:2]]
+    assert data["scaling_summary"]["pairs"] == 2
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--threads", "2", "--no-scaling"], None),
+    (["--threads", "1"], "thread scaling: not measured"),
+])
+def test_cli_scaling_skipped(argv, expected, tmp_path):
+    path = tmp_path / "bench.json"
+    out = io.StringIO()
+    args = parse(["--quick", "--repeats", "1", "--ops", "inference", "--no-torch",
+                  "--json", str(path)] + argv)
+    assert _bench.run(args, cases=TINY[:1], out=out) == 0
+    if expected is None:
+        assert "thread scaling" not in out.getvalue()
+        assert "scaling" not in json.loads(path.read_text())
+    else:
+        assert expected in out.getvalue()
