@@ -162,6 +162,11 @@ class Case:
         return f"{self.shape_label} {self.dtype} axis={self.axis}"
 
 
+def _case_fields(op, case):
+    """The JSON fields naming an (op, case) pair."""
+    return {"op": op, "shape": list(case.shape), "dtype": case.dtype, "axis": case.axis}
+
+
 @dataclass
 class Result:
     """The timings of one op on one case.
@@ -222,10 +227,7 @@ class Result:
         dict
         """
         return {
-            "op": self.op,
-            "shape": list(self.case.shape),
-            "dtype": self.case.dtype,
-            "axis": self.case.axis,
+            **_case_fields(self.op, self.case),
             "nbytes": self.case.nbytes,
             "times_s": dict(self.times),
             "speedup_vs_numpy": self.speedup("numpy"),
@@ -295,10 +297,7 @@ class ScalingResult:
         dict
         """
         return {
-            "op": self.op,
-            "shape": list(self.case.shape),
-            "dtype": self.case.dtype,
-            "axis": self.case.axis,
+            **_case_fields(self.op, self.case),
             "threads": self.threads,
             "times_s": dict(self.times),
             "speedup": self.speedup("cbn"),
@@ -796,9 +795,9 @@ _COLUMNS = (("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4), ("MB", ">",
             ("vs torch", ">", 9), ("cbn/floor", ">", 9))
 
 
-def _table_row(cells):
-    """Join cells under :data:`_COLUMNS` alignment."""
-    pairs = zip(cells, _COLUMNS, strict=True)
+def _table_row(cells, columns=_COLUMNS):
+    """Join cells under the alignment of ``columns`` (``(name, align, width)`` triples)."""
+    pairs = zip(cells, columns, strict=True)
     return "  ".join(f"{c:{align}{width}}" for c, (_, align, width) in pairs)
 
 
@@ -922,8 +921,7 @@ def format_scaling(scaling, threads):
                 "team (see cbn._bench.scaling_pairs)")
 
     def row(cells):
-        pairs = zip(cells, _SCALING_COLUMNS, strict=True)
-        return "  ".join(f"{c:{align}{width}}" for c, (_, align, width) in pairs)
+        return _table_row(cells, _SCALING_COLUMNS)
 
     lines = [f"thread scaling: {threads} threads vs 1, cases whose arrays fit in "
              f"{SCALING_CACHE_FRACTION:g} of the last-level cache",
