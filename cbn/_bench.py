@@ -682,11 +682,11 @@ def run_scaling(pairs, *, num_threads, settings=FULL, progress=None):
     """
     nt = int(num_threads)
     out = []
-    data_of = {}
+    d, d_case = None, None
     for done, (op, case) in enumerate(pairs, 1):
-        if case not in data_of:
-            data_of = {case: _make_data(case)}  # one case's arrays alive at a time
-        d = data_of[case]
+        if case != d_case:
+            d, d_case = None, case  # one case's arrays alive at a time
+            d = _make_data(case)
         y, scratch = np.empty_like(d.x), np.empty_like(d.x)  # shared by 1 and n threads
         build = _CALL_BUILDERS[op]
         calls = {"cbn_1": build(case, d, 1, None, out=y)["cbn"],
@@ -920,23 +920,21 @@ def format_scaling(scaling, threads):
         return ("thread scaling: no case both fits in cache and is large enough for a thread "
                 "team (see cbn._bench.scaling_pairs)")
 
-    def row(cells):
-        return _table_row(cells, _SCALING_COLUMNS)
-
     lines = [f"thread scaling: {threads} threads vs 1, cases whose arrays fit in "
              f"{SCALING_CACHE_FRACTION:g} of the last-level cache",
              "cbn, floor: time at 1 thread over time at n; cbn/floor: cbn's speedup over the "
              "floor kernels' (1.00: cbn scales as a plain OpenMP loop over the same bytes)",
-             row([name.replace("nT", f"{threads}T") for name, _, _ in _SCALING_COLUMNS])]
+             _table_row([name.replace("nT", f"{threads}T") for name, _, _ in _SCALING_COLUMNS],
+                        _SCALING_COLUMNS)]
     lines.append("-" * len(lines[-1]))
     for r in scaling:
         c = r.case
-        lines.append(row([
+        lines.append(_table_row([
             r.op, c.shape_label, c.dtype, str(c.axis), f"{c.nbytes / 1e6:.1f}",
             format_time(r.times["cbn_1"]), format_time(r.times["cbn_n"]),
             _fmt_ratio(r.speedup("cbn"), "x"), _fmt_ratio(r.speedup("floor"), "x"),
             _fmt_ratio(r.relative),
-        ]) + ("  *" if r.noisy else ""))
+        ], _SCALING_COLUMNS) + ("  *" if r.noisy else ""))
     if any(r.noisy for r in scaling):
         lines.append(f"* rounds varied by more than {NOISE_THRESHOLD - 1:.0%} (busy machine?)")
     sm = summarize_scaling(scaling)

@@ -843,7 +843,6 @@ cdef inline bint _reverse(const void* out, const void* a, const void* b,
     return _note_reversed(near and not far)
 
 
-
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
                                 floating scale, floating shift, bint relu,
                                 bint stream) noexcept nogil:

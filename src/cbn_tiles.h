@@ -84,34 +84,31 @@ static inline cbn_vd cbn_relu_f64(cbn_vd v) {
 #endif
 #define CBN_COL_PF(ld, T) ((ptrdiff_t)(ld) * (ptrdiff_t)sizeof(T) >= CBN_COL_PF_MIN_BYTES)
 
-/* With AVX-512, rows of exactly CBN_RS_TV = 8 float64 vectors (64 columns: NHWC with 64
- * channels) are reduced by *row streams*: the state of every column (shift or mean, two sums:
- * 24 of the 32 registers) stays in registers while the rows go by in memory order.  The two
- * column tiles of such a row each jump through every sub-block, which from memory measured up
- * to 1.9x a plain read (float64, 64 MiB, two threads; 4.4x at 16 MiB, one thread) where the row
- * stream runs at 1.1x (1.9x).  Per column the operations and their order are those of the
- * column tiles (sub-blocks of rs rows summed from zero, then added to the accumulator), so
- * results do not change.  Narrower rows are one tile already (a row stream); wider ones do not
- * fit the registers; AVX2 and SSE2 have 16 registers. */
+/* Rows of exactly CBN_RS_TV float64 vectors are reduced by *row streams*: the state of every
+ * column (shift or mean, two sums) stays in registers while the rows go by in memory order.
+ * With AVX-512 that is 8 vectors, 64 columns (NHWC with 64 channels), 24 of the 32 registers:
+ * there the two column tiles of a row each jumped through every sub-block, which from memory
+ * measured up to 1.9x a plain read (float64, 64 MiB, two threads; 4.4x at 16 MiB, one thread)
+ * where the row stream runs at 1.1x (1.9x).  With 16 registers (AVX2, SSE2) a row stream holds
+ * one tile, whose walk is a row stream already.  Per column the operations and their order are
+ * those of the column tiles (sub-blocks of rs rows summed from zero, then added to the
+ * accumulator), so results do not change. */
 #if defined(__AVX512F__)
 #define CBN_RS_TV 8
-#define cbn_row_stream_fits(w) ((w) == CBN_DL * CBN_RS_TV)
 #else
 #define CBN_RS_TV CBN_COL_TV
-#define cbn_row_stream_fits(w) 0
 #endif
+#define cbn_row_stream_fits(w) ((w) == CBN_DL * CBN_RS_TV)
 /* for every vector v of a row stream: BODY (a constant trip count: the state stays in registers) */
 #define CBN_RS_EACH(v, ...) for (int v = 0; v < CBN_RS_TV; v++) { __VA_ARGS__ }
 
 #define CBN_DEFINE_COL_TILES(T, SFX)                                                             \
 static inline void cbn_col_shifted_sums_stream_##SFX(double *restrict s1, double *restrict s2,  \
                                                      const T *restrict x, ptrdiff_t ld,          \
-                                                     ptrdiff_t rows, const double *restrict k,   \
-                                                     ptrdiff_t w) {                              \
+                                                     ptrdiff_t rows, const double *restrict k) { \
     const ptrdiff_t rs = CBN_COL_RS(ld, T);                                                      \
     const cbn_vd zero = {0};                                                                     \
     cbn_vd kv[CBN_RS_TV], a[CBN_RS_TV], q[CBN_RS_TV];                                            \
-    (void)w; /* == CBN_DL * CBN_RS_TV */                                                         \
     CBN_ONE_INIT(one);                                                                           \
     CBN_RS_EACH(v, kv[v] = cbn_loadv_f64(k + CBN_DL * v);)                                       \
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {                                                \
@@ -134,7 +131,7 @@ static inline void cbn_col_shifted_sums_##SFX(double *restrict s1, double *restr
     const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);             \
     const int pf_ = CBN_COL_PF(ld, T);                                                           \
     if (cbn_row_stream_fits(w)) {                                                                \
-        cbn_col_shifted_sums_stream_##SFX(s1, s2, x, ld, rows, k, w);                            \
+        cbn_col_shifted_sums_stream_##SFX(s1, s2, x, ld, rows, k);                               \
         return;                                                                                  \
     }                                                                                            \
     CBN_ONE_INIT(one);                                                                           \
