@@ -123,6 +123,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     NaN and Inf in ``x`` propagate to the outputs, mean and invstd of their own channel only;
     other channels are unaffected.
 
+    An empty batch (a zero-length axis other than the channel axis) is not an error: ``out`` is
+    empty, ``mean`` and ``invstd`` are NaN and the running statistics are left unchanged, as
+    ``torch.nn.functional.batch_norm`` leaves them.
+
     Statistics are accumulated in float64, per cache-sized block with sums shifted by an element
     of the block (which bounds the cancellation), and the blocks are merged by Chan's formula:
     float32 data with ``|mean| / std`` of 1e6 keeps a relative variance error near 1e-9.
@@ -200,7 +204,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     ------
     TypeError, ValueError
         On bad arguments (see :func:`batch_norm_forward`), and if ``running_var`` has a
-        negative entry (torch silently returns NaN there).
+        negative entry (torch silently returns NaN there).  A NaN entry is not an error: like
+        NaN data, it propagates to its own channel of the output.
 
     Examples
     --------
@@ -287,7 +292,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     -------
     BackwardResult
         ``(dx, dweight, dbias)``; ``dweight`` and ``dbias`` have the dtype of ``weight`` when
-        it is given, else that of ``x``.
+        it is given, else that of ``x``, except that float16 becomes float32 (sums of float16
+        gradients overflow past 65504).
 
     Raises
     ------
@@ -346,9 +352,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     mu = v.as_f64(mean, "mean", C)
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
-    grad_dtype = x.dtype if weight is None else np.asarray(weight).dtype
-    if grad_dtype == _F16:  # sums of float16 gradients overflow past 65504
-        grad_dtype = v.F32
+    grad_dtype = v.gradient_dtype(x.dtype, weight)
     dxk = dx = None
     copy_back = False
     if need_dx:

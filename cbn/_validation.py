@@ -159,6 +159,13 @@ def channel_vector(a, name, C, *, writeable=False):
     return a
 
 
+def gradient_dtype(x_dtype, weight):
+    """dtype of dweight and dbias: that of ``weight`` when given, else of ``x``; float32 in
+    place of float16, whose sums overflow past 65504."""
+    dt = x_dtype if weight is None else np.asarray(weight).dtype
+    return F32 if dt == F16 else dt
+
+
 def as_f64(a, name, C):
     """A per-channel array as a C-contiguous float64 vector (no copy when it already is one)."""
     if a.__class__ is np.ndarray and a.dtype is F64 and a.shape == (C,) and a.flags.c_contiguous:

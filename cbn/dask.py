@@ -367,8 +367,8 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     -------
     BackwardResult
         ``(dx, dweight, dbias)``: ``dx`` a lazy Dask array like ``x``; ``dweight`` and
-        ``dbias`` NumPy arrays of shape (C,) in the dtype of ``weight`` when given, else of
-        ``x``.
+        ``dbias`` NumPy arrays of shape (C,) in the dtype of ``weight`` when given (float32
+        for a float16 ``weight``), else of ``x``.
 
     Raises
     ------
@@ -396,7 +396,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     mu = v.as_f64(mean, "mean", C)
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
-    grad_dtype = x.dtype if weight is None else np.asarray(weight).dtype
+    grad_dtype = v.gradient_dtype(x.dtype, weight)
     if not (need_dx or need_dw or need_db):
         return BackwardResult(None, None, None)
     if not all(_same_shape(cd, cx) for cd, cx in zip(dy.chunks, x.chunks)):

@@ -99,6 +99,22 @@ def test_backward_needs_and_no_weight(threads):
     assert cd.batch_norm_backward(DY, X, f.mean, f.invstd, needs=(0, 0, 0)) == (None, None, None)
 
 
+def test_float16_weight_gradients_are_float32_as_in_memory(threads):
+    # float32 data, float16 weight: the parameter gradients are float32 in both APIs; in
+    # float16 the dbias sum (8e4 per channel) would overflow past 65504
+    x = _data((40000, 2), np.float32)
+    dy = np.full_like(x, 2.0)
+    w = np.array([1.5, 0.5], np.float16)
+    f = cbn.batch_norm_forward(x, w)
+    e = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w)
+    g = cd.batch_norm_backward(da.from_array(dy, chunks=(7000, 2)),
+                               da.from_array(x, chunks=(7000, 2)), f.mean, f.invstd, w)
+    assert e.dweight.dtype == e.dbias.dtype == np.float32
+    assert g.dweight.dtype == g.dbias.dtype == np.float32
+    np.testing.assert_allclose(g.dbias, 80000.0, rtol=1e-6)
+    np.testing.assert_allclose(g.dweight, e.dweight, rtol=1e-5, atol=1e-2)
+
+
 def test_large_offset_float32_exact(threads):
     """Merged chunk moments keep float32 data with mean 1e6 and std 1 accurate."""
     rng = np.random.default_rng(11)

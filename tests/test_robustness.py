@@ -742,3 +742,27 @@ def test_frozen_from_stats_nonfinite_names_the_argument(arg):
     kw[arg] = np.array([1.0, np.nan if arg != "running_mean" else np.inf, 1.0])
     with pytest.raises(ValueError, match=arg):
         cbn.FrozenBatchNorm.from_stats(**kw)
+
+
+@pytest.mark.parametrize("shape,axis", [((0, 3), 1), ((2, 3, 0), 1), ((0, 4, 4, 3), -1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch_forward_leaves_running_stats(shape, axis, dtype):
+    # documented: empty out, NaN mean and invstd, running statistics untouched (as torch's
+    # functional batch_norm leaves them); the functional torch call is checked when present
+    C = shape[axis]
+    x = np.empty(shape, dtype)
+    rm, rv = np.arange(C, dtype=dtype), np.arange(1, C + 1, dtype=dtype)
+    rm0, rv0 = rm.copy(), rv.copy()
+    out, mean, invstd = cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, axis=axis)
+    assert out.shape == shape and out.dtype == dtype
+    assert mean.shape == invstd.shape == (C,)
+    assert np.isnan(mean).all() and np.isnan(invstd).all()
+    np.testing.assert_array_equal(rm, rm0)
+    np.testing.assert_array_equal(rv, rv0)
+    if axis == 1:
+        torch = pytest.importorskip("torch")
+        trm, trv = torch.from_numpy(rm0.copy()), torch.from_numpy(rv0.copy())
+        ty = torch.nn.functional.batch_norm(torch.from_numpy(x), trm, trv, training=True)
+        assert tuple(ty.shape) == shape
+        np.testing.assert_array_equal(trm.numpy(), rm0)
+        np.testing.assert_array_equal(trv.numpy(), rv0)
