@@ -7,8 +7,8 @@ array, seen as ``(outer, C, inner)``, is cut into chunks of about ``CHUNK_ELEMS`
 widened to float32 in a bounded work buffer and handed to the float32 kernels; statistics of
 the chunks are merged with Chan's formula in float64, and results are narrowed back into the
 float16 output.  So float16 data gets float32 arithmetic with float64 accumulation, and memory
-stays at the outputs plus a few chunk buffers.  Chunk boundaries depend only on the shape, so results do not depend on
-the thread count.
+stays at the outputs plus a few chunk buffers.  Chunk boundaries depend only on the shape, so
+results do not depend on the thread count.
 """
 
 import numpy as np
