@@ -3,9 +3,9 @@
 cbn runs the best variant the CPU supports, so the dashboard's other benchmarks never see the
 others, and a variant can fall far behind unnoticed: until November 2026 the AVX2 and SSE2
 builds kept every 64-byte vector on the stack (GCC has no registers for them there), and their
-backward ran 5-10x slower than AVX-512's.  These time each variant the CPU can run through its
-own entry points (the ones ``batch_norm_*`` call with ``out=``), one thread, so that the
-variants can be compared with each other on one machine.  Parameters: ``shape`` (as in
+backward ran 5-10x slower than AVX-512's.  These time each variant the CPU can run through the
+fast entry points (the ones ``batch_norm_*`` call with ``out=``) bound to it, one thread, so
+that the variants can be compared with each other on one machine.  Parameters: ``shape`` (as in
 bench_batch_norm), ``dtype``, ``level`` (``baseline``, ``avx2``, ``avx512``; skipped when not
 built or not supported by the CPU, and on commits without these entry points).
 """
@@ -23,6 +23,28 @@ LEVELS = ["baseline", "avx2", "avx512"]
 DTYPES = ["float32", "float64"]
 
 
+def _entries_of(level):
+    """The fast entry points running at ``level``: bound through cbn._dispatch (since the
+    compile-once split), or the level's own module (commits before it)."""
+    from cbn import _dispatch
+
+    if hasattr(_dispatch, "bind"):
+        if level not in _dispatch.supported_levels():
+            raise NotImplementedError(f"{level}: not built or not supported by the CPU")
+        _dispatch.bind(level)
+        return _dispatch.kernels
+    try:
+        mod = importlib.import_module(f"cbn._kernels_{level}")
+        base = importlib.import_module("cbn._kernels_baseline")
+    except ImportError:
+        raise NotImplementedError(f"{level} kernels not built") from None
+    if not all(hasattr(mod, f) for f in ("fast_forward", "fast_backward", "fast_inference")):
+        raise NotImplementedError("no fast entry points in this commit")
+    if not base.cpu_supports(level):
+        raise NotImplementedError(f"the CPU lacks {level}")
+    return mod
+
+
 class SimdLevels:
     """forward, backward and inference through one kernel variant."""
 
@@ -31,15 +53,10 @@ class SimdLevels:
     timeout = 120
 
     def setup(self, shape, dtype, level):
-        try:
-            mod = importlib.import_module(f"cbn._kernels_{level}")
-            base = importlib.import_module("cbn._kernels_baseline")
-        except ImportError:
-            raise NotImplementedError(f"{level} kernels not built") from None
-        if not all(hasattr(mod, f) for f in ("fast_forward", "fast_backward", "fast_inference")):
-            raise NotImplementedError("no fast entry points in this commit")
-        if not base.cpu_supports(level):
-            raise NotImplementedError(f"the CPU lacks {level}")
+        from cbn import _dispatch
+
+        self._dispatched = getattr(_dispatch, "level", None)
+        mod = _entries_of(level)
         dims, axis = SHAPES[shape]
         rng = np.random.default_rng(0)
         x = (rng.standard_normal(dims) * 2 + 3).astype(dtype)
@@ -61,6 +78,12 @@ class SimdLevels:
         for call in (self.backward, self.inference):
             if call() is None:
                 raise NotImplementedError("not a fast-path case")
+
+    def teardown(self, shape, dtype, level):
+        from cbn import _dispatch
+
+        if hasattr(_dispatch, "bind"):
+            _dispatch.bind(self._dispatched)
 
     def time_forward(self, shape, dtype, level):
         self.forward()

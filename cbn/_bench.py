@@ -457,9 +457,7 @@ def _floor_call(op, d, scratch, nt):
     """The streaming-kernel callable that moves the bytes of ``op``.  The kernels come from the
     best SIMD variant the CPU runs, not the one ``CBN_SIMD`` selects for cbn: the floor is the
     machine's bandwidth, the same whichever variant is being measured."""
-    from ._dispatch import best_supported
-
-    k = best_supported()[0]
+    from ._dispatch import kernels as k  # its floor kernels run at the best level
 
     x = d.x.reshape(-1)
     dy = d.dy.reshape(-1)
@@ -964,14 +962,14 @@ def environment(num_threads, settings, use_torch=True):
     dict
     """
     import cbn
-    from ._dispatch import best_supported
+    from ._dispatch import kernels
 
     cfg = cbn.config()
     torch = _import_torch()
     return {
         "cbn": cfg["version"],
         "simd_level": cfg["simd_level"],
-        "floor_simd_level": best_supported()[1],
+        "floor_simd_level": kernels.floor_variant(),
         "openmp_runtime": cfg["openmp_runtime"],
         "threads": num_threads,
         "max_threads": cfg["default_threads"],

@@ -1,311 +1,32 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False, embedsignature=True
-"""Batch-normalisation kernels (float32 and float64, GIL-free, OpenMP).
+"""One SIMD level's batch-norm kernels (float32 and float64, GIL-free, OpenMP).
 
-Design note
------------
-Every C-contiguous array with channel axis ``a`` is viewed as ``(outer, C, inner)``.  Two
-layouts follow:
-
-* **channel-major** (``inner > 1``: NCL, NCHW, NCDHW, a middle axis): each ``(o, c)`` pair owns
-  a contiguous *run* of ``inner`` elements.  Loops vectorise along the run, with per-run scalar
-  coefficients.
-* **channels-last** (``inner == 1``: NC, NHWC): each row ``o`` holds the C channels contiguously.
-  Loops vectorise across channels, with per-channel coefficient vectors.
-
-Statistics (mean and biased variance, float64 whatever the input) use a fixed decomposition of
-each channel into *blocks* (``BLOCK_BYTES`` of data per channel in the channel-major layout, at
-least ``MIN_ROWS_B`` rows in the channels-last one), grouped into at most ``MAX_SEGMENTS``
-*segments* of consecutive blocks.  A block is read once, accumulating sums shifted by one of
-its own elements ``k`` (so ``(k - mean)^2 <= n * var`` and the cancellation in
-``M2 = S2 - S1^2 / n`` costs at most a factor ``n + 1``); blocks merge into segments, and
-segments into the channel, by Chan's parallel formula, in order, with every block mean carried
-as an offset from the channel's first element (added back once at the end: merging rounded
-copies of a huge mean would cost the variance ~eps * |mean| / std).  This is accurate on data with
-huge offsets (|mean|/std of 1e6 in float32 keeps ~1e-12 relative variance) and, because the
-decomposition depends only on the shape and dtype, results are bit-identical for any number of
-threads: threads only choose *who* computes a segment or a channel, never *how*.
-
-Traversal: reading an NCHW array channel by channel (runs spread across the batch) measured 2x
-slower than memory order, so short runs are reduced in memory order -- a task takes a segment's
-rows and keeps per-channel block accumulators -- with exactly the per-channel arithmetic of the
-channel-by-channel path.  Long runs (``inner`` above a block) are reduced per channel, and when
-a channel fits in half the L2 cache its task normalises the channel while it is still cached.
-
-Element-wise passes compute ``(x - hi) * scale + shift'`` where ``hi`` is the float64 mean
-rounded to the input type and ``shift' = shift - (mean - hi) * scale``: ``x - hi`` keeps the
-digits of float32 data with large offsets (the textbook ``x * scale + (bias - mean*scale)``
-would cancel them) at the cost of one subtraction.  A fused ReLU clamps in the same pass, and
-backward applies its mask ``y > 0`` inside both of its passes.  The per-channel coefficient
-vectors are allocated half a page (mod 4 KB) from the pass's output (``cbn_alloc_beside``), so
-that their loads never wait on the output's pending stores (4K aliasing).
-
-When the arrays of an element-wise pass span at least the last-level cache (``_NT_MIN_BYTES``),
-its output is a separate array and its runs are long enough (``NT_MIN_RUN_BYTES``), the output
-is written with streaming stores (cbn_stream.h): no read-for-ownership of lines that would not
-stay cached anyway, and the inputs that a second pass re-reads are not evicted by the output.
-Same arithmetic, bit-identical results (NaN payloads aside: which NaN operand propagates may
-differ).
-
-Inputs below ``PARALLEL_MIN_ELEMS`` elements never start a thread team; in a process forked
-after a thread team ran, every kernel runs serially (GNU libgomp can hang there).
+This file is compiled once per SIMD level (meson.build) and holds only ``noexcept nogil``
+code: the statistics, the element-wise passes and the backward sums, each written once for both
+float types (the fused type ``floating``), on top of the explicit-SIMD C loops of cbn_simd.h.
+Its one Python-visible function, ``table``, hands the compile-once module (_core.pyx) the
+level's entries (cbn_table.h).  The design is described in ARCHITECTURE.md beside this file.
 
 Conventions: arguments marked IN are read, OUT are written (named ``*_out``); every function
-called inside a parallel region is ``noexcept nogil``; the innermost reductions and the
-channels-last row passes live in cbn_simd.h (explicit SIMD, fixed summation order), the
-register-tiled channels-last kernels in cbn_tiles.h, the streaming-store passes in
-cbn_stream.h.
+called inside a parallel region is ``noexcept nogil``.
 """
 
-from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy
-from libc.math cimport sqrt, isfinite
+from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 from cython.parallel cimport prange, threadid
-cimport numpy as cnp
 
-cnp.import_array()
+from cbn_shared cimport *
+from cbn_simd cimport *
 
 ctypedef fused floating:
     float
     double
 
-cdef extern from "cbn_simd.h" nogil:
-    int cbn_openmp_enabled()
-    int cbn_openmp_version()
-    int cbn_max_threads()
-    int cbn_num_procs()
-    int cbn_in_forked_child()
-    void cbn_note_parallel()
-    double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
-    void* cbn_alloc_beside(size_t nbytes, const void* out)
-    void cbn_free_beside(void* p)
-    int cbn_install_fork_handler()
-    const char* cbn_variant()
-    int cbn_cpu_supports(const char* variant)
-    long cbn_l2_cache_bytes()
-    long cbn_l3_cache_bytes()
-    void cbn_note_team()
-    int cbn_get_last_team()
-    void cbn_reset_last_team()
-    double cbn_sum_f32(const float* x, Py_ssize_t n)
-    double cbn_sum_f64(const double* x, Py_ssize_t n)
-    void cbn_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
-    void cbn_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
-    void cbn_sum_like_dot_f32(const float* dy, const float* ym, Py_ssize_t n, double* sdy)
-    void cbn_sum_like_dot_f64(const double* dy, const double* ym, Py_ssize_t n, double* sdy)
-    void cbn_sum_dot_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
-                         double m, double* sdy, double* sdyx)
-    void cbn_sum_dot_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
-                         double m, double* sdy, double* sdyx)
-    void cbn_sum_dot8_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
-                          double m, double* sdy8, double* sdyx8)
-    void cbn_sum_dot8_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
-                          double m, double* sdy8, double* sdyx8)
-    double cbn_hsum8_array(const double* v)
-    void cbn_shifted_sums8_f32(const float* x, Py_ssize_t n, double k, double* s1_8,
-                               double* s2_8)
-    void cbn_shifted_sums8_f64(const double* x, Py_ssize_t n, double k, double* s1_8,
-                               double* s2_8)
-    void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
-                        const float* hi, const float* sc, const float* sh, int relu)
-    void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
-                        Py_ssize_t w, const double* hi, const double* sc, const double* sh,
-                        int relu)
-    void cbn_dx_rows_f32(const float* dy, const float* ym, const float* x, float* dx,
-                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
-                         const float* k1, const float* k2, const float* k3)
-    void cbn_dx_rows_f64(const double* dy, const double* ym, const double* x, double* dx,
-                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
-                         const double* k1, const double* k2, const double* k3)
-    void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
-                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
-    void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
-                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
-    void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* ym,
-                             const float* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w)
-    void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* ym,
-                             const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w)
-
-cdef extern from "cbn_reverse.h" nogil:
-    void cbn_affine_run_rev_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
-                                float sh, int relu)
-    void cbn_affine_run_rev_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
-                                double sh, int relu)
-    void cbn_dx_run_rev_f32(const float* dy, const float* ym, const float* x, float* dx,
-                            Py_ssize_t n, float hi, float k1, float k2, float k3)
-    void cbn_dx_run_rev_f64(const double* dy, const double* ym, const double* x, double* dx,
-                            Py_ssize_t n, double hi, double k1, double k2, double k3)
-
-cdef extern from "cbn_stream.h" nogil:
-    enum: CBN_NT_PAD
-    int cbn_nt_available()
-    int cbn_get_last_streamed()
-    void cbn_reset_last_streamed()
-    void cbn_nt_fence()
-    void cbn_note_streamed()
-    void cbn_affine_run_nt_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
-                               float sh, int relu)
-    void cbn_affine_run_nt_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
-                               double sh, int relu)
-    void cbn_dx_run_nt_f32(const float* dy, const float* ym, const float* x, float* dx,
-                           Py_ssize_t n, float hi, float k1, float k2, float k3)
-    void cbn_dx_run_nt_f64(const double* dy, const double* ym, const double* x, double* dx,
-                           Py_ssize_t n, double hi, double k1, double k2, double k3)
-    void cbn_nt_extend_f32(const float* coef, Py_ssize_t C, int k, float* out)
-    void cbn_nt_extend_f64(const double* coef, Py_ssize_t C, int k, double* out)
-    void cbn_affine_flat_nt_f32(const float* x, float* y, Py_ssize_t n, Py_ssize_t C,
-                                const float* ext, int relu)
-    void cbn_affine_flat_nt_f64(const double* x, double* y, Py_ssize_t n, Py_ssize_t C,
-                                const double* ext, int relu)
-    void cbn_dx_flat_nt_f32(const float* dy, const float* ym, const float* x, float* dx,
-                            Py_ssize_t n, Py_ssize_t C, const float* ext)
-    void cbn_dx_flat_nt_f64(const double* dy, const double* ym, const double* x, double* dx,
-                            Py_ssize_t n, Py_ssize_t C, const double* ext)
-
-# ------------------------------------------------------------------------------------ tuning
-# Bytes of data per channel in one statistics block of the channel-major layout (one shifted
-# single pass; the cancellation bound is a factor of the block's count + 1).
-DEF BLOCK_BYTES = 32768
-# Minimum rows per block in the channels-last layout: amortises the per-block set-up, finalising
-# and merge over the columns (the shifted-sum bound on cancellation is then a factor 257, 8 of
-# float64's 53 bits).  Against 64 rows, measured in one process (NHWC with 64 and 128 channels,
-# float32 and float64, 1 and 2 threads): statistics 0.88-0.98x the time, training forward
-# 0.88-0.99x.
-DEF MIN_ROWS_B = 256
-# Channels-last tasks cover at most this many columns (bounds the per-thread accumulators).
-DEF MAX_COLUMNS = 8192
-# Upper bound on segments per channel: bounds the partials to O(C * MAX_SEGMENTS) doubles.
-DEF MAX_SEGMENTS = 16
-# Below this many elements a call runs on the calling thread only.
-DEF PARALLEL_MIN_ELEMS = 65536
-# Channel-major runs shorter than this keep plain stores even when the output streams: each run
-# starts and ends with plain stores up to a line boundary (measured, 2 threads, 51 MB pass:
-# runs of 196 B streamed 2x slower than plain, 784 B even, 3 KB and more 0.8x).
-DEF NT_MIN_RUN_BYTES = 512
-# Outputs starting up to this many bytes past an input modulo 4 KB are written walking down in
-# memory (see _reverse; measured: 64 bytes past costs 1.12-1.5x, 256 and more nothing).
-DEF ALIAS_WINDOW = 256
-
-# GNU libgomp is not fork-safe: a forked child that enters a parallel region after the parent
-# used OpenMP can hang (scikit-learn #7650).  A pthread_atfork child handler marks the child,
-# and every kernel then runs serially there without entering any OpenMP region.
-cbn_install_fork_handler()
-
-cdef long _L2_BYTES = cbn_l2_cache_bytes()
-if _L2_BYTES <= 0:
-    _L2_BYTES = 512 * 1024
-# A channel is fused (stats + normalise while cached) if its bytes fit in this budget.
-cdef Py_ssize_t _FUSE_BUDGET = <Py_ssize_t>(_L2_BYTES // 2)
-# An element-wise pass whose arrays (inputs + output) span at least this many bytes writes its
-# output with streaming (non-temporal) stores, cbn_stream.h: they cannot all stay in the
-# last-level cache, and streaming keeps the inputs there rather than an output that would be
-# evicted anyway.  Measured on the 2-core Zen 4 host (32 MB L3), 2 threads, NCHW float32,
-# streamed time over plain-store time: inference with x + y of 18 MB 1.25x (the plain output
-# stays cached), 37 MB 0.88x, 51 MB 0.75x, 98 MB 0.69x; backward (dy, x, dx) of 46 MB 0.85x,
-# 77 MB 0.82x.
-cdef long _L3_BYTES = cbn_l3_cache_bytes()
-if _L3_BYTES <= 0:
-    _L3_BYTES = 32 * 1024 * 1024
-cdef Py_ssize_t _NT_DEFAULT = <Py_ssize_t>_L3_BYTES if cbn_nt_available() else -1
-cdef Py_ssize_t _NT_MIN_BYTES = _NT_DEFAULT
-
-
-# ------------------------------------------------------------------------------------ info
-def variant():
-    """Name of the SIMD variant this module was compiled for."""
-    return cbn_variant().decode()
-
-
-def cpu_supports(str name):
-    """True if the running CPU supports the kernel variant ``name``."""
-    return bool(cbn_cpu_supports(name.encode()))
-
-
-def openmp_info():
-    """(enabled, _OPENMP version macro, omp_get_max_threads())."""
-    return bool(cbn_openmp_enabled()), cbn_openmp_version(), cbn_max_threads()
-
-
-def max_threads():
-    """omp_get_max_threads() (1 in a serial build)."""
-    return cbn_max_threads()
-
-
-def in_forked_child():
-    """True in a process forked after its parent ran cbn with threads: kernels run serially."""
-    return bool(cbn_in_forked_child())
-
-
-def last_team_size(bint reset=False):
-    """OpenMP team size of the most recent kernel task (0 if none ran since the last reset)."""
-    cdef int n = cbn_get_last_team()
-    if reset:
-        cbn_reset_last_team()
-    return n
-
-
-def tuning():
-    """The compile-time and runtime tuning constants, for reports and tests."""
-    return dict(block_bytes=BLOCK_BYTES, min_rows_channels_last=MIN_ROWS_B,
-                max_columns_channels_last=MAX_COLUMNS,
-                max_segments=MAX_SEGMENTS, parallel_min_elems=PARALLEL_MIN_ELEMS,
-                l2_bytes=_L2_BYTES, fuse_budget_bytes=_FUSE_BUDGET, l3_bytes=_L3_BYTES,
-                nontemporal_min_bytes=_NT_MIN_BYTES if _NT_MIN_BYTES >= 0 else None,
-                nontemporal_min_run_bytes=NT_MIN_RUN_BYTES)
-
-
-def set_nontemporal_min_bytes(n):
-    """Set the working set (bytes of all arrays of a pass) from which element-wise passes write
-    their output with streaming stores.
-
-    ``None`` restores the default (the last-level cache size); 0 streams every output that
-    does not alias an input.  Returns the previous value (None when streaming stores are not
-    available on this target, in which case the setting is ignored).  For tests and tuning.
-    """
-    global _NT_MIN_BYTES
-    cdef Py_ssize_t old = _NT_MIN_BYTES
-    if n is not None and int(n) < 0:
-        raise ValueError(f"n must be a byte count >= 0 or None, got {n}")
-    if cbn_nt_available():
-        _NT_MIN_BYTES = _NT_DEFAULT if n is None else int(n)
-    return old if old >= 0 else None
-
-
-# Direction of the plain-store element-wise passes (see _reverse): 1 = by the arrays' placement,
-# 0 = always forward, 2 = always reverse (tests and measurements).
-cdef int _REVERSE_MODE = 1
-cdef bint _REVERSED = False  # a pass walked down since the last reset (last_reversed)
-
-
-def set_reverse_mode(int mode):
-    """0: element-wise passes always walk up in memory, 1 (default): down when the output sits
-    just past an input modulo 4 KB, 2: always down.  Returns the previous mode.  For tests and
-    measurements: results are bit-identical in every mode."""
-    global _REVERSE_MODE
-    if mode not in (0, 1, 2):
-        raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
-    cdef int previous = _REVERSE_MODE
-    _REVERSE_MODE = mode
-    return previous
-
-
-def last_reversed(bint reset=False):
-    """Whether an element-wise pass walked down in memory since the last reset (for tests)."""
-    global _REVERSED
-    cdef bint r = _REVERSED
-    if reset:
-        _REVERSED = False
-    return r
-
-
-def last_streamed(bint reset=False):
-    """True if an element-wise pass used streaming stores since the last reset."""
-    cdef int v = cbn_get_last_streamed()
-    if reset:
-        cbn_reset_last_streamed()
-    return bool(v)
+# The process's one runtime (tuning settings, probes, fork flags), owned by _core.pyx and set
+# by table() before any entry can be called.
+cdef cbn_runtime* _rt = NULL
 
 
 # ------------------------------------------------------------------------------------ point functions
@@ -445,51 +166,7 @@ cdef inline void _split_centre(double centre, floating* hi, floating* lo) noexce
     lo[0] = <floating>(centre - <double>hi[0])
 
 
-# ------------------------------------------------------------------------------------ geometry
-cdef struct Geometry:
-    Py_ssize_t outer, C, inner
-    Py_ssize_t n                # elements per channel (outer * inner)
-    # channel-major blocking
-    Py_ssize_t rows_per_block   # consecutive o's per block (inner < block elems)
-    Py_ssize_t pieces           # pieces per run (inner >= block elems), else 1
-    Py_ssize_t nblocks          # blocks per channel
-    Py_ssize_t nseg             # segments per channel
-    # channels-last blocking
-    Py_ssize_t col_width        # channels per task chunk
-    Py_ssize_t ncol_chunks
-
-
-cdef Geometry _geometry(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                        Py_ssize_t itemsize) noexcept nogil:
-    cdef Geometry g
-    cdef Py_ssize_t blk = BLOCK_BYTES // itemsize
-    g.outer = outer
-    g.C = C
-    g.inner = inner
-    g.n = outer * inner
-    g.col_width = C
-    g.ncol_chunks = 1
-    if inner > 1:
-        if inner >= blk:
-            g.pieces = (inner + blk - 1) // blk
-            g.rows_per_block = 1
-            g.nblocks = outer * g.pieces
-        else:
-            g.pieces = 1
-            g.rows_per_block = max(1, blk // inner)
-            g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
-    else:
-        g.pieces = 1
-        g.rows_per_block = max(MIN_ROWS_B, blk // max(C, 1))
-        g.nblocks = (outer + g.rows_per_block - 1) // g.rows_per_block
-        # whole rows per task (sequential reads); chunk only very wide rows, to bound the
-        # per-thread accumulators (3 doubles per column) to L2
-        g.col_width = max(1, min(C, MAX_COLUMNS))  # >= 1: C may be 0
-        g.ncol_chunks = (C + g.col_width - 1) // g.col_width
-    g.nseg = max(1, min(MAX_SEGMENTS, g.nblocks))
-    return g
-
-
+# ------------------------------------------------------------------------------------ decomposition
 cdef inline Py_ssize_t _seg_start(const Geometry* g, Py_ssize_t s) noexcept nogil:
     return (s * g.nblocks) // g.nseg
 
@@ -501,7 +178,7 @@ cdef inline Py_ssize_t _segment_rows(const Geometry* g, Py_ssize_t s) noexcept n
 
 cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
     cdef int nt = requested
-    if elems < PARALLEL_MIN_ELEMS or cbn_in_forked_child():
+    if elems < CBN_PARALLEL_MIN_ELEMS or _rt.forked_child:
         return 1
     if nt <= 0:
         nt = cbn_max_threads()
@@ -509,7 +186,7 @@ cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) 
     if tasks < nt:
         nt = <int>tasks
     if nt > 1:
-        cbn_note_parallel()
+        _rt.team_started = 1
     return max(nt, 1)
 
 
@@ -573,7 +250,7 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     """Channel-major: moments of the whole channel c, segment by segment, in order."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
     cdef Py_ssize_t s
-    cbn_note_team()
+    cbn_note_team(_rt)
     for s in range(g.nseg):
         _segment_moments_cm(x, g, c, s, &sc, &sm, &sq)
         _merge(&cnt, &mean, &m2, sc, sm, sq)
@@ -631,7 +308,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
     cdef double* s2 = scratch + 9 * w    # 8 lanes per channel
     cdef double cnt = 0.0, cnt_c, nb, bm, bq
     cdef const floating* row
-    cbn_note_team()
+    cbn_note_team(_rt)
     for j in range(w):
         mean[j] = 0.0
         m2[j] = 0.0
@@ -663,7 +340,7 @@ cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize
                                   double* part, double* scratch) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
     cdef Py_ssize_t j = chunk * g.col_width
-    cbn_note_team()
+    cbn_note_team(_rt)
     _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
                         &part[g.nseg * g.C + s * g.C + j], scratch)
 
@@ -789,8 +466,9 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
                           bint single_pass=False) noexcept nogil:
     """Whether an element-wise pass writes its n-element output with streaming stores: the
     arrays it touches (the output and the non-NULL inputs a, b, c) cannot stay in the
-    last-level cache together (_NT_MIN_BYTES; twice that for a single_pass op, inference,
-    whose output is the only thing left to keep, when several threads share the memory bus:
+    last-level cache together (the runtime's nt_min_bytes; twice that for a single_pass op,
+    inference, whose output is the only thing left to keep, when several threads share the
+    memory bus:
     measured, 2 threads, float32, x + y of 51 MB against a 32 MB L3, streamed 0.74-1.30x the
     plain-store floor across processes and plain stores 0.98-1.06x, while at 103 MB streaming
     won every time, 0.82-0.85x against 1.03-1.06x.  One thread cannot keep enough plain-store
@@ -799,46 +477,45 @@ cdef inline bint _streams(const void* out, const void* a, const void* b, const v
     1x too, e.g. backward 0.85-0.98x against 1.01-1.14x), the output aliases none of the
     inputs (in place the line is read anyway, so a plain store costs no extra read), it is
     aligned to its element size, and its contiguous runs (``run`` elements) are long enough for
-    the plain head and tail of each run not to dominate (NT_MIN_RUN_BYTES).  Called once per
+    the plain head and tail of each run not to dominate (CBN_NT_MIN_RUN_BYTES).  Called once per
     pass, before its parallel region; notes a yes for last_streamed()."""
     cdef Py_ssize_t arrays = 1 + (a != NULL) + (b != NULL) + (c != NULL)
-    cdef bint yes = (_NT_MIN_BYTES >= 0 and n > 0
-                     and arrays * n * itemsize // (2 if single_pass else 1) >= _NT_MIN_BYTES
-                     and run * itemsize >= NT_MIN_RUN_BYTES and out != a and out != b
+    cdef bint yes = (cbn_nt_available() and _rt.nt_min_bytes >= 0 and n > 0
+                     and arrays * n * itemsize // (2 if single_pass else 1) >= _rt.nt_min_bytes
+                     and run * itemsize >= CBN_NT_MIN_RUN_BYTES and out != a and out != b
                      and out != c and (<size_t>out) % <size_t>itemsize == 0)
     if yes:
-        cbn_note_streamed()
+        _rt.last_streamed = 1
     return yes
 
 
 cdef inline bint _note_reversed(bint rev) noexcept nogil:
-    global _REVERSED
     if rev:
-        _REVERSED = True
+        _rt.last_reversed = 1
     return rev
 
 
 cdef inline bint _reverse(const void* out, const void* a, const void* b,
                           const void* c) noexcept nogil:
     """Whether a plain-store element-wise pass walks down in memory (cbn_reverse.h): its output
-    starts up to ALIAS_WINDOW bytes past an input modulo 4 KB (walking up, each load would wait
+    starts up to CBN_ALIAS_WINDOW bytes past an input modulo 4 KB (walking up, each load would wait
     on the store just issued to the same address modulo 4 KB), and no input starts just past
     the output (walking down would then alias the same way)."""
     cdef const void* ins[3]
     cdef size_t d
     cdef bint near = False, far = False
     cdef int j
-    if _REVERSE_MODE != 1:
-        return _note_reversed(_REVERSE_MODE == 2)
+    if _rt.reverse_mode != 1:
+        return _note_reversed(_rt.reverse_mode == 2)
     ins[0] = a
     ins[1] = b
     ins[2] = c
     for j in range(3):
         if ins[j] != NULL:
             d = (<size_t>out - <size_t>ins[j]) & 4095
-            if 0 < d <= ALIAS_WINDOW:
+            if 0 < d <= CBN_ALIAS_WINDOW:
                 near = True
-            elif d >= 4096 - ALIAS_WINDOW:
+            elif d >= 4096 - CBN_ALIAS_WINDOW:
                 far = True
     return _note_reversed(near and not far)
 
@@ -1019,13 +696,13 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                      and _reverse(y_out, x, NULL, NULL))
     cdef floating* ext = NULL
     if nt <= 1:
-        cbn_note_team()
+        cbn_note_team(_rt)
     if g.inner > 1:
         nruns = g.outer * C
         if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
             for t in prange(nruns * nt, num_threads=nt, schedule='static'):
                 if t == 0:
-                    cbn_note_team()
+                    cbn_note_team(_rt)
                 _normalize_piece(x, y_out, g, coef, t // nt, t % nt, nt, relu, stream)
             return
         # one contiguous share of runs per thread (and one store fence at its end when
@@ -1034,7 +711,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
         if nt > 1:
             for t in prange(nt, num_threads=nt, schedule='static'):
                 if t == 0:
-                    cbn_note_team()
+                    cbn_note_team(_rt)
                 _normalize_runs(x, y_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
                                 relu, stream, rev)
         else:
@@ -1047,7 +724,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
     if nt > 1:
         for r in prange(ngroups, num_threads=nt, schedule='static'):
             if r == 0:
-                cbn_note_team()
+                cbn_note_team(_rt)
             rows = min(rpt, g.outer - r * rpt)
             if ext != NULL:
                 _affine_flat_nt(x + r * rpt * C, y_out + r * rpt * C, rows, C, ext, relu)
@@ -1109,13 +786,13 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
                      and dx_out != ym and _reverse(dx_out, dy, x, ym))
     cdef floating* ext = NULL
     if nt <= 1:
-        cbn_note_team()
+        cbn_note_team(_rt)
     if g.inner > 1:
         nruns = g.outer * C
         if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
             for t in prange(nruns * nt, num_threads=nt, schedule='static'):
                 if t == 0:
-                    cbn_note_team()
+                    cbn_note_team(_rt)
                 _dx_piece(dy, ym, x, dx_out, g, coef, t // nt, t % nt, nt, stream)
             return
         # one contiguous share of runs per thread, as in _normalize (dx of (8,256,14,14) f32 at
@@ -1123,7 +800,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
         if nt > 1:
             for t in prange(nt, num_threads=nt, schedule='static'):
                 if t == 0:
-                    cbn_note_team()
+                    cbn_note_team(_rt)
                 _dx_runs(dy, ym, x, dx_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
                          stream, rev)
         else:
@@ -1136,7 +813,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
     if nt > 1:
         for r in prange(ngroups, num_threads=nt, schedule='static'):
             if r == 0:
-                cbn_note_team()
+                cbn_note_team(_rt)
             off = r * rpt * C
             rows = min(rpt, g.outer - r * rpt)
             if ext != NULL:
@@ -1210,7 +887,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         return -1
     # fused per channel (statistics, then normalise while cached) only for long runs: with
     # short runs the channel-by-channel traversal costs more than the second read it saves
-    if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET:
+    if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _rt.fuse_budget_bytes:
         stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
@@ -1291,7 +968,7 @@ cdef void _channel_sums_cm(const floating* dy, const floating* ym, const floatin
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     cdef double a = 0.0, d = 0.0, sa, sd
     cdef Py_ssize_t s
-    cbn_note_team()
+    cbn_note_team(_rt)
     for s in range(g.nseg):
         _segment_sums_cm(dy, ym, x, g, c, s, mean, with_dot, &sa, &sd)
         a = a + sa
@@ -1315,7 +992,7 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, const float
     cdef double* sdyx = part + g.nseg * C + s * C
     cdef double* acc_g = scratch
     cdef double* acc_d = scratch + 8 * (c1 - c0)
-    cbn_note_team()
+    cbn_note_team(_rt)
     for l in range(16 * (c1 - c0)):
         scratch[l] = 0.0
     for o in range(r0, r1):
@@ -1345,7 +1022,7 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* ym, const flo
     cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
     cdef double* sdy = part + s * g.C + c0
     cdef double* sdyx = part + g.nseg * g.C + s * g.C + c0
-    cbn_note_team()
+    cbn_note_team(_rt)
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
@@ -1376,7 +1053,7 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, const 
                                   double* sdyx_out, floating* coef, bint stream) noexcept nogil:
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
-    cbn_note_team()
+    cbn_note_team(_rt)
     _channel_sums_cm(dy, ym, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
     _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
     for o in range(g.outer):
@@ -1408,7 +1085,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     # fused per channel (sums, then dx while cached) only for long runs: with short runs the
     # channel-by-channel traversal costs more than the second read it saves
     if (dx_out != NULL and g.pieces > 1 and C >= nt
-            and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _FUSE_BUDGET):
+            and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _rt.fuse_budget_bytes):
         stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
@@ -1501,140 +1178,6 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     return 0
 
 
-# ------------------------------------------------------------------------------------ Python entries
-# The Python layer (cbn/_batch_norm.py) validates everything; these entries trust their
-# arguments: C-contiguous arrays of one float type, per-channel arrays of length C as float64
-# C-contiguous (or None), and (outer, C, inner) matching x.
-
-cdef inline int _check_kernel_arrays(cnp.ndarray x, object a=None, object b=None) except -1:
-    """The entries dispatch on float32 vs float64: anything else must never reach a kernel
-    (it would be read with the wrong element size)."""
-    cdef int t = cnp.PyArray_TYPE(x)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"cbn kernels take float32 or float64 arrays, got {x.dtype}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(x):
-        raise ValueError("cbn kernels take C-contiguous arrays")
-    for other in (a, b):
-        if other is not None:
-            if (cnp.PyArray_TYPE(<cnp.ndarray>other) != t
-                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>other)
-                    or cnp.PyArray_SIZE(<cnp.ndarray>other) != cnp.PyArray_SIZE(x)):
-                raise TypeError("cbn kernels take C-contiguous arrays of one dtype and size")
-    return 0
-
-
-cdef inline const double* _vec_or_null(object a) except? NULL:
-    if a is None:
-        return NULL
-    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>a)
-
-
-cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner):
-    return _geometry(outer, C, inner, cnp.PyArray_ITEMSIZE(x))
-
-
-def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
-                  Py_ssize_t inner, object weight, object bias, double eps,
-                  cnp.ndarray mean_out, cnp.ndarray var_out, cnp.ndarray invstd_out,
-                  int num_threads, bint relu=False):
-    """Training forward: y_out (ReLU applied if relu), and float64 mean_out, var_out (biased),
-    invstd_out."""
-    _check_kernel_arrays(x, y_out)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef const double* w = _vec_or_null(weight)
-    cdef const double* b = _vec_or_null(bias)
-    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
-    cdef double* vo = <double*>cnp.PyArray_DATA(var_out)
-    cdef double* io = <double*>cnp.PyArray_DATA(invstd_out)
-    cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _forward(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                          &g, num_threads, eps, w, b, mo, vo, io, relu)
-    else:
-        with nogil:
-            rc = _forward(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
-                          &g, num_threads, eps, w, b, mo, vo, io, relu)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-
-
-def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-            cnp.ndarray mean_out, cnp.ndarray m2_out, int num_threads):
-    """Per-channel float64 mean and M2 (sum of squared deviations)."""
-    _check_kernel_arrays(x)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef int nt = _threads_for(outer * C * inner, num_threads, _tasks_of(&g))
-    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
-    cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
-    cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _moments(<const float*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
-    else:
-        with nogil:
-            rc = _moments(<const double*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-
-
-def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
-              Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
-              int num_threads, bint relu=False):
-    """y_out = (x - centre) * scale + shift with float64 per-channel vectors (then ReLU if
-    relu)."""
-    _check_kernel_arrays(x, y_out)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef const double* ce = <const double*>cnp.PyArray_DATA(centre)
-    cdef const double* sc = <const double*>cnp.PyArray_DATA(scale)
-    cdef const double* sh = <const double*>cnp.PyArray_DATA(shift)
-    cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _inference(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                            &g, num_threads, ce, sc, sh, relu)
-    else:
-        with nogil:
-            rc = _inference(<const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(y_out),
-                            &g, num_threads, ce, sc, sh, relu)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-
-
-def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_ssize_t C,
-             Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd, object weight,
-             bint with_dot, cnp.ndarray sdy_out, cnp.ndarray sdyx_out, int num_threads,
-             object y_mask=None):
-    """Backward sums (float64 sum(g), sum(g*(x-mean))) and, if dx_out is given, dx; g is dy,
-    or dy where y_mask (the output of a fused ReLU, shaped like x) is > 0."""
-    _check_kernel_arrays(x, dy, dx_out)
-    if y_mask is not None:
-        _check_kernel_arrays(x, y_mask)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
-    cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
-    cdef const double* w = _vec_or_null(weight)
-    cdef double* a = <double*>cnp.PyArray_DATA(sdy_out)
-    cdef double* d = <double*>cnp.PyArray_DATA(sdyx_out)
-    cdef void* dxp = NULL if dx_out is None else cnp.PyArray_DATA(<cnp.ndarray>dx_out)
-    cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
-    cdef int rc
-    if dxp != NULL:
-        with_dot = True
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _backward(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
-                           <const float*>cnp.PyArray_DATA(x), <float*>dxp, &g, num_threads,
-                           mu, iv, w, with_dot, a, d)
-    else:
-        with nogil:
-            rc = _backward(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
-                           <const double*>cnp.PyArray_DATA(x), <double*>dxp, &g, num_threads,
-                           mu, iv, w, with_dot, a, d)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-
-
 cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x,
                        floating* dx_out, const Geometry* g, int nt, double n_total,
                        const double* mean, const double* invstd, const double* w,
@@ -1651,47 +1194,16 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x
     return 0
 
 
-def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_ssize_t outer,
-                          Py_ssize_t C, Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd,
-                          object weight, cnp.ndarray sdy, cnp.ndarray sdyx, double n_total,
-                          int num_threads, object y_mask=None):
-    """dx from given float64 sums (e.g. all-reduced across shards) and total count n_total."""
-    _check_kernel_arrays(x, dy, dx_out)
-    if y_mask is not None:
-        _check_kernel_arrays(x, y_mask)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef const double* mu = <const double*>cnp.PyArray_DATA(mean)
-    cdef const double* iv = <const double*>cnp.PyArray_DATA(invstd)
-    cdef const double* w = _vec_or_null(weight)
-    cdef const double* a = <const double*>cnp.PyArray_DATA(sdy)
-    cdef const double* d = <const double*>cnp.PyArray_DATA(sdyx)
-    cdef int nt = _threads_for(outer * C * inner, num_threads, _tasks_of(&g))
-    cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
-    cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _dx_from_sums(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
-                               <const float*>cnp.PyArray_DATA(x),
-                               <float*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
-                               a, d)
-    else:
-        with nogil:
-            rc = _dx_from_sums(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
-                               <const double*>cnp.PyArray_DATA(x),
-                               <double*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
-                               a, d)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
 
 
 # ------------------------------------------------------------------------------------ streaming floor
 cdef inline int _stream_threads(int requested) noexcept nogil:
     cdef int nt
-    if cbn_in_forked_child():
+    if _rt.forked_child:
         return 1
     nt = requested if requested > 0 else cbn_max_threads()
     if nt > 1:
-        cbn_note_parallel()  # a child forked after this team must not start another (libgomp)
+        _rt.team_started = 1  # a child forked after this team must not start another (libgomp)
     return nt
 
 
@@ -1731,411 +1243,62 @@ cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
     return s
 
 
-cdef _check_stream(cnp.ndarray a, cnp.ndarray other):
-    """The streaming kernels take C-contiguous float32/float64 arrays of one dtype and size."""
-    if cnp.PyArray_TYPE(a) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64):
-        raise TypeError("stream kernels take float32 or float64 arrays")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-        raise ValueError("stream kernels take C-contiguous arrays")
-    if other is not None:
-        if (cnp.PyArray_TYPE(other) != cnp.PyArray_TYPE(a)
-                or cnp.PyArray_SIZE(other) != cnp.PyArray_SIZE(a)
-                or not cnp.PyArray_IS_C_CONTIGUOUS(other)):
-            raise ValueError("stream kernels take C-contiguous arrays of one dtype and size")
+# ------------------------------------------------------------------------------------ the table
+# Typed entries for cbn_table.h.  The forward, inference and backward kernels decide their own
+# thread count from the requested one; moments and dx_from_sums get it decided here.
+
+cdef int _moments_entry(const floating* x, const Geometry* g, int nt_req, double* mean_out,
+                        double* m2_out) noexcept nogil:
+    return _moments(x, g, _threads_for(g.outer * g.C * g.inner, nt_req, _tasks_of(g)),
+                    mean_out, m2_out)
 
 
-def stream_scale(cnp.ndarray a, cnp.ndarray out, int num_threads):
-    """out = 2 * a + 1 (1 read + 1 write per element)."""
-    _check_stream(a, out)
-    if not cnp.PyArray_ISWRITEABLE(out):
-        raise ValueError("out is read-only")
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = _stream_threads(num_threads)
-    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
-        with nogil:
-            _stream_scale(<const float*>cnp.PyArray_DATA(a), <float*>cnp.PyArray_DATA(out), n, nt)
-    else:
-        with nogil:
-            _stream_scale(<const double*>cnp.PyArray_DATA(a), <double*>cnp.PyArray_DATA(out), n, nt)
+cdef int _dx_from_sums_entry(const floating* dy, const floating* ym, const floating* x,
+                             floating* dx_out, const Geometry* g, int nt_req, double n_total,
+                             const double* mean, const double* invstd, const double* w,
+                             const double* sdy, const double* sdyx) noexcept nogil:
+    return _dx_from_sums(dy, ym, x, dx_out, g,
+                         _threads_for(g.outer * g.C * g.inner, nt_req, _tasks_of(g)), n_total,
+                         mean, invstd, w, sdy, sdyx)
 
 
-def stream_triad(cnp.ndarray a, cnp.ndarray b, cnp.ndarray out, int num_threads):
-    """out = 2 * a + b (2 reads + 1 write per element)."""
-    _check_stream(a, b)
-    _check_stream(a, out)
-    if not cnp.PyArray_ISWRITEABLE(out):
-        raise ValueError("out is read-only")
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = _stream_threads(num_threads)
-    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
-        with nogil:
-            _stream_triad(<const float*>cnp.PyArray_DATA(a), <const float*>cnp.PyArray_DATA(b),
-                          <float*>cnp.PyArray_DATA(out), n, nt)
-    else:
-        with nogil:
-            _stream_triad(<const double*>cnp.PyArray_DATA(a), <const double*>cnp.PyArray_DATA(b),
-                          <double*>cnp.PyArray_DATA(out), n, nt)
+cdef void _floor_scale(const floating* a, floating* out, Py_ssize_t n, int nt_req) noexcept nogil:
+    _stream_scale(a, out, n, _stream_threads(nt_req))
 
 
-def stream_sum(cnp.ndarray a, int num_threads):
-    """sum(a) in float64 (1 read per element)."""
-    _check_stream(a, None)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef int nt = _stream_threads(num_threads)
-    cdef double s
-    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32:
-        with nogil:
-            s = _stream_sum(<const float*>cnp.PyArray_DATA(a), n, nt)
-    else:
-        with nogil:
-            s = _stream_sum(<const double*>cnp.PyArray_DATA(a), n, nt)
-    return s
+cdef void _floor_triad(const floating* a, const floating* b, floating* out, Py_ssize_t n,
+                       int nt_req) noexcept nogil:
+    _stream_triad(a, b, out, n, _stream_threads(nt_req))
 
 
-# ------------------------------------------------------------------------------------ fast paths
-# The whole public call for the common case, in C: exact ndarrays, C-contiguous, aligned, native
-# float32/float64 input; per-channel vectors that are None or 1-D float32/float64 contiguous
-# arrays of length C; plain float eps/momentum, int axis, None/int num_threads, no out=.
-# Anything else returns None and the Python layer (cbn/_batch_norm.py) takes over with its full
-# validation and error messages; so these functions never raise for bad input.  Every check is
-# made before anything is written, so a fallback never leaves partial updates behind.
-
-from cbn._types import BackwardResult, ForwardResult
-
-cdef inline bint _fast_array(object a) noexcept:
-    cdef int t
-    if not cnp.PyArray_CheckExact(a):
-        return False
-    if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a) and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)):
-        return False
-    t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    return t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64
+cdef double _floor_sum(const floating* a, Py_ssize_t n, int nt_req) noexcept nogil:
+    return _stream_sum(a, n, _stream_threads(nt_req))
 
 
-cdef inline bint _fast_vector(object a, Py_ssize_t C, bint writeable=False) noexcept:
-    """None, or a contiguous native float32/float64 1-D ndarray of length C."""
-    if a is None:
-        return True
-    if not _fast_array(a):
-        return False
-    if cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != C:
-        return False
-    return not writeable or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)
+cdef cbn_kernel_table _TABLE
+_TABLE.level = CBN_VARIANT
+_TABLE.has_streaming = cbn_nt_available()
+_TABLE.forward_f32 = _forward[float]
+_TABLE.forward_f64 = _forward[double]
+_TABLE.moments_f32 = _moments_entry[float]
+_TABLE.moments_f64 = _moments_entry[double]
+_TABLE.inference_f32 = _inference[float]
+_TABLE.inference_f64 = _inference[double]
+_TABLE.backward_f32 = _backward[float]
+_TABLE.backward_f64 = _backward[double]
+_TABLE.dx_from_sums_f32 = _dx_from_sums_entry[float]
+_TABLE.dx_from_sums_f64 = _dx_from_sums_entry[double]
+_TABLE.floor_scale_f32 = _floor_scale[float]
+_TABLE.floor_scale_f64 = _floor_scale[double]
+_TABLE.floor_triad_f32 = _floor_triad[float]
+_TABLE.floor_triad_f64 = _floor_triad[double]
+_TABLE.floor_sum_f32 = _floor_sum[float]
+_TABLE.floor_sum_f64 = _floor_sum[double]
 
 
-cdef inline void _vcopy(object a, Py_ssize_t C, double default, double* out) noexcept:
-    """A _fast_vector (or None: default) as C float64 values in OUT out.  Typed loops: reading
-    the vectors element by element through the object (type check per element) made the
-    per-channel set-up of a 2048-channel call ~10 us, as long as the data pass of a batch-1
-    (1, 2048, 7, 7) inference."""
-    cdef Py_ssize_t c
-    cdef const float* pf
-    if a is None:
-        for c in range(C):
-            out[c] = default
-    elif cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-        pf = <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            out[c] = pf[c]
-    else:
-        memcpy(out, cnp.PyArray_DATA(<cnp.ndarray>a), C * sizeof(double))
-
-
-cdef inline int _fast_threads(object num_threads) noexcept:
-    """0 (= all) for None, n for an exact int n >= 1, -1 when the slow path must decide."""
-    cdef long n
-    if num_threads is None:
-        return 0
-    if type(num_threads) is not int or not (1 <= num_threads <= 1048576):
-        return -1
-    n = num_threads
-    return <int>n
-
-
-cdef inline bint _fast_geometry(cnp.ndarray x, object axis, Geometry* g) noexcept:
-    """Channel axis and (outer, C, inner) of x; False when the slow path must decide."""
-    cdef int nd = cnp.PyArray_NDIM(x), a, i
-    cdef long ax
-    cdef Py_ssize_t outer = 1, inner = 1
-    if nd < 2 or type(axis) is not int or not (-nd <= axis < nd):
-        return False
-    ax = axis
-    if ax < 0:
-        ax += nd
-    if ax < 0 or ax >= nd:
-        return False
-    a = <int>ax
-    for i in range(a):
-        outer *= cnp.PyArray_DIM(x, i)
-    for i in range(a + 1, nd):
-        inner *= cnp.PyArray_DIM(x, i)
-    g[0] = _geometry(outer, cnp.PyArray_DIM(x, a), inner, cnp.PyArray_ITEMSIZE(x))
-    return True
-
-
-cdef inline bint _fast_positive_float(object v) noexcept:
-    cdef double d
-    if type(v) is not float:
-        return False
-    d = v
-    return d > 0.0 and d < 1e308
-
-
-cdef inline object _new_like(cnp.ndarray x):
-    return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
-
-
-cdef inline bint _no_partial_overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
-    """Two C-contiguous arrays of one shape and dtype: disjoint or exactly the same memory."""
-    cdef char* pa = <char*>cnp.PyArray_DATA(a)
-    cdef char* pb = <char*>cnp.PyArray_DATA(b)
-    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(a)
-    return pa == pb or pa + nbytes <= pb or pb + nbytes <= pa
-
-
-cdef inline object _fast_out(object out, cnp.ndarray x):
-    """A new array like x (out None), out itself if the kernels can write to it directly, or
-    None: the slow path handles other outs (copy-back, errors)."""
-    if out is None:
-        return _new_like(x)
-    if not _fast_array(out) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
-        return None
-    if cnp.PyArray_TYPE(<cnp.ndarray>out) != cnp.PyArray_TYPE(x):
-        return None
-    if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out, x):
-        return None
-    if not _no_partial_overlap(<cnp.ndarray>out, x):
-        return None
-    return out
-
-
-cdef inline object _new_vector(Py_ssize_t C):
-    cdef cnp.npy_intp n = C
-    return cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
-
-
-cdef void _update_running(object running_mean, object running_var, const double* mean,
-                          const double* var, Py_ssize_t C, double n, double m,
-                          bint skip_nonfinite) noexcept:
-    """running = (1 - m) * running + m * batch, with the unbiased variance; in float64, stored
-    in each statistic's own dtype.  IN/OUT the two _fast_vector statistics (or None).  With
-    skip_nonfinite, a channel whose batch mean or variance is NaN/Inf keeps its statistics."""
-    if running_mean is not None:
-        _ema(running_mean, mean, 1.0, C, m, mean, var, skip_nonfinite)
-    if running_var is not None:
-        _ema(running_var, var, n / (n - 1.0), C, m, mean, var, skip_nonfinite)
-
-
-cdef void _ema(object a, const double* batch, double f, Py_ssize_t C, double m,
-               const double* mean, const double* var, bint skip_nonfinite) noexcept:
-    """IN/OUT a (a _fast_vector) = (1 - m) * a + m * (batch * f), in float64, stored in a's
-    dtype; with skip_nonfinite, channels whose mean or var is NaN/Inf keep their value."""
-    cdef Py_ssize_t c
-    cdef float* pf
-    cdef double* pd
-    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-        pf = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and not (isfinite(mean[c]) and isfinite(var[c])):
-                continue
-            pf[c] = <float>((1.0 - m) * <double>pf[c] + m * (batch[c] * f))
-    else:
-        pd = <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and not (isfinite(mean[c]) and isfinite(var[c])):
-                continue
-            pd[c] = (1.0 - m) * pd[c] + m * (batch[c] * f)
-
-
-def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var, double n,
-                   double momentum, bint skip_nonfinite):
-    """The running-stat update of the training forward for float32/float64 contiguous stats
-    (the caller checks); mean and var (biased) are float64 vectors."""
-    cdef Py_ssize_t C = cnp.PyArray_DIM(mean, 0)
-    _update_running(running_mean, running_var, <const double*>cnp.PyArray_DATA(mean),
-                    <const double*>cnp.PyArray_DATA(var), C, n, momentum, skip_nonfinite)
-
-
-def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
-                   bint relu):
-    """batch_norm_inference for the common case, or None (see the section comment)."""
-    cdef Geometry g
-    cdef int nt = _fast_threads(num_threads)
-    cdef Py_ssize_t C, c, nbad
-    cdef double e
-    cdef double* buf
-    cdef int rc
-    if nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
-        return None
-    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.outer * g.inner == 0:
-        return None
-    C = g.C
-    if running_mean is None or running_var is None:
-        return None
-    if not (_fast_vector(running_mean, C) and _fast_vector(running_var, C)
-            and _fast_vector(weight, C) and _fast_vector(bias, C)):
-        return None
-    e = eps
-    buf = <double*>malloc(4 * C * sizeof(double))  # mean, scale, shift, var
-    if buf == NULL:
-        return None
-    _vcopy(running_var, C, 1.0, buf + 3 * C)
-    nbad = 0
-    for c in range(C):
-        nbad += not buf[3 * C + c] >= 0.0
-    if nbad:
-        free(buf)
-        return None  # negative (or NaN) variance: the slow path raises
-    y = _fast_out(out, <cnp.ndarray>x)
-    if y is None:
-        free(buf)
-        return None
-    _vcopy(running_mean, C, 0.0, buf)
-    _vcopy(weight, C, 1.0, buf + C)
-    _vcopy(bias, C, 0.0, buf + 2 * C)
-    for c in range(C):
-        buf[C + c] = buf[C + c] / sqrt(buf[3 * C + c] + e)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _inference(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                            <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                            buf + 2 * C, relu)
-    else:
-        with nogil:
-            rc = _inference(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                            <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                            buf + 2 * C, relu)
-    free(buf)
-    if rc != 0:
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-    return y
-
-
-def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
-                 out, bint skip_nonfinite, bint relu):
-    """batch_norm_forward for the common case, or None (see the section comment)."""
-    cdef Geometry g
-    cdef int nt = _fast_threads(num_threads)
-    cdef Py_ssize_t C, c
-    cdef double e, m = 0.0, n, unbias
-    cdef double* buf
-    cdef double* mo
-    cdef double* io
-    cdef int rc
-    if nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
-        return None
-    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n <= 1:
-        return None
-    C = g.C
-    if not (_fast_vector(weight, C) and _fast_vector(bias, C)
-            and _fast_vector(running_mean, C, True) and _fast_vector(running_var, C, True)):
-        return None
-    if running_mean is not None or running_var is not None:
-        if type(momentum) is not float:
-            return None
-        m = momentum
-        if not (0.0 <= m <= 1.0):
-            return None
-    e = eps
-    y = _fast_out(out, <cnp.ndarray>x)
-    if y is None:
-        return None
-    buf = <double*>malloc(3 * C * sizeof(double))  # weight, bias, var
-    if buf == NULL:
-        return None
-    _vcopy(weight, C, 1.0, buf)
-    _vcopy(bias, C, 0.0, buf + C)
-    mean = _new_vector(C)
-    invstd = _new_vector(C)
-    mo = <double*>cnp.PyArray_DATA(<cnp.ndarray>mean)
-    io = <double*>cnp.PyArray_DATA(<cnp.ndarray>invstd)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _forward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                          <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
-                          buf if weight is not None else NULL,
-                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
-    else:
-        with nogil:
-            rc = _forward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                          <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
-                          buf if weight is not None else NULL,
-                          buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
-    if rc != 0:
-        free(buf)
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-    _update_running(running_mean, running_var, mo, buf + 2 * C, C, <double>g.n, m,
-                    skip_nonfinite)
-    free(buf)
-    return ForwardResult(y, mean, invstd)
-
-
-def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
-    """batch_norm_backward (all three gradients) for the common case, or None.  y: the output
-    of a fused ReLU (mask) or None."""
-    cdef Geometry g
-    cdef int nt = _fast_threads(num_threads)
-    cdef Py_ssize_t C, c
-    cdef double* buf
-    cdef int rc
-    cdef object gdt
-    if nt < 0 or not _fast_array(x) or not _fast_array(dy):
-        return None
-    if cnp.PyArray_TYPE(<cnp.ndarray>dy) != cnp.PyArray_TYPE(<cnp.ndarray>x):
-        return None
-    if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x):
-        return None
-    if y is not None:
-        if not _fast_array(y) or cnp.PyArray_TYPE(<cnp.ndarray>y) != cnp.PyArray_TYPE(<cnp.ndarray>x):
-            return None
-        if not cnp.PyArray_SAMESHAPE(<cnp.ndarray>y, <cnp.ndarray>x):
-            return None
-    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n == 0:
-        return None
-    C = g.C
-    if mean is None or invstd is None:
-        return None
-    if not (_fast_vector(mean, C) and _fast_vector(invstd, C) and _fast_vector(weight, C)):
-        return None
-    dx = _fast_out(out, <cnp.ndarray>x)
-    if dx is None or not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>dy):
-        return None
-    if y is not None and not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>y):
-        return None
-    buf = <double*>malloc(3 * C * sizeof(double))  # mean, invstd, weight
-    if buf == NULL:
-        return None
-    _vcopy(mean, C, 0.0, buf)
-    _vcopy(invstd, C, 1.0, buf + C)
-    _vcopy(weight, C, 1.0, buf + 2 * C)
-    sdy = _new_vector(C)
-    sdyx = _new_vector(C)
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _backward(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy),
-                           <const float*>(NULL if y is None else cnp.PyArray_DATA(<cnp.ndarray>y)),
-                           <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                           <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
-                           buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
-                           <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
-    else:
-        with nogil:
-            rc = _backward(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy),
-                           <const double*>(NULL if y is None else cnp.PyArray_DATA(<cnp.ndarray>y)),
-                           <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                           <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf, buf + C,
-                           buf + 2 * C, True, <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
-                           <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
-    if rc != 0:
-        free(buf)
-        raise MemoryError("cbn: out of memory for per-channel work buffers")
-    # dweight = sum(dy * (x - mean)) * invstd, in place in the sdyx vector
-    for c in range(C):
-        (<double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))[c] *= buf[C + c]
-    free(buf)
-    gdt = cnp.PyArray_TYPE(<cnp.ndarray>(x if weight is None else weight))
-    if gdt != cnp.NPY_FLOAT64:
-        sdyx = cnp.PyArray_Cast(<cnp.ndarray>sdyx, gdt)
-        sdy = cnp.PyArray_Cast(<cnp.ndarray>sdy, gdt)
-    return BackwardResult(dx, sdyx, sdy)
+def table(runtime):
+    """This level's kernel table (a capsule for cbn._core.bind), its kernels attached to
+    ``runtime`` (the capsule of cbn._core.runtime()): for cbn/_dispatch.py only."""
+    global _rt
+    _rt = <cbn_runtime*>PyCapsule_GetPointer(runtime, CBN_RUNTIME_CAPSULE)
+    return PyCapsule_New(&_TABLE, CBN_TABLE_CAPSULE, NULL)

@@ -70,14 +70,6 @@ typedef long long cbn_ntl __attribute__((vector_size(CBN_NT_BYTES)));
 static inline int cbn_nt_available(void) { return 1; }
 static inline void cbn_nt_fence(void) { _mm_sfence(); }
 
-/* Whether an element-wise pass chose streaming stores since the last reset, noted once per pass
- * by the caller (not per run: two threads writing one line per run would share it): lets the
- * tests prove that the streaming path ran. */
-static int cbn_last_streamed = 0;
-static inline void cbn_note_streamed(void) { cbn_last_streamed = 1; }
-static inline int cbn_get_last_streamed(void) { return cbn_last_streamed; }
-static inline void cbn_reset_last_streamed(void) { cbn_last_streamed = 0; }
-
 /* Elements before the first CBN_NT_BYTES-aligned element of y, at most n (y is aligned to its
  * element size: the callers check). */
 #define CBN_NT_HEAD(y, n)                                                                        \
@@ -296,9 +288,6 @@ CBN_DEFINE_STREAM(double, f64, cbn_ntd, cbn_ntl, CBN_NT_STORE_F64)
 
 static inline int cbn_nt_available(void) { return 0; }
 static inline void cbn_nt_fence(void) {}
-static inline void cbn_note_streamed(void) {}
-static inline int cbn_get_last_streamed(void) { return 0; }
-static inline void cbn_reset_last_streamed(void) {}
 #define CBN_DEFINE_STREAM_FALLBACK(T, SFX)                                                       \
 static inline void cbn_affine_run_nt_##SFX(const T *x, T *y, ptrdiff_t n, T hi, T sc, T sh,     \
                                            int relu) {                                           \

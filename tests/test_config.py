@@ -112,8 +112,7 @@ def test_omp_num_threads_environment_variable(tmp_path):
 def test_simd_level_is_the_best_supported_and_can_be_capped(tmp_path):
     from cbn import _build_info
 
-    baseline = __import__("cbn._kernels_baseline", fromlist=["x"])
-    best = next(v for v in _dispatch.LEVELS if v in _build_info.VARIANTS and baseline.cpu_supports(v))
+    best = next(v for v in _dispatch.LEVELS if v in _build_info.VARIANTS and k.cpu_supports(v))
     if os.environ.get("CBN_SIMD"):
         pytest.skip("CBN_SIMD is set for this run")
     assert _dispatch.level == best
@@ -126,7 +125,7 @@ def test_simd_level_is_the_best_supported_and_can_be_capped(tmp_path):
         level = res.stdout.strip()
         allowed = _dispatch.LEVELS[_dispatch.LEVELS.index(cap):]
         assert level in allowed
-        if cap in _build_info.VARIANTS and baseline.cpu_supports(cap):
+        if cap in _build_info.VARIANTS and k.cpu_supports(cap):
             assert level == cap
     bad = subprocess.run([sys.executable, "-c", "import cbn"], env=dict(os.environ, CBN_SIMD="sse9"),
                          capture_output=True, text=True, cwd=tmp_path)
@@ -141,18 +140,18 @@ def test_every_built_variant_gives_the_same_answer(rng, variant):
 
     if variant not in _build_info.VARIANTS:
         pytest.skip(f"{variant} not built")
-    mod = __import__(f"cbn._kernels_{variant}", fromlist=["x"])
-    baseline = __import__("cbn._kernels_baseline", fromlist=["x"])
-    if not baseline.cpu_supports(variant):
+    if not k.cpu_supports(variant):
         pytest.skip(f"CPU lacks {variant}")
     x = rng.standard_normal((6, 5, 300)).astype(np.float32) + 3
     mean, m2 = np.empty(5), np.empty(5)
-    mod.moments(x, 6, 5, 300, mean, m2, 0)
+    y = np.empty_like(x)
+    with _dispatch.use_level(variant):
+        assert k.variant() == variant
+        k.moments(x, 6, 5, 300, mean, m2, 0)
+        k.inference(x, y, 6, 5, 300, mean, 1 / np.sqrt(m2 / 1800), np.zeros(5), 0)
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-14)
     np.testing.assert_allclose(m2, x64.var(axis=(0, 2)) * 1800, rtol=1e-12)
-    y = np.empty_like(x)
-    mod.inference(x, y, 6, 5, 300, mean, 1 / np.sqrt(m2 / 1800), np.zeros(5), 0)
     np.testing.assert_allclose(y, (x64 - mean[:, None]) / np.sqrt(m2[:, None] / 1800), atol=1e-5)
 
 

@@ -1,8 +1,8 @@
 """Every compiled SIMD variant, not only the one the CPU selects, against the float64 oracle.
 
 The rest of the suite runs on the dispatched variant (AVX-512 on our machines, and in CI).  Here
-the public functions are routed to each built variant the CPU supports in turn (the kernel
-module the Python layer calls is monkeypatched), over shapes that reach every kernel class:
+the public functions run on each built variant the CPU supports in turn (``cbn._dispatch.
+use_level``), over shapes that reach every kernel class:
 channel-major runs with vector tails and runs shorter than a vector, a single long channel,
 channels-last rows narrower than, equal to and wider than a register tile, and wide rows that
 take the column tiles.  Each variant must match the oracle, be bit-identical across thread
@@ -10,15 +10,15 @@ counts, and agree with the dispatched variant to rounding: the run reductions ke
 the same order at every level, only FMA contraction differs (SSE2 has none).
 """
 
-import importlib
-
 import numpy as np
 import pytest
 
 import cbn
 import cbn.reference as ref
-from cbn import _batch_norm, _build_info, _dispatch, _fold, _half, _moments
+from cbn import _dispatch
 from helpers import assert_elementwise_close, eps_of, make_case, stats_error
+
+DISPATCHED = _dispatch.level  # the level bound at import
 
 SHAPES = [
     ((4, 3, 5, 7), 1),        # runs of 35: vector tails
@@ -34,25 +34,17 @@ SHAPES = [
 ]
 
 
-def _levels():
-    base = importlib.import_module("cbn._kernels_baseline")
-    return [v for v in _dispatch.LEVELS if v in _build_info.VARIANTS and base.cpu_supports(v)]
-
-
 @pytest.fixture(params=_dispatch.LEVELS)
-def variant(request, monkeypatch):
-    """Route cbn's public functions to one SIMD variant; yields its name."""
+def variant(request):
+    """Run cbn's public functions on one SIMD variant; yields its name."""
     name = request.param
-    if name not in _levels():
+    if name not in _dispatch.supported_levels():
         pytest.skip(f"{name}: not built or not supported by this CPU")
-    mod = importlib.import_module(f"cbn._kernels_{name}")
-    for m in (_batch_norm, _moments, _fold, _half):
-        monkeypatch.setattr(m, "_k", mod)
-    monkeypatch.setattr(_batch_norm, "_fast_forward", mod.fast_forward)
-    monkeypatch.setattr(_batch_norm, "_fast_backward", mod.fast_backward)
-    monkeypatch.setattr(_batch_norm, "_fast_inference", mod.fast_inference)
-    assert mod.variant() == name
-    return name
+    dispatched = _dispatch.level
+    with _dispatch.use_level(name):
+        assert _dispatch.kernels.variant() == name
+        yield name
+    assert _dispatch.level == dispatched and _dispatch.kernels.variant() == dispatched
 
 
 def _running(mean, invstd, dtype):
@@ -120,9 +112,8 @@ def test_variants_agree_with_the_dispatched_one(rng, variant, shape, axis):
     their magnitude."""
     x, dy, w, b = make_case(rng, shape, axis, np.float32, offset=3.0)
     mine = _run(x, dy, w, b, axis, 2)
-    mod = _dispatch.kernels
-    y_d, mean_d, invstd_d = mod.fast_forward(x, w, b, 1e-5, None, None, 0.1, axis, 2,
-                                             None, False, False)
+    with _dispatch.use_level(DISPATCHED):
+        y_d, mean_d, invstd_d = cbn.batch_norm_forward(x, w, b, axis=axis, num_threads=2)
     np.testing.assert_allclose(mine[1], mean_d, rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(mine[2], invstd_d, rtol=1e-13)
     assert np.max(np.abs(mine[0] - y_d)) <= 8 * eps_of(np.float32) * max(1.0, np.abs(y_d).max())
@@ -148,3 +139,24 @@ def test_variant_fused_relu_is_the_masked_op(rng, variant, shape, axis, dtype):
                                       activation="relu", y=fused.out)
     for p, q in zip(g_fused, g_sep):
         np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_variant_running_stats_round_as_numpy(rng, variant, dtype):
+    """The running-statistic update is compiled once and never contracted into FMAs: at every
+    level it is NumPy's ``(1 - m) * running + m * batch`` in float64 (the unbiased variance for
+    ``running_var``), stored in the statistic's dtype, bit for bit."""
+    C, m = 64, 0.3
+    x = (rng.standard_normal((50, C, 7)) * 2 + 1).astype(dtype)
+    rm0 = rng.standard_normal(C).astype(dtype)
+    rv0 = rng.uniform(0.5, 2.0, C).astype(dtype)
+    rm, rv = rm0.copy(), rv0.copy()
+    f = cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=m)
+    stats = cbn.moments(x)
+    n = stats.count
+    var = stats.m2 / n
+    np.testing.assert_array_equal(f.mean, stats.mean)
+    expect_mean = ((1.0 - m) * rm0.astype(np.float64) + m * stats.mean).astype(dtype)
+    expect_var = ((1.0 - m) * rv0.astype(np.float64) + m * (var * (n / (n - 1.0)))).astype(dtype)
+    np.testing.assert_array_equal(rm, expect_mean)
+    np.testing.assert_array_equal(rv, expect_var)

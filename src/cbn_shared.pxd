@@ -1,0 +1,90 @@
+# Declarations shared by the compile-once module (_core.pyx) and every SIMD level's kernels
+# (_kernels.pyx): the runtime, the geometry and the kernel table, defined in the C headers named.
+
+cdef extern from "cbn_runtime.h" nogil:
+    const char* CBN_RUNTIME_CAPSULE
+    ctypedef struct cbn_runtime:
+        Py_ssize_t fuse_budget_bytes
+        Py_ssize_t nt_min_bytes
+        int reverse_mode
+        int last_team
+        int last_streamed
+        int last_reversed
+        int team_started
+        int forked_child
+    int cbn_openmp_enabled()
+    int cbn_openmp_version()
+    int cbn_max_threads()
+    int cbn_num_procs()
+    void cbn_note_team(cbn_runtime* rt)
+    int cbn_cpu_supports(const char* level)
+    long cbn_l2_cache_bytes()
+    long cbn_l3_cache_bytes()
+
+cdef extern from "cbn_geometry.h" nogil:
+    enum:
+        CBN_BLOCK_BYTES
+        CBN_MIN_ROWS_B
+        CBN_MAX_COLUMNS
+        CBN_MAX_SEGMENTS
+        CBN_PARALLEL_MIN_ELEMS
+        CBN_NT_MIN_RUN_BYTES
+        CBN_ALIAS_WINDOW
+    ctypedef struct Geometry "cbn_geometry":
+        Py_ssize_t outer, C, inner
+        Py_ssize_t n
+        Py_ssize_t rows_per_block
+        Py_ssize_t pieces
+        Py_ssize_t nblocks
+        Py_ssize_t nseg
+        Py_ssize_t col_width
+        Py_ssize_t ncol_chunks
+    Geometry cbn_geometry_of(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                             Py_ssize_t itemsize)
+
+cdef extern from "cbn_table.h" nogil:
+    const char* CBN_TABLE_CAPSULE
+    ctypedef struct cbn_kernel_table:
+        const char* level
+        int has_streaming
+        int (*forward_f32)(const float* x, float* y_out, const Geometry* g, int nt, double eps,
+                           const double* w, const double* b, double* mean_out, double* var_out,
+                           double* invstd_out, bint relu) noexcept nogil
+        int (*forward_f64)(const double* x, double* y_out, const Geometry* g, int nt,
+                           double eps, const double* w, const double* b, double* mean_out,
+                           double* var_out, double* invstd_out, bint relu) noexcept nogil
+        int (*moments_f32)(const float* x, const Geometry* g, int nt, double* mean_out,
+                           double* m2_out) noexcept nogil
+        int (*moments_f64)(const double* x, const Geometry* g, int nt, double* mean_out,
+                           double* m2_out) noexcept nogil
+        int (*inference_f32)(const float* x, float* y_out, const Geometry* g, int nt,
+                             const double* centre, const double* scale, const double* shift,
+                             bint relu) noexcept nogil
+        int (*inference_f64)(const double* x, double* y_out, const Geometry* g, int nt,
+                             const double* centre, const double* scale, const double* shift,
+                             bint relu) noexcept nogil
+        int (*backward_f32)(const float* dy, const float* ym, const float* x, float* dx_out,
+                            const Geometry* g, int nt, const double* mean,
+                            const double* invstd, const double* w, bint with_dot,
+                            double* sdy_out, double* sdyx_out) noexcept nogil
+        int (*backward_f64)(const double* dy, const double* ym, const double* x,
+                            double* dx_out, const Geometry* g, int nt, const double* mean,
+                            const double* invstd, const double* w, bint with_dot,
+                            double* sdy_out, double* sdyx_out) noexcept nogil
+        int (*dx_from_sums_f32)(const float* dy, const float* ym, const float* x,
+                                float* dx_out, const Geometry* g, int nt, double n_total,
+                                const double* mean, const double* invstd, const double* w,
+                                const double* sdy, const double* sdyx) noexcept nogil
+        int (*dx_from_sums_f64)(const double* dy, const double* ym, const double* x,
+                                double* dx_out, const Geometry* g, int nt, double n_total,
+                                const double* mean, const double* invstd, const double* w,
+                                const double* sdy, const double* sdyx) noexcept nogil
+        void (*floor_scale_f32)(const float* a, float* out, Py_ssize_t n, int nt) noexcept nogil
+        void (*floor_scale_f64)(const double* a, double* out, Py_ssize_t n,
+                                int nt) noexcept nogil
+        void (*floor_triad_f32)(const float* a, const float* b, float* out, Py_ssize_t n,
+                                int nt) noexcept nogil
+        void (*floor_triad_f64)(const double* a, const double* b, double* out, Py_ssize_t n,
+                                int nt) noexcept nogil
+        double (*floor_sum_f32)(const float* a, Py_ssize_t n, int nt) noexcept nogil
+        double (*floor_sum_f64)(const double* a, Py_ssize_t n, int nt) noexcept nogil

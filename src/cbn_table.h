@@ -1,0 +1,68 @@
+/* cbn_table.h: the entries of one SIMD level's kernels, as the compile-once module calls them.
+ *
+ * Each level's module (_kernels.pyx compiled per level) fills one cbn_kernel_table and hands
+ * it out in a capsule; cbn/_dispatch.py binds one table into _core.pyx, which calls nothing
+ * else of the level.  Every entry is `noexcept nogil`, takes C-contiguous arrays of the named
+ * type laid out as the geometry says, float64 per-channel vectors (NULL where optional), and
+ * the requested thread count (0: all); it returns 0, or -1 when out of memory, unless noted.
+ */
+#ifndef CBN_TABLE_H
+#define CBN_TABLE_H
+
+#include "cbn_geometry.h"
+
+#define CBN_TABLE_CAPSULE "cbn.kernel_table"
+
+typedef struct {
+    const char *level;  /* "baseline", "avx2", "avx512" */
+    int has_streaming;  /* the level can write outputs with streaming stores */
+
+    /* training forward: y, and the biased variance's statistics mean, var, invstd */
+    int (*forward_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
+                       double eps, const double *w, const double *b, double *mean_out,
+                       double *var_out, double *invstd_out, int relu);
+    int (*forward_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
+                       double eps, const double *w, const double *b, double *mean_out,
+                       double *var_out, double *invstd_out, int relu);
+    /* per-channel mean and M2 (sum of squared deviations) */
+    int (*moments_f32)(const float *x, const cbn_geometry *g, int nt, double *mean_out,
+                       double *m2_out);
+    int (*moments_f64)(const double *x, const cbn_geometry *g, int nt, double *mean_out,
+                       double *m2_out);
+    /* y = (x - centre) * scale + shift (then ReLU if relu) */
+    int (*inference_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
+                         const double *centre, const double *scale, const double *shift,
+                         int relu);
+    int (*inference_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
+                         const double *centre, const double *scale, const double *shift,
+                         int relu);
+    /* sdy = sum(g), sdyx = sum(g * (x - mean)) if with_dot, and dx unless dx_out is NULL;
+     * g = dy, or dy where the fused ReLU's output ym > 0 (ym NULL: no ReLU) */
+    int (*backward_f32)(const float *dy, const float *ym, const float *x, float *dx_out,
+                        const cbn_geometry *g, int nt, const double *mean,
+                        const double *invstd, const double *w, int with_dot, double *sdy_out,
+                        double *sdyx_out);
+    int (*backward_f64)(const double *dy, const double *ym, const double *x, double *dx_out,
+                        const cbn_geometry *g, int nt, const double *mean,
+                        const double *invstd, const double *w, int with_dot, double *sdy_out,
+                        double *sdyx_out);
+    /* dx from given sums over n_total values per channel (SyncBN, chunked float16) */
+    int (*dx_from_sums_f32)(const float *dy, const float *ym, const float *x, float *dx_out,
+                            const cbn_geometry *g, int nt, double n_total, const double *mean,
+                            const double *invstd, const double *w, const double *sdy,
+                            const double *sdyx);
+    int (*dx_from_sums_f64)(const double *dy, const double *ym, const double *x,
+                            double *dx_out, const cbn_geometry *g, int nt, double n_total,
+                            const double *mean, const double *invstd, const double *w,
+                            const double *sdy, const double *sdyx);
+
+    /* the benchmark's bandwidth floor over n elements (no return code) */
+    void (*floor_scale_f32)(const float *a, float *out, ptrdiff_t n, int nt);
+    void (*floor_scale_f64)(const double *a, double *out, ptrdiff_t n, int nt);
+    void (*floor_triad_f32)(const float *a, const float *b, float *out, ptrdiff_t n, int nt);
+    void (*floor_triad_f64)(const double *a, const double *b, double *out, ptrdiff_t n, int nt);
+    double (*floor_sum_f32)(const float *a, ptrdiff_t n, int nt);
+    double (*floor_sum_f64)(const double *a, ptrdiff_t n, int nt);
+} cbn_kernel_table;
+
+#endif /* CBN_TABLE_H */
