@@ -21,16 +21,16 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print the build and runtime configuration")
     bench = sub.add_parser("bench", help="time cbn against NumPy (and torch) and the copy floor")
-    from . import _bench
+    from . import bench as bench_cli
 
-    _bench.add_arguments(bench)
+    bench_cli.add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import show_config
 
         show_config()
         return 0
-    return _bench.run(args)
+    return bench_cli.run(args)
 
 
 if __name__ == "__main__":

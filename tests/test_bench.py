@@ -1,11 +1,10 @@
-"""Tests of ``python -m cbn bench`` (cbn/_bench.py): it runs, reports and writes its files.
+"""Tests of ``python -m cbn bench`` (cbn/bench/): it runs, reports and writes its files.
 
 Speed is never asserted; only that the timings exist, are positive and are reported.  The
 tests pass with and without torch installed (torch columns are then ``-``).
 """
 
 import argparse
-import importlib
 import importlib.util
 import io
 import json
@@ -16,8 +15,8 @@ import sys
 
 import pytest
 
-from cbn import _bench
-from cbn._bench import Case, Result, Settings
+from cbn import bench as _bench
+from cbn.bench import Case, Result, Settings
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -227,7 +226,7 @@ def test_floor_kernels_are_the_best_variant_whatever_cbn_simd_selects(tmp_path):
     best = next(v for v in _dispatch.LEVELS if v in _build_info.VARIANTS
                 and _dispatch.kernels.cpu_supports(v))
     assert _dispatch.best_supported() == best
-    code = ("import cbn; from cbn import _bench, _dispatch; "
+    code = ("import cbn; from cbn import bench as _bench, _dispatch; "
             "env = _bench.environment(1, _bench.Settings(1, 0.0), use_torch=False); "
             "print(cbn.config()['simd_level'], env['floor_simd_level']); "
             "print(_bench.format_header(env).splitlines()[0])")
@@ -314,7 +313,7 @@ def test_scaling_report_and_summary():
 
 def test_cli_scaling_table_and_json(tmp_path, monkeypatch):
     path = tmp_path / "bench.json"
-    monkeypatch.setattr(_bench, "scaling_pairs",
+    monkeypatch.setattr(_bench.cli, "scaling_pairs",
                         lambda cases, ops: [(op, c) for op in ops for c in cases])
     out = io.StringIO()
     args = parse(["--quick", "--repeats", "1", "--threads", "2", "--ops", "inference",

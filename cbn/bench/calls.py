@@ -1,0 +1,137 @@
+"""The timed callables: cbn, NumPy (:mod:`cbn.reference`) and torch for each op, the torch
+adapters, and :func:`make_calls`, which adds the floor call to them."""
+
+import numpy as np
+
+import cbn
+
+from .floor import floor_call
+
+#: eps and momentum of every timed call (torch's defaults).
+EPS = 1e-5
+MOMENTUM = 0.1
+
+#: The implementations, in column order.
+IMPLS = ("cbn", "numpy", "torch", "floor")
+
+
+def import_torch():
+    """torch, or None when it cannot be imported."""
+    try:
+        import torch
+    except (ImportError, OSError):
+        return None
+    return torch
+
+
+def _torch_layout(torch, arr, axis):
+    """A torch view of ``arr`` with the channel at dim 1, sharing memory (None if impossible).
+
+    Channels-last arrays become channels_last-strided NCHW tensors, as torch expects them.
+    """
+    a = axis % arr.ndim
+    if a == 0:
+        return None
+    t = torch.from_numpy(arr)
+    if a == 1:
+        return t
+    rest = [i for i in range(1, arr.ndim) if i != a]
+    return t.permute(0, a, *rest)
+
+
+def _inference_calls(case, d, nt, torch, out=None):
+    """Callables for the inference op, keyed by implementation (floor excluded)."""
+    y = np.empty_like(d.x) if out is None else out
+    rm, rv, w, b = d.running_mean, d.running_var, d.weight, d.bias
+    calls = {
+        "cbn": lambda: cbn.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS, axis=case.axis,
+                                                out=y, num_threads=nt),
+        "numpy": lambda: cbn.reference.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS,
+                                                            axis=case.axis),
+    }
+    xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+    if xt is not None:
+        F = torch.nn.functional
+        trm, trv, tw, tb = (torch.from_numpy(a) for a in (rm, rv, w, b))
+        calls["torch"] = lambda: F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM, EPS)
+    return calls
+
+
+def _forward_calls(case, d, nt, torch, out=None):
+    """Callables for the training forward op (running statistics updated by all)."""
+    y = np.empty_like(d.x) if out is None else out
+    w, b = d.weight, d.bias
+    rm_c, rv_c = d.running_mean.copy(), d.running_var.copy()
+    rm_n, rv_n = d.running_mean.copy(), d.running_var.copy()
+    calls = {
+        "cbn": lambda: cbn.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_c,
+                                              running_var=rv_c, momentum=MOMENTUM,
+                                              axis=case.axis, out=y, num_threads=nt),
+        "numpy": lambda: cbn.reference.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_n,
+                                                          running_var=rv_n, momentum=MOMENTUM,
+                                                          axis=case.axis),
+    }
+    xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+    if xt is not None:
+        F = torch.nn.functional
+        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+        calls["torch"] = lambda: F.batch_norm(xt, trm, trv, tw, tb, True, MOMENTUM, EPS)
+    return calls
+
+
+def _backward_calls(case, d, nt, torch, out=None):
+    """Callables for the backward op (all three gradients), from saved forward statistics."""
+    dx = np.empty_like(d.x) if out is None else out
+    w = d.weight
+    _, mean, invstd = cbn.batch_norm_forward(d.x, w, d.bias, eps=EPS, axis=case.axis)
+    calls = {
+        "cbn": lambda: cbn.batch_norm_backward(d.dy, d.x, mean, invstd, w, axis=case.axis,
+                                               out=dx, num_threads=nt),
+        "numpy": lambda: cbn.reference.batch_norm_backward(d.dy, d.x, mean, invstd, w,
+                                                           axis=case.axis),
+    }
+    xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+    if xt is not None:
+        aten = torch.ops.aten
+        dyt = _torch_layout(torch, d.dy, case.axis)
+        tw, tb = torch.from_numpy(w), torch.from_numpy(d.bias)
+        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        _, save_mean, save_invstd = aten.native_batch_norm(xt, tw, tb, trm, trv, True,
+                                                           MOMENTUM, EPS)
+        mask = [True, True, True]
+        calls["torch"] = lambda: aten.native_batch_norm_backward(
+            dyt, xt, tw, trm, trv, save_mean, save_invstd, True, EPS, mask)
+    return calls
+
+
+#: The callables of each op: ``builder(case, data, num_threads, torch, out=None)``; the
+#: scaling table reuses their cbn entry with its own output array.
+CALL_BUILDERS = {"inference": _inference_calls, "forward": _forward_calls,
+                 "backward": _backward_calls}
+
+
+def make_calls(op, case, data, num_threads, torch=None):
+    """Zero-argument callables of every implementation for ``op`` on ``case``.
+
+    Parameters
+    ----------
+    op : str
+        ``"forward"``, ``"backward"`` or ``"inference"``.
+    case : Case
+        The input configuration.
+    data : CaseData
+        Its inputs (from ``make_data``).
+    num_threads : int
+        Threads for cbn and the floor kernels.
+    torch : module, optional
+        The torch module; None leaves torch out.
+
+    Returns
+    -------
+    dict of str to callable
+        Keys among :data:`IMPLS`, in column order.
+    """
+    calls = CALL_BUILDERS[op](case, data, num_threads, torch)
+    calls["floor"] = floor_call(op, data, np.empty_like(data.x), num_threads)
+    return {name: calls[name] for name in IMPLS if name in calls}

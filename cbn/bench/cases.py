@@ -1,0 +1,115 @@
+"""The cases: ops, dtypes and shapes of the case list, the :class:`Case` record, and the random
+inputs of a case, shared by every implementation timed on it."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The ops, in report order.
+OPS = ("forward", "backward", "inference")
+#: The dtypes a case can have.
+DTYPES = ("float32", "float64")
+
+#: (shape, channel axis) of the full case list: NCHW, 2-D NC, tiny, and channels-last NHWC.
+SHAPES = (
+    ((32, 64, 56, 56), 1),
+    ((8, 256, 14, 14), 1),
+    ((1, 64, 112, 112), 1),
+    ((4096, 1024), 1),
+    ((256, 64), 1),
+    ((1, 16, 8, 8), 1),
+    ((32, 56, 56, 64), -1),
+)
+#: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, in-cache NCHW (for the
+#: thread-scaling table), 2-D NC, tiny, channels-last.
+QUICK_SHAPES = (0, 1, 3, 5, 6)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input configuration.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Shape of ``x``.
+    dtype : str
+        ``"float32"`` or ``"float64"``.
+    axis : int
+        The channel axis (``-1`` for channels-last).
+    """
+
+    shape: tuple
+    dtype: str = "float32"
+    axis: int = 1
+
+    @property
+    def nbytes(self):
+        """Bytes of one array of this case (``x``)."""
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    @property
+    def channel_axis(self):
+        """The channel axis as a non-negative index."""
+        return self.axis % len(self.shape)
+
+    @property
+    def channels(self):
+        """Number of channels C."""
+        return self.shape[self.channel_axis]
+
+    @property
+    def shape_label(self):
+        """The shape written ``32x64x56x56``."""
+        return "x".join(str(s) for s in self.shape)
+
+    @property
+    def label(self):
+        """Short description, e.g. ``32x64x56x56 float32 axis=1``."""
+        return f"{self.shape_label} {self.dtype} axis={self.axis}"
+
+
+def default_cases(quick=False, dtypes=DTYPES):
+    """The benchmark's case list.
+
+    Parameters
+    ----------
+    quick : bool, default False
+        Only the shapes :data:`QUICK_SHAPES`.
+    dtypes : sequence of str, default ``("float32", "float64")``
+        The dtypes to include.
+
+    Returns
+    -------
+    list of Case
+    """
+    shapes = [SHAPES[i] for i in QUICK_SHAPES] if quick else list(SHAPES)
+    return [Case(tuple(shape), dtype, axis) for dtype in dtypes for shape, axis in shapes]
+
+
+@dataclass
+class CaseData:
+    """Inputs of one case, shared by all implementations."""
+
+    x: np.ndarray
+    dy: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+
+
+def make_data(case, seed=0):
+    """Random inputs for ``case`` (normal data, weight near 1, running var 1)."""
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(case.dtype)
+    C = case.channels
+    return CaseData(
+        x=rng.standard_normal(case.shape, dtype=dt),
+        dy=rng.standard_normal(case.shape, dtype=dt),
+        weight=rng.uniform(0.5, 1.5, C).astype(dt),
+        bias=rng.standard_normal(C).astype(dt),
+        running_mean=np.zeros(C, dt),
+        running_var=np.ones(C, dt),
+    )

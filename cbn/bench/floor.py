@@ -1,0 +1,33 @@
+"""The bandwidth floor: streaming OpenMP kernels that move the bytes of an op with no arithmetic
+to speak of, the best any batch-norm kernel can do on this machine."""
+
+
+def floor_kernels():
+    """The module with the floor kernels, and the SIMD level they run at.
+
+    ``cbn._core`` binds its floor kernels to the most capable level the CPU runs, not the one
+    ``CBN_SIMD`` selects for cbn: the floor is the machine's bandwidth, the same whichever level
+    is being measured.  Every use of the floor kernels goes through here.
+
+    Returns
+    -------
+    (module, str)
+    """
+    from .._dispatch import kernels
+
+    return kernels, kernels.floor_variant()
+
+
+def floor_call(op, d, scratch, nt):
+    """The streaming-kernel callable that moves the bytes of ``op`` (kernels from
+    :func:`floor_kernels`)."""
+    k, _ = floor_kernels()
+
+    x = d.x.reshape(-1)
+    dy = d.dy.reshape(-1)
+    out = scratch.reshape(-1)
+    if op == "inference":
+        return lambda: k.stream_scale(x, out, nt)
+    if op == "forward":
+        return lambda: (k.stream_sum(x, nt), k.stream_scale(x, out, nt))
+    return lambda: (k.stream_sum(x, nt), k.stream_sum(dy, nt), k.stream_triad(x, dy, out, nt))

@@ -1,0 +1,107 @@
+"""Timing: how hard to time (:class:`Settings`), rounds interleaved across implementations,
+and the spread of the rounds that marks a timing as noisy."""
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+#: A row is marked noisy when the median round of an implementation is this much slower than
+#: its best round.
+NOISE_THRESHOLD = 1.3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to time: rounds per implementation and the minimum length of a round.
+
+    Attributes
+    ----------
+    repeats : int
+        Rounds; the reported time is the best round.
+    min_time : float
+        Seconds a round lasts at least (fast calls are repeated within a round).
+    """
+
+    repeats: int
+    min_time: float
+
+
+#: The settings of a full run and of ``--quick``.
+FULL = Settings(repeats=7, min_time=0.01)
+QUICK = Settings(repeats=3, min_time=0.002)
+
+#: The most calls in one round, however fast a call is (bounds a round with ``min_time`` 0).
+_MAX_NUMBER = 100_000
+
+
+def _calibrate(fn, min_time):
+    """Warm ``fn`` up and return how many calls make a round of at least ``min_time`` s."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-9)
+    return int(min(_MAX_NUMBER, max(1, math.ceil(min_time / once))))
+
+
+def _time_round(fn, number):
+    """Seconds per call of ``fn`` over ``number`` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def time_interleaved(calls, repeats, min_time):
+    """Seconds per call of each callable in every round, rounds interleaved.
+
+    Every round times each implementation once, starting with a different one each round,
+    so that drift and the order of the calls affect all of them alike.  The garbage collector
+    is off while timing, as in :mod:`timeit`.
+
+    Parameters
+    ----------
+    calls : dict of str to callable
+        Zero-argument callables to time.
+    repeats : int
+        Number of rounds.
+    min_time : float
+        Minimum duration of one round of one implementation, in seconds.
+
+    Returns
+    -------
+    dict of str to list of float
+        The seconds per call of each implementation, one value per round; report the
+        minimum (the least disturbed round).
+    """
+    names = list(calls)
+    numbers = {name: _calibrate(calls[name], min_time) for name in names}
+    samples = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                samples[name].append(_time_round(calls[name], numbers[name]))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def spread(samples):
+    """Median over minimum of a list of timings (1.0: every round alike).
+
+    Parameters
+    ----------
+    samples : list of float
+        Seconds per call, one per round.
+
+    Returns
+    -------
+    float
+    """
+    return float(np.median(samples)) / min(samples)
