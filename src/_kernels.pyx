@@ -4,7 +4,8 @@
 
 This file is compiled once per SIMD level (meson.build) and holds only ``noexcept nogil``
 code: the statistics, the element-wise passes and the backward sums, each written once for both
-float types (the fused type ``floating``), on top of the explicit-SIMD C loops of cbn_simd.h.
+float types (the fused type ``floating``), on top of the explicit-SIMD C loops of
+cbn_kernels.h.
 Its one Python-visible function, ``table``, hands the compile-once module (_core.pyx) the
 level's entries (cbn_table.h).  The design is described in ARCHITECTURE.md beside this file.
 

@@ -1,5 +1,5 @@
-/* cbn_reverse.h: channel-major element-wise runs that walk down in memory (included by
- * cbn_simd.h).
+/* cbn_reverse.h: channel-major element-wise runs that walk down in memory: why, and the loop
+ * shape (the kernels, per element type: cbn_reverse-inl.h).
  *
  * Why: a load is held back when an older store still in flight has the same address modulo
  * 4 KB ("4K aliasing").  A forward pass whose output sits a little past its input modulo 4 KB
@@ -31,28 +31,5 @@
             for (ptrdiff_t i = b_; i < b_ + CBN_REV_BLOCK; i++) { __VA_ARGS__ }                  \
         }                                                                                        \
     } while (0)
-
-#define CBN_DEFINE_REVERSE(T, SFX)                                                               \
-/* one channel-major run: y = (x - hi) * sc + sh, then max(., 0) if relu (NaN stays) */          \
-static inline void cbn_affine_run_rev_##SFX(const T *restrict x, T *restrict y, ptrdiff_t n,    \
-                                            T hi, T sc, T sh, int relu) {                        \
-    if (relu)                                                                                    \
-        CBN_DESC(n, T v_ = (x[i] - hi) * sc + sh; y[i] = v_ < 0 ? 0 : v_;);                      \
-    else                                                                                         \
-        CBN_DESC(n, y[i] = (x[i] - hi) * sc + sh;);                                              \
-}                                                                                                \
-/* one channel-major run: dx = g * k1 + (x - hi) * k2 + k3, g = dy, or dy where ym > 0 */         \
-static inline void cbn_dx_run_rev_##SFX(const T *restrict dy, const T *restrict ym,             \
-                                        const T *restrict x, T *restrict dx, ptrdiff_t n, T hi,  \
-                                        T k1, T k2, T k3) {                                      \
-    if (ym)                                                                                      \
-        CBN_DESC(n, T g_ = dy[i]; g_ = ym[i] > 0 ? g_ : 0;                                       \
-                    dx[i] = g_ * k1 + (x[i] - hi) * k2 + k3;);                                   \
-    else                                                                                         \
-        CBN_DESC(n, dx[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3;);                                \
-}
-
-CBN_DEFINE_REVERSE(float, f32)
-CBN_DEFINE_REVERSE(double, f64)
 
 #endif /* CBN_REVERSE_H */

@@ -1,4 +1,5 @@
-/* cbn_simd.h: the innermost reduction loops of the cbn kernels, and their work buffers.
+/* cbn_simd.h: the vector types and 8-lane groups the kernels are written with, and their work
+ * buffers (the kernels themselves: cbn_kernels.h).
  *
  * Why C and not Cython: a float reduction only vectorises if the compiler may reassociate it,
  * and the flags that allow that (-fassociative-math) would also let it rewrite the compensated
@@ -213,8 +214,6 @@ static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
     CBN_V8_EACH(u) g.h[u] = cbn_relu_maskv(g.h[u], y.h[u]);
     return g;
 }
-#define CBN_G8(SFX, dy, ym, i) ((ym) == NULL ? cbn_load8_##SFX((dy) + (i))                      \
-    : cbn_relu_mask8(cbn_load8_##SFX((dy) + (i)), cbn_load8_##SFX((ym) + (i))))
 #endif
 
 /* x - k computed as x * 1 - k: the same value (x * 1 is exact, one rounding either way), but
@@ -251,269 +250,16 @@ static inline double cbn_hsum8_array(const double *v) {
     return a + b;
 }
 
-/* The reductions are generated for float and double by one macro so both stay identical. */
-#ifdef CBN_VECTOR
-#define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \
-/* sum of x[0:n] */                                                                              \
-static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                                    \
-    cbn_v8d a0 = cbn_v8_zero(), a1 = a0, a2 = a0, a3 = a0;                                       \
-    ptrdiff_t i = 0;                                                                             \
-    for (; i + 32 <= n; i += 32) {                                                               \
-        a0 = cbn_v8_add(a0, cbn_load8_##SFX(x + i));                                             \
-        a1 = cbn_v8_add(a1, cbn_load8_##SFX(x + i + 8));                                         \
-        a2 = cbn_v8_add(a2, cbn_load8_##SFX(x + i + 16));                                        \
-        a3 = cbn_v8_add(a3, cbn_load8_##SFX(x + i + 24));                                        \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) a0 = cbn_v8_add(a0, cbn_load8_##SFX(x + i));                      \
-    double s = cbn_hsum8(cbn_v8_add(cbn_v8_add(a0, a1), cbn_v8_add(a2, a3)));                    \
-    for (; i < n; i++) s += (double)x[i];                                                        \
-    return s;                                                                                    \
-}                                                                                                \
-/* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is   \
- * then bit-identical whether or not dweight/dx are computed too */                             \
-static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
-    cbn_v8d s0 = cbn_v8_zero(), s1 = s0;                                                         \
-    ptrdiff_t i = 0;                                                                             \
-    for (; i + 16 <= n; i += 16) {                                                               \
-        s0 = cbn_v8_add(s0, CBN_G8(SFX, dy, ym, i));                                             \
-        s1 = cbn_v8_add(s1, CBN_G8(SFX, dy, ym, i + 8));                                         \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) s0 = cbn_v8_add(s0, CBN_G8(SFX, dy, ym, i));                      \
-    double a = cbn_hsum8(cbn_v8_add(s0, s1));                                                    \
-    for (; i < n; i++) a += CBN_G1(dy, ym, i);                                                   \
-    *sdy += a;                                                                                   \
-}                                                                                                \
-/* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */                          \
-static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,        \
-                                     double m, double *sdy, double *sdyx) {                      \
-    cbn_v8d s0 = cbn_v8_zero(), s1 = s0, p0 = s0, p1 = s0;                                       \
-    const cbn_v8d mv = cbn_v8_set1(m);                                                           \
-    CBN_ONE_INIT(one);                                                                           \
-    ptrdiff_t i = 0;                                                                             \
-    for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
-        s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);                            \
-        p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));            \
-        p1 = cbn_v8_madd(p1, g1, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one));        \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
-        s0 = cbn_v8_add(s0, g); p0 = cbn_v8_madd(p0, g, cbn_v8_sub(cbn_load8_##SFX(x + i), mv)); \
-    }                                                                                            \
-    double a = cbn_hsum8(cbn_v8_add(s0, s1)), b = cbn_hsum8(cbn_v8_add(p0, p1));                 \
-    for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }   \
-    *sdy += a; *sdyx += b;                                                                       \
-}                                                                                                \
-/* cbn_shifted_sums over many short runs of one channel, into 8-lane partials s1_8, s2_8 (no  \
- * horizontal sum per run: cbn_hsum8_array of each at the end of the block gives the sums); the \
- * n % 8 trailing elements are added as one zero-padded vector with the padding lanes masked   \
- * (their x - k would be -k). */                                                                \
-static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, double *s1_8,    \
-                                           double *s2_8) {                                       \
-    cbn_v8d a0 = cbn_load8_f64(s1_8), a1 = cbn_v8_zero(), q0 = cbn_load8_f64(s2_8), q1 = a1;     \
-    const cbn_v8d kv = cbn_v8_set1(k);                                                           \
-    CBN_ONE_INIT(one);                                                                           \
-    ptrdiff_t i = 0;                                                                             \
-    for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d d0 = CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), kv, one);                         \
-        cbn_v8d d1 = CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), kv, one);                     \
-        a0 = cbn_v8_add(a0, d0); a1 = cbn_v8_add(a1, d1);                                        \
-        q0 = cbn_v8_madd(q0, d0, d0); q1 = cbn_v8_madd(q1, d1, d1);                              \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d d = cbn_v8_sub(cbn_load8_##SFX(x + i), kv);                                      \
-        a0 = cbn_v8_add(a0, d); q0 = cbn_v8_madd(q0, d, d);                                      \
-    }                                                                                            \
-    if (i < n) {                                                                                 \
-        const int m = (int)(n - i);                                                              \
-        cbn_v8d d = cbn_v8_first(cbn_v8_sub(cbn_load8_tail_##SFX(x + i, m), kv), m);             \
-        a0 = cbn_v8_add(a0, d); q0 = cbn_v8_madd(q0, d, d);                                      \
-    }                                                                                            \
-    cbn_store8_f64(s1_8, cbn_v8_add(a0, a1));                                                    \
-    cbn_store8_f64(s2_8, cbn_v8_add(q0, q1));                                                    \
-}                                                                                                \
-/* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of   \
- * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */    \
-static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
-                                          double *s1, double *s2) {                              \
-    double a8[8] = {0}, q8[8] = {0};                                                             \
-    cbn_shifted_sums8_##SFX(x, n, k, a8, q8);                                                    \
-    *s1 += cbn_hsum8_array(a8);                                                                  \
-    *s2 += cbn_hsum8_array(q8);                                                                  \
-}                                                                                                \
-/* The same sums over many short runs of one channel, into 8-lane partials (no horizontal sum  \
- * per run: cbn_hsum8 of the partials at the end gives the totals).  sdy8 += lanes of g,        \
- * sdyx8 += lanes of g * (x - m) (sdyx8 NULL: only the first); the n % 8 trailing elements are  \
- * added as one zero-padded vector.  The g lanes are added in the same order with or without    \
- * sdyx8, so the sums of g agree bit for bit. */                                                 \
-static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
-                                      double m, double *sdy8, double *sdyx8) {                   \
-    cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = cbn_v8_zero(), p0 = s1, p1 = s1;                      \
-    const cbn_v8d mv = cbn_v8_set1(m);                                                           \
-    CBN_ONE_INIT(one);                                                                           \
-    ptrdiff_t i = 0;                                                                             \
-    if (sdyx8) p0 = cbn_load8_f64(sdyx8);                                                        \
-    for (; i + 16 <= n; i += 16) {                                                               \
-        cbn_v8d g0 = CBN_G8(SFX, dy, ym, i), g1 = CBN_G8(SFX, dy, ym, i + 8);                    \
-        s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);                            \
-        if (sdyx8) {                                                                             \
-            p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));        \
-            p1 = cbn_v8_madd(p1, g1, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i + 8), mv, one));    \
-        }                                                                                        \
-    }                                                                                            \
-    for (; i + 8 <= n; i += 8) {                                                                 \
-        cbn_v8d g = CBN_G8(SFX, dy, ym, i);                                                      \
-        s0 = cbn_v8_add(s0, g);                                                                  \
-        if (sdyx8) p0 = cbn_v8_madd(p0, g, CBN_V8_SUB_ON_FMA(cbn_load8_##SFX(x + i), mv, one));  \
-    }                                                                                            \
-    if (i < n) { /* the n - i < 8 trailing elements as one zero-padded vector */               \
-        const int k = (int)(n - i);                                                              \
-        cbn_v8d g = cbn_load8_tail_##SFX(dy + i, k);                                             \
-        if (ym) g = cbn_relu_mask8(g, cbn_load8_tail_##SFX(ym + i, k));                          \
-        s0 = cbn_v8_add(s0, g);                                                                  \
-        if (sdyx8) { /* padding lanes: g = 0 times d = 0 (x - m could be inf or NaN) */         \
-            cbn_v8d d = CBN_V8_SUB_ON_FMA(cbn_load8_tail_##SFX(x + i, k), mv, one);              \
-            p0 = cbn_v8_madd(p0, g, cbn_v8_first(d, k));                                         \
-        }                                                                                        \
-    }                                                                                            \
-    cbn_store8_f64(sdy8, cbn_v8_add(s0, s1));                                                    \
-    if (sdyx8) cbn_store8_f64(sdyx8, cbn_v8_add(p0, p1));                                        \
-}
-#else /* portable scalar fallback with the same semantics */
-#define CBN_DEFINE_REDUCTIONS(T, SFX)                                                            \
-static inline double cbn_sum_##SFX(const T *x, ptrdiff_t n) {                                    \
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0; ptrdiff_t i = 0;                                      \
-    for (; i + 4 <= n; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }  \
-    double s = (s0 + s2) + (s1 + s3);                                                            \
-    for (; i < n; i++) s += (double)x[i];                                                        \
-    return s;                                                                                    \
-}                                                                                                \
-static inline void cbn_shifted_sums_##SFX(const T *x, ptrdiff_t n, double k,                     \
-                                          double *s1, double *s2) {                              \
-    double a = 0, q = 0;                                                                         \
-    for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }       \
-    *s1 += a; *s2 += q;                                                                          \
-}                                                                                                \
-static inline void cbn_sum_like_dot_##SFX(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {  \
-    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += CBN_G1(dy, ym, i);                      \
-    *sdy += a;                                                                                   \
-}                                                                                                \
-static inline void cbn_sum_dot_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,        \
-                                     double m, double *sdy, double *sdyx) {                      \
-    double a = 0, b = 0;                                                                         \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
-        double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m);                       \
-    }                                                                                            \
-    *sdy += a; *sdyx += b;                                                                       \
-}                                                                                                \
-static inline void cbn_shifted_sums8_##SFX(const T *x, ptrdiff_t n, double k, double *s1_8,    \
-                                           double *s2_8) {                                       \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
-        double d = (double)x[i] - k;                                                             \
-        s1_8[i % 8] += d;                                                                        \
-        s2_8[i % 8] += d * d;                                                                    \
-    }                                                                                            \
-}                                                                                                \
-static inline void cbn_sum_dot8_##SFX(const T *dy, const T *ym, const T *x, ptrdiff_t n,       \
-                                      double m, double *sdy8, double *sdyx8) {                   \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                          \
-        double g = CBN_G1(dy, ym, i);                                                            \
-        sdy8[i % 8] += g;                                                                        \
-        if (sdyx8) sdyx8[i % 8] += g * ((double)x[i] - m);                                       \
-    }                                                                                            \
-}
-#endif
-
-CBN_DEFINE_REDUCTIONS(float, f32)
-CBN_DEFINE_REDUCTIONS(double, f64)
-
-/* Column (across-channel) accumulations for the channels-last layout, over `rows` rows of
- * width w spaced ld elements apart.  Four rows are folded per accumulator update, so the float64
- * accumulators (in L1) are loaded and stored once per four input rows; the loops are element-wise
- * over columns and vectorise without reassociation.  Row order is fixed, so results are
- * deterministic.  Accumulators and inputs never alias. */
-#define CBN_DEFINE_COLUMNS(T, SFX)                                                               \
-/* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */                         \
-static inline void cbn_col_shifted_sums_rows_##SFX(double *restrict s1, double *restrict s2,    \
-                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, \
-                                              const double *restrict k, ptrdiff_t w) {           \
-    ptrdiff_t r = 0;                                                                             \
-    for (; r + 4 <= rows; r += 4) {                                                              \
-        const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;                   \
-        _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            double d0 = (double)x0[j] - k[j], d1 = (double)x1[j] - k[j];                         \
-            double d2 = (double)x2[j] - k[j], d3 = (double)x3[j] - k[j];                         \
-            s1[j] += (d0 + d1) + (d2 + d3);                                                      \
-            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);                                  \
-        }                                                                                        \
-    }                                                                                            \
-    for (; r < rows; r++) {                                                                      \
-        const T *x0 = x + r * ld;                                                                \
-        _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            double d0 = (double)x0[j] - k[j];                                                    \
-            s1[j] += d0;                                                                         \
-            s2[j] += d0 * d0;                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-}                                                                                                \
-/* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]), where g is dy
- * masked by the fused ReLU's output ym (g = dy when ym is NULL).  The g sum has the same order
- * with or without the dot product (dbias does not depend on `needs`).  The mask test is hoisted
- * out of the loops (CBN_COL_SUM_DOT_BODY is instantiated once per G), so both vectorise. */
-/* select in the data's own type (mask and data lanes match), then widen */
+/* Helpers of the row loops (cbn_rows-inl.h). */
+/* one column's g = dy[j], or dy[j] where the mask q[j] > 0: selected in the data's own type
+ * (mask and data lanes match), then widened */
 #define CBN_GM(p, q, j) ((double)__extension__({ __typeof__(*(p)) g_ = (p)[j];                      \
                                                  (q)[j] > 0 ? g_ : (__typeof__(g_))0; }))
 #define CBN_GP(p, q, j) ((double)(p)[j])
-#define CBN_COL_SUM_DOT_BODY(T, G)                                                               \
-    ptrdiff_t r = 0;                                                                             \
-    for (; r + 4 <= rows; r += 4) {                                                              \
-        const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;                  \
-        const T *y0 = mk + r * ld, *y1 = y0 + ld, *y2 = y1 + ld, *y3 = y2 + ld;                  \
-        if (sdyx) {                                                                              \
-            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;               \
-            _Pragma("omp simd")                                                                  \
-            for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = G(g0, y0, j), a1 = G(g1, y1, j), a2 = G(g2, y2, j), a3 = G(g3, y3, j);\
-                sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
-                sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))           \
-                         + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));          \
-            }                                                                                    \
-        } else {                                                                                 \
-            _Pragma("omp simd")                                                                  \
-            for (ptrdiff_t j = 0; j < w; j++) {                                                  \
-                double a0 = G(g0, y0, j), a1 = G(g1, y1, j), a2 = G(g2, y2, j), a3 = G(g3, y3, j);\
-                sdy[j] += (a0 + a1) + (a2 + a3);                                                 \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-    for (; r < rows; r++) {                                                                      \
-        const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = mk + r * ld;                          \
-        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            double a0 = G(g0, y0, j);                                                            \
-            sdy[j] += a0;                                                                        \
-            if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);                                    \
-        }                                                                                        \
-    }
-
-#define CBN_DEFINE_COL_SUM_DOT(T, SFX)                                                           \
-static inline void cbn_col_sum_dot_rows_##SFX(double *restrict sdy, double *restrict sdyx,      \
-                                         const T *restrict dy, const T *restrict ym,             \
-                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,      \
-                                         const double *restrict m, ptrdiff_t w) {                \
-    const T *mk = ym ? ym : dy; /* CBN_GP never reads the mask: any valid pointer will do */     \
-    if (ym) { CBN_COL_SUM_DOT_BODY(T, CBN_GM) }                                                  \
-    else { CBN_COL_SUM_DOT_BODY(T, CBN_GP) }                                                     \
-}
-
-/* Element-wise passes of the channels-last layout over `rows` rows of width w (ld apart), with
- * per-channel coefficient vectors.  With wide rows the coefficient streams, not the data, limit
- * a one-row loop (1.5x a copy at C = 1024 float32), so four rows share each coefficient load
- * (~1.2x); with narrower rows (coefficient vectors under 4 KB) the four-row loop measured slower
- * than a copy by up to 2x while one row at a time runs at copy speed, so rows go one by one.
- * The restrict pointers are honest: the callers pass disjoint arrays, and in-place work goes to
- * the _inplace variants that take a single array. */
+#define CBN_G(masked, p, q, j) ((masked) ? CBN_GM(p, q, j) : CBN_GP(p, q, j))
+/* BODY for four rows per coefficient load when the row is wide (CBN_ROWS4_MIN_BYTES), then
+ * TAIL row by row; j is the column, the argument the element offset */
+#define CBN_ROWS4_MIN_BYTES 4096
 #define CBN_ROWS4(BODY, TAIL)                                                                    \
     ptrdiff_t r = 0;                                                                             \
     for (; w * (ptrdiff_t)sizeof(*hi) >= CBN_ROWS4_MIN_BYTES && r + 4 <= rows; r += 4) {         \
@@ -526,82 +272,11 @@ static inline void cbn_col_sum_dot_rows_##SFX(double *restrict sdy, double *rest
         _Pragma("omp simd")                                                                      \
         for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }                                   \
     }
-
-#define CBN_ROWS4_MIN_BYTES 4096
-#define CBN_DEFINE_ROWS(T, SFX)                                                                  \
-/* y = (x - hi) * sc + sh */                                                                     \
-static inline void cbn_affine_rows_##SFX(const T *restrict x, T *restrict y, ptrdiff_t ld,       \
-                                         ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,      \
-                                         const T *restrict sc, const T *restrict sh) {           \
-    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)                                                      \
-}                                                                                                \
-static inline void cbn_affine_rows_inplace_##SFX(T *restrict y, ptrdiff_t ld, ptrdiff_t rows,    \
-                                                 ptrdiff_t w, const T *restrict hi,              \
-                                                 const T *restrict sc, const T *restrict sh) {   \
-    const T *x = y;                                                                              \
-    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)                                                      \
-}                                                                                                \
-/* y = max((x - hi) * sc + sh, 0) (NaN propagates) */                                           \
-static inline void cbn_affine_relu_rows_##SFX(const T *restrict x, T *restrict y, ptrdiff_t ld,  \
-                                              ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, \
-                                              const T *restrict sc, const T *restrict sh) {      \
-    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)                                            \
-}                                                                                                \
-static inline void cbn_affine_relu_rows_inplace_##SFX(T *restrict y, ptrdiff_t ld,               \
-                                                      ptrdiff_t rows, ptrdiff_t w,               \
-                                                      const T *restrict hi,                      \
-                                                      const T *restrict sc,                      \
-                                                      const T *restrict sh) {                    \
-    const T *x = y;                                                                              \
-    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)                                            \
-}                                                                                                \
-/* dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy masked by the ReLU output ym */          \
-static inline void cbn_dx_rows4_##SFX(const T *restrict dy, const T *restrict ym,               \
-                                     const T *restrict x, T *restrict dx,                        \
-                                     ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,                  \
-                                     const T *restrict hi, const T *restrict k1,                 \
-                                     const T *restrict k2, const T *restrict k3) {               \
-    if (ym) { CBN_ROWS4(CBN_DX_MASK_AT, CBN_DX_MASK_AT) }                                        \
-    else { CBN_ROWS4(CBN_DX_AT, CBN_DX_AT) }                                                     \
-}
-
+/* the element bodies of the row loops */
 #define CBN_AFFINE_AT(i) y[i] = (x[i] - hi[j]) * sc[j] + sh[j];
 #define CBN_DX_AT(i) dx[i] = dy[i] * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
 #define CBN_AFFINE_RELU_AT(i) { __typeof__(*y) v_ = (x[i] - hi[j]) * sc[j] + sh[j]; y[i] = v_ < 0 ? 0 : v_; }
 #define CBN_DX_MASK_AT(i) { __typeof__(*dx) g_ = dy[i]; g_ = ym[i] > 0 ? g_ : 0;                   \
                             dx[i] = g_ * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j]; }
-
-CBN_DEFINE_ROWS(float, f32)
-CBN_DEFINE_ROWS(double, f64)
-
-/* y = (x - hi) * sc + sh (then max(., 0) if relu) over channels-last rows; in place when
- * x == y (the restrict-qualified variants never see two names for one array). */
-#define CBN_DEFINE_AFFINE_DISPATCH(T, SFX)                                                       \
-static inline void cbn_affine_any_##SFX(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,         \
-                                        ptrdiff_t w, const T *hi, const T *sc, const T *sh,      \
-                                        int relu) {                                              \
-    if (relu) {                                                                                  \
-        if ((const void *)x == (const void *)y)                                                  \
-            cbn_affine_relu_rows_inplace_##SFX(y, ld, rows, w, hi, sc, sh);                      \
-        else                                                                                     \
-            cbn_affine_relu_rows_##SFX(x, y, ld, rows, w, hi, sc, sh);                           \
-    } else if ((const void *)x == (const void *)y) {                                             \
-        cbn_affine_rows_inplace_##SFX(y, ld, rows, w, hi, sc, sh);                               \
-    } else {                                                                                     \
-        cbn_affine_rows_##SFX(x, y, ld, rows, w, hi, sc, sh);                                    \
-    }                                                                                            \
-}
-
-CBN_DEFINE_AFFINE_DISPATCH(float, f32)
-CBN_DEFINE_AFFINE_DISPATCH(double, f64)
-
-CBN_DEFINE_COLUMNS(float, f32)
-CBN_DEFINE_COLUMNS(double, f64)
-CBN_DEFINE_COL_SUM_DOT(float, f32)
-CBN_DEFINE_COL_SUM_DOT(double, f64)
-
-#include "cbn_tiles.h"
-#include "cbn_stream.h"
-#include "cbn_reverse.h"
 
 #endif /* CBN_SIMD_H */

@@ -1,8 +1,8 @@
-# Declarations of the explicit-SIMD C loops that _kernels.pyx builds on: cbn_simd.h (the run
-# reductions and channels-last row loops, and through it cbn_tiles.h), cbn_reverse.h and
-# cbn_stream.h.  They are compiled into each SIMD level's module.
+# Declarations of the explicit-SIMD C loops that _kernels.pyx builds on, all included by
+# cbn_kernels.h; the file named in each section's comment defines them.  They are compiled into
+# each SIMD level's module.
 
-cdef extern from "cbn_simd.h" nogil:
+cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
     double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
     void* cbn_alloc_beside(size_t nbytes, const void* out)
@@ -48,7 +48,7 @@ cdef extern from "cbn_simd.h" nogil:
                              const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                              Py_ssize_t w)
 
-cdef extern from "cbn_reverse.h" nogil:
+cdef extern from "cbn_kernels.h" nogil:
     void cbn_affine_run_rev_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
                                 float sh, int relu)
     void cbn_affine_run_rev_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
@@ -58,7 +58,7 @@ cdef extern from "cbn_reverse.h" nogil:
     void cbn_dx_run_rev_f64(const double* dy, const double* ym, const double* x, double* dx,
                             Py_ssize_t n, double hi, double k1, double k2, double k3)
 
-cdef extern from "cbn_stream.h" nogil:
+cdef extern from "cbn_kernels.h" nogil:
     enum: CBN_NT_PAD
     int cbn_nt_available()
     void cbn_nt_fence()

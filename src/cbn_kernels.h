@@ -1,0 +1,62 @@
+/* cbn_kernels.h: every C kernel of one SIMD level, for float and double.
+ *
+ * The headers without "-inl" hold what is independent of the element type (vector types,
+ * helpers, tuning of each kernel family); each "-inl.h" file holds one kernel family written
+ * once for an element type T, and is included here once per type with
+ *   T          the element type,
+ *   SFX(name)  name_f32 or name_f64 (the functions' names: grep "SFX(cbn_col_sum_dot)" finds
+ *              the definition of cbn_col_sum_dot_f32 and _f64),
+ *   CBN_TV, CBN_TVL            the native vector of T and its lanes (register tiles),
+ *   CBN_NTV, CBN_NTI, CBN_NT_STORE   the streaming-store vector of T, its integer twin, and
+ *              its streaming store (cbn_stream.h).
+ * The whole file is compiled once per SIMD level (meson.build), as part of _kernels.pyx.
+ */
+#ifndef CBN_KERNELS_H
+#define CBN_KERNELS_H
+
+#include "cbn_simd.h"    /* vectors, 8-lane groups, work buffers */
+#include "cbn_tiles.h"   /* register-tile geometry */
+#include "cbn_stream.h"  /* streaming-store vectors and fences */
+#include "cbn_reverse.h" /* descending loop shape */
+
+#define T float
+#define SFX(name) name##_f32
+#define CBN_TV cbn_vf
+#define CBN_TVL (CBN_VB / 4)
+#define CBN_NTV cbn_ntf
+#define CBN_NTI cbn_nti
+#define CBN_NT_STORE CBN_NT_STORE_F32
+#include "cbn_reduce-inl.h"  /* channel-major run reductions */
+#include "cbn_rows-inl.h"    /* channels-last row loops */
+#include "cbn_tiles-inl.h"   /* channels-last register tiles */
+#include "cbn_stream-inl.h"  /* streaming-store passes */
+#include "cbn_reverse-inl.h" /* descending runs */
+#undef T
+#undef SFX
+#undef CBN_TV
+#undef CBN_TVL
+#undef CBN_NTV
+#undef CBN_NTI
+#undef CBN_NT_STORE
+
+#define T double
+#define SFX(name) name##_f64
+#define CBN_TV cbn_vd
+#define CBN_TVL (CBN_VB / 8)
+#define CBN_NTV cbn_ntd
+#define CBN_NTI cbn_ntl
+#define CBN_NT_STORE CBN_NT_STORE_F64
+#include "cbn_reduce-inl.h"
+#include "cbn_rows-inl.h"
+#include "cbn_tiles-inl.h"
+#include "cbn_stream-inl.h"
+#include "cbn_reverse-inl.h"
+#undef T
+#undef SFX
+#undef CBN_TV
+#undef CBN_TVL
+#undef CBN_NTV
+#undef CBN_NTI
+#undef CBN_NT_STORE
+
+#endif /* CBN_KERNELS_H */
