@@ -26,18 +26,7 @@
 #define CBN_NTV cbn_ntf
 #define CBN_NTI cbn_nti
 #define CBN_NT_STORE CBN_NT_STORE_F32
-#include "cbn_reduce-inl.h"  /* channel-major run reductions */
-#include "cbn_rows-inl.h"    /* channels-last row loops */
-#include "cbn_tiles-inl.h"   /* channels-last register tiles */
-#include "cbn_stream-inl.h"  /* streaming-store passes */
-#include "cbn_reverse-inl.h" /* descending runs */
-#undef T
-#undef SFX
-#undef CBN_TV
-#undef CBN_TVL
-#undef CBN_NTV
-#undef CBN_NTI
-#undef CBN_NT_STORE
+#include "cbn_families-inl.h"
 
 #define T double
 #define SFX(name) name##_f64
@@ -46,17 +35,6 @@
 #define CBN_NTV cbn_ntd
 #define CBN_NTI cbn_ntl
 #define CBN_NT_STORE CBN_NT_STORE_F64
-#include "cbn_reduce-inl.h"
-#include "cbn_rows-inl.h"
-#include "cbn_tiles-inl.h"
-#include "cbn_stream-inl.h"
-#include "cbn_reverse-inl.h"
-#undef T
-#undef SFX
-#undef CBN_TV
-#undef CBN_TVL
-#undef CBN_NTV
-#undef CBN_NTI
-#undef CBN_NT_STORE
+#include "cbn_families-inl.h"
 
 #endif /* CBN_KERNELS_H */
