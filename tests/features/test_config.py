@@ -26,7 +26,7 @@ def test_show_config_and_info_command(capsys, tmp_path):
 def test_main_job_runs_from_the_repository_root():
     # README: "pip install . && python -m cbn bench" is typed in the checkout, where Python
     # finds the uncompiled cbn/ folder first; it must defer to the installed package
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if not os.path.isfile(os.path.join(root, "cbn", "__init__.py")):
         pytest.skip("not run from a source checkout")
     code = ("import cbn; print(cbn._dispatch.level); "
