@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"  # tests/features/ -> root
 
 
 @pytest.fixture(scope="module")

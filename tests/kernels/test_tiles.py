@@ -3,7 +3,7 @@
 Channel counts straddle the tile boundaries of every SIMD level (2/4/8 float64 lanes per
 vector, element-wise tiles of 4 to 64 columns, 8/16/32-column reduction tiles) so that full
 tiles, partial tiles and the row-loop remainders are all exercised, in place and with the fused
-ReLU, against the float64 oracle (tests/test_variants.py runs every level)."""
+ReLU, against the float64 oracle (tests/kernels/test_variants.py runs every level)."""
 
 import numpy as np
 import pytest

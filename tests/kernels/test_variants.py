@@ -16,6 +16,7 @@ import pytest
 import cbn
 import cbn.reference as ref
 from cbn import _dispatch
+from cbn._dispatch import kernels as k
 from helpers import assert_elementwise_close, eps_of, make_case, stats_error
 
 DISPATCHED = _dispatch.level  # the level bound at import
@@ -160,3 +161,28 @@ def test_variant_running_stats_round_as_numpy(rng, variant, dtype):
     expect_var = ((1.0 - m) * rv0.astype(np.float64) + m * (var * (n / (n - 1.0)))).astype(dtype)
     np.testing.assert_array_equal(rm, expect_mean)
     np.testing.assert_array_equal(rv, expect_var)
+
+
+# (this direct parametrization overrides the ``variant`` fixture above: the kernels are called
+# on each level directly, and the test skips the levels it cannot run itself)
+@pytest.mark.parametrize("variant", ["baseline", "avx2", "avx512"])
+def test_every_built_variant_gives_the_same_answer(rng, variant):
+    """Each compiled SIMD variant agrees with the dispatched one (to rounding: FMA contraction
+    differs between instruction sets)."""
+    from cbn import _build_info
+
+    if variant not in _build_info.VARIANTS:
+        pytest.skip(f"{variant} not built")
+    if not k.cpu_supports(variant):
+        pytest.skip(f"CPU lacks {variant}")
+    x = rng.standard_normal((6, 5, 300)).astype(np.float32) + 3
+    mean, m2 = np.empty(5), np.empty(5)
+    y = np.empty_like(x)
+    with _dispatch.use_level(variant):
+        assert k.variant() == variant
+        k.moments(x, 6, 5, 300, mean, m2, 0)
+        k.inference(x, y, 6, 5, 300, mean, 1 / np.sqrt(m2 / 1800), np.zeros(5), 0)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-14)
+    np.testing.assert_allclose(m2, x64.var(axis=(0, 2)) * 1800, rtol=1e-12)
+    np.testing.assert_allclose(y, (x64 - mean[:, None]) / np.sqrt(m2[:, None] / 1800), atol=1e-5)

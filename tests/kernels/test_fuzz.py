@@ -8,7 +8,7 @@ Profiles
 ``cbn-fuzz-default`` (what CI runs): 60 derandomized examples per test, well under a minute.
 ``cbn-fuzz-long``: ``CBN_FUZZ_LONG=1`` selects 3,400 random examples per test (>= 10,000 in all)::
 
-    CBN_FUZZ_LONG=1 CBN_FUZZ_REPORT=/tmp/fuzz.txt python -m pytest tests/test_fuzz.py -s -q
+    CBN_FUZZ_LONG=1 CBN_FUZZ_REPORT=/tmp/fuzz.txt python -m pytest tests/kernels/test_fuzz.py -s -q
 
 The number of cases run is printed at the end of the module (visible with ``-s``) and, if
 ``CBN_FUZZ_REPORT`` names a file, appended to it.

@@ -13,9 +13,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cbn import bench as _bench
+from cbn._dispatch import kernels as k
 from cbn.bench import Case, Result, Settings
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -341,3 +343,20 @@ def test_cli_scaling_skipped(argv, expected, tmp_path):
         assert "scaling" not in json.loads(path.read_text())
     else:
         assert expected in out.getvalue()
+
+
+# ------------------------------------------------------------------------------ floor kernels
+def test_stream_kernels_check_their_arrays():
+    a = np.ones(100, np.float32)
+    with pytest.raises(ValueError):
+        k.stream_scale(a, np.empty(50, np.float32), 1)
+    with pytest.raises(ValueError):
+        k.stream_triad(a, np.ones(100), np.empty(100, np.float32), 1)
+    with pytest.raises(TypeError):
+        k.stream_sum(np.ones(10, np.int64), 1)
+    with pytest.raises(ValueError):
+        k.stream_sum(np.ones(20)[::2], 1)
+    out = np.empty_like(a)
+    k.stream_scale(a, out, 1)
+    np.testing.assert_array_equal(out, 3.0)
+    assert k.stream_sum(a, 2) == 100.0

@@ -1,0 +1,235 @@
+"""Unusual but valid input: the NaN/Inf policy, big-endian (non-native byte order) arrays,
+empty batches and zero channels.  Bad input is in test_errors.py; fork safety and concurrent
+threads are in tests/system/."""
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+import pytest
+
+import cbn
+
+LAYOUTS = [((6, 4, 50), 1), ((300, 4), 1), ((4, 5, 6, 4), -1), ((4, 4, 30000), 1)]
+C3 = np.ones(3)
+
+
+# ---------------------------------------------------------------------------------- NaN and Inf
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nonfinite_values_poison_only_their_channel(rng, shape, axis, bad, dtype):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    idx = [0] * len(shape)
+    idx[axis] = 2  # channel 2 gets one bad value
+    x[tuple(idx)] = bad
+    others = [c for c in range(C) if c != 2]
+    clean = np.take(x, others, axis=axis)
+    y, mean, invstd = cbn.batch_norm_forward(x, axis=axis)
+    assert np.isnan(mean[2]) or np.isinf(mean[2])
+    assert not np.isfinite(invstd[2]) or np.isnan(np.take(y, [2], axis=axis)).all()
+    assert np.isnan(np.take(y, [2], axis=axis)).all()
+    ref = cbn.batch_norm_forward(clean, axis=axis)
+    np.testing.assert_array_equal(np.take(y, others, axis=axis), ref.out)
+    np.testing.assert_array_equal(mean[others], ref.mean)
+    dx, dw, db = cbn.batch_norm_backward(dy, x, mean, invstd, axis=axis)
+    g = cbn.batch_norm_backward(np.take(dy, others, axis=axis), clean, ref.mean, ref.invstd, axis=axis)
+    np.testing.assert_array_equal(np.take(dx, others, axis=axis), g.dx)
+    np.testing.assert_array_equal(dw[others], g.dweight)
+    rm, rv = np.zeros(C), np.ones(C)
+    yi = cbn.batch_norm_inference(x, rm, rv, axis=axis)
+    assert np.isfinite(np.take(yi, others, axis=axis)).all()
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("stat_dtype", [np.float32, np.float64, np.float16])
+def test_skip_nonfinite_keeps_running_stats_of_bad_channels(rng, shape, axis, stat_dtype):
+    x = rng.standard_normal(shape)
+    idx = [0] * len(shape)
+    idx[axis] = 1
+    x[tuple(idx)] = np.nan
+    C = shape[axis]
+    rm, rv = np.arange(C, dtype=stat_dtype), np.ones(C, stat_dtype)
+    rm_plain, rv_plain = rm.copy(), rv.copy()
+    cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, axis=axis, skip_nonfinite=True)
+    cbn.batch_norm_forward(x, running_mean=rm_plain, running_var=rv_plain, axis=axis)
+    assert rm[1] == 1 and rv[1] == 1  # untouched
+    assert np.isnan(rm_plain[1]) and np.isnan(rv_plain[1])  # the torch behaviour
+    good = [c for c in range(C) if c != 1]
+    np.testing.assert_array_equal(rm[good], rm_plain[good])
+    np.testing.assert_array_equal(rv[good], rv_plain[good])
+    # the functional form passes it through
+    rm2, rv2 = np.arange(C, dtype=stat_dtype), np.ones(C, stat_dtype)
+    cbn.batch_norm(x, rm2, rv2, training=True, axis=axis, skip_nonfinite=True)
+    np.testing.assert_array_equal(rm2, rm)
+
+
+# ---------------------------------------------------------------------------- big-endian input
+
+def _be(a):
+    return a.astype(a.dtype.newbyteorder(">"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_big_endian_input_is_accepted_and_correct(rng, dtype):
+    x = rng.standard_normal((5, 3, 7)).astype(dtype)
+    dy = rng.standard_normal((5, 3, 7)).astype(dtype)
+    w, b = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    xb, dyb, wb, bb = _be(x), _be(dy), _be(w), _be(b)
+    assert not xb.dtype.isnative
+    f, fb = cbn.batch_norm_forward(x, w, b), cbn.batch_norm_forward(xb, wb, bb)
+    for a, a_b in zip(f, fb):
+        np.testing.assert_array_equal(a, a_b)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w)
+    gb = cbn.batch_norm_backward(dyb, xb, _be(f.mean), _be(f.invstd), wb)
+    for a, a_b in zip(g, gb):
+        np.testing.assert_array_equal(a, a_b)
+    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    np.testing.assert_array_equal(cbn.batch_norm_inference(xb, _be(rm), _be(rv), wb, bb),
+                                  cbn.batch_norm_inference(x, rm, rv, w, b))
+    # big-endian running statistics are updated in place, in their own byte order
+    rmb, rvb = _be(rm), _be(rv)
+    rm2, rv2 = rm.copy(), rv.copy()
+    cbn.batch_norm(xb, rmb, rvb, wb, bb, training=True)
+    cbn.batch_norm(x, rm2, rv2, w, b, training=True)
+    assert rmb.dtype.byteorder == ">"
+    # (NumPy does the update for non-native statistics; the C update may contract a*b + c*d
+    # into an FMA, so the two agree to rounding, not bit for bit)
+    np.testing.assert_allclose(rmb, rm2, rtol=4e-16, atol=1e-300)
+    np.testing.assert_allclose(rvb, rv2, rtol=4e-16)
+    m, mb = cbn.moments(x), cbn.moments(xb)
+    np.testing.assert_array_equal(m.mean, mb.mean)
+    np.testing.assert_array_equal(cbn.normalize(xb, _be(m.mean), _be(m.invstd())),
+                                  cbn.normalize(x, m.mean, m.invstd()))
+    s, sb = cbn.backward_reduce(dy, x, f.mean), cbn.backward_reduce(dyb, xb, _be(f.mean))
+    np.testing.assert_array_equal(s.sum_dy_xmu, sb.sum_dy_xmu)
+    frozen = cbn.FrozenBatchNorm.from_stats(_be(rm), _be(rv), wb, bb)
+    np.testing.assert_array_equal(frozen(xb), frozen(x))
+    layer, layer_b = cbn.BatchNorm(3, dtype=dtype), cbn.BatchNorm(3, dtype=dtype)
+    np.testing.assert_array_equal(layer_b(xb), layer(x))
+    np.testing.assert_array_equal(layer_b.backward(dyb), layer.backward(dy))
+    np.testing.assert_array_equal(layer_b.running_var, layer.running_var)
+
+
+@pytest.mark.parametrize("fn", ["forward", "inference"])
+def test_big_endian_in_place(fn):
+    x = _be(np.arange(12, dtype=np.float32).reshape(4, 3))
+    want = (cbn.batch_norm_forward(x.astype(np.float32)).out if fn == "forward"
+            else cbn.batch_norm_inference(x.astype(np.float32), C3, C3))
+    if fn == "forward":
+        y = cbn.batch_norm_forward(x, out=x).out
+    else:
+        y = cbn.batch_norm_inference(x, C3, C3, out=x)
+    assert y is x
+    np.testing.assert_array_equal(x, want)
+
+
+# -------------------------------------------------------------------------------- empty batches
+
+@pytest.mark.parametrize("shape,axis", [((0, 3, 5), 1), ((0, 3), 1), ((4, 3, 0), 1),
+                                        ((0, 5, 3), -1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch_every_op(shape, axis, dtype):
+    """No values per channel: every op returns empty outputs of the right shape and dtype;
+    statistics are NaN, gradient sums are 0, running statistics are left alone."""
+    x = np.ones(shape, dtype)
+    C = shape[axis]
+    rm, rv = np.arange(C, dtype=np.float64), np.full(C, 2.0)
+    w, b = np.ones(C), np.zeros(C)
+    y, mean, invstd = cbn.batch_norm_forward(x, w, b, running_mean=rm, running_var=rv, axis=axis)
+    assert y.shape == shape and y.dtype == dtype
+    assert mean.shape == (C,) and np.isnan(mean).all() and np.isnan(invstd).all()
+    np.testing.assert_array_equal(rm, np.arange(C))
+    np.testing.assert_array_equal(rv, 2.0)
+    assert cbn.batch_norm(x, rm, rv, w, b, training=True, axis=axis).shape == shape
+    np.testing.assert_array_equal(rm, np.arange(C))
+    assert cbn.batch_norm(x, rm, rv, w, b, axis=axis).shape == shape
+    assert cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis).dtype == dtype
+    for needs in [(True, True, True), (False, True, True), (True, False, False)]:
+        # finite statistics (the layer substitutes them, as torch): zero parameter gradients
+        dx, dw, db = cbn.batch_norm_backward(x, x, np.zeros(C), np.ones(C), w, axis=axis,
+                                             needs=needs)
+        if needs[0]:
+            assert dx.shape == shape and dx.dtype == dtype
+        if needs[1]:
+            np.testing.assert_array_equal(dw, 0.0)
+            np.testing.assert_array_equal(db, 0.0)
+    # the forward's NaN statistics passed straight back: sum(dy) is still 0, dx still empty
+    # (dweight = 0 * NaN invstd is NaN: the NaN policy)
+    dx, dw, db = cbn.batch_norm_backward(x, x, mean, invstd, w, axis=axis)
+    assert dx.shape == shape
+    np.testing.assert_array_equal(db, 0.0)
+    m = cbn.moments(x, axis=axis)
+    assert m.count == 0 and m.mean.shape == (C,)
+    merged = cbn.merge_moments(m, cbn.moments(np.ones((2, C)) * 3, axis=1))
+    assert merged.count == 2 and np.all(merged.mean == 3)
+    assert cbn.normalize(x, mean, invstd, axis=axis).shape == shape
+    s = cbn.backward_reduce(x, x, rm, axis=axis)
+    np.testing.assert_array_equal(s.sum_dy, 0.0)
+    assert cbn.backward_elemt(x, x, rm, rv, w, s.sum_dy, s.sum_dy_xmu, 4,
+                              axis=axis).shape == shape
+    frozen = cbn.FrozenBatchNorm.from_stats(rm, rv, axis=axis)
+    assert frozen(x).shape == shape and frozen.backward(x).shape == shape
+    bn = cbn.BatchNorm(C, axis=axis, dtype=np.float64)
+    assert bn(x).shape == shape
+    np.testing.assert_array_equal(bn.running_mean, 0.0)  # statistics unchanged
+    np.testing.assert_array_equal(bn.running_var, 1.0)
+    assert bn.backward(x).shape == shape
+    np.testing.assert_array_equal(bn.grad_weight, 0.0)
+    bn.eval()
+    assert bn(x).shape == shape and bn.backward(x).shape == shape
+
+
+# ------------------------------------------------------------------------ bugs found (fixed)
+
+def _survives(code):
+    """Run ``code`` in a fresh interpreter; return (exit code, last stderr line)."""
+    # outside the source tree, so the subprocess imports the installed package
+    r = subprocess.run([sys.executable, "-c", "import numpy as np, cbn\n" + textwrap.dedent(code)],
+                       capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+    lines = r.stderr.strip().splitlines()
+    return r.returncode, (lines[-1] if lines else "")
+
+
+ZERO_CHANNEL_CALLS = {
+    "forward": "cbn.batch_norm_forward(np.ones((3, 0), np.float32))",
+    "forward-channels-last": "cbn.batch_norm_forward(np.ones((4, 5, 0)), axis=-1)",
+    "inference": "cbn.batch_norm_inference(np.ones((3, 0)), np.ones(0), np.ones(0))",
+    "backward": "cbn.batch_norm_backward(np.ones((3, 0)), np.ones((3, 0)), np.ones(0), np.ones(0))",
+    "forward-python-path": "cbn.batch_norm_forward(np.ones((3, 0)), num_threads=np.int64(1))",
+}
+
+
+@pytest.mark.parametrize("name", list(ZERO_CHANNEL_CALLS))
+def test_zero_channels_do_not_crash(name):
+    rc, err = _survives(ZERO_CHANNEL_CALLS[name])
+    assert rc == 0, f"exit code {rc} {err}"
+
+
+@pytest.mark.parametrize("shape,axis", [((0, 3), 1), ((2, 3, 0), 1), ((0, 4, 4, 3), -1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch_forward_leaves_running_stats(shape, axis, dtype):
+    # documented: empty out, NaN mean and invstd, running statistics untouched (as torch's
+    # functional batch_norm leaves them); the functional torch call is checked when present
+    C = shape[axis]
+    x = np.empty(shape, dtype)
+    rm, rv = np.arange(C, dtype=dtype), np.arange(1, C + 1, dtype=dtype)
+    rm0, rv0 = rm.copy(), rv.copy()
+    out, mean, invstd = cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, axis=axis)
+    assert out.shape == shape and out.dtype == dtype
+    assert mean.shape == invstd.shape == (C,)
+    assert np.isnan(mean).all() and np.isnan(invstd).all()
+    np.testing.assert_array_equal(rm, rm0)
+    np.testing.assert_array_equal(rv, rv0)
+    if axis == 1:
+        torch = pytest.importorskip("torch")
+        trm, trv = torch.from_numpy(rm0.copy()), torch.from_numpy(rv0.copy())
+        ty = torch.nn.functional.batch_norm(torch.from_numpy(x), trm, trv, training=True)
+        assert tuple(ty.shape) == shape
+        np.testing.assert_array_equal(trm.numpy(), rm0)
+        np.testing.assert_array_equal(trv.numpy(), rv0)
