@@ -47,26 +47,34 @@ cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k, double
 
 
 cdef inline const floating* _at(const floating* p, Py_ssize_t off) noexcept nogil:
-    """p + off, keeping NULL (an absent ReLU mask) as NULL."""
+    """p + off, keeping NULL (no activation's saved output) as NULL."""
     return p + off if p != NULL else NULL
 
 
-cdef inline void _sum_like_dot(const floating* dy, const floating* ym, Py_ssize_t n,
-                               double* sdy) noexcept nogil:
-    """sdy += sum(g), g = dy masked by the fused ReLU output ym (NULL: no mask)."""
+cdef inline floating _act_grad(floating g, floating y, int act) noexcept nogil:
+    """g through the activation act given its output y (cbn_epilogue-inl.h)."""
     if floating is float:
-        cbn_sum_like_dot_f32(dy, ym, n, sdy)
+        return cbn_act_grad_f32(g, y, act)
     else:
-        cbn_sum_like_dot_f64(dy, ym, n, sdy)
+        return cbn_act_grad_f64(g, y, act)
 
 
-cdef inline void _sum_dot(const floating* dy, const floating* ym, const floating* x, Py_ssize_t n,
+cdef inline void _sum_like_dot(const floating* dy, const floating* ym, int act, Py_ssize_t n,
+                               double* sdy) noexcept nogil:
+    """sdy += sum(g), g = dy through the activation act whose output is ym (cbn_epilogue.h)."""
+    if floating is float:
+        cbn_sum_like_dot_f32(dy, ym, n, sdy, act)
+    else:
+        cbn_sum_like_dot_f64(dy, ym, n, sdy, act)
+
+
+cdef inline void _sum_dot(const floating* dy, const floating* ym, int act, const floating* x, Py_ssize_t n,
                           double m, double* sdy, double* sdyx) noexcept nogil:
     """sdy += sum(g), sdyx += sum(g * (x - m)), g as in _sum_like_dot."""
     if floating is float:
-        cbn_sum_dot_f32(dy, ym, x, n, m, sdy, sdyx)
+        cbn_sum_dot_f32(dy, ym, x, n, m, sdy, sdyx, act)
     else:
-        cbn_sum_dot_f64(dy, ym, x, n, m, sdy, sdyx)
+        cbn_sum_dot_f64(dy, ym, x, n, m, sdy, sdyx, act)
 
 
 cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py_ssize_t ld,
@@ -77,14 +85,14 @@ cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py
         cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w)
 
 
-cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym,
+cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym, int act,
                               const floating* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                               Py_ssize_t w) noexcept nogil:
-    """sdyx NULL: only the g sums (g = dy masked by ym, or dy)."""
+    """sdyx NULL: only the g sums (g = dy through the activation act whose output is ym)."""
     if floating is float:
-        cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w)
+        cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w, act)
     else:
-        cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w)
+        cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w, act)
 
 
 cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,
@@ -522,63 +530,53 @@ cdef inline bint _reverse(const void* out, const void* a, const void* b,
 
 
 cdef inline void _normalize_run(const floating* x, floating* y_out, Py_ssize_t n, floating hi,
-                                floating scale, floating shift, bint relu,
+                                floating scale, floating shift, int act,
                                 bint stream) noexcept nogil:
-    """y = (x - hi) * scale + shift, then max(y, 0) if relu (NaN propagates); streaming stores
-    if stream."""
-    cdef Py_ssize_t i
-    cdef floating v
+    """y = act((x - hi) * scale + shift) over one run (cbn_epilogue.h); streaming stores if
+    stream."""
     if stream:
         if floating is float:
-            cbn_affine_run_nt_f32(x, y_out, n, hi, scale, shift, relu)
+            cbn_affine_run_nt_f32(x, y_out, n, hi, scale, shift, act)
         else:
-            cbn_affine_run_nt_f64(x, y_out, n, hi, scale, shift, relu)
-    elif relu:
-        for i in range(n):
-            v = (x[i] - hi) * scale + shift
-            y_out[i] = 0 if v < 0 else v
+            cbn_affine_run_nt_f64(x, y_out, n, hi, scale, shift, act)
+    elif floating is float:
+        cbn_affine_run_f32(x, y_out, n, hi, scale, shift, act)
     else:
-        for i in range(n):
-            y_out[i] = (x[i] - hi) * scale + shift
+        cbn_affine_run_f64(x, y_out, n, hi, scale, shift, act)
 
 
 cdef inline void _affine_rows(const floating* x, floating* y_out, Py_ssize_t ld, Py_ssize_t rows,
                               Py_ssize_t w, const floating* coef, Py_ssize_t C,
-                              bint relu) noexcept nogil:
-    """Channels-last rows: y = (x - hi) * scale + shift (then max(y, 0) if relu),
-    coef = [hi | scale | shift]; in place when x is y_out."""
+                              int act) noexcept nogil:
+    """Channels-last rows: y = act((x - hi) * scale + shift), coef = [hi | scale | shift]; in
+    place when x is y_out."""
     if floating is float:
-        cbn_affine_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, relu)
+        cbn_affine_f32(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, act)
     else:
-        cbn_affine_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, relu)
+        cbn_affine_f64(x, y_out, ld, rows, w, coef, coef + C, coef + 2 * C, act)
 
 
-cdef inline void _dx_run(const floating* dy, const floating* ym, const floating* x,
+cdef inline void _dx_run(const floating* dy, const floating* ym, int act, const floating* x,
                          floating* dx_out, Py_ssize_t n, floating hi, floating k1, floating k2,
                          floating k3, bint stream) noexcept nogil:
-    """dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy where the ReLU output ym > 0;
-    streaming stores if stream."""
-    cdef Py_ssize_t i
-    cdef floating g
+    """dx = g * k1 + (x - hi) * k2 + k3 with g = dy through the activation act whose output
+    is ym; streaming stores if stream."""
     if stream:
         if floating is float:
-            cbn_dx_run_nt_f32(dy, ym, x, dx_out, n, hi, k1, k2, k3)
+            cbn_dx_run_nt_f32(dy, ym, x, dx_out, n, hi, k1, k2, k3, act)
         else:
-            cbn_dx_run_nt_f64(dy, ym, x, dx_out, n, hi, k1, k2, k3)
-    elif ym == NULL:
-        for i in range(n):
-            dx_out[i] = dy[i] * k1 + (x[i] - hi) * k2 + k3
+            cbn_dx_run_nt_f64(dy, ym, x, dx_out, n, hi, k1, k2, k3, act)
+    elif floating is float:
+        cbn_dx_run_f32(dy, ym, x, dx_out, n, hi, k1, k2, k3, act)
     else:
-        for i in range(n):
-            g = dy[i]  # loaded unconditionally, then selected: the loop stays vectorisable
-            g = g if ym[i] > 0 else 0
-            dx_out[i] = g * k1 + (x[i] - hi) * k2 + k3
+        cbn_dx_run_f64(dy, ym, x, dx_out, n, hi, k1, k2, k3, act)
 
 
-cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating* x,
+cdef inline void _dx_rows(const floating* dy, const floating* ym, int act, const floating* x,
                           floating* dx_out, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t C,
                           const floating* coef) noexcept nogil:
-    """Channels-last rows: dx = dy * k1 + (x - hi) * k2 + k3, coef = [hi | k1 | k2 | k3]."""
+    """Channels-last rows: dx = g * k1 + (x - hi) * k2 + k3, coef = [hi | k1 | k2 | k3], g = dy
+    through the activation act whose output is ym."""
     cdef Py_ssize_t r, c
     cdef const floating* g
     cdef const floating* xr
@@ -589,10 +587,10 @@ cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating
             and <const void*>dx_out != <const void*>ym):
         if floating is float:
             cbn_dx_rows_f32(dy, ym, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C,
-                            coef + 3 * C)
+                            coef + 3 * C, act)
         else:
             cbn_dx_rows_f64(dy, ym, x, dx_out, ld, rows, C, coef, coef + C, coef + 2 * C,
-                            coef + 3 * C)
+                            coef + 3 * C, act)
         return
     for r in range(rows):  # in place (into dy, x or y): element-wise, one row at a time
         g = dy + r * ld
@@ -601,29 +599,29 @@ cdef inline void _dx_rows(const floating* dy, const floating* ym, const floating
         d = dx_out + r * ld
         for c in range(C):
             gv = g[c]
-            if yr != NULL and not yr[c] > 0:
-                gv = 0
+            if act != CBN_ACT_NONE:
+                gv = _act_grad(gv, yr[c], act)
             d[c] = gv * coef[C + c] + (xr[c] - coef[c]) * coef[2 * C + c] + coef[3 * C + c]
 
 
 cdef inline void _affine_flat_nt(const floating* x, floating* y_out, Py_ssize_t rows,
-                                 Py_ssize_t C, const floating* ext, bint relu) noexcept nogil:
+                                 Py_ssize_t C, const floating* ext, int act) noexcept nogil:
     """Dense channels-last rows with streaming stores, ext = extended [hi | scale | shift]."""
     if floating is float:
-        cbn_affine_flat_nt_f32(x, y_out, rows * C, C, ext, relu)
+        cbn_affine_flat_nt_f32(x, y_out, rows * C, C, ext, act)
     else:
-        cbn_affine_flat_nt_f64(x, y_out, rows * C, C, ext, relu)
+        cbn_affine_flat_nt_f64(x, y_out, rows * C, C, ext, act)
     cbn_nt_fence()
 
 
-cdef inline void _dx_flat_nt(const floating* dy, const floating* ym, const floating* x,
+cdef inline void _dx_flat_nt(const floating* dy, const floating* ym, int act, const floating* x,
                              floating* dx_out, Py_ssize_t rows, Py_ssize_t C,
                              const floating* ext) noexcept nogil:
     """Dense channels-last rows with streaming stores, ext = extended [hi | k1 | k2 | k3]."""
     if floating is float:
-        cbn_dx_flat_nt_f32(dy, ym, x, dx_out, rows * C, C, ext)
+        cbn_dx_flat_nt_f32(dy, ym, x, dx_out, rows * C, C, ext, act)
     else:
-        cbn_dx_flat_nt_f64(dy, ym, x, dx_out, rows * C, C, ext)
+        cbn_dx_flat_nt_f64(dy, ym, x, dx_out, rows * C, C, ext, act)
     cbn_nt_fence()
 
 
@@ -651,7 +649,7 @@ cdef inline Py_ssize_t _rows_per_task(Py_ssize_t outer, int nt) noexcept nogil:
 
 
 cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
-                          const floating* coef, Py_ssize_t r0, Py_ssize_t r1, bint relu,
+                          const floating* coef, Py_ssize_t r0, Py_ssize_t r1, int act,
                           bint stream, bint rev=False) noexcept nogil:
     """Channel-major runs r0 <= r < r1 of _normalize; a store fence after them if stream;
     walking down (runs and elements) if rev."""
@@ -661,33 +659,33 @@ cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
             c = r % C
             if floating is float:
                 cbn_affine_run_rev_f32(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                                       coef[C + c], coef[2 * C + c], relu)
+                                       coef[C + c], coef[2 * C + c], act)
             else:
                 cbn_affine_run_rev_f64(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c],
-                                       coef[C + c], coef[2 * C + c], relu)
+                                       coef[C + c], coef[2 * C + c], act)
         return
     for r in range(r0, r1):
         c = r % C
         _normalize_run(x + r * g.inner, y_out + r * g.inner, g.inner, coef[c], coef[C + c],
-                       coef[2 * C + c], relu, stream)
+                       coef[2 * C + c], act, stream)
     if stream:
         cbn_nt_fence()
 
 
 cdef void _normalize_piece(const floating* x, floating* y_out, const Geometry* g,
                            const floating* coef, Py_ssize_t r, Py_ssize_t p, Py_ssize_t npieces,
-                           bint relu, bint stream) noexcept nogil:
+                           int act, bint stream) noexcept nogil:
     """Piece p of npieces of channel-major run r (fewer runs than threads)."""
     cdef Py_ssize_t c = r % g.C, C = g.C
     cdef Py_ssize_t lo = p * g.inner // npieces, hi = (p + 1) * g.inner // npieces
     _normalize_run(x + r * g.inner + lo, y_out + r * g.inner + lo, hi - lo, coef[c],
-                   coef[C + c], coef[2 * C + c], relu, stream)
+                   coef[C + c], coef[2 * C + c], act, stream)
     if stream:
         cbn_nt_fence()
 
 
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
-                     const floating* coef, bint relu, bint single_pass) noexcept nogil:
+                     const floating* coef, int act, bint single_pass) noexcept nogil:
     """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift];
     single_pass: the whole op (inference), no reduction before it (see _streams)."""
     cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
@@ -704,7 +702,7 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
             for t in prange(nruns * nt, num_threads=nt, schedule='static'):
                 if t == 0:
                     cbn_note_team(_rt)
-                _normalize_piece(x, y_out, g, coef, t // nt, t % nt, nt, relu, stream)
+                _normalize_piece(x, y_out, g, coef, t // nt, t % nt, nt, act, stream)
             return
         # one contiguous share of runs per thread (and one store fence at its end when
         # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
@@ -714,9 +712,9 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 if t == 0:
                     cbn_note_team(_rt)
                 _normalize_runs(x, y_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
-                                relu, stream, rev)
+                                act, stream, rev)
         else:
-            _normalize_runs(x, y_out, g, coef, 0, nruns, relu, stream, rev)
+            _normalize_runs(x, y_out, g, coef, 0, nruns, act, stream, rev)
         return
     if stream:
         ext = _extended_coef(coef, C, 3, y_out)
@@ -728,17 +726,17 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int 
                 cbn_note_team(_rt)
             rows = min(rpt, g.outer - r * rpt)
             if ext != NULL:
-                _affine_flat_nt(x + r * rpt * C, y_out + r * rpt * C, rows, C, ext, relu)
+                _affine_flat_nt(x + r * rpt * C, y_out + r * rpt * C, rows, C, ext, act)
             else:
-                _affine_rows(x + r * rpt * C, y_out + r * rpt * C, C, rows, C, coef, C, relu)
+                _affine_rows(x + r * rpt * C, y_out + r * rpt * C, C, rows, C, coef, C, act)
     elif ext != NULL:
-        _affine_flat_nt(x, y_out, g.outer, C, ext, relu)
+        _affine_flat_nt(x, y_out, g.outer, C, ext, act)
     else:
-        _affine_rows(x, y_out, C, g.outer, C, coef, C, relu)
+        _affine_rows(x, y_out, C, g.outer, C, coef, C, act)
     cbn_free_beside(ext)
 
 
-cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
                    const Geometry* g, const floating* coef, Py_ssize_t r0, Py_ssize_t r1,
                    bint stream, bint rev=False) noexcept nogil:
     """Channel-major runs r0 <= r < r1 of _dx_pass; a store fence after them if stream;
@@ -750,34 +748,34 @@ cdef void _dx_runs(const floating* dy, const floating* ym, const floating* x, fl
             off = r * g.inner
             if floating is float:
                 cbn_dx_run_rev_f32(dy + off, _at(ym, off), x + off, dx_out + off, g.inner,
-                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], act)
             else:
                 cbn_dx_run_rev_f64(dy + off, _at(ym, off), x + off, dx_out + off, g.inner,
-                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+                                   coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c], act)
         return
     for r in range(r0, r1):
         c = r % C
         off = r * g.inner
-        _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+        _dx_run(dy + off, _at(ym, off), act, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                 coef[2 * C + c], coef[3 * C + c], stream)
     if stream:
         cbn_nt_fence()
 
 
-cdef void _dx_piece(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+cdef void _dx_piece(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
                     const Geometry* g, const floating* coef, Py_ssize_t r, Py_ssize_t p,
                     Py_ssize_t npieces, bint stream) noexcept nogil:
     """Piece p of npieces of channel-major run r (fewer runs than threads)."""
     cdef Py_ssize_t c = r % g.C, C = g.C
     cdef Py_ssize_t off = r * g.inner + p * g.inner // npieces
     cdef Py_ssize_t n = (p + 1) * g.inner // npieces - p * g.inner // npieces
-    _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, n, coef[c], coef[C + c],
+    _dx_run(dy + off, _at(ym, off), act, x + off, dx_out + off, n, coef[c], coef[C + c],
             coef[2 * C + c], coef[3 * C + c], stream)
     if stream:
         cbn_nt_fence()
 
 
-cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
+cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
                    const Geometry* g, int nt, const floating* coef) noexcept nogil:
     """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
     cdef Py_ssize_t C = g.C, r, c, t, nruns, off, ngroups, rpt, rows
@@ -794,7 +792,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
             for t in prange(nruns * nt, num_threads=nt, schedule='static'):
                 if t == 0:
                     cbn_note_team(_rt)
-                _dx_piece(dy, ym, x, dx_out, g, coef, t // nt, t % nt, nt, stream)
+                _dx_piece(dy, ym, act, x, dx_out, g, coef, t // nt, t % nt, nt, stream)
             return
         # one contiguous share of runs per thread, as in _normalize (dx of (8,256,14,14) f32 at
         # 2 threads: 0.79-0.89x the time of a parallel-loop iteration per run)
@@ -802,10 +800,10 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
             for t in prange(nt, num_threads=nt, schedule='static'):
                 if t == 0:
                     cbn_note_team(_rt)
-                _dx_runs(dy, ym, x, dx_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
+                _dx_runs(dy, ym, act, x, dx_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
                          stream, rev)
         else:
-            _dx_runs(dy, ym, x, dx_out, g, coef, 0, nruns, stream, rev)
+            _dx_runs(dy, ym, act, x, dx_out, g, coef, 0, nruns, stream, rev)
         return
     if stream:
         ext = _extended_coef(coef, C, 4, dx_out)
@@ -818,13 +816,13 @@ cdef void _dx_pass(const floating* dy, const floating* ym, const floating* x, fl
             off = r * rpt * C
             rows = min(rpt, g.outer - r * rpt)
             if ext != NULL:
-                _dx_flat_nt(dy + off, _at(ym, off), x + off, dx_out + off, rows, C, ext)
+                _dx_flat_nt(dy + off, _at(ym, off), act, x + off, dx_out + off, rows, C, ext)
             else:
-                _dx_rows(dy + off, _at(ym, off), x + off, dx_out + off, C, rows, C, coef)
+                _dx_rows(dy + off, _at(ym, off), act, x + off, dx_out + off, C, rows, C, coef)
     elif ext != NULL:
-        _dx_flat_nt(dy, ym, x, dx_out, g.outer, C, ext)
+        _dx_flat_nt(dy, ym, act, x, dx_out, g.outer, C, ext)
     else:
-        _dx_rows(dy, ym, x, dx_out, C, g.outer, C, coef)
+        _dx_rows(dy, ym, act, x, dx_out, C, g.outer, C, coef)
     cbn_free_beside(ext)
 
 
@@ -858,7 +856,7 @@ cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m
 cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
                                  Py_ssize_t c, double eps, const double* w, const double* b,
                                  double* mean_out, double* var_out, double* invstd_out,
-                                 floating* coef, bint relu, bint stream) noexcept nogil:
+                                 floating* coef, int act, bint stream) noexcept nogil:
     """Channel-major: statistics of channel c, then normalise it while it is still cached."""
     cdef double mean, m2
     cdef Py_ssize_t o, off, C = g.C
@@ -867,7 +865,7 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
     for o in range(g.outer):
         off = (o * C + c) * g.inner
         _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c], coef[2 * C + c],
-                       relu, stream)
+                       act, stream)
     if stream:
         cbn_nt_fence()
 
@@ -875,7 +873,7 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
 cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
                   double eps, const double* w, const double* b,
                   double* mean_out, double* var_out, double* invstd_out,
-                  bint relu) noexcept nogil:
+                  int act) noexcept nogil:
     """Training forward.  IN x, w, b (NULL = 1 / 0); OUT y_out and the per-channel float64
     mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C, c
@@ -893,11 +891,11 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef, relu, stream)
+                                       invstd_out, coef, act, stream)
         else:
             for c in range(C):
                 _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef, relu, stream)
+                                       invstd_out, coef, act, stream)
         cbn_free_beside(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))
@@ -909,7 +907,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
                       invstd_out, coef)
     free(m2)
-    _normalize(x, y_out, g, nt, coef, relu, False)
+    _normalize(x, y_out, g, nt, coef, act, False)
     cbn_free_beside(coef)
     return 0
 
@@ -917,7 +915,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
 # ------------------------------------------------------------------------------------ inference
 cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int nt_req,
                     const double* centre, const double* scale, const double* shift,
-                    bint relu) noexcept nogil:
+                    int act) noexcept nogil:
     """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
     cdef Py_ssize_t C = g.C, c
     cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, _tasks_of(g))
@@ -926,13 +924,13 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
         return -1
     for c in range(C):
         _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
-    _normalize(x, y_out, g, nt, coef, relu, True)
+    _normalize(x, y_out, g, nt, coef, act, True)
     cbn_free_beside(coef)
     return 0
 
 
 # ------------------------------------------------------------------------------------ backward
-cdef void _segment_sums_cm(const floating* dy, const floating* ym, const floating* x,
+cdef void _segment_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
                            const Geometry* g,
                            Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
@@ -956,14 +954,14 @@ cdef void _segment_sums_cm(const floating* dy, const floating* ym, const floatin
         for o in range(o0, o1):
             off = (o * g.C + c) * g.inner + i0
             if with_dot:
-                _sum_dot(dy + off, _at(ym, off), x + off, i1 - i0, mean, &a, &d)
+                _sum_dot(dy + off, _at(ym, off), act, x + off, i1 - i0, mean, &a, &d)
             else:
-                _sum_like_dot(dy + off, _at(ym, off), i1 - i0, &a)
+                _sum_like_dot(dy + off, _at(ym, off), act, i1 - i0, &a)
     sdy_out[0] = a
     sdyx_out[0] = d
 
 
-cdef void _channel_sums_cm(const floating* dy, const floating* ym, const floating* x,
+cdef void _channel_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
                            const Geometry* g,
                            Py_ssize_t c, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
@@ -971,14 +969,14 @@ cdef void _channel_sums_cm(const floating* dy, const floating* ym, const floatin
     cdef Py_ssize_t s
     cbn_note_team(_rt)
     for s in range(g.nseg):
-        _segment_sums_cm(dy, ym, x, g, c, s, mean, with_dot, &sa, &sd)
+        _segment_sums_cm(dy, ym, act, x, g, c, s, mean, with_dot, &sa, &sd)
         a = a + sa
         d = d + sd
     sdy_out[0] = a
     sdyx_out[0] = d
 
 
-cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, const floating* x,
+cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, const floating* x,
                              const Geometry* g,
                              Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
                              bint with_dot, double* part, double* scratch) noexcept nogil:
@@ -1001,16 +999,16 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, const float
             off = (o * C + j) * inner
             if floating is float:
                 cbn_sum_dot8_f32(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL)
+                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL, act)
             else:
                 cbn_sum_dot8_f64(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL)
+                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL, act)
     for j in range(c0, c1):
         sdy[j] = cbn_hsum8_array(acc_g + 8 * (j - c0))
         sdyx[j] = cbn_hsum8_array(acc_d + 8 * (j - c0))
 
 
-cdef inline void _sums_cl_task(const floating* dy, const floating* ym, const floating* x,
+cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, const floating* x,
                                const Geometry* g,
                                Py_ssize_t t, const double* mean, bint with_dot,
                                double* part) noexcept nogil:
@@ -1027,7 +1025,7 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* ym, const flo
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0),
+    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0), act,
                  x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w)
 
 
@@ -1047,7 +1045,7 @@ cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const doub
     coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
 
 
-cdef void _backward_channel_fused(const floating* dy, const floating* ym, const floating* x,
+cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act, const floating* x,
                                   floating* dx_out,
                                   const Geometry* g, Py_ssize_t c, const double* mean,
                                   const double* invstd, const double* w, double* sdy_out,
@@ -1055,23 +1053,24 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, const 
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
     cbn_note_team(_rt)
-    _channel_sums_cm(dy, ym, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
+    _channel_sums_cm(dy, ym, act, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
     _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
     for o in range(g.outer):
         off = (o * C + c) * g.inner
-        _dx_run(dy + off, _at(ym, off), x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+        _dx_run(dy + off, _at(ym, off), act, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
                 coef[2 * C + c], coef[3 * C + c], stream)
     if stream:
         cbn_nt_fence()
 
 
-cdef int _backward(const floating* dy, const floating* ym, const floating* x, floating* dx_out,
-                   const Geometry* g,
-                   int nt_req, const double* mean, const double* invstd, const double* w,
-                   bint with_dot, double* sdy_out, double* sdyx_out) noexcept nogil:
-    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1), ym: the output of a fused ReLU
-    (NULL: none; else g = dy where ym > 0, 0 elsewhere, replaces dy).  OUT sdy_out = sum(g) and,
-    if with_dot, sdyx_out = sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
+cdef int _backward(const floating* dy, const floating* ym, int act, const floating* x,
+                   floating* dx_out, const Geometry* g, int nt_req, const double* mean,
+                   const double* invstd, const double* w, bint with_dot, double* sdy_out,
+                   double* sdyx_out) noexcept nogil:
+    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1), and the fused activation act
+    with its output ym (cbn_epilogue.h; CBN_ACT_NONE and NULL without one): g, dy through the
+    activation, replaces dy.  OUT sdy_out = sum(g) and, if with_dot, sdyx_out =
+    sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
     cdef Py_ssize_t C = g.C, c, s, t, ntasks, nch, cw, stride
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
@@ -1090,11 +1089,11 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
         stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                _backward_channel_fused(dy, ym, act, x, dx_out, g, c, mean, invstd, w, sdy_out,
                                         sdyx_out, coef, stream)
         else:
             for c in range(C):
-                _backward_channel_fused(dy, ym, x, dx_out, g, c, mean, invstd, w, sdy_out,
+                _backward_channel_fused(dy, ym, act, x, dx_out, g, c, mean, invstd, w, sdy_out,
                                         sdyx_out, coef, stream)
         cbn_free_beside(coef)
         return 0
@@ -1112,12 +1111,12 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cm_rows_task(dy, ym, x, g, t // nch, min((t % nch) * cw, C),
+                _sums_cm_rows_task(dy, ym, act, x, g, t // nch, min((t % nch) * cw, C),
                                    min((t % nch + 1) * cw, C), mean, with_dot, part,
                                    scratch + threadid() * stride)
         else:
             for t in range(ntasks):
-                _sums_cm_rows_task(dy, ym, x, g, t // nch, min((t % nch) * cw, C),
+                _sums_cm_rows_task(dy, ym, act, x, g, t // nch, min((t % nch) * cw, C),
                                    min((t % nch + 1) * cw, C), mean, with_dot, part, scratch)
         free(scratch)
         for c in range(C):
@@ -1130,10 +1129,10 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     elif g.inner > 1 and (g.nseg == 1 or C >= nt):
         if nt > 1:
             for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _channel_sums_cm(dy, ym, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+                _channel_sums_cm(dy, ym, act, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
         else:
             for c in range(C):
-                _channel_sums_cm(dy, ym, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
+                _channel_sums_cm(dy, ym, act, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
     elif g.inner > 1:
         ntasks = C * g.nseg
         part = <double*>malloc(2 * ntasks * sizeof(double))
@@ -1141,7 +1140,7 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
             cbn_free_beside(coef)
             return -1
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _segment_sums_cm(dy, ym, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
+            _segment_sums_cm(dy, ym, act, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
                              &part[2 * t], &part[2 * t + 1])
         for c in range(C):
             sdy_out[c] = 0.0
@@ -1159,10 +1158,10 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
             return -1
         if nt > 1:
             for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cl_task(dy, ym, x, g, t, mean, with_dot, part)
+                _sums_cl_task(dy, ym, act, x, g, t, mean, with_dot, part)
         else:
             for t in range(ntasks):
-                _sums_cl_task(dy, ym, x, g, t, mean, with_dot, part)
+                _sums_cl_task(dy, ym, act, x, g, t, mean, with_dot, part)
         for c in range(C):
             sdy_out[c] = 0.0
             sdyx_out[c] = 0.0
@@ -1174,12 +1173,12 @@ cdef int _backward(const floating* dy, const floating* ym, const floating* x, fl
     if dx_out != NULL:
         for c in range(C):
             _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
-        _dx_pass(dy, ym, x, dx_out, g, nt, coef)
+        _dx_pass(dy, ym, act, x, dx_out, g, nt, coef)
         cbn_free_beside(coef)
     return 0
 
 
-cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x,
+cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const floating* x,
                        floating* dx_out, const Geometry* g, int nt, double n_total,
                        const double* mean, const double* invstd, const double* w,
                        const double* sdy, const double* sdyx) noexcept nogil:
@@ -1190,7 +1189,7 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, const floating* x
         return -1
     for c in range(g.C):
         _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
-    _dx_pass(dy, ym, x, dx_out, g, nt, coef)
+    _dx_pass(dy, ym, act, x, dx_out, g, nt, coef)
     cbn_free_beside(coef)
     return 0
 
@@ -1254,11 +1253,25 @@ cdef int _moments_entry(const floating* x, const Geometry* g, int nt_req, double
                     mean_out, m2_out)
 
 
+cdef inline int _saved_act(const void* ym) noexcept nogil:
+    """The activation of a backward table entry: its saved output ym is that of the fused ReLU,
+    the only activation so far (NULL: none)."""
+    return CBN_ACT_RELU if ym != NULL else CBN_ACT_NONE
+
+
+cdef int _backward_entry(const floating* dy, const floating* ym, const floating* x,
+                         floating* dx_out, const Geometry* g, int nt_req, const double* mean,
+                         const double* invstd, const double* w, bint with_dot,
+                         double* sdy_out, double* sdyx_out) noexcept nogil:
+    return _backward(dy, ym, _saved_act(ym), x, dx_out, g, nt_req, mean, invstd, w, with_dot,
+                     sdy_out, sdyx_out)
+
+
 cdef int _dx_from_sums_entry(const floating* dy, const floating* ym, const floating* x,
                              floating* dx_out, const Geometry* g, int nt_req, double n_total,
                              const double* mean, const double* invstd, const double* w,
                              const double* sdy, const double* sdyx) noexcept nogil:
-    return _dx_from_sums(dy, ym, x, dx_out, g,
+    return _dx_from_sums(dy, ym, _saved_act(ym), x, dx_out, g,
                          _threads_for(g.outer * g.C * g.inner, nt_req, _tasks_of(g)), n_total,
                          mean, invstd, w, sdy, sdyx)
 
@@ -1285,8 +1298,8 @@ _TABLE.moments_f32 = _moments_entry[float]
 _TABLE.moments_f64 = _moments_entry[double]
 _TABLE.inference_f32 = _inference[float]
 _TABLE.inference_f64 = _inference[double]
-_TABLE.backward_f32 = _backward[float]
-_TABLE.backward_f64 = _backward[double]
+_TABLE.backward_f32 = _backward_entry[float]
+_TABLE.backward_f64 = _backward_entry[double]
 _TABLE.dx_from_sums_f32 = _dx_from_sums_entry[float]
 _TABLE.dx_from_sums_f64 = _dx_from_sums_entry[double]
 _TABLE.floor_scale_f32 = _floor_scale[float]

@@ -1,13 +1,15 @@
 /* cbn_families-inl.h: every kernel family for the element type that cbn_kernels.h has just
  * defined (T, SFX and the vector macros), which it undefines at the end; no include guard. */
+#include "cbn_epilogue-inl.h" /* the activations */
 #include "cbn_reduce-inl.h"  /* channel-major run reductions */
 #include "cbn_rows-inl.h"    /* channels-last row loops */
 #include "cbn_tiles-inl.h"   /* channels-last register tiles */
 #include "cbn_stream-inl.h"  /* streaming-store passes */
-#include "cbn_reverse-inl.h" /* descending runs */
+#include "cbn_runs-inl.h"    /* channel-major runs, up and down */
 #undef T
 #undef SFX
 #undef CBN_TV
+#undef CBN_TVI
 #undef CBN_TVL
 #undef CBN_NTV
 #undef CBN_NTI

@@ -6,7 +6,7 @@
  *   T          the element type,
  *   SFX(name)  name_f32 or name_f64 (the functions' names: grep "SFX(cbn_col_sum_dot)" finds
  *              the definition of cbn_col_sum_dot_f32 and _f64),
- *   CBN_TV, CBN_TVL            the native vector of T and its lanes (register tiles),
+ *   CBN_TV, CBN_TVI, CBN_TVL   the native vector of T, its integer twin and its lanes,
  *   CBN_NTV, CBN_NTI, CBN_NT_STORE   the streaming-store vector of T, its integer twin, and
  *              its streaming store (cbn_stream.h).
  * The whole file is compiled once per SIMD level (meson.build), as part of _kernels.pyx.
@@ -18,10 +18,12 @@
 #include "cbn_tiles.h"   /* register-tile geometry */
 #include "cbn_stream.h"  /* streaming-store vectors and fences */
 #include "cbn_reverse.h" /* descending loop shape */
+#include "cbn_epilogue.h" /* the activations */
 
 #define T float
 #define SFX(name) name##_f32
 #define CBN_TV cbn_vf
+#define CBN_TVI cbn_vi
 #define CBN_TVL (CBN_VB / 4)
 #define CBN_NTV cbn_ntf
 #define CBN_NTI cbn_nti
@@ -31,6 +33,7 @@
 #define T double
 #define SFX(name) name##_f64
 #define CBN_TV cbn_vd
+#define CBN_TVI cbn_vl
 #define CBN_TVL (CBN_VB / 8)
 #define CBN_NTV cbn_ntd
 #define CBN_NTI cbn_ntl

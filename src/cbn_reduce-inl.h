@@ -6,10 +6,11 @@
  * level sums in the same order; all sums are accumulated in double. */
 
 #ifdef CBN_VECTOR
-/* 8 lanes of the upstream gradient at dy + i: dy, or dy where the fused ReLU's output ym > 0 */
-static inline cbn_v8d SFX(cbn_g8)(const T *dy, const T *ym, ptrdiff_t i) {
-    return ym == NULL ? SFX(cbn_load8)(dy + i)
-                      : cbn_relu_mask8(SFX(cbn_load8)(dy + i), SFX(cbn_load8)(ym + i));
+/* 8 lanes of the upstream gradient at dy + i through the activation whose output is ym
+ * (cbn_epilogue.h; ym is never read without an activation) */
+static inline cbn_v8d SFX(cbn_g8)(const T *dy, const T *ym, ptrdiff_t i, const int act) {
+    return act == CBN_ACT_NONE ? SFX(cbn_load8)(dy + i)
+                               : cbn_act_grad8(SFX(cbn_load8)(dy + i), SFX(cbn_load8)(ym + i), act);
 }
 
 /* sum of x[0:n] */
@@ -29,37 +30,38 @@ static inline double SFX(cbn_sum)(const T *x, ptrdiff_t n) {
 }
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is
  * then bit-identical whether or not dweight/dx are computed too */
-static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {
+static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy,
+                                         const int act) {
     cbn_v8d s0 = cbn_v8_zero(), s1 = s0;
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        s0 = cbn_v8_add(s0, SFX(cbn_g8)(dy, ym, i));
-        s1 = cbn_v8_add(s1, SFX(cbn_g8)(dy, ym, i + 8));
+        s0 = cbn_v8_add(s0, SFX(cbn_g8)(dy, ym, i, act));
+        s1 = cbn_v8_add(s1, SFX(cbn_g8)(dy, ym, i + 8, act));
     }
-    for (; i + 8 <= n; i += 8) s0 = cbn_v8_add(s0, SFX(cbn_g8)(dy, ym, i));
+    for (; i + 8 <= n; i += 8) s0 = cbn_v8_add(s0, SFX(cbn_g8)(dy, ym, i, act));
     double a = cbn_hsum8(cbn_v8_add(s0, s1));
-    for (; i < n; i++) a += CBN_G1(dy, ym, i);
+    for (; i < n; i++) a += SFX(cbn_grad_d)(dy, ym, i, act);
     *sdy += a;
 }
 /* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */
 static inline void SFX(cbn_sum_dot)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
-                                     double m, double *sdy, double *sdyx) {
+                                     double m, double *sdy, double *sdyx, const int act) {
     cbn_v8d s0 = cbn_v8_zero(), s1 = s0, p0 = s0, p1 = s0;
     const cbn_v8d mv = cbn_v8_set1(m);
     CBN_ONE_INIT(one);
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        cbn_v8d g0 = SFX(cbn_g8)(dy, ym, i), g1 = SFX(cbn_g8)(dy, ym, i + 8);
+        cbn_v8d g0 = SFX(cbn_g8)(dy, ym, i, act), g1 = SFX(cbn_g8)(dy, ym, i + 8, act);
         s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);
         p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(SFX(cbn_load8)(x + i), mv, one));
         p1 = cbn_v8_madd(p1, g1, CBN_V8_SUB_ON_FMA(SFX(cbn_load8)(x + i + 8), mv, one));
     }
     for (; i + 8 <= n; i += 8) {
-        cbn_v8d g = SFX(cbn_g8)(dy, ym, i);
+        cbn_v8d g = SFX(cbn_g8)(dy, ym, i, act);
         s0 = cbn_v8_add(s0, g); p0 = cbn_v8_madd(p0, g, cbn_v8_sub(SFX(cbn_load8)(x + i), mv));
     }
     double a = cbn_hsum8(cbn_v8_add(s0, s1)), b = cbn_hsum8(cbn_v8_add(p0, p1));
-    for (; i < n; i++) { double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m); }
+    for (; i < n; i++) { double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)x[i] - m); }
     *sdy += a; *sdyx += b;
 }
 /* cbn_shifted_sums over many short runs of one channel, into 8-lane partials s1_8, s2_8 (no
@@ -105,14 +107,14 @@ static inline void SFX(cbn_shifted_sums)(const T *x, ptrdiff_t n, double k,
  * added as one zero-padded vector.  The g lanes are added in the same order with or without
  * sdyx8, so the sums of g agree bit for bit. */
 static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
-                                      double m, double *sdy8, double *sdyx8) {
+                                      double m, double *sdy8, double *sdyx8, const int act) {
     cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = cbn_v8_zero(), p0 = s1, p1 = s1;
     const cbn_v8d mv = cbn_v8_set1(m);
     CBN_ONE_INIT(one);
     ptrdiff_t i = 0;
     if (sdyx8) p0 = cbn_load8_f64(sdyx8);
     for (; i + 16 <= n; i += 16) {
-        cbn_v8d g0 = SFX(cbn_g8)(dy, ym, i), g1 = SFX(cbn_g8)(dy, ym, i + 8);
+        cbn_v8d g0 = SFX(cbn_g8)(dy, ym, i, act), g1 = SFX(cbn_g8)(dy, ym, i + 8, act);
         s0 = cbn_v8_add(s0, g0); s1 = CBN_V8_ADD_ON_FMA(s1, g1, one);
         if (sdyx8) {
             p0 = cbn_v8_madd(p0, g0, CBN_V8_SUB_ON_FMA(SFX(cbn_load8)(x + i), mv, one));
@@ -120,14 +122,14 @@ static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdi
         }
     }
     for (; i + 8 <= n; i += 8) {
-        cbn_v8d g = SFX(cbn_g8)(dy, ym, i);
+        cbn_v8d g = SFX(cbn_g8)(dy, ym, i, act);
         s0 = cbn_v8_add(s0, g);
         if (sdyx8) p0 = cbn_v8_madd(p0, g, CBN_V8_SUB_ON_FMA(SFX(cbn_load8)(x + i), mv, one));
     }
     if (i < n) { /* the n - i < 8 trailing elements as one zero-padded vector */
         const int k = (int)(n - i);
         cbn_v8d g = SFX(cbn_load8_tail)(dy + i, k);
-        if (ym) g = cbn_relu_mask8(g, SFX(cbn_load8_tail)(ym + i, k));
+        if (act != CBN_ACT_NONE) g = cbn_act_grad8(g, SFX(cbn_load8_tail)(ym + i, k), act);
         s0 = cbn_v8_add(s0, g);
         if (sdyx8) { /* padding lanes: g = 0 times d = 0 (x - m could be inf or NaN) */
             cbn_v8d d = CBN_V8_SUB_ON_FMA(SFX(cbn_load8_tail)(x + i, k), mv, one);
@@ -153,15 +155,16 @@ static inline void SFX(cbn_shifted_sums)(const T *x, ptrdiff_t n, double k,
     for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }
     *s1 += a; *s2 += q;
 }
-static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy) {
-    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += CBN_G1(dy, ym, i);
+static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy,
+                                         const int act) {
+    double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += SFX(cbn_grad_d)(dy, ym, i, act);
     *sdy += a;
 }
 static inline void SFX(cbn_sum_dot)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
-                                     double m, double *sdy, double *sdyx) {
+                                     double m, double *sdy, double *sdyx, const int act) {
     double a = 0, b = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        double g = CBN_G1(dy, ym, i); a += g; b += g * ((double)x[i] - m);
+        double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)x[i] - m);
     }
     *sdy += a; *sdyx += b;
 }
@@ -174,9 +177,9 @@ static inline void SFX(cbn_shifted_sums8)(const T *x, ptrdiff_t n, double k, dou
     }
 }
 static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
-                                      double m, double *sdy8, double *sdyx8) {
+                                      double m, double *sdy8, double *sdyx8, const int act) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        double g = CBN_G1(dy, ym, i);
+        double g = SFX(cbn_grad_d)(dy, ym, i, act);
         sdy8[i % 8] += g;
         if (sdyx8) sdyx8[i % 8] += g * ((double)x[i] - m);
     }

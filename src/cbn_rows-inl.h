@@ -35,13 +35,13 @@ static inline void SFX(cbn_col_shifted_sums_rows)(double *restrict s1, double *r
     }
 }
 
-/* The body of cbn_col_sum_dot_rows for masked = 0 (g = dy) or 1 (g = dy where ym > 0); always
- * inlined with a constant, so the mask test leaves the loops and both forms vectorise.  mk is
- * the mask (any valid pointer when unmasked: it is never read then). */
-static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_g)(
+/* The body of cbn_col_sum_dot_rows for one activation act (a constant: the function is always
+ * inlined, so the activation's gradient leaves the loops and every form vectorises).  mk is the
+ * activation's saved output (any valid pointer without an activation: it is never read then). */
+static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_act)(
     double *restrict sdy, double *restrict sdyx, const T *restrict dy, const T *restrict mk,
     const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, const double *restrict m, ptrdiff_t w,
-    const int masked) {
+    const int act) {
     ptrdiff_t r = 0;
     for (; r + 4 <= rows; r += 4) {
         const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;
@@ -50,8 +50,8 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_g)(
             const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
             _Pragma("omp simd")
             for (ptrdiff_t j = 0; j < w; j++) {
-                double a0 = CBN_G(masked, g0, y0, j), a1 = CBN_G(masked, g1, y1, j);
-                double a2 = CBN_G(masked, g2, y2, j), a3 = CBN_G(masked, g3, y3, j);
+                double a0 = CBN_G(act, g0, y0, j), a1 = CBN_G(act, g1, y1, j);
+                double a2 = CBN_G(act, g2, y2, j), a3 = CBN_G(act, g3, y3, j);
                 sdy[j] += (a0 + a1) + (a2 + a3);
                 sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))
                          + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));
@@ -59,8 +59,8 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_g)(
         } else {
             _Pragma("omp simd")
             for (ptrdiff_t j = 0; j < w; j++) {
-                double a0 = CBN_G(masked, g0, y0, j), a1 = CBN_G(masked, g1, y1, j);
-                double a2 = CBN_G(masked, g2, y2, j), a3 = CBN_G(masked, g3, y3, j);
+                double a0 = CBN_G(act, g0, y0, j), a1 = CBN_G(act, g1, y1, j);
+                double a2 = CBN_G(act, g2, y2, j), a3 = CBN_G(act, g3, y3, j);
                 sdy[j] += (a0 + a1) + (a2 + a3);
             }
         }
@@ -68,21 +68,21 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_g)(
     for (; r < rows; r++) {
         const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = mk + r * ld;
         for (ptrdiff_t j = 0; j < w; j++) {
-            double a0 = CBN_G(masked, g0, y0, j);
+            double a0 = CBN_G(act, g0, y0, j);
             sdy[j] += a0;
             if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);
         }
     }
 }
 /* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]), where g is dy
- * masked by the fused ReLU's output ym (g = dy when ym is NULL).  The g sum has the same order
- * with or without the dot product (dbias does not depend on `needs`). */
+ * through the activation act whose output is ym (cbn_epilogue.h).  The g sum has the same
+ * order with or without the dot product (dbias does not depend on `needs`). */
 static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restrict sdyx,
                                              const T *restrict dy, const T *restrict ym,
                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                             const double *restrict m, ptrdiff_t w) {
-    if (ym) SFX(cbn_col_sum_dot_rows_g)(sdy, sdyx, dy, ym, x, ld, rows, m, w, 1);
-    else SFX(cbn_col_sum_dot_rows_g)(sdy, sdyx, dy, dy, x, ld, rows, m, w, 0);
+                                             const double *restrict m, ptrdiff_t w, int act) {
+    const T *mk = ym ? ym : dy;
+    CBN_FOR_ACT(act, SFX(cbn_col_sum_dot_rows_act)(sdy, sdyx, dy, mk, x, ld, rows, m, w, a_));
 }
 
 /* Element-wise passes over `rows` rows of width w (ld apart), with per-channel coefficient
@@ -92,55 +92,40 @@ static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restr
  * 2x while one row at a time runs at copy speed, so rows go one by one (CBN_ROWS4).  The
  * restrict pointers are honest: the callers pass disjoint arrays, and in-place work goes to the
  * _inplace variants that take a single array. */
-/* y = (x - hi) * sc + sh */
-static inline void SFX(cbn_affine_rows)(const T *restrict x, T *restrict y, ptrdiff_t ld,
-                                         ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
-                                         const T *restrict sc, const T *restrict sh) {
+/* y = act((x - hi) * sc + sh), one instance per activation (always inlined with a constant) */
+static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_act)(
+    const T *restrict x, T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
+    const T *restrict hi, const T *restrict sc, const T *restrict sh, const int act) {
     CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)
 }
-static inline void SFX(cbn_affine_rows_inplace)(T *restrict y, ptrdiff_t ld, ptrdiff_t rows,
-                                                 ptrdiff_t w, const T *restrict hi,
-                                                 const T *restrict sc, const T *restrict sh) {
+static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_inplace_act)(
+    T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
+    const T *restrict sc, const T *restrict sh, const int act) {
     const T *x = y;
     CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)
 }
-/* y = max((x - hi) * sc + sh, 0) (NaN propagates) */
-static inline void SFX(cbn_affine_relu_rows)(const T *restrict x, T *restrict y, ptrdiff_t ld,
-                                              ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
-                                              const T *restrict sc, const T *restrict sh) {
-    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)
+/* dx = g * k1 + (x - hi) * k2 + k3 with g = dy through the activation act whose output is ym */
+static inline __attribute__((always_inline)) void SFX(cbn_dx_rows4_act)(
+    const T *restrict dy, const T *restrict ym, const T *restrict x, T *restrict dx,
+    ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, const T *restrict k1,
+    const T *restrict k2, const T *restrict k3, const int act) {
+    CBN_ROWS4(CBN_DX_AT, CBN_DX_AT)
 }
-static inline void SFX(cbn_affine_relu_rows_inplace)(T *restrict y, ptrdiff_t ld,
-                                                      ptrdiff_t rows, ptrdiff_t w,
-                                                      const T *restrict hi,
-                                                      const T *restrict sc,
-                                                      const T *restrict sh) {
-    const T *x = y;
-    CBN_ROWS4(CBN_AFFINE_RELU_AT, CBN_AFFINE_RELU_AT)
-}
-/* dx = g * k1 + (x - hi) * k2 + k3 with g = dy, or dy masked by the ReLU output ym */
 static inline void SFX(cbn_dx_rows4)(const T *restrict dy, const T *restrict ym,
                                      const T *restrict x, T *restrict dx,
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                      const T *restrict hi, const T *restrict k1,
-                                     const T *restrict k2, const T *restrict k3) {
-    if (ym) { CBN_ROWS4(CBN_DX_MASK_AT, CBN_DX_MASK_AT) }
-    else { CBN_ROWS4(CBN_DX_AT, CBN_DX_AT) }
+                                     const T *restrict k2, const T *restrict k3, int act) {
+    CBN_FOR_ACT(act, SFX(cbn_dx_rows4_act)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, a_));
 }
 
-/* y = (x - hi) * sc + sh (then max(., 0) if relu) over channels-last rows; in place when
- * x == y (the restrict-qualified variants never see two names for one array). */
+/* y = act((x - hi) * sc + sh) over channels-last rows; in place when x == y (the
+ * restrict-qualified forms never see two names for one array). */
 static inline void SFX(cbn_affine_any)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,
                                         ptrdiff_t w, const T *hi, const T *sc, const T *sh,
-                                        int relu) {
-    if (relu) {
-        if ((const void *)x == (const void *)y)
-            SFX(cbn_affine_relu_rows_inplace)(y, ld, rows, w, hi, sc, sh);
-        else
-            SFX(cbn_affine_relu_rows)(x, y, ld, rows, w, hi, sc, sh);
-    } else if ((const void *)x == (const void *)y) {
-        SFX(cbn_affine_rows_inplace)(y, ld, rows, w, hi, sc, sh);
-    } else {
-        SFX(cbn_affine_rows)(x, y, ld, rows, w, hi, sc, sh);
-    }
+                                        int act) {
+    if ((const void *)x == (const void *)y)
+        CBN_FOR_ACT(act, SFX(cbn_affine_rows_inplace_act)(y, ld, rows, w, hi, sc, sh, a_));
+    else
+        CBN_FOR_ACT(act, SFX(cbn_affine_rows_act)(x, y, ld, rows, w, hi, sc, sh, a_));
 }

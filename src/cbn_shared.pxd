@@ -49,20 +49,20 @@ cdef extern from "cbn_table.h" nogil:
         int has_streaming
         int (*forward_f32)(const float* x, float* y_out, const Geometry* g, int nt, double eps,
                            const double* w, const double* b, double* mean_out, double* var_out,
-                           double* invstd_out, bint relu) noexcept nogil
+                           double* invstd_out, int act) noexcept nogil
         int (*forward_f64)(const double* x, double* y_out, const Geometry* g, int nt,
                            double eps, const double* w, const double* b, double* mean_out,
-                           double* var_out, double* invstd_out, bint relu) noexcept nogil
+                           double* var_out, double* invstd_out, int act) noexcept nogil
         int (*moments_f32)(const float* x, const Geometry* g, int nt, double* mean_out,
                            double* m2_out) noexcept nogil
         int (*moments_f64)(const double* x, const Geometry* g, int nt, double* mean_out,
                            double* m2_out) noexcept nogil
         int (*inference_f32)(const float* x, float* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
-                             bint relu) noexcept nogil
+                             int act) noexcept nogil
         int (*inference_f64)(const double* x, double* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
-                             bint relu) noexcept nogil
+                             int act) noexcept nogil
         int (*backward_f32)(const float* dy, const float* ym, const float* x, float* dx_out,
                             const Geometry* g, int nt, const double* mean,
                             const double* invstd, const double* w, bint with_dot,

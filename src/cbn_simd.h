@@ -197,24 +197,9 @@ static inline double cbn_hsum8(cbn_v8d v) {
 }
 #endif
 
-/* The upstream gradient of batch norm when a fused ReLU follows it: dy where the forward output
- * y is > 0, else 0 (torch's threshold_backward; NaN in y gives 0).  ym == NULL: no activation.
- * The branch on ym is loop-invariant: the compiler unswitches it. */
-#define CBN_G1(dy, ym, i) ((ym) == NULL ? (double)(dy)[i] : cbn_select((double)(dy)[i], (ym)[i] > 0))
 /* g if keep else 0, with both operands evaluated: a conditional *load* (c ? dy[i] : 0) stops
- * the vectoriser, a select of loaded values does not. */
+ * the vectoriser, a select of loaded values does not (the activations' gradients, cbn_epilogue). */
 static inline double cbn_select(double g, int keep) { return keep ? g : 0.0; }
-#ifdef CBN_VECTOR
-/* g where y > 0, else 0 */
-static inline cbn_vd cbn_relu_maskv(cbn_vd g, cbn_vd y) {
-    const cbn_vd zero = {0};
-    return (cbn_vd)((cbn_vl)g & (cbn_vl)(y > zero));
-}
-static inline cbn_v8d cbn_relu_mask8(cbn_v8d g, cbn_v8d y) {
-    CBN_V8_EACH(u) g.h[u] = cbn_relu_maskv(g.h[u], y.h[u]);
-    return g;
-}
-#endif
 
 /* x - k computed as x * 1 - k: the same value (x * 1 is exact, one rounding either way), but
  * on an FMA pipe.  With AVX-512 on Zen 4 the float64 sums of cached data are bound by the add
@@ -251,12 +236,9 @@ static inline double cbn_hsum8_array(const double *v) {
 }
 
 /* Helpers of the row loops (cbn_rows-inl.h). */
-/* one column's g = dy[j], or dy[j] where the mask q[j] > 0: selected in the data's own type
+/* one column's g = dy[j] through the activation act whose output is q: in the data's own type
  * (mask and data lanes match), then widened */
-#define CBN_GM(p, q, j) ((double)__extension__({ __typeof__(*(p)) g_ = (p)[j];                      \
-                                                 (q)[j] > 0 ? g_ : (__typeof__(g_))0; }))
-#define CBN_GP(p, q, j) ((double)(p)[j])
-#define CBN_G(masked, p, q, j) ((masked) ? CBN_GM(p, q, j) : CBN_GP(p, q, j))
+#define CBN_G(act, p, q, j) ((double)SFX(cbn_act_grad)((p)[j], (act) ? (q)[j] : 0, act))
 /* BODY for four rows per coefficient load when the row is wide (CBN_ROWS4_MIN_BYTES), then
  * TAIL row by row; j is the column, the argument the element offset */
 #define CBN_ROWS4_MIN_BYTES 4096
@@ -272,11 +254,11 @@ static inline double cbn_hsum8_array(const double *v) {
         _Pragma("omp simd")                                                                      \
         for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }                                   \
     }
-/* the element bodies of the row loops */
-#define CBN_AFFINE_AT(i) y[i] = (x[i] - hi[j]) * sc[j] + sh[j];
-#define CBN_DX_AT(i) dx[i] = dy[i] * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j];
-#define CBN_AFFINE_RELU_AT(i) { __typeof__(*y) v_ = (x[i] - hi[j]) * sc[j] + sh[j]; y[i] = v_ < 0 ? 0 : v_; }
-#define CBN_DX_MASK_AT(i) { __typeof__(*dx) g_ = dy[i]; g_ = ym[i] > 0 ? g_ : 0;                   \
-                            dx[i] = g_ * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j]; }
+/* the element bodies of the row loops, for the activation act in scope */
+#define CBN_AFFINE_AT(i) y[i] = SFX(cbn_act)((x[i] - hi[j]) * sc[j] + sh[j], act);
+#define CBN_DX_AT(i)                                                                             \
+    { __typeof__(*dx) g_ = dy[i];                                                                \
+      if (act) g_ = SFX(cbn_act_grad)(g_, ym[i], act);                                           \
+      dx[i] = g_ * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j]; }
 
 #endif /* CBN_SIMD_H */

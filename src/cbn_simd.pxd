@@ -1,82 +1,106 @@
-# Declarations of the explicit-SIMD C loops that _kernels.pyx builds on, all included by
-# cbn_kernels.h; the file named in each section's comment defines them.  They are compiled into
-# each SIMD level's module.
+# Declarations of the C kernels that _kernels.pyx builds on, all included by cbn_kernels.h and
+# compiled into each SIMD level's module; each block names the file that defines its functions
+# (the -inl.h files define every function once for T, as name_f32 and name_f64).  `ym` is the
+# saved output of the activation `act` (cbn_epilogue.h; NULL without one).
 
 cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
+
+    # cbn_epilogue.h, cbn_epilogue-inl.h
+    enum:
+        CBN_ACT_NONE
+        CBN_ACT_RELU
+    float cbn_act_grad_f32(float g, float y, int act)
+    double cbn_act_grad_f64(double g, double y, int act)
+
+    # cbn_simd.h: work buffers
     double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
     void* cbn_alloc_beside(size_t nbytes, const void* out)
     void cbn_free_beside(void* p)
+    double cbn_hsum8_array(const double* v)
+
+    # cbn_reduce-inl.h: channel-major run reductions
     double cbn_sum_f32(const float* x, Py_ssize_t n)
     double cbn_sum_f64(const double* x, Py_ssize_t n)
     void cbn_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2)
     void cbn_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2)
-    void cbn_sum_like_dot_f32(const float* dy, const float* ym, Py_ssize_t n, double* sdy)
-    void cbn_sum_like_dot_f64(const double* dy, const double* ym, Py_ssize_t n, double* sdy)
-    void cbn_sum_dot_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
-                         double m, double* sdy, double* sdyx)
-    void cbn_sum_dot_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
-                         double m, double* sdy, double* sdyx)
-    void cbn_sum_dot8_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
-                          double m, double* sdy8, double* sdyx8)
-    void cbn_sum_dot8_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
-                          double m, double* sdy8, double* sdyx8)
-    double cbn_hsum8_array(const double* v)
     void cbn_shifted_sums8_f32(const float* x, Py_ssize_t n, double k, double* s1_8,
                                double* s2_8)
     void cbn_shifted_sums8_f64(const double* x, Py_ssize_t n, double k, double* s1_8,
                                double* s2_8)
-    void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
-                        const float* hi, const float* sc, const float* sh, int relu)
-    void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
-                        Py_ssize_t w, const double* hi, const double* sc, const double* sh,
-                        int relu)
-    void cbn_dx_rows_f32(const float* dy, const float* ym, const float* x, float* dx,
-                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
-                         const float* k1, const float* k2, const float* k3)
-    void cbn_dx_rows_f64(const double* dy, const double* ym, const double* x, double* dx,
-                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
-                         const double* k1, const double* k2, const double* k3)
+    void cbn_sum_like_dot_f32(const float* dy, const float* ym, Py_ssize_t n, double* sdy,
+                              int act)
+    void cbn_sum_like_dot_f64(const double* dy, const double* ym, Py_ssize_t n, double* sdy,
+                              int act)
+    void cbn_sum_dot_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx, int act)
+    void cbn_sum_dot_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx, int act)
+    void cbn_sum_dot8_f32(const float* dy, const float* ym, const float* x, Py_ssize_t n,
+                          double m, double* sdy8, double* sdyx8, int act)
+    void cbn_sum_dot8_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
+                          double m, double* sdy8, double* sdyx8, int act)
+
+    # cbn_tiles-inl.h (columns left over by a tile: cbn_rows-inl.h): channels-last rows
     void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w)
     void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w)
     void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* ym,
                              const float* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w)
+                             Py_ssize_t w, int act)
     void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* ym,
                              const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w)
+                             Py_ssize_t w, int act)
+    void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                        const float* hi, const float* sc, const float* sh, int act)
+    void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,
+                        Py_ssize_t w, const double* hi, const double* sc, const double* sh,
+                        int act)
+    void cbn_dx_rows_f32(const float* dy, const float* ym, const float* x, float* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
+                         const float* k1, const float* k2, const float* k3, int act)
+    void cbn_dx_rows_f64(const double* dy, const double* ym, const double* x, double* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
+                         const double* k1, const double* k2, const double* k3, int act)
 
-cdef extern from "cbn_kernels.h" nogil:
+    # cbn_runs-inl.h: one channel-major run, plain stores, walking up or down
+    void cbn_affine_run_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
+                            float sh, int act)
+    void cbn_affine_run_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
+                            double sh, int act)
+    void cbn_dx_run_f32(const float* dy, const float* ym, const float* x, float* dx,
+                        Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_dx_run_f64(const double* dy, const double* ym, const double* x, double* dx,
+                        Py_ssize_t n, double hi, double k1, double k2, double k3, int act)
     void cbn_affine_run_rev_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
-                                float sh, int relu)
+                                float sh, int act)
     void cbn_affine_run_rev_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
-                                double sh, int relu)
+                                double sh, int act)
     void cbn_dx_run_rev_f32(const float* dy, const float* ym, const float* x, float* dx,
-                            Py_ssize_t n, float hi, float k1, float k2, float k3)
+                            Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
     void cbn_dx_run_rev_f64(const double* dy, const double* ym, const double* x, double* dx,
-                            Py_ssize_t n, double hi, double k1, double k2, double k3)
+                            Py_ssize_t n, double hi, double k1, double k2, double k3, int act)
 
-cdef extern from "cbn_kernels.h" nogil:
+    # cbn_stream.h, cbn_stream-inl.h: streaming stores
     enum: CBN_NT_PAD
     int cbn_nt_available()
     void cbn_nt_fence()
     void cbn_affine_run_nt_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
-                               float sh, int relu)
+                               float sh, int act)
     void cbn_affine_run_nt_f64(const double* x, double* y, Py_ssize_t n, double hi, double sc,
-                               double sh, int relu)
+                               double sh, int act)
     void cbn_dx_run_nt_f32(const float* dy, const float* ym, const float* x, float* dx,
-                           Py_ssize_t n, float hi, float k1, float k2, float k3)
+                           Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
     void cbn_dx_run_nt_f64(const double* dy, const double* ym, const double* x, double* dx,
-                           Py_ssize_t n, double hi, double k1, double k2, double k3)
+                           Py_ssize_t n, double hi, double k1, double k2, double k3, int act)
     void cbn_nt_extend_f32(const float* coef, Py_ssize_t C, int k, float* out)
     void cbn_nt_extend_f64(const double* coef, Py_ssize_t C, int k, double* out)
     void cbn_affine_flat_nt_f32(const float* x, float* y, Py_ssize_t n, Py_ssize_t C,
-                                const float* ext, int relu)
+                                const float* ext, int act)
     void cbn_affine_flat_nt_f64(const double* x, double* y, Py_ssize_t n, Py_ssize_t C,
-                                const double* ext, int relu)
+                                const double* ext, int act)
     void cbn_dx_flat_nt_f32(const float* dy, const float* ym, const float* x, float* dx,
-                            Py_ssize_t n, Py_ssize_t C, const float* ext)
+                            Py_ssize_t n, Py_ssize_t C, const float* ext, int act)
     void cbn_dx_flat_nt_f64(const double* dy, const double* ym, const double* x, double* dx,
-                            Py_ssize_t n, Py_ssize_t C, const double* ext)
+                            Py_ssize_t n, Py_ssize_t C, const double* ext, int act)

@@ -79,7 +79,6 @@ static inline void cbn_nt_fence(void) { _mm_sfence(); }
 
 /* The scalar and vector forms of each pass, written alike so that they round alike. */
 #define CBN_NT_AFFINE_S(xv, h, s, b) (((xv) - (h)) * (s) + (b))
-#define CBN_NT_RELU_S(v) ((v) < 0 ? 0 : (v))
 #define CBN_NT_DX_S(g, xv, h, a1, a2, a3) ((g) * (a1) + ((xv) - (h)) * (a2) + (a3))
 
 #else /* no streaming stores on this target: the callers never take these paths */

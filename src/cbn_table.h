@@ -20,22 +20,22 @@ typedef struct {
     /* training forward: y, and the biased variance's statistics mean, var, invstd */
     int (*forward_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
                        double eps, const double *w, const double *b, double *mean_out,
-                       double *var_out, double *invstd_out, int relu);
+                       double *var_out, double *invstd_out, int act);
     int (*forward_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
                        double eps, const double *w, const double *b, double *mean_out,
-                       double *var_out, double *invstd_out, int relu);
+                       double *var_out, double *invstd_out, int act);
     /* per-channel mean and M2 (sum of squared deviations) */
     int (*moments_f32)(const float *x, const cbn_geometry *g, int nt, double *mean_out,
                        double *m2_out);
     int (*moments_f64)(const double *x, const cbn_geometry *g, int nt, double *mean_out,
                        double *m2_out);
-    /* y = (x - centre) * scale + shift (then ReLU if relu) */
+    /* y = (x - centre) * scale + shift (then the activation act, cbn_epilogue.h) */
     int (*inference_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
                          const double *centre, const double *scale, const double *shift,
-                         int relu);
+                         int act);
     int (*inference_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
                          const double *centre, const double *scale, const double *shift,
-                         int relu);
+                         int act);
     /* sdy = sum(g), sdyx = sum(g * (x - mean)) if with_dot, and dx unless dx_out is NULL;
      * g = dy, or dy where the fused ReLU's output ym > 0 (ym NULL: no ReLU) */
     int (*backward_f32)(const float *dy, const float *ym, const float *x, float *dx_out,

@@ -65,12 +65,14 @@ static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restri
     if (wt < w) SFX(cbn_col_shifted_sums_rows)(s1 + wt, s2 + wt, x + wt, ld, rows, k + wt,
                                                  w - wt);
 }
-/* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]); g = dy, or dy
- * where the fused ReLU's output ym > 0.  The g sums are added in the same order either way. */
+/* sdy[j] += sum_r g[r][j]; if sdyx: sdyx[j] += sum_r g[r][j] * (x[r][j] - m[j]); g = dy
+ * through the activation act whose output is ym (cbn_epilogue.h).  The g sums are added in the
+ * same order either way. */
 static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *restrict sdyx,
                                                 const T *restrict dy, const T *restrict ym,
                                                 const T *restrict x, ptrdiff_t ld,
-                                                ptrdiff_t rows, const double *restrict m) {
+                                                ptrdiff_t rows, const double *restrict m,
+                                                int act) {
     const ptrdiff_t rs = CBN_COL_RS(ld, T);
     const cbn_vd zero = {0};
     cbn_vd mv[CBN_RS_TV], a[CBN_RS_TV], b[CBN_RS_TV];
@@ -79,15 +81,10 @@ static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *res
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;
         CBN_RS_EACH(v, a[v] = zero; b[v] = zero;)
-        if (sdyx && ym) {
-            CBN_SUM_DOT_STREAM_LOOP(1, 1)
-        } else if (sdyx) {
-            CBN_SUM_DOT_STREAM_LOOP(1, 0)
-        } else if (ym) {
-            CBN_SUM_DOT_STREAM_LOOP(0, 1)
-        } else {
-            CBN_SUM_DOT_STREAM_LOOP(0, 0)
-        }
+        if (sdyx)
+            CBN_FOR_ACT(act, CBN_SUM_DOT_STREAM_LOOP(1, a_));
+        else
+            CBN_FOR_ACT(act, CBN_SUM_DOT_STREAM_LOOP(0, a_));
         CBN_RS_EACH(v, cbn_storev_f64(sdy + CBN_DL * v, cbn_loadv_f64(sdy + CBN_DL * v) + a[v]);
                        if (sdyx) cbn_storev_f64(sdyx + CBN_DL * v,
                                                 cbn_loadv_f64(sdyx + CBN_DL * v) + b[v]);)
@@ -96,11 +93,11 @@ static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *res
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
                                          const T *restrict dy, const T *restrict ym,
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                         const double *restrict m, ptrdiff_t w) {
+                                         const double *restrict m, ptrdiff_t w, int act) {
     const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);
     const int pf_ = CBN_COL_PF(ld, T);
     if (cbn_row_stream_fits(w)) {
-        SFX(cbn_col_sum_dot_stream)(sdy, sdyx, dy, ym, x, ld, rows, m);
+        SFX(cbn_col_sum_dot_stream)(sdy, sdyx, dy, ym, x, ld, rows, m, act);
         return;
     }
     CBN_ONE_INIT(one);
@@ -115,15 +112,10 @@ static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict s
                 if (sdyx) mv[v] = cbn_loadv_f64(m + j + CBN_DL * v);
             }
             const ptrdiff_t o = r0 * ld + j;
-            if (sdyx && ym) {
-                CBN_SUM_DOT_TILE_LOOP(1, 1)
-            } else if (sdyx) {
-                CBN_SUM_DOT_TILE_LOOP(1, 0)
-            } else if (ym) {
-                CBN_SUM_DOT_TILE_LOOP(0, 1)
-            } else {
-                CBN_SUM_DOT_TILE_LOOP(0, 0)
-            }
+            if (sdyx)
+                CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(1, a_));
+            else
+                CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(0, a_));
             for (int v = 0; v < CBN_COL_TV; v++) {
                 cbn_storev_f64(sdy + j + CBN_DL * v, cbn_loadv_f64(sdy + j + CBN_DL * v) + a[v]);
                 if (sdyx)
@@ -134,20 +126,21 @@ static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict s
     }
     if (wt < w) SFX(cbn_col_sum_dot_rows)(sdy + wt, sdyx ? sdyx + wt : NULL, dy + wt,
                                             ym ? ym + wt : NULL, x + wt, ld, rows, m + wt,
-                                            w - wt);
+                                            w - wt, act);
 }
 
 /* ---------------------------------------------------------------- row tiles (element-wise) */
-/* Element-wise tiles: rows of w <= CBN_ROW_TV * CBN_TVL columns with the coefficients in registers.
- * x and y may be the same array (each element is read before it is written), so they are not
+/* Element-wise tiles: rows of w <= CBN_ROW_TV * CBN_TVL columns with the coefficients in
+ * registers.  x and y may be the same array (each element is read before it is written), so they are not
  * restrict-qualified; the coefficients are separate arrays.  nv full vectors per row take the
  * tile; the w - nv * CBN_TVL trailing columns go through the row loops. */
 static inline int SFX(cbn_row_tile_fits)(ptrdiff_t w) {
     return w >= (CBN_TVL) && w <= CBN_ROW_TV * (CBN_TVL);
 }
+/* y = act((x - hi) * sc + sh) */
 static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,
                                          ptrdiff_t w, const T *restrict hi,
-                                         const T *restrict sc, const T *restrict sh, int relu) {
+                                         const T *restrict sc, const T *restrict sh, int act) {
     const int nv = (int)(w / (CBN_TVL));
     CBN_TV H[CBN_ROW_TV], S[CBN_ROW_TV], B[CBN_ROW_TV];
     for (int v = 0; v < CBN_ROW_TV; v++) {
@@ -157,26 +150,21 @@ static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_
             B[v] = SFX(cbn_vload)(sh + (CBN_TVL) * v);
         }
     }
-    if (relu) {
-        CBN_TILE_ROWS((CBN_TVL), SFX(cbn_vstore)(y + i, SFX(cbn_relu)((SFX(cbn_vload)(x + i) - H[v])
-                                                               * S[v] + B[v]));)
-    } else {
-        CBN_TILE_ROWS((CBN_TVL), SFX(cbn_vstore)(y + i, (SFX(cbn_vload)(x + i) - H[v]) * S[v]
-                                                + B[v]);)
-    }
+    CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL),
+        SFX(cbn_vstore)(y + i, SFX(cbn_act_v)((SFX(cbn_vload)(x + i) - H[v]) * S[v] + B[v], a_));));
     if (nv * (CBN_TVL) < w) {
         ptrdiff_t j = nv * (CBN_TVL);
-        SFX(cbn_affine_any)(x + j, y + j, ld, rows, w - j, hi + j, sc + j, sh + j, relu);
+        SFX(cbn_affine_any)(x + j, y + j, ld, rows, w - j, hi + j, sc + j, sh + j, act);
     }
 }
-/* dx = g * k1 + (x - hi) * k2 + k3, g = dy or dy where ym > 0; dx aliases none of the inputs */
+/* dx = g * k1 + (x - hi) * k2 + k3, g = dy through the activation act whose output is ym; dx
+ * aliases none of the inputs */
 static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
                                      const T *restrict x, T *restrict dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
                                      const T *restrict k1, const T *restrict k2,
-                                     const T *restrict k3) {
+                                     const T *restrict k3, int act) {
     const int nv = (int)(w / (CBN_TVL));
-    const CBN_TV zero = {0};
     CBN_TV H[CBN_ROW_TV], K1[CBN_ROW_TV], K2[CBN_ROW_TV], K3[CBN_ROW_TV];
     for (int v = 0; v < CBN_ROW_TV; v++) {
         if (v < nv) {
@@ -186,35 +174,29 @@ static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
             K3[v] = SFX(cbn_vload)(k3 + (CBN_TVL) * v);
         }
     }
-    if (ym) {
-        CBN_TILE_ROWS((CBN_TVL), CBN_TV g = SFX(cbn_vload)(dy + i);
-                      g = (CBN_TV)((__typeof__(g > zero))g & (SFX(cbn_vload)(ym + i) > zero));
-                      SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v]
-                                               + K3[v]);)
-    } else {
-        CBN_TILE_ROWS((CBN_TVL), SFX(cbn_vstore)(dx + i, SFX(cbn_vload)(dy + i) * K1[v]
-                                             + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);)
-    }
+    CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL), CBN_TV g = SFX(cbn_vload)(dy + i);
+        if (a_) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i), a_);
+        SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);));
     if (nv * (CBN_TVL) < w) {
         ptrdiff_t j = nv * (CBN_TVL);
         SFX(cbn_dx_rows4)(dy + j, ym ? ym + j : NULL, x + j, dx + j, ld, rows, w - j, hi + j,
-                           k1 + j, k2 + j, k3 + j);
+                           k1 + j, k2 + j, k3 + j, act);
     }
 }
 static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
-                                    const T *hi, const T *sc, const T *sh, int relu) {
+                                    const T *hi, const T *sc, const T *sh, int act) {
     if (SFX(cbn_row_tile_fits)(w))
-        SFX(cbn_affine_tile)(x, y, ld, rows, w, hi, sc, sh, relu);
+        SFX(cbn_affine_tile)(x, y, ld, rows, w, hi, sc, sh, act);
     else
-        SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, relu);
+        SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, act);
 }
 static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,
-                                     const T *k2, const T *k3) {
+                                     const T *k2, const T *k3, int act) {
     if (SFX(cbn_row_tile_fits)(w))
-        SFX(cbn_dx_tile)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);
+        SFX(cbn_dx_tile)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
     else
-        SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);
+        SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
 }
 
 #else /* no vector extensions: the row loops are the kernels */
@@ -227,17 +209,17 @@ static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restri
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
                                          const T *restrict dy, const T *restrict ym,
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                         const double *restrict m, ptrdiff_t w) {
-    SFX(cbn_col_sum_dot_rows)(sdy, sdyx, dy, ym, x, ld, rows, m, w);
+                                         const double *restrict m, ptrdiff_t w, int act) {
+    SFX(cbn_col_sum_dot_rows)(sdy, sdyx, dy, ym, x, ld, rows, m, w, act);
 }
 static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
-                                    const T *hi, const T *sc, const T *sh, int relu) {
-    SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, relu);
+                                    const T *hi, const T *sc, const T *sh, int act) {
+    SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, act);
 }
 static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,
-                                     const T *k2, const T *k3) {
-    SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3);
+                                     const T *k2, const T *k3, int act) {
+    SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
 }
 
 #endif /* CBN_VECTOR */

@@ -56,14 +56,6 @@ static inline cbn_vf cbn_vload_f32(const float *p) {
 static inline void cbn_vstore_f32(float *p, cbn_vf v) { memcpy(p, &v, sizeof v); }
 static inline cbn_vd cbn_vload_f64(const double *p) { return cbn_loadv_f64(p); }
 static inline void cbn_vstore_f64(double *p, cbn_vd v) { cbn_storev_f64(p, v); }
-static inline cbn_vf cbn_relu_f32(cbn_vf v) {
-    const cbn_vf zero = {0};
-    return (cbn_vf)((cbn_vi)v & ~(cbn_vi)(v < zero)); /* NaN < 0 is false: NaN stays */
-}
-static inline cbn_vd cbn_relu_f64(cbn_vd v) {
-    const cbn_vd zero = {0};
-    return (cbn_vd)((cbn_vl)v & ~(cbn_vl)(v < zero));
-}
 
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
  * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */
@@ -103,26 +95,27 @@ static inline cbn_vd cbn_relu_f64(cbn_vd v) {
 /* for every vector v of a row stream: BODY (a constant trip count: the state stays in registers) */
 #define CBN_RS_EACH(v, ...) for (int v = 0; v < CBN_RS_TV; v++) { __VA_ARGS__ }
 
-/* The row loop of one sum/dot tile; DOT and MASK are literal 0/1 so each instance is
- * branch-free.  Uses o, r0, r1, rs, ld, tw, a, b, mv from the enclosing scope. */
-#define CBN_SUM_DOT_TILE_LOOP(DOT, MASK)                                                    \
+/* The row loop of one sum/dot tile; DOT (0/1) and ACT (an activation code, cbn_epilogue.h) are
+ * constants so each instance is branch-free.  Uses o, r0, r1, rs, ld, tw, a, b, mv from the
+ * enclosing scope. */
+#define CBN_SUM_DOT_TILE_LOOP(DOT, ACT)                                                    \
     for (ptrdiff_t r = r0, i = o; r < r1; r++, i += ld) {                                        \
         CBN_PREFETCH_AHEAD(dy + i, rs * ld, tw * sizeof(*dy));                           \
         if (DOT) CBN_PREFETCH_AHEAD(x + i, rs * ld, tw * sizeof(*x));                    \
-        if (MASK) CBN_PREFETCH_AHEAD(ym + i, rs * ld, tw * sizeof(*ym));                 \
+        if (ACT) CBN_PREFETCH_AHEAD(ym + i, rs * ld, tw * sizeof(*ym));                   \
         for (int v = 0; v < CBN_COL_TV; v++) {                                                   \
             cbn_vd g = SFX(cbn_loadv)(dy + i + CBN_DL * v);                                        \
-            if (MASK) g = cbn_relu_maskv(g, SFX(cbn_loadv)(ym + i + CBN_DL * v));                  \
+            if (ACT) g = cbn_act_grad_vd(g, SFX(cbn_loadv)(ym + i + CBN_DL * v), ACT);            \
             a[v] += g;                                                                           \
             if (DOT) b[v] += g * CBN_SUB_ON_FMA(SFX(cbn_loadv)(x + i + CBN_DL * v), mv[v], one);   \
         }                                                                                        \
     }
 
 /* The rows of one row-stream sub-block (as CBN_SUM_DOT_TILE_LOOP, whole rows, no prefetch). */
-#define CBN_SUM_DOT_STREAM_LOOP(DOT, MASK)                                                  \
+#define CBN_SUM_DOT_STREAM_LOOP(DOT, ACT)                                                  \
     for (ptrdiff_t r = r0, i = r0 * ld; r < r1; r++, i += ld) {                                  \
         CBN_RS_EACH(v, cbn_vd g = SFX(cbn_loadv)(dy + i + CBN_DL * v);                          \
-                       if (MASK) g = cbn_relu_maskv(g, SFX(cbn_loadv)(ym + i + CBN_DL * v));    \
+                       if (ACT) g = cbn_act_grad_vd(g, SFX(cbn_loadv)(ym + i + CBN_DL * v), ACT);\
                        a[v] += g;                                                                \
                        if (DOT) b[v] += g * CBN_SUB_ON_FMA(SFX(cbn_loadv)(x + i + CBN_DL * v),  \
                                                            mv[v], one);)                         \
