@@ -175,37 +175,89 @@ cdef inline void _split_centre(double centre, floating* hi, floating* lo) noexce
     lo[0] = <floating>(centre - <double>hi[0])
 
 
-# ------------------------------------------------------------------------------------ decomposition
-cdef inline Py_ssize_t _seg_start(const Geometry* g, Py_ssize_t s) noexcept nogil:
-    return (s * g.nblocks) // g.nseg
-
-
-cdef inline Py_ssize_t _segment_rows(const Geometry* g, Py_ssize_t s) noexcept nogil:
-    return (min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
-            - min(_seg_start(g, s) * g.rows_per_block, g.outer))
-
+# ------------------------------------------------------------------------------------ the parallel template
+# Every op runs a plan (cbn_plan.h: a pure function of the geometry, the thread count and the
+# cache budget) as tasks of a few kinds; _run is the one loop that starts them -- on the
+# calling thread when nt <= 1 (small inputs, one thread, a forked child: libgomp is not
+# fork-safe), in an OpenMP team otherwise -- and notes the team size for the tests.  A task
+# reads its arguments from the op's Work; scratch is a per-thread slice of `stride` doubles.
 
 cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
-    cdef int nt = requested
-    if elems < CBN_PARALLEL_MIN_ELEMS or _rt.forked_child:
-        return 1
-    if nt <= 0:
-        nt = cbn_max_threads()
-    nt = min(nt, max(cbn_num_procs(), 1))
-    if tasks < nt:
-        nt = <int>tasks
+    """cbn_threads_for with this process's runtime; marks that a thread team will run (the
+    fork handler then knows a child must stay serial)."""
+    cdef int nt = cbn_threads_for(elems, requested, tasks, cbn_max_threads(), cbn_num_procs(),
+                                  _rt.forked_child)
     if nt > 1:
         _rt.team_started = 1
-    return max(nt, 1)
+    return nt
 
 
-cdef inline Py_ssize_t _tasks_of(const Geometry* g) noexcept nogil:
-    """How many threads the work of g can keep busy: channel-major runs, or the segments of a
-    few long channels (a single (1, 1, N) channel still splits); channels-last rows or
-    channels."""
-    if g.inner > 1:
-        return max(g.outer * g.C, g.C * g.nseg)
-    return max(g.C, g.outer)
+cdef struct Work:
+    const Geometry* g
+    const cbn_plan* plan
+    const void* x
+    const void* dy
+    const void* ym       # the activation's saved output (backward), or NULL
+    void* out            # y or dx
+    void* coef           # per-channel coefficients of the element-wise pass
+    const void* ext      # their extension for streaming stores (channels-last), or NULL
+    int act
+    bint stream, rev, with_dot
+    double eps
+    const double* w
+    const double* b
+    const double* mean
+    const double* invstd
+    double* mean_out
+    double* var_out
+    double* invstd_out
+    double* m2_out
+    double* sdy_out
+    double* sdyx_out
+    double* part
+    Py_ssize_t n         # the floor: elements, and chunks of the element-wise loops
+    Py_ssize_t nchunks
+
+
+cdef enum TaskKind:
+    MOMENTS_CM_ROWS
+    MOMENTS_CM_CHANNEL
+    MOMENTS_CM_SEGMENT
+    MOMENTS_CL
+    NORMALIZE_SHARE
+    NORMALIZE_PIECE
+    NORMALIZE_ROWS
+    FORWARD_CHANNEL
+    SUMS_CM_ROWS
+    SUMS_CM_CHANNEL
+    SUMS_CM_SEGMENT
+    SUMS_CL
+    DX_SHARE
+    DX_PIECE
+    DX_ROWS
+    BACKWARD_CHANNEL
+    FLOOR_SCALE
+    FLOOR_TRIAD
+    FLOOR_SUM
+
+
+cdef void _run(const Work* wk, TaskKind kind, Py_ssize_t ntasks, int nt, bint dynamic,
+               double* scratch, Py_ssize_t stride, floating tag) noexcept nogil:
+    """Tasks 0 <= t < ntasks of one kind, on nt threads (schedule dynamic or static).  The
+    element type of the op is that of tag."""
+    cdef Py_ssize_t t
+    if nt <= 1:
+        cbn_note_team(_rt)
+        for t in range(ntasks):
+            _task(wk, kind, t, scratch, tag)
+    elif dynamic:
+        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
+            cbn_note_team(_rt)
+            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, tag)
+    else:
+        for t in prange(ntasks, num_threads=nt, schedule='static'):
+            cbn_note_team(_rt)
+            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, tag)
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -222,7 +274,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
                               double* m2_out) noexcept nogil:
     """Channel-major: moments of segment s of channel c (IN x, OUT the three scalars; the
     mean less _channel_ref)."""
-    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
     cdef Py_ssize_t o, o0, o1, i0, i1, length, p
     cdef Py_ssize_t stride = g.C * g.inner
     cdef const floating* base = x + c * g.inner
@@ -259,7 +311,6 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     """Channel-major: moments of the whole channel c, segment by segment, in order."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
     cdef Py_ssize_t s
-    cbn_note_team(_rt)
     for s in range(g.nseg):
         _segment_moments_cm(x, g, c, s, &sc, &sm, &sq)
         _merge(&cnt, &mean, &m2, sc, sm, sq)
@@ -275,7 +326,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
     scratch holds 3 * col_width doubles."""
     cdef Py_ssize_t c0 = chunk * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
-    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
     cdef Py_ssize_t r, r0, r1, j
     cdef double* bmean = scratch
     cdef double* bm2 = scratch + g.col_width
@@ -309,7 +360,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
     cost ~20% with runs of 196).  OUT part[s*C + c] (means) and part[nseg*C + s*C + c] (M2);
     scratch holds 17 * (c1 - c0) doubles."""
     cdef Py_ssize_t C = g.C, inner = g.inner, w = c1 - c0
-    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1), o, o0, o1, j
+    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1), o, o0, o1, j
     cdef double* mean = part + s * C + c0
     cdef double* m2 = part + g.nseg * C + s * C + c0
     cdef double* k = scratch
@@ -317,7 +368,6 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
     cdef double* s2 = scratch + 9 * w    # 8 lanes per channel
     cdef double cnt = 0.0, cnt_c, nb, bm, bq
     cdef const floating* row
-    cbn_note_team(_rt)
     for j in range(w):
         mean[j] = 0.0
         m2[j] = 0.0
@@ -349,123 +399,88 @@ cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize
                                   double* part, double* scratch) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
     cdef Py_ssize_t j = chunk * g.col_width
-    cbn_note_team(_rt)
     _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
                         &part[g.nseg * g.C + s * g.C + j], scratch)
 
 
-cdef inline Py_ssize_t _channel_chunks(const Geometry* g, int nt) noexcept nogil:
-    """How many channel ranges to split the rows tasks into: enough tasks for nt threads.
-    (Channels are independent, so this never changes a result.)"""
-    if nt <= 1 or g.nseg >= 2 * nt:
-        return 1
-    return max(1, min(g.C, (2 * nt + g.nseg - 1) // g.nseg))
-
-
-cdef int _moments_cm_rows(const floating* x, const Geometry* g, int nt, double* mean_out,
-                          double* m2_out) noexcept nogil:
-    """Moments for channel-major short runs: (segment, channel range) tasks in memory order
-    into (nseg, C) partials, merged per channel in segment order exactly as
-    _channel_moments_cm does."""
-    cdef Py_ssize_t C = g.C, nch = _channel_chunks(g, nt), ntasks = g.nseg * nch
-    cdef Py_ssize_t t, s, c, cw = (C + nch - 1) // nch
-    cdef Py_ssize_t stride
-    cdef double* part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    cdef double* scratch = cbn_alloc_per_thread(nt, 17 * cw, &stride)
+cdef void _merge_segment_partials(const floating* x, const Geometry* g, const double* part,
+                                  bint columns, double* mean_out, double* m2_out) noexcept nogil:
+    """Per-channel moments from the (nseg, C) partials of the rows tasks (columns: all channels
+    share the segment counts, merged as vectors), in segment order, exactly as a
+    channel-by-channel pass merges them."""
+    cdef Py_ssize_t C = g.C, c, s
     cdef double cnt, sc
-    if part == NULL or scratch == NULL:
-        free(part)
-        free(scratch)
-        return -1
-    if nt > 1:
-        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
-                                  min((t % nch + 1) * cw, C), part,
-                                  scratch + threadid() * stride)
-    else:
-        for t in range(ntasks):
-            _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, C),
-                                  min((t % nch + 1) * cw, C), part, scratch)
-    free(scratch)
-    for c in range(C):
+    if columns:
+        for c in range(C):
+            mean_out[c] = 0.0
+            m2_out[c] = 0.0
         cnt = 0.0
-        mean_out[c] = 0.0
-        m2_out[c] = 0.0
         for s in range(g.nseg):
-            sc = <double>(_segment_rows(g, s) * g.inner)
-            _merge(&cnt, &mean_out[c], &m2_out[c], sc, part[s * C + c],
-                   part[g.nseg * C + s * C + c])
+            sc = <double>cbn_segment_rows(g, s)
+            _merge_columns(mean_out, m2_out, cnt, &part[s * C], &part[g.nseg * C + s * C], sc, C)
+            cnt = cnt + sc
+    else:
+        for c in range(C):
+            cnt = 0.0
+            mean_out[c] = 0.0
+            m2_out[c] = 0.0
+            for s in range(g.nseg):
+                sc = <double>(cbn_segment_rows(g, s) * g.inner)
+                _merge(&cnt, &mean_out[c], &m2_out[c], sc, part[s * C + c],
+                       part[g.nseg * C + s * C + c])
+    for c in range(C):
         mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
-    free(part)
-    return 0
 
 
-cdef int _moments(const floating* x, const Geometry* g, int nt,
+cdef int _moments(const floating* x, const Geometry* g, const cbn_plan* plan,
                   double* mean_out, double* m2_out) noexcept nogil:
-    """Per-channel mean and M2 (float64) of x, into OUT arrays of length C.  Returns 0, or -1
-    if out of memory."""
-    cdef Py_ssize_t C = g.C, c, s, t, ntasks, j, stride
-    cdef double* part
-    cdef double* scratch
-    cdef double cnt, sc
-    if g.inner > 1 and g.pieces == 1:
-        return _moments_cm_rows(x, g, nt, mean_out, m2_out)
-    if g.inner > 1:
-        if g.nseg == 1 or C >= nt:
-            # one task per channel; bit-identical to the partials path below
-            if nt > 1:
-                for c in prange(C, num_threads=nt, schedule='dynamic'):
-                    _channel_moments_cm(x, g, c, &mean_out[c], &m2_out[c])
-            else:
-                for c in range(C):
-                    _channel_moments_cm(x, g, c, &mean_out[c], &m2_out[c])
-            return 0
-        # few channels, many threads: (channel, segment) tasks into partials, merged in order
-        ntasks = C * g.nseg
-        part = <double*>malloc(3 * ntasks * sizeof(double))
-        if part == NULL:
+    """Per-channel mean and M2 (float64) of x, into OUT arrays of length C, as the plan splits
+    them (CBN_RED_*).  Returns 0, or -1 if out of memory."""
+    cdef Py_ssize_t C = g.C, c, s, t, stride = 0
+    cdef double* scratch = NULL
+    cdef double cnt
+    cdef int nt = plan.nt
+    cdef Work wk
+    wk.g = g
+    wk.plan = plan
+    wk.x = x
+    wk.mean_out = mean_out
+    wk.m2_out = m2_out
+    wk.part = NULL
+    if plan.reduce == CBN_RED_CM_CHANNELS:  # bit-identical to the partials paths
+        _run(&wk, MOMENTS_CM_CHANNEL, C, nt, True, NULL, 0, <floating>0)
+        return 0
+    if plan.reduce == CBN_RED_CM_SEGMENTS:  # few channels, many threads
+        wk.part = <double*>malloc(3 * plan.ntasks_red * sizeof(double))
+        if wk.part == NULL:
             return -1
-        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _segment_moments_cm(x, g, t // g.nseg, t % g.nseg,
-                                &part[3 * t], &part[3 * t + 1], &part[3 * t + 2])
+        _run(&wk, MOMENTS_CM_SEGMENT, plan.ntasks_red, nt, True, NULL, 0, <floating>0)
         for c in range(C):
             cnt = 0.0
             mean_out[c] = 0.0
             m2_out[c] = 0.0
             for s in range(g.nseg):
                 t = c * g.nseg + s
-                _merge(&cnt, &mean_out[c], &m2_out[c], part[3 * t], part[3 * t + 1], part[3 * t + 2])
+                _merge(&cnt, &mean_out[c], &m2_out[c], wk.part[3 * t], wk.part[3 * t + 1],
+                       wk.part[3 * t + 2])
             mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
-        free(part)
+        free(wk.part)
         return 0
-    # channels-last: (segment, column chunk) tasks into (nseg, C) partials, merged in order
-    ntasks = g.nseg * g.ncol_chunks
-    part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-    scratch = cbn_alloc_per_thread(nt, 3 * g.col_width, &stride)
-    if part == NULL or scratch == NULL:
-        free(part)
+    # rows tasks (channel-major short runs, channels-last) into (nseg, C) partials
+    wk.part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+    if plan.reduce == CBN_RED_CM_ROWS:
+        scratch = cbn_alloc_per_thread(nt, 17 * plan.cw, &stride)
+    else:
+        scratch = cbn_alloc_per_thread(nt, 3 * g.col_width, &stride)
+    if wk.part == NULL or scratch == NULL:
+        free(wk.part)
         free(scratch)
         return -1
-    if nt > 1:
-        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _moments_cl_task(x, g, t, part, scratch + threadid() * stride)
-    else:
-        for t in range(ntasks):
-            _moments_cl_task(x, g, t, part, scratch)
+    _run(&wk, MOMENTS_CM_ROWS if plan.reduce == CBN_RED_CM_ROWS else MOMENTS_CL, plan.ntasks_red, nt,
+         True, scratch, stride, <floating>0)
     free(scratch)
-    # merge segments in order; counts per segment are equal across channels
-    for c in range(C):
-        mean_out[c] = 0.0
-        m2_out[c] = 0.0
-    cnt = 0.0
-    for s in range(g.nseg):
-        sc = <double>(min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
-                      - min(_seg_start(g, s) * g.rows_per_block, g.outer))
-        _merge_columns(mean_out, m2_out, cnt, &part[s * C], &part[g.nseg * C + s * C], sc, C)
-        cnt = cnt + sc
-    for c in range(C):
-        mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
-    free(part)
+    _merge_segment_partials(x, g, wk.part, plan.reduce == CBN_RED_CL, mean_out, m2_out)
+    free(wk.part)
     return 0
 
 
@@ -640,14 +655,6 @@ cdef floating* _extended_coef(const floating* coef, Py_ssize_t C, int k,
     return ext
 
 
-cdef inline Py_ssize_t _rows_per_task(Py_ssize_t outer, int nt) noexcept nogil:
-    """Channels-last element-wise passes: one contiguous block of rows per thread (a multiple
-    of 4).  Element-wise work needs no balancing, and small tasks measured up to 1.5x slower
-    with narrow rows (NHWC with 64 channels: call and loop set-up per few rows)."""
-    cdef Py_ssize_t r = (outer + nt - 1) // max(nt, 1)
-    return max(4, (r + 3) // 4 * 4)
-
-
 cdef void _normalize_runs(const floating* x, floating* y_out, const Geometry* g,
                           const floating* coef, Py_ssize_t r0, Py_ssize_t r1, int act,
                           bint stream, bint rev=False) noexcept nogil:
@@ -684,56 +691,49 @@ cdef void _normalize_piece(const floating* x, floating* y_out, const Geometry* g
         cbn_nt_fence()
 
 
-cdef void _normalize(const floating* x, floating* y_out, const Geometry* g, int nt,
-                     const floating* coef, int act, bint single_pass) noexcept nogil:
-    """y = (x - hi) * scale + shift over the whole array, coef = [hi | scale | shift];
-    single_pass: the whole op (inference), no reduction before it (see _streams)."""
-    cdef Py_ssize_t C = g.C, r, c, t, nruns, ngroups, rpt, rows
-    cdef bint stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
-                                g.inner if g.inner > 1 else g.outer * C, single_pass and nt > 1)
-    cdef bint rev = (g.inner > 1 and not stream and y_out != x
-                     and _reverse(y_out, x, NULL, NULL))
-    cdef floating* ext = NULL
-    if nt <= 1:
-        cbn_note_team(_rt)
-    if g.inner > 1:
-        nruns = g.outer * C
-        if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
-            for t in prange(nruns * nt, num_threads=nt, schedule='static'):
-                if t == 0:
-                    cbn_note_team(_rt)
-                _normalize_piece(x, y_out, g, coef, t // nt, t % nt, nt, act, stream)
-            return
+cdef inline void _normalize_rows_task(const Work* wk, Py_ssize_t r,
+                                      const floating* x) noexcept nogil:
+    """Channels-last block r of plan.rows_per_task rows (streaming stores when ext is set)."""
+    cdef Py_ssize_t C = wk.g.C, rpt = wk.plan.rows_per_task
+    cdef Py_ssize_t rows = min(rpt, wk.g.outer - r * rpt), off = r * rpt * C
+    cdef floating* y = <floating*>wk.out
+    if wk.ext != NULL:
+        _affine_flat_nt(x + off, y + off, rows, C, <const floating*>wk.ext, wk.act)
+    else:
+        _affine_rows(x + off, y + off, C, rows, C, <const floating*>wk.coef, C, wk.act)
+
+
+cdef void _normalize(const floating* x, floating* y_out, const Geometry* g,
+                     const cbn_plan* plan, const floating* coef, int act,
+                     bint single_pass) noexcept nogil:
+    """y = act((x - hi) * scale + shift) over the whole array, coef = [hi | scale | shift], as
+    the plan splits it (CBN_EW_*); single_pass: the whole op (inference), no reduction before
+    it (see _streams)."""
+    cdef Py_ssize_t C = g.C
+    cdef int nt = plan.nt
+    cdef Work wk
+    wk.g = g
+    wk.plan = plan
+    wk.x = x
+    wk.out = y_out
+    wk.coef = <void*>coef
+    wk.ext = NULL
+    wk.act = act
+    wk.stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
+                         g.inner if g.inner > 1 else g.outer * C, single_pass and nt > 1)
+    wk.rev = (g.inner > 1 and not wk.stream and y_out != x and _reverse(y_out, x, NULL, NULL))
+    if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
+        _run(&wk, NORMALIZE_PIECE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
+    elif plan.ew == CBN_EW_CM_SHARES:
         # one contiguous share of runs per thread (and one store fence at its end when
         # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
         # (8,256,14,14) f32 inference 0.90-0.94x the time, (64,512,7,7) 0.65-0.68x
-        if nt > 1:
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                if t == 0:
-                    cbn_note_team(_rt)
-                _normalize_runs(x, y_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
-                                act, stream, rev)
-        else:
-            _normalize_runs(x, y_out, g, coef, 0, nruns, act, stream, rev)
-        return
-    if stream:
-        ext = _extended_coef(coef, C, 3, y_out)
-    rpt = _rows_per_task(g.outer, nt)
-    ngroups = (g.outer + rpt - 1) // rpt
-    if nt > 1:
-        for r in prange(ngroups, num_threads=nt, schedule='static'):
-            if r == 0:
-                cbn_note_team(_rt)
-            rows = min(rpt, g.outer - r * rpt)
-            if ext != NULL:
-                _affine_flat_nt(x + r * rpt * C, y_out + r * rpt * C, rows, C, ext, act)
-            else:
-                _affine_rows(x + r * rpt * C, y_out + r * rpt * C, C, rows, C, coef, C, act)
-    elif ext != NULL:
-        _affine_flat_nt(x, y_out, g.outer, C, ext, act)
+        _run(&wk, NORMALIZE_SHARE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
     else:
-        _affine_rows(x, y_out, C, g.outer, C, coef, C, act)
-    cbn_free_beside(ext)
+        if wk.stream:
+            wk.ext = _extended_coef(coef, C, 3, y_out)
+        _run(&wk, NORMALIZE_ROWS, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
+        cbn_free_beside(<void*>wk.ext)
 
 
 cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
@@ -775,55 +775,53 @@ cdef void _dx_piece(const floating* dy, const floating* ym, int act, const float
         cbn_nt_fence()
 
 
-cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
-                   const Geometry* g, int nt, const floating* coef) noexcept nogil:
-    """dx = dy * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3]."""
-    cdef Py_ssize_t C = g.C, r, c, t, nruns, off, ngroups, rpt, rows
-    cdef bint stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating),
-                                g.inner if g.inner > 1 else g.outer * C)
-    cdef bint rev = (g.inner > 1 and not stream and dx_out != dy and dx_out != x
-                     and dx_out != ym and _reverse(dx_out, dy, x, ym))
-    cdef floating* ext = NULL
-    if nt <= 1:
-        cbn_note_team(_rt)
-    if g.inner > 1:
-        nruns = g.outer * C
-        if nt > nruns:  # fewer (long) runs than threads: nt pieces per run
-            for t in prange(nruns * nt, num_threads=nt, schedule='static'):
-                if t == 0:
-                    cbn_note_team(_rt)
-                _dx_piece(dy, ym, act, x, dx_out, g, coef, t // nt, t % nt, nt, stream)
-            return
+cdef inline void _dx_rows_task(const Work* wk, Py_ssize_t r, const floating* dy) noexcept nogil:
+    """Channels-last block r of plan.rows_per_task rows (streaming stores when ext is set)."""
+    cdef Py_ssize_t C = wk.g.C, rpt = wk.plan.rows_per_task
+    cdef Py_ssize_t rows = min(rpt, wk.g.outer - r * rpt), off = r * rpt * C
+    cdef const floating* ym = <const floating*>wk.ym
+    cdef const floating* x = <const floating*>wk.x
+    cdef floating* dx = <floating*>wk.out
+    if wk.ext != NULL:
+        _dx_flat_nt(dy + off, _at(ym, off), wk.act, x + off, dx + off, rows, C,
+                    <const floating*>wk.ext)
+    else:
+        _dx_rows(dy + off, _at(ym, off), wk.act, x + off, dx + off, C, rows, C,
+                 <const floating*>wk.coef)
+
+
+cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floating* x,
+                   floating* dx_out, const Geometry* g, const cbn_plan* plan,
+                   const floating* coef) noexcept nogil:
+    """dx = g * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3], g =
+    dy through the activation act whose output is ym, as the plan splits it (CBN_EW_*)."""
+    cdef Py_ssize_t C = g.C
+    cdef int nt = plan.nt
+    cdef Work wk
+    wk.g = g
+    wk.plan = plan
+    wk.dy = dy
+    wk.ym = ym
+    wk.x = x
+    wk.out = dx_out
+    wk.coef = <void*>coef
+    wk.ext = NULL
+    wk.act = act
+    wk.stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating),
+                         g.inner if g.inner > 1 else g.outer * C)
+    wk.rev = (g.inner > 1 and not wk.stream and dx_out != dy and dx_out != x
+              and dx_out != ym and _reverse(dx_out, dy, x, ym))
+    if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
+        _run(&wk, DX_PIECE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
+    elif plan.ew == CBN_EW_CM_SHARES:
         # one contiguous share of runs per thread, as in _normalize (dx of (8,256,14,14) f32 at
         # 2 threads: 0.79-0.89x the time of a parallel-loop iteration per run)
-        if nt > 1:
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                if t == 0:
-                    cbn_note_team(_rt)
-                _dx_runs(dy, ym, act, x, dx_out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
-                         stream, rev)
-        else:
-            _dx_runs(dy, ym, act, x, dx_out, g, coef, 0, nruns, stream, rev)
-        return
-    if stream:
-        ext = _extended_coef(coef, C, 4, dx_out)
-    rpt = _rows_per_task(g.outer, nt)
-    ngroups = (g.outer + rpt - 1) // rpt
-    if nt > 1:
-        for r in prange(ngroups, num_threads=nt, schedule='static'):
-            if r == 0:
-                cbn_note_team(_rt)
-            off = r * rpt * C
-            rows = min(rpt, g.outer - r * rpt)
-            if ext != NULL:
-                _dx_flat_nt(dy + off, _at(ym, off), act, x + off, dx_out + off, rows, C, ext)
-            else:
-                _dx_rows(dy + off, _at(ym, off), act, x + off, dx_out + off, C, rows, C, coef)
-    elif ext != NULL:
-        _dx_flat_nt(dy, ym, act, x, dx_out, g.outer, C, ext)
+        _run(&wk, DX_SHARE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
     else:
-        _dx_rows(dy, ym, act, x, dx_out, C, g.outer, C, coef)
-    cbn_free_beside(ext)
+        if wk.stream:
+            wk.ext = _extended_coef(coef, C, 4, dx_out)
+        _run(&wk, DX_ROWS, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
+        cbn_free_beside(<void*>wk.ext)
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -874,32 +872,36 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
                   double eps, const double* w, const double* b,
                   double* mean_out, double* var_out, double* invstd_out,
                   int act) noexcept nogil:
-    """Training forward.  IN x, w, b (NULL = 1 / 0); OUT y_out and the per-channel float64
-    mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
+    """Training forward.  IN x, w, b (NULL = 1 / 0); OUT y_out = act(normalised x) and the
+    per-channel float64 mean, biased var and invstd.  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
-    cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
+    cdef cbn_plan plan = cbn_plan_of(g, _threads_for(total, nt_req, cbn_tasks_of(g)),
+                                     g.n * <Py_ssize_t>sizeof(floating), _rt.fuse_budget_bytes)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     cdef double* m2
-    cdef bint stream
+    cdef Work wk
     if coef == NULL:
         return -1
-    # fused per channel (statistics, then normalise while cached) only for long runs: with
-    # short runs the channel-by-channel traversal costs more than the second read it saves
-    if g.pieces > 1 and C >= nt and g.n * <Py_ssize_t>sizeof(floating) <= _rt.fuse_budget_bytes:
-        stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
-        if nt > 1:
-            for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef, act, stream)
-        else:
-            for c in range(C):
-                _forward_channel_fused(x, y_out, g, c, eps, w, b, mean_out, var_out,
-                                       invstd_out, coef, act, stream)
+    if plan.fused:  # per channel: statistics, then normalise while cached
+        wk.g = g
+        wk.plan = &plan
+        wk.x = x
+        wk.out = y_out
+        wk.coef = coef
+        wk.act = act
+        wk.eps = eps
+        wk.w = w
+        wk.b = b
+        wk.mean_out = mean_out
+        wk.var_out = var_out
+        wk.invstd_out = invstd_out
+        wk.stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
+        _run(&wk, FORWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
         cbn_free_beside(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))
-    if m2 == NULL or _moments(x, g, nt, mean_out, m2) != 0:
+    if m2 == NULL or _moments(x, g, &plan, mean_out, m2) != 0:
         free(m2)
         cbn_free_beside(coef)
         return -1
@@ -907,7 +909,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
                       invstd_out, coef)
     free(m2)
-    _normalize(x, y_out, g, nt, coef, act, False)
+    _normalize(x, y_out, g, &plan, coef, act, False)
     cbn_free_beside(coef)
     return 0
 
@@ -916,15 +918,17 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
 cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int nt_req,
                     const double* centre, const double* scale, const double* shift,
                     int act) noexcept nogil:
-    """y = (x - centre) * scale + shift, one pass.  IN per-channel float64 centre/scale/shift."""
+    """y = act((x - centre) * scale + shift), one pass.  IN per-channel float64 centre, scale,
+    shift."""
     cdef Py_ssize_t C = g.C, c
-    cdef int nt = _threads_for(g.outer * C * g.inner, nt_req, _tasks_of(g))
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(g.outer * C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     if coef == NULL:
         return -1
     for c in range(C):
         _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
-    _normalize(x, y_out, g, nt, coef, act, True)
+    _normalize(x, y_out, g, &plan, coef, act, True)
     cbn_free_beside(coef)
     return 0
 
@@ -936,7 +940,7 @@ cdef void _segment_sums_cm(const floating* dy, const floating* ym, int act, cons
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
     c.  OUT scalars (overwritten)."""
-    cdef Py_ssize_t b, b0 = _seg_start(g, s), b1 = _seg_start(g, s + 1)
+    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
     cdef Py_ssize_t o, o0, o1, i0, i1, p, off
     cdef double a = 0.0, d = 0.0
     for b in range(b0, b1):
@@ -967,7 +971,6 @@ cdef void _channel_sums_cm(const floating* dy, const floating* ym, int act, cons
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     cdef double a = 0.0, d = 0.0, sa, sd
     cdef Py_ssize_t s
-    cbn_note_team(_rt)
     for s in range(g.nseg):
         _segment_sums_cm(dy, ym, act, x, g, c, s, mean, with_dot, &sa, &sd)
         a = a + sa
@@ -985,13 +988,12 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, co
     row order and are summed horizontally once (a horizontal sum and a scalar tail per run cost
     ~20% of these sums with runs of 196); scratch holds 16 * (c1 - c0) doubles."""
     cdef Py_ssize_t C = g.C, inner = g.inner, j, o, off, l
-    cdef Py_ssize_t r0 = min(_seg_start(g, s) * g.rows_per_block, g.outer)
-    cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r0 = min(cbn_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(cbn_seg_start(g, s + 1) * g.rows_per_block, g.outer)
     cdef double* sdy = part + s * C
     cdef double* sdyx = part + g.nseg * C + s * C
     cdef double* acc_g = scratch
     cdef double* acc_d = scratch + 8 * (c1 - c0)
-    cbn_note_team(_rt)
     for l in range(16 * (c1 - c0)):
         scratch[l] = 0.0
     for o in range(r0, r1):
@@ -1017,11 +1019,10 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, 
     cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
     cdef Py_ssize_t j
-    cdef Py_ssize_t r0 = min(_seg_start(g, s) * g.rows_per_block, g.outer)
-    cdef Py_ssize_t r1 = min(_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r0 = min(cbn_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(cbn_seg_start(g, s + 1) * g.rows_per_block, g.outer)
     cdef double* sdy = part + s * g.C + c0
     cdef double* sdyx = part + g.nseg * g.C + s * g.C + c0
-    cbn_note_team(_rt)
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
@@ -1052,7 +1053,6 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, int ac
                                   double* sdyx_out, floating* coef, bint stream) noexcept nogil:
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
-    cbn_note_team(_rt)
     _channel_sums_cm(dy, ym, act, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
     _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
     for o in range(g.outer):
@@ -1063,6 +1063,58 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, int ac
         cbn_nt_fence()
 
 
+cdef void _sum_segment_partials(const Geometry* g, const double* part, bint by_task,
+                                double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Per-channel backward sums from their per-segment partials, added in segment order:
+    by_task, pairs in (channel, segment) task order; else the two (nseg, C) planes."""
+    cdef Py_ssize_t C = g.C, c, s, t
+    for c in range(C):
+        sdy_out[c] = 0.0
+        sdyx_out[c] = 0.0
+        for s in range(g.nseg):
+            if by_task:
+                t = c * g.nseg + s
+                sdy_out[c] = sdy_out[c] + part[2 * t]
+                sdyx_out[c] = sdyx_out[c] + part[2 * t + 1]
+            else:
+                sdy_out[c] = sdy_out[c] + part[s * C + c]
+                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
+
+
+cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
+                        floating tag) noexcept nogil:
+    """The backward sums as the plan splits them (CBN_RED_*), into wk.sdy_out, wk.sdyx_out.
+    Returns 0/-1."""
+    cdef Py_ssize_t C = g.C, stride = 0
+    cdef double* scratch = NULL
+    if plan.reduce == CBN_RED_CM_CHANNELS:
+        _run(wk, SUMS_CM_CHANNEL, C, plan.nt, True, NULL, 0, tag)
+        return 0
+    if plan.reduce == CBN_RED_CM_SEGMENTS:
+        wk.part = <double*>malloc(2 * plan.ntasks_red * sizeof(double))
+    else:
+        wk.part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+    if plan.reduce == CBN_RED_CM_ROWS:
+        scratch = cbn_alloc_per_thread(plan.nt, 16 * plan.cw, &stride)
+        if scratch == NULL:
+            free(wk.part)
+            return -1
+    if wk.part == NULL:
+        free(scratch)
+        return -1
+    if plan.reduce == CBN_RED_CM_ROWS:
+        _run(wk, SUMS_CM_ROWS, plan.ntasks_red, plan.nt, True, scratch, stride, tag)
+    elif plan.reduce == CBN_RED_CM_SEGMENTS:
+        _run(wk, SUMS_CM_SEGMENT, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+    else:
+        _run(wk, SUMS_CL, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+    free(scratch)
+    _sum_segment_partials(g, wk.part, plan.reduce == CBN_RED_CM_SEGMENTS, wk.sdy_out,
+                          wk.sdyx_out)
+    free(wk.part)
+    return 0
+
+
 cdef int _backward(const floating* dy, const floating* ym, int act, const floating* x,
                    floating* dx_out, const Geometry* g, int nt_req, const double* mean,
                    const double* invstd, const double* w, bint with_dot, double* sdy_out,
@@ -1071,129 +1123,63 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
     with its output ym (cbn_epilogue.h; CBN_ACT_NONE and NULL without one): g, dy through the
     activation, replaces dy.  OUT sdy_out = sum(g) and, if with_dot, sdyx_out =
     sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
-    cdef Py_ssize_t C = g.C, c, s, t, ntasks, nch, cw, stride
+    cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
-    cdef int nt = _threads_for(total, nt_req, _tasks_of(g))
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(total, nt_req, cbn_tasks_of(g)),
+        2 * g.n * <Py_ssize_t>sizeof(floating) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
     cdef floating* coef = NULL
-    cdef double* part
-    cdef double* scratch
-    cdef bint stream
+    cdef Work wk
     if dx_out != NULL:
         coef = <floating*>cbn_alloc_beside(4 * C * sizeof(floating), dx_out)
         if coef == NULL:
             return -1
-    # fused per channel (sums, then dx while cached) only for long runs: with short runs the
-    # channel-by-channel traversal costs more than the second read it saves
-    if (dx_out != NULL and g.pieces > 1 and C >= nt
-            and 2 * g.n * <Py_ssize_t>sizeof(floating) <= _rt.fuse_budget_bytes):
-        stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
-        if nt > 1:
-            for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _backward_channel_fused(dy, ym, act, x, dx_out, g, c, mean, invstd, w, sdy_out,
-                                        sdyx_out, coef, stream)
-        else:
-            for c in range(C):
-                _backward_channel_fused(dy, ym, act, x, dx_out, g, c, mean, invstd, w, sdy_out,
-                                        sdyx_out, coef, stream)
+    wk.g = g
+    wk.plan = &plan
+    wk.dy = dy
+    wk.ym = ym
+    wk.act = act
+    wk.x = x
+    wk.out = dx_out
+    wk.coef = coef
+    wk.mean = mean
+    wk.invstd = invstd
+    wk.w = w
+    wk.with_dot = with_dot
+    wk.sdy_out = sdy_out
+    wk.sdyx_out = sdyx_out
+    if plan.fused:  # per channel: the sums, then dx while x and dy are cached
+        wk.stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
+        _run(&wk, BACKWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
         cbn_free_beside(coef)
         return 0
-    # the sums
-    if g.inner > 1 and g.pieces == 1:
-        nch = _channel_chunks(g, nt)
-        cw = (C + nch - 1) // nch
-        ntasks = g.nseg * nch
-        part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-        scratch = cbn_alloc_per_thread(nt, 16 * cw, &stride)
-        if part == NULL or scratch == NULL:
-            free(part)
-            free(scratch)
-            cbn_free_beside(coef)
-            return -1
-        if nt > 1:
-            for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cm_rows_task(dy, ym, act, x, g, t // nch, min((t % nch) * cw, C),
-                                   min((t % nch + 1) * cw, C), mean, with_dot, part,
-                                   scratch + threadid() * stride)
-        else:
-            for t in range(ntasks):
-                _sums_cm_rows_task(dy, ym, act, x, g, t // nch, min((t % nch) * cw, C),
-                                   min((t % nch + 1) * cw, C), mean, with_dot, part, scratch)
-        free(scratch)
-        for c in range(C):
-            sdy_out[c] = 0.0
-            sdyx_out[c] = 0.0
-            for s in range(g.nseg):
-                sdy_out[c] = sdy_out[c] + part[s * C + c]
-                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
-        free(part)
-    elif g.inner > 1 and (g.nseg == 1 or C >= nt):
-        if nt > 1:
-            for c in prange(C, num_threads=nt, schedule='dynamic'):
-                _channel_sums_cm(dy, ym, act, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
-        else:
-            for c in range(C):
-                _channel_sums_cm(dy, ym, act, x, g, c, mean[c], with_dot, &sdy_out[c], &sdyx_out[c])
-    elif g.inner > 1:
-        ntasks = C * g.nseg
-        part = <double*>malloc(2 * ntasks * sizeof(double))
-        if part == NULL:
-            cbn_free_beside(coef)
-            return -1
-        for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-            _segment_sums_cm(dy, ym, act, x, g, t // g.nseg, t % g.nseg, mean[t // g.nseg], with_dot,
-                             &part[2 * t], &part[2 * t + 1])
-        for c in range(C):
-            sdy_out[c] = 0.0
-            sdyx_out[c] = 0.0
-            for s in range(g.nseg):
-                t = c * g.nseg + s
-                sdy_out[c] = sdy_out[c] + part[2 * t]
-                sdyx_out[c] = sdyx_out[c] + part[2 * t + 1]
-        free(part)
-    else:
-        ntasks = g.nseg * g.ncol_chunks
-        part = <double*>malloc(2 * g.nseg * C * sizeof(double))
-        if part == NULL:
-            cbn_free_beside(coef)
-            return -1
-        if nt > 1:
-            for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
-                _sums_cl_task(dy, ym, act, x, g, t, mean, with_dot, part)
-        else:
-            for t in range(ntasks):
-                _sums_cl_task(dy, ym, act, x, g, t, mean, with_dot, part)
-        for c in range(C):
-            sdy_out[c] = 0.0
-            sdyx_out[c] = 0.0
-        for s in range(g.nseg):
-            for c in range(C):
-                sdy_out[c] = sdy_out[c] + part[s * C + c]
-                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
-        free(part)
+    if _backward_sums(&wk, g, &plan, <floating>0) != 0:
+        cbn_free_beside(coef)
+        return -1
     if dx_out != NULL:
         for c in range(C):
             _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
-        _dx_pass(dy, ym, act, x, dx_out, g, nt, coef)
+        _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
         cbn_free_beside(coef)
     return 0
 
 
 cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const floating* x,
-                       floating* dx_out, const Geometry* g, int nt, double n_total,
+                       floating* dx_out, const Geometry* g, int nt_req, double n_total,
                        const double* mean, const double* invstd, const double* w,
                        const double* sdy, const double* sdyx) noexcept nogil:
     """dx from given float64 sums over n_total values per channel (SyncBN); returns 0/-1."""
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)
     cdef Py_ssize_t c
     if coef == NULL:
         return -1
     for c in range(g.C):
         _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
-    _dx_pass(dy, ym, act, x, dx_out, g, nt, coef)
+    _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
     cbn_free_beside(coef)
     return 0
-
-
 
 
 # ------------------------------------------------------------------------------------ streaming floor
@@ -1207,40 +1193,114 @@ cdef inline int _stream_threads(int requested) noexcept nogil:
     return nt
 
 
-# Plain OpenMP streaming loops over flat float32/float64 arrays: the memory-bandwidth floor that
-# the benchmarks compare each op against, measured in the same process and run.
+# Plain streaming loops over flat float32/float64 arrays, one contiguous chunk per thread (as
+# an OpenMP static schedule splits them): the memory-bandwidth floor that the benchmarks compare
+# each op against, measured in the same process and run.
+cdef enum:
+    FLOOR_SUM_CHUNKS = 64
 
-cdef void _stream_scale(const floating* a, floating* out, Py_ssize_t n, int nt) noexcept nogil:
-    cdef Py_ssize_t i
-    if nt > 1:
-        for i in prange(n, num_threads=nt, schedule='static'):
+
+cdef inline void _floor_task(const Work* wk, TaskKind kind, Py_ssize_t t,
+                             const floating* a) noexcept nogil:
+    cdef Py_ssize_t i, n = wk.n, lo, hi, chunk
+    cdef const floating* b = <const floating*>wk.dy
+    cdef floating* out = <floating*>wk.out
+    if kind == FLOOR_SUM:
+        chunk = (n + FLOOR_SUM_CHUNKS - 1) // FLOOR_SUM_CHUNKS
+        wk.part[t] = _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
+        return
+    lo = t * n // wk.nchunks
+    hi = (t + 1) * n // wk.nchunks
+    if kind == FLOOR_SCALE:
+        for i in range(lo, hi):
             out[i] = 2 * a[i] + 1
     else:
-        for i in range(n):
-            out[i] = 2 * a[i] + 1
-
-
-cdef void _stream_triad(const floating* a, const floating* b, floating* out, Py_ssize_t n,
-                        int nt) noexcept nogil:
-    cdef Py_ssize_t i
-    if nt > 1:
-        for i in prange(n, num_threads=nt, schedule='static'):
-            out[i] = 2 * a[i] + b[i]
-    else:
-        for i in range(n):
+        for i in range(lo, hi):
             out[i] = 2 * a[i] + b[i]
 
 
-cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
-    cdef Py_ssize_t t, chunk = (n + 63) // 64
-    cdef double s = 0.0
-    if nt > 1:
-        for t in prange(64, num_threads=nt, schedule='static'):
-            s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
-    else:
-        for t in range(64):
-            s += _sum(a + min(t * chunk, n), max(0, min(chunk, n - t * chunk)))
-    return s
+cdef double _floor(TaskKind kind, const floating* a, const floating* b, floating* out,
+                   Py_ssize_t n, int nt_req) noexcept nogil:
+    """out = 2 * a + 1 (FLOOR_SCALE), out = 2 * a + b (FLOOR_TRIAD), or the sum of a
+    (FLOOR_SUM, returned; in chunks summed in order)."""
+    cdef Work wk
+    cdef double part[FLOOR_SUM_CHUNKS]
+    cdef double total = 0.0
+    cdef int nt = _stream_threads(nt_req)
+    cdef Py_ssize_t t
+    wk.x = a
+    wk.dy = b
+    wk.out = out
+    wk.n = n
+    wk.nchunks = nt
+    wk.part = part
+    _run(&wk, kind, FLOOR_SUM_CHUNKS if kind == FLOOR_SUM else nt, nt, False, NULL, 0,
+         <floating>0)
+    if kind == FLOOR_SUM:
+        for t in range(FLOOR_SUM_CHUNKS):
+            total += part[t]
+    return total
+
+
+# ------------------------------------------------------------------------------------ the tasks
+cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
+                floating tag) noexcept nogil:
+    """Task t of one kind (_run): every kind of work the kernels split between threads."""
+    cdef const Geometry* g = wk.g
+    cdef const floating* x = <const floating*>wk.x
+    cdef const floating* dy = <const floating*>wk.dy
+    cdef const floating* ym = <const floating*>wk.ym
+    cdef floating* out = <floating*>wk.out
+    cdef floating* coef = <floating*>wk.coef
+    cdef Py_ssize_t nt, nruns, nch, cw
+    if kind == FLOOR_SCALE or kind == FLOOR_TRIAD or kind == FLOOR_SUM:
+        _floor_task(wk, kind, t, x)
+        return
+    nt = wk.plan.nt
+    nruns = g.outer * g.C
+    nch = wk.plan.nch
+    cw = wk.plan.cw
+    if kind == MOMENTS_CM_ROWS:
+        _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, g.C),
+                              min((t % nch + 1) * cw, g.C), wk.part, scratch)
+    elif kind == MOMENTS_CM_CHANNEL:
+        _channel_moments_cm(x, g, t, &wk.mean_out[t], &wk.m2_out[t])
+    elif kind == MOMENTS_CM_SEGMENT:
+        _segment_moments_cm(x, g, t // g.nseg, t % g.nseg, &wk.part[3 * t], &wk.part[3 * t + 1],
+                            &wk.part[3 * t + 2])
+    elif kind == MOMENTS_CL:
+        _moments_cl_task(x, g, t, wk.part, scratch)
+    elif kind == NORMALIZE_SHARE:
+        _normalize_runs(x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt, wk.act,
+                        wk.stream, wk.rev)
+    elif kind == NORMALIZE_PIECE:
+        _normalize_piece(x, out, g, coef, t // nt, t % nt, nt, wk.act, wk.stream)
+    elif kind == NORMALIZE_ROWS:
+        _normalize_rows_task(wk, t, x)
+    elif kind == FORWARD_CHANNEL:
+        _forward_channel_fused(x, out, g, t, wk.eps, wk.w, wk.b, wk.mean_out, wk.var_out,
+                               wk.invstd_out, coef, wk.act, wk.stream)
+    elif kind == SUMS_CM_ROWS:
+        _sums_cm_rows_task(dy, ym, wk.act, x, g, t // nch, min((t % nch) * cw, g.C),
+                           min((t % nch + 1) * cw, g.C), wk.mean, wk.with_dot, wk.part, scratch)
+    elif kind == SUMS_CM_CHANNEL:
+        _channel_sums_cm(dy, ym, wk.act, x, g, t, wk.mean[t], wk.with_dot, &wk.sdy_out[t],
+                         &wk.sdyx_out[t])
+    elif kind == SUMS_CM_SEGMENT:
+        _segment_sums_cm(dy, ym, wk.act, x, g, t // g.nseg, t % g.nseg, wk.mean[t // g.nseg],
+                         wk.with_dot, &wk.part[2 * t], &wk.part[2 * t + 1])
+    elif kind == SUMS_CL:
+        _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.with_dot, wk.part)
+    elif kind == DX_SHARE:
+        _dx_runs(dy, ym, wk.act, x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
+                 wk.stream, wk.rev)
+    elif kind == DX_PIECE:
+        _dx_piece(dy, ym, wk.act, x, out, g, coef, t // nt, t % nt, nt, wk.stream)
+    elif kind == DX_ROWS:
+        _dx_rows_task(wk, t, dy)
+    elif kind == BACKWARD_CHANNEL:
+        _backward_channel_fused(dy, ym, wk.act, x, out, g, t, wk.mean, wk.invstd, wk.w,
+                                wk.sdy_out, wk.sdyx_out, coef, wk.stream)
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -1249,8 +1309,9 @@ cdef double _stream_sum(const floating* a, Py_ssize_t n, int nt) noexcept nogil:
 
 cdef int _moments_entry(const floating* x, const Geometry* g, int nt_req, double* mean_out,
                         double* m2_out) noexcept nogil:
-    return _moments(x, g, _threads_for(g.outer * g.C * g.inner, nt_req, _tasks_of(g)),
-                    mean_out, m2_out)
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
+    return _moments(x, g, &plan, mean_out, m2_out)
 
 
 cdef inline int _saved_act(const void* ym) noexcept nogil:
@@ -1271,22 +1332,21 @@ cdef int _dx_from_sums_entry(const floating* dy, const floating* ym, const float
                              floating* dx_out, const Geometry* g, int nt_req, double n_total,
                              const double* mean, const double* invstd, const double* w,
                              const double* sdy, const double* sdyx) noexcept nogil:
-    return _dx_from_sums(dy, ym, _saved_act(ym), x, dx_out, g,
-                         _threads_for(g.outer * g.C * g.inner, nt_req, _tasks_of(g)), n_total,
-                         mean, invstd, w, sdy, sdyx)
+    return _dx_from_sums(dy, ym, _saved_act(ym), x, dx_out, g, nt_req, n_total, mean, invstd, w,
+                         sdy, sdyx)
 
 
 cdef void _floor_scale(const floating* a, floating* out, Py_ssize_t n, int nt_req) noexcept nogil:
-    _stream_scale(a, out, n, _stream_threads(nt_req))
+    _floor(FLOOR_SCALE, a, NULL, out, n, nt_req)
 
 
 cdef void _floor_triad(const floating* a, const floating* b, floating* out, Py_ssize_t n,
                        int nt_req) noexcept nogil:
-    _stream_triad(a, b, out, n, _stream_threads(nt_req))
+    _floor(FLOOR_TRIAD, a, b, out, n, nt_req)
 
 
 cdef double _floor_sum(const floating* a, Py_ssize_t n, int nt_req) noexcept nogil:
-    return _stream_sum(a, n, _stream_threads(nt_req))
+    return _floor(FLOOR_SUM, a, NULL, NULL, n, nt_req)
 
 
 cdef cbn_kernel_table _TABLE

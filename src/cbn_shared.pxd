@@ -88,3 +88,29 @@ cdef extern from "cbn_table.h" nogil:
                                 int nt) noexcept nogil
         double (*floor_sum_f32)(const float* a, Py_ssize_t n, int nt) noexcept nogil
         double (*floor_sum_f64)(const double* a, Py_ssize_t n, int nt) noexcept nogil
+
+cdef extern from "cbn_plan.h" nogil:
+    Py_ssize_t cbn_seg_start(const Geometry* g, Py_ssize_t s)
+    Py_ssize_t cbn_segment_rows(const Geometry* g, Py_ssize_t s)
+    Py_ssize_t cbn_tasks_of(const Geometry* g)
+    int cbn_threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks, int max_threads,
+                        int num_procs, int forked_child)
+    enum:
+        CBN_RED_CM_ROWS
+        CBN_RED_CM_CHANNELS
+        CBN_RED_CM_SEGMENTS
+        CBN_RED_CL
+        CBN_EW_CM_SHARES
+        CBN_EW_CM_PIECES
+        CBN_EW_CL_ROWS
+    ctypedef struct cbn_plan:
+        int nt
+        bint fused
+        int reduce
+        Py_ssize_t ntasks_red
+        Py_ssize_t nch, cw
+        int ew
+        Py_ssize_t ntasks_ew
+        Py_ssize_t rows_per_task
+    cbn_plan cbn_plan_of(const Geometry* g, int nt, Py_ssize_t fused_bytes,
+                         Py_ssize_t fuse_budget)

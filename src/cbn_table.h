@@ -9,7 +9,7 @@
 #ifndef CBN_TABLE_H
 #define CBN_TABLE_H
 
-#include "cbn_geometry.h"
+#include "cbn_plan.h"
 
 #define CBN_TABLE_CAPSULE "cbn.kernel_table"
 
