@@ -30,7 +30,7 @@ ctypedef fused floating:
 cdef cbn_runtime* _rt = NULL
 
 
-# ------------------------------------------------------------------------------------ point functions
+# ------------------------------------------------------------------------------- point functions
 cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
     if floating is float:
         return cbn_sum_f32(x, n)
@@ -68,7 +68,8 @@ cdef inline void _sum_like_dot(const floating* dy, const floating* ym, int act, 
         cbn_sum_like_dot_f64(dy, ym, n, sdy, act)
 
 
-cdef inline void _sum_dot(const floating* dy, const floating* ym, int act, const floating* x, Py_ssize_t n,
+cdef inline void _sum_dot(const floating* dy, const floating* ym, int act, const floating* x,
+                          Py_ssize_t n,
                           double m, double* sdy, double* sdyx) noexcept nogil:
     """sdy += sum(g), sdyx += sum(g * (x - m)), g as in _sum_like_dot."""
     if floating is float:
@@ -85,7 +86,8 @@ cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py
         cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w)
 
 
-cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym, int act,
+cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym,
+                              int act,
                               const floating* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                               Py_ssize_t w) noexcept nogil:
     """sdyx NULL: only the g sums (g = dy through the activation act whose output is ym)."""
@@ -175,7 +177,7 @@ cdef inline void _split_centre(double centre, floating* hi, floating* lo) noexce
     lo[0] = <floating>(centre - <double>hi[0])
 
 
-# ------------------------------------------------------------------------------------ the parallel template
+# ------------------------------------------------------------------------- the parallel template
 # Every op runs a plan (cbn_plan.h: a pure function of the geometry, the thread count and the
 # cache budget) as tasks of a few kinds; _run is the one loop that starts them -- on the
 # calling thread when nt <= 1 (small inputs, one thread, a forked child: libgomp is not
@@ -476,15 +478,15 @@ cdef int _moments(const floating* x, const Geometry* g, const cbn_plan* plan,
         free(wk.part)
         free(scratch)
         return -1
-    _run(&wk, MOMENTS_CM_ROWS if plan.reduce == CBN_RED_CM_ROWS else MOMENTS_CL, plan.ntasks_red, nt,
-         True, scratch, stride, <floating>0)
+    _run(&wk, MOMENTS_CM_ROWS if plan.reduce == CBN_RED_CM_ROWS else MOMENTS_CL,
+         plan.ntasks_red, nt, True, scratch, stride, <floating>0)
     free(scratch)
     _merge_segment_partials(x, g, wk.part, plan.reduce == CBN_RED_CL, mean_out, m2_out)
     free(wk.part)
     return 0
 
 
-# ------------------------------------------------------------------------------------ element-wise passes
+# --------------------------------------------------------------------------- element-wise passes
 cdef inline bint _streams(const void* out, const void* a, const void* b, const void* c,
                           Py_ssize_t n, Py_ssize_t itemsize, Py_ssize_t run,
                           bint single_pass=False) noexcept nogil:
@@ -703,6 +705,28 @@ cdef inline void _normalize_rows_task(const Work* wk, Py_ssize_t r,
         _affine_rows(x + off, y + off, C, rows, C, <const floating*>wk.coef, C, wk.act)
 
 
+cdef void _elementwise(Work* wk, TaskKind share, TaskKind piece, TaskKind rows, int ncoef,
+                       floating tag) noexcept nogil:
+    """Run an element-wise pass (wk set up) as its plan splits it (CBN_EW_*), with the task
+    kinds of the pass; the channels-last rows stream through ncoef extended coefficient
+    vectors."""
+    cdef const cbn_plan* plan = wk.plan
+    if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
+        _run(wk, piece, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+    elif plan.ew == CBN_EW_CM_SHARES:
+        # one contiguous share of runs per thread (and one store fence at its end when
+        # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
+        # (8,256,14,14) f32 inference 0.90-0.94x the time, (64,512,7,7) 0.65-0.68x; dx of
+        # (8,256,14,14) f32 0.79-0.89x
+        _run(wk, share, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+    else:
+        if wk.stream:
+            wk.ext = _extended_coef(<const floating*>wk.coef, wk.g.C, ncoef,
+                                    <const floating*>wk.out)
+        _run(wk, rows, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+        cbn_free_beside(<void*>wk.ext)
+
+
 cdef void _normalize(const floating* x, floating* y_out, const Geometry* g,
                      const cbn_plan* plan, const floating* coef, int act,
                      bint single_pass) noexcept nogil:
@@ -722,21 +746,11 @@ cdef void _normalize(const floating* x, floating* y_out, const Geometry* g,
     wk.stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
                          g.inner if g.inner > 1 else g.outer * C, single_pass and nt > 1)
     wk.rev = (g.inner > 1 and not wk.stream and y_out != x and _reverse(y_out, x, NULL, NULL))
-    if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
-        _run(&wk, NORMALIZE_PIECE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-    elif plan.ew == CBN_EW_CM_SHARES:
-        # one contiguous share of runs per thread (and one store fence at its end when
-        # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
-        # (8,256,14,14) f32 inference 0.90-0.94x the time, (64,512,7,7) 0.65-0.68x
-        _run(&wk, NORMALIZE_SHARE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-    else:
-        if wk.stream:
-            wk.ext = _extended_coef(coef, C, 3, y_out)
-        _run(&wk, NORMALIZE_ROWS, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-        cbn_free_beside(<void*>wk.ext)
+    _elementwise(&wk, NORMALIZE_SHARE, NORMALIZE_PIECE, NORMALIZE_ROWS, 3, <floating>0)
 
 
-cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
+cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floating* x,
+                   floating* dx_out,
                    const Geometry* g, const floating* coef, Py_ssize_t r0, Py_ssize_t r1,
                    bint stream, bint rev=False) noexcept nogil:
     """Channel-major runs r0 <= r < r1 of _dx_pass; a store fence after them if stream;
@@ -762,7 +776,8 @@ cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floati
         cbn_nt_fence()
 
 
-cdef void _dx_piece(const floating* dy, const floating* ym, int act, const floating* x, floating* dx_out,
+cdef void _dx_piece(const floating* dy, const floating* ym, int act, const floating* x,
+                    floating* dx_out,
                     const Geometry* g, const floating* coef, Py_ssize_t r, Py_ssize_t p,
                     Py_ssize_t npieces, bint stream) noexcept nogil:
     """Piece p of npieces of channel-major run r (fewer runs than threads)."""
@@ -811,17 +826,7 @@ cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floati
                          g.inner if g.inner > 1 else g.outer * C)
     wk.rev = (g.inner > 1 and not wk.stream and dx_out != dy and dx_out != x
               and dx_out != ym and _reverse(dx_out, dy, x, ym))
-    if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
-        _run(&wk, DX_PIECE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-    elif plan.ew == CBN_EW_CM_SHARES:
-        # one contiguous share of runs per thread, as in _normalize (dx of (8,256,14,14) f32 at
-        # 2 threads: 0.79-0.89x the time of a parallel-loop iteration per run)
-        _run(&wk, DX_SHARE, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-    else:
-        if wk.stream:
-            wk.ext = _extended_coef(coef, C, 4, dx_out)
-        _run(&wk, DX_ROWS, plan.ntasks_ew, nt, False, NULL, 0, <floating>0)
-        cbn_free_beside(<void*>wk.ext)
+    _elementwise(&wk, DX_SHARE, DX_PIECE, DX_ROWS, 4, <floating>0)
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -1001,10 +1006,12 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, co
             off = (o * C + j) * inner
             if floating is float:
                 cbn_sum_dot8_f32(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL, act)
+                                 acc_g + 8 * (j - c0),
+                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
             else:
                 cbn_sum_dot8_f64(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL, act)
+                                 acc_g + 8 * (j - c0),
+                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
     for j in range(c0, c1):
         sdy[j] = cbn_hsum8_array(acc_g + 8 * (j - c0))
         sdyx[j] = cbn_hsum8_array(acc_d + 8 * (j - c0))
@@ -1046,7 +1053,8 @@ cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const doub
     coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
 
 
-cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act, const floating* x,
+cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act,
+                                  const floating* x,
                                   floating* dx_out,
                                   const Geometry* g, Py_ssize_t c, const double* mean,
                                   const double* invstd, const double* w, double* sdy_out,
@@ -1182,7 +1190,7 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const fl
     return 0
 
 
-# ------------------------------------------------------------------------------------ streaming floor
+# ------------------------------------------------------------------------------- streaming floor
 cdef inline int _stream_threads(int requested) noexcept nogil:
     cdef int nt
     if _rt.forked_child:
