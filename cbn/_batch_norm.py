@@ -1,4 +1,11 @@
-"""The public batch-norm functions: validation, allocation and dispatch to the kernels."""
+"""The public batch-norm functions: validation, allocation and dispatch to the kernels.
+
+Each function offers its arguments to a C fast path first (``_core.fast_*``: canonical input
+only, else None), then takes the Python route: cbn/_validation.py for the checks, whose value
+rules and messages live in src/_core.pyx ("argument rules"), and the shared formulas of
+``_core`` (``update_running``, ``inference_scale``, ``parameter_gradients``), the same ones the
+fast path computes with.
+"""
 
 import numpy as np
 
@@ -16,31 +23,11 @@ __all__ = [
 
 _F64 = v.F64
 _F16 = v.F16
-_KERNEL_DTYPES = (v.F32, v.F64)
 
 _fast_forward = _k.fast_forward
 _fast_backward = _k.fast_backward
 _fast_inference = _k.fast_inference
 _ALL_GRADIENTS = (True, True, True)
-
-
-def _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite):
-    """In-place running-stat update (unbiased variance), in float64, stored in each statistic's
-    own dtype.  The kernel's C update (the one the fast path uses) takes float32/float64
-    contiguous statistics; NumPy does the others (float16, longdouble, strided)."""
-    fast = [a is None or (a.dtype in _KERNEL_DTYPES and a.flags.c_contiguous and a.dtype.isnative)
-            for a in (running_mean, running_var)]
-    if all(fast):
-        _k.update_running(running_mean, running_var, mean, var, float(n), momentum,
-                          skip_nonfinite)
-        return
-    keep = ~(np.isfinite(mean) & np.isfinite(var)) if skip_nonfinite else np.zeros(len(mean), bool)
-    if running_mean is not None:
-        new = (1.0 - momentum) * running_mean.astype(_F64) + momentum * mean
-        running_mean[...] = np.where(keep, running_mean, new)
-    if running_var is not None:
-        new = (1.0 - momentum) * running_var.astype(_F64) + momentum * (var * (n / (n - 1.0)))
-        running_var[...] = np.where(keep, running_var, new)
 
 
 def _empty_stats(C, training_out):
@@ -160,7 +147,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     invstd = np.empty(C, _F64)
     kern = _half if xk.dtype == _F16 else _k
     kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
-    _update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
+    _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(v.finish_output(yk, y, out, copy_back, perm), mean, invstd)
 
 
@@ -234,14 +221,11 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var are required for inference")
+    v.check_inference_stats(running_mean, running_var)
     rm = v.as_f64(running_mean, "running_mean", C)
     rv = v.as_f64(running_var, "running_var", C)
-    if (rv < 0).any():
-        raise ValueError("running_var must be >= 0 everywhere")
-    # the same expression as the C fast path, so both round identically
-    scale = (1.0 if weight is None else v.as_f64(weight, "weight", C)) / np.sqrt(rv + eps)
+    v.check_running_var(rv)
+    scale = _k.inference_scale(None if weight is None else v.as_f64(weight, "weight", C), rv, eps)
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
     yk, y, copy_back = v.output_for(out, x, xk, perm)
     if xk.size:
@@ -322,20 +306,14 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     order (one extra pass).
     """
     relu = v.check_activation(activation)
-    if relu and y is None:
-        raise ValueError("y (the forward output) is required with activation='relu'")
-    if not relu and y is not None:
-        raise ValueError("y is only used with activation='relu'")
+    v.check_relu_output(relu, y)
     if needs is _ALL_GRADIENTS or (type(needs) is tuple and needs == _ALL_GRADIENTS):
         result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
         if result is not None:
             return result
     x, axis = v.check_input(x, axis, allow_half=True)
     dy = v.kernel_dtype(dy, "dy", allow_half=True)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    v.check_like(dy, x.shape, x.dtype, "dy")
     need_dx, need_dw, need_db = v.check_needs(needs)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -344,10 +322,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     yk = None
     if relu:
         y = v.kernel_dtype(y, "y", allow_half=True)
-        if y.shape != x.shape:
-            raise ValueError(f"y must have the shape of x {x.shape}, got {y.shape}")
-        if y.dtype != x.dtype:
-            raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
+        v.check_like(y, x.shape, x.dtype, "y")
         yk = v.view_like(y, perm)
     mu = v.as_f64(mean, "mean", C)
     iv = v.as_f64(invstd, "invstd", C)
@@ -356,11 +331,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     dxk = dx = None
     copy_back = False
     if need_dx:
-        dxk, dx, copy_back = v.output_for(out, x, xk, perm)
-        for other in (dyk, yk):
-            if (other is not None and copy_back is False and out is not None
-                    and np.may_share_memory(dxk, other) and not v._same_memory(dxk, other)):
-                dxk, copy_back = np.empty(xk.shape, xk.dtype), True
+        dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk, yk))
     if not (need_dx or need_dw or need_db):
         return BackwardResult(None, None, None)
     sdy = np.empty(C, _F64)
@@ -373,8 +344,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         sdyx.fill(0.0)
     if need_dx:
         dx = v.finish_output(dxk, dx, out, copy_back, perm)
-    dweight = (sdyx * iv).astype(grad_dtype, copy=False) if need_dw else None
-    dbias = sdy.astype(grad_dtype, copy=False) if need_db else None
+    dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
     return BackwardResult(dx, dweight, dbias)
 
 

@@ -48,8 +48,7 @@ def _stats_f64(running_mean: ArrayLike, running_var: ArrayLike, weight: Optional
     C = rm.shape[0]
     mean = np.array(v.channel_vector(rm, "running_mean", C), dtype=_F64)
     var = np.array(v.channel_vector(running_var, "running_var", C), dtype=_F64)
-    if (var < 0).any():
-        raise ValueError("running_var must be >= 0 everywhere")
+    v.check_running_var(var)
     w = np.ones(C, _F64) if weight is None else np.array(
         v.channel_vector(weight, "weight", C), dtype=_F64)
     b = np.zeros(C, _F64) if bias is None else np.array(
@@ -94,6 +93,11 @@ def fold(running_mean: ArrayLike, running_var: ArrayLike, weight: Optional[Array
     mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
     scale = (1.0 / np.sqrt(var + eps)) * w
     return FoldedAffine(scale, b - mean * scale)
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite everywhere")
 
 
 def _check_layer_weight(W: Any, b: Any, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -289,12 +293,9 @@ class FrozenBatchNorm:
 
     def _init(self, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray, axis: int,
               num_threads: Optional[int], activation: Optional[str] = None) -> None:
-        if isinstance(axis, bool):
-            raise TypeError("axis must be an integer, got bool")
         v.check_axis(axis, 1 << 30)  # type check only; the range is checked per call
         for name, a in (("centre", centre), ("scale", scale), ("offset", offset)):
-            if not np.isfinite(a).all():
-                raise ValueError(f"{name} must be finite everywhere")
+            _check_finite(name, a)
             a.flags.writeable = False
         self._relu = v.check_activation(activation)
         self.activation = activation
@@ -347,10 +348,10 @@ class FrozenBatchNorm:
         mean, var, w, b = _stats_f64(running_mean, running_var, weight, bias)
         for name, a in (("running_mean", mean), ("running_var", var), ("weight", w),
                         ("bias", b)):
-            if not np.isfinite(a).all():
-                raise ValueError(f"{name} must be finite everywhere")
-        # the same float64 vectors as batch_norm_inference: bit-identical results
-        return cls._from_centred(mean, w / np.sqrt(var + eps), b, axis, num_threads, activation)
+            _check_finite(name, a)
+        # batch_norm_inference's scale, by the same function: bit-identical results
+        return cls._from_centred(mean, _k.inference_scale(w, var, eps), b, axis, num_threads,
+                                 activation)
 
     @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
@@ -437,12 +438,10 @@ class FrozenBatchNorm:
             ``dx``, shape and dtype of ``dy``.
         """
         if self._relu:
-            if y is None:
-                raise ValueError("y (the forward output) is required with activation='relu'")
+            v.check_relu_output(True, y)
             dy = v.kernel_dtype(dy, "dy")
             y = np.asarray(y)
-            if y.shape != dy.shape:
-                raise ValueError(f"y must have the shape of dy {dy.shape}, got {y.shape}")
+            v.check_like(y, dy.shape, None, "y", ref="dy")
             dy = np.where(y > 0, dy, dy.dtype.type(0))
         zero = np.zeros(self.num_features, _F64)
         return _apply_affine(dy, zero, self.scale, zero, self.axis, out, self._nt, "dy")

@@ -14,6 +14,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _validation as v
 from ._batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from ._dispatch import kernels as _k
 from ._fold import FrozenBatchNorm, _apply_affine
 
 __all__ = ["BatchNorm", "IncompatibleKeys"]
@@ -150,8 +151,6 @@ class BatchNorm:
         dt = np.dtype(dtype)
         if dt not in (v.F32, v.F64):
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
-        if isinstance(axis, bool):
-            raise TypeError("axis must be an integer, got bool")
         v.check_axis(axis, 1 << 30)
         v.check_threads(num_threads)
         v.check_activation(activation)
@@ -305,10 +304,9 @@ class BatchNorm:
                                    num_threads=nt, activation=self.activation)
             if n > 0:  # an empty batch leaves the statistics alone (as in torch)
                 var = bv * ((n - 1.0) / n)
-                f = self._update_factor()
-                rm, rv = self.running_mean, self.running_var
-                rm[...] = (1.0 - f) * rm.astype(_F64) + f * bm
-                rv[...] = (1.0 - f) * rv.astype(_F64) + f * var
+                # the one running-statistic update, with the biased variance
+                _k.update_running(self.running_mean, self.running_var, bm, var, n,
+                                  self._update_factor(), False, unbiased=False)
         if update:
             self.num_batches_tracked += 1
         self._saved = ("train", x, r.mean, r.invstd, r.out if self.activation else None)
@@ -369,10 +367,7 @@ class BatchNorm:
         else:
             _, x, shape, dtype, y = self._saved
             dy = v.kernel_dtype(dy, "dy")
-            if dy.shape != shape:
-                raise ValueError(f"dy must have the shape of x {shape}, got {dy.shape}")
-            if dy.dtype != dtype:
-                raise TypeError(f"dy must have the dtype of x ({dtype}), got {dy.dtype}")
+            v.check_like(dy, shape, dtype, "dy")
             if y is not None:  # fused ReLU: the gradient flows where the output is > 0
                 dy = np.where(y > 0, dy, dy.dtype.type(0))
             if x is None and (need_p or need_b):

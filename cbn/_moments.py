@@ -122,10 +122,7 @@ class BackwardSums(NamedTuple):
 
 def _check_dy(dy, x):
     dy = v.kernel_dtype(dy, "dy")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    v.check_like(dy, x.shape, x.dtype, "dy")
     return dy
 
 
@@ -470,10 +467,7 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     a = v.as_f64(sum_dy, "sum_dy", C)
     d = v.as_f64(sum_dy_xmu, "sum_dy_xmu", C)
     dyk = v.view_like(dy, perm)
-    dxk, dx, copy_back = v.output_for(out, x, xk, perm)
-    if not copy_back and out is not None and np.may_share_memory(dxk, dyk) \
-            and not v._same_memory(dxk, dyk):
-        dxk, copy_back = np.empty(xk.shape, xk.dtype), True
+    dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
     if xk.size:
         _k.backward_dx_from_sums(dyk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
                                  float(n_total), nt)

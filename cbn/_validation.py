@@ -1,20 +1,46 @@
-"""Argument checks and layout handling shared by the public functions.
+"""Argument checks and layout handling shared by the public functions: the Python route.
+
+A public function first offers its arguments to a C fast path (``fast_forward``,
+``fast_inference``, ``fast_backward`` in src/_core.pyx), which only *recognises* canonical input
+and returns None for anything else; the Python route then decides, with the checks here.
+
+Where each rule lives (design (a) of the "one home for every argument rule" issue): every
+*value* rule -- eps finite and > 0, momentum in [0, 1] and read only with a running statistic,
+the thread count and its cap, the number of dimensions, the channel axis and the
+``(outer, C, inner)`` view, the batch count of a training call, a non-negative running variance
+(NaN allowed), output overlap, the gradient dtype -- is a cdef function in src/_core.pyx,
+section "argument rules", that the fast paths call on C values, with a def wrapper that raises
+the rule's one message; the functions here call those wrappers.  What stays here is what the
+fast path never does: turning arguments into canonical form (array-likes, layouts, byte order,
+NumPy scalars and ``__index__`` objects) with the TypeErrors that name what was given, and the
+checks of arguments the fast path only recognises (shapes of vectors and of ``dy``, ``out=``
+kinds, read-only arrays).  So, for canonical input, the fast path declines a value exactly when
+the rule rejects it, and no rule or message is written twice (tests/test_argument_rules.py holds
+both routes to that).
 
 Every check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, wrong
 value) naming the argument.  Nothing here modifies a caller's array.  The common case (a
 C-contiguous float32/float64 ndarray and float64 vectors) costs a few attribute reads.
 """
 
-import math
 import numbers
 import operator
 
 import numpy as np
 
+from . import _core
+
 F16 = np.dtype(np.float16)
 F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
-_KERNEL_DTYPES = (F32, F64)
+
+
+def check_float_dtype(dt, name="x", allow_half=False):
+    """``dt`` must be a kernel dtype: float32/float64, and float16 if ``allow_half`` (any byte
+    order)."""
+    if not (dt.kind == "f" and dt.itemsize in ((2, 4, 8) if allow_half else (4, 8))):
+        expected = "a float16, float32 or float64" if allow_half else "a float32 or float64"
+        raise TypeError(f"{name} must be {expected} array, got dtype {dt}")
 
 
 def kernel_dtype(x, name="x", allow_half=False):
@@ -25,35 +51,32 @@ def kernel_dtype(x, name="x", allow_half=False):
     dt = x.dtype
     if dt is F32 or dt is F64:
         return x
-    sizes = (2, 4, 8) if allow_half else (4, 8)
-    if dt.kind == "f" and dt.itemsize in sizes:
-        if dt.byteorder not in ("=", "|") and dt != dt.newbyteorder("="):
-            return x.astype(dt.newbyteorder("="))
-        return x
-    expected = "a float16, float32 or float64" if allow_half else "a float32 or float64"
-    raise TypeError(f"{name} must be {expected} array, got dtype {dt}")
+    check_float_dtype(dt, name, allow_half)
+    if dt.byteorder not in ("=", "|") and dt != dt.newbyteorder("="):
+        return x.astype(dt.newbyteorder("="))
+    return x
 
 
 def check_axis(axis, ndim, name="axis"):
-    """Normalise a possibly negative channel axis for an array of ``ndim`` dimensions."""
+    """Normalise a possibly negative channel axis for an array of ``ndim`` dimensions (the
+    range rule: ``_core.check_channel_axis``)."""
     if isinstance(axis, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got bool")
     try:
         a = operator.index(axis)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(axis).__name__}") from None
-    if not -ndim <= a < ndim:
-        raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions")
-    return a + ndim if a < 0 else a
+    return _core.check_channel_axis(a, ndim, name, axis)
+
+
+#: ``check_ndim(shape, name)``: an input has a batch and a channel dimension at least.
+check_ndim = _core.check_ndim
 
 
 def check_input(x, axis, name="x", allow_half=False):
     """Validate ``x`` and its channel axis; return ``(x, axis)`` with axis normalised."""
     x = kernel_dtype(x, name, allow_half)
-    if x.ndim < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}"
-        )
+    check_ndim(x.shape, name)
     return x, check_axis(axis, x.ndim)
 
 
@@ -88,12 +111,14 @@ def like_kernel(xk, perm, x_shape):
     return yk, yk.transpose(inverse)
 
 
-def output_for(out, x, xk, perm, name="out"):
+def output_for(out, x, xk, perm, name="out", inputs=()):
     """Where the kernel writes: returns ``(yk, y, copy_back)``.
 
     ``y`` is what the function returns.  If ``out`` cannot take the kernel's writes directly
-    (other layout, or partial overlap with ``x``), the kernel writes to a fresh array and
-    ``copy_back`` is true: the caller then copies into ``out``.
+    (other layout, or partial overlap with ``xk`` or with one of the other kernel ``inputs``,
+    C-contiguous arrays like ``xk`` or None: the rule of ``_core.no_partial_overlap``), the
+    kernel writes to a fresh array and ``copy_back`` is true: the caller then copies into
+    ``out``.
     """
     if out is None:
         yk, y = like_kernel(xk, perm, x.shape)
@@ -108,7 +133,7 @@ def output_for(out, x, xk, perm, name="out"):
         raise ValueError(f"{name} is read-only")
     outk = out if perm is None else out.transpose(perm)
     if outk.flags.c_contiguous and outk.dtype.isnative:
-        if not np.may_share_memory(outk, xk) or _same_memory(outk, xk):
+        if all(a is None or _core.no_partial_overlap(outk, a) for a in (xk, *inputs)):
             return outk, out, False
     yk = np.empty(xk.shape, xk.dtype)
     return yk, out, True
@@ -130,14 +155,9 @@ def finish_output(yk, y, out, copy_back, perm):
     return y
 
 
-def _same_memory(a, b):
-    """True if two C-contiguous arrays of one shape start at the same address (exact alias)."""
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-
-
-def geometry(shape, axis):
-    """(outer, C, inner) of a C-contiguous array with channel axis ``axis``."""
-    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+#: ``geometry(shape, axis)``: (outer, C, inner) of a C-contiguous array with channel axis
+#: ``axis``, as the fast paths view it.
+geometry = _core.geometry
 
 
 def channel_vector(a, name, C, *, writeable=False):
@@ -159,11 +179,9 @@ def channel_vector(a, name, C, *, writeable=False):
     return a
 
 
-def gradient_dtype(x_dtype, weight):
-    """dtype of dweight and dbias: that of ``weight`` when given, else of ``x``; float32 in
-    place of float16, whose sums overflow past 65504."""
-    dt = x_dtype if weight is None else np.asarray(weight).dtype
-    return F32 if dt == F16 else dt
+#: ``gradient_dtype(x_dtype, weight)``: dtype of dweight and dbias, that of ``weight`` when
+#: given, else of ``x``; float32 in place of float16, whose sums overflow past 65504.
+gradient_dtype = _core.gradient_dtype
 
 
 def as_f64(a, name, C):
@@ -200,19 +218,13 @@ def _real(value, name):
 
 
 def check_eps(eps):
-    """eps must be a finite number > 0."""
-    e = _real(eps, "eps")
-    if not (e > 0.0 and math.isfinite(e)):
-        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
-    return e
+    """eps must be a finite number > 0 (the rule: ``_core.check_eps_value``)."""
+    return _core.check_eps_value(_real(eps, "eps"), eps)
 
 
 def check_momentum(momentum):
-    """momentum must be a number in [0, 1]."""
-    m = _real(momentum, "momentum")
-    if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-    return m
+    """momentum must be a number in [0, 1] (the rule: ``_core.check_momentum_value``)."""
+    return _core.check_momentum_value(_real(momentum, "momentum"), momentum)
 
 
 def check_running_stats(running_mean, running_var, momentum, C):
@@ -223,7 +235,8 @@ def check_running_stats(running_mean, running_var, momentum, C):
     running_mean, running_var : ndarray or None
         Writeable float vectors of shape (C,), or None (not updated).
     momentum : float
-        Checked (in [0, 1]) only when a running statistic is given.
+        Checked (in [0, 1]) only when a running statistic is given
+        (``_core.momentum_applies``).
     C : int
         Number of channels.
 
@@ -232,7 +245,7 @@ def check_running_stats(running_mean, running_var, momentum, C):
     float
         ``momentum``, as a float when checked.
     """
-    if running_mean is None and running_var is None:
+    if not _core.momentum_applies(running_mean, running_var):
         return momentum
     momentum = check_momentum(momentum)
     if running_mean is not None:
@@ -242,30 +255,54 @@ def check_running_stats(running_mean, running_var, momentum, C):
     return momentum
 
 
-def check_batch_count(n, shape):
-    """Training statistics need more than one value per channel (torch's rule)."""
-    if n == 1:
-        raise ValueError(
-            "Expected more than 1 value per channel when training, "
-            f"got input size {tuple(shape)}"
-        )
+#: ``check_batch_count(n, shape=None)``: training statistics need more than one value per
+#: channel (torch's rule); an empty batch (n == 0) is no error.
+check_batch_count = _core.check_batch_count
 
 
 def check_threads(num_threads):
-    """None (all OpenMP threads) or a positive int; returns the int the kernels take (0 = auto)."""
-    if num_threads is None:
-        return 0
-    if isinstance(num_threads, bool):
-        raise TypeError("num_threads must be None or a positive integer, got bool")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(
-            f"num_threads must be None or a positive integer, got {type(num_threads).__name__}"
-        ) from None
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
-    return min(n, 1 << 20)  # the kernels cap it further, at omp_get_num_procs()
+    """None (all OpenMP threads) or a positive int; returns the int the kernels take (0 = auto;
+    the rule and its cap: ``_core.check_thread_count``)."""
+    if num_threads is not None:
+        if isinstance(num_threads, bool):
+            raise TypeError("num_threads must be None or a positive integer, got bool")
+        try:
+            num_threads = operator.index(num_threads)
+        except TypeError:
+            raise TypeError(
+                "num_threads must be None or a positive integer, got "
+                f"{type(num_threads).__name__}"
+            ) from None
+    return _core.check_thread_count(num_threads)
+
+
+#: ``check_running_var(var)``: a float64 vector (:func:`as_f64`) of running variances for
+#: inference has no negative entry (NaN is allowed: it propagates to its channel).
+check_running_var = _core.check_running_var
+
+
+def check_inference_stats(running_mean, running_var):
+    """Inference needs both running statistics."""
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required for inference")
+
+
+def check_like(a, shape, dtype, name, ref="x", same_shape=None):
+    """``a`` (an array) must have the shape ``shape`` and, unless ``dtype`` is None, the dtype
+    ``dtype`` of the array named ``ref``; ``same_shape(s, t)`` compares shapes (default ==)."""
+    if not (a.shape == shape if same_shape is None else same_shape(a.shape, shape)):
+        raise ValueError(f"{name} must have the shape of {ref} {shape}, got {a.shape}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of {ref} ({dtype}), got {a.dtype}")
+
+
+def check_relu_output(relu, y, allow_unused=False):
+    """``y``, the forward output, is required with a fused ReLU (``relu``) and, unless
+    ``allow_unused``, given only then."""
+    if relu and y is None:
+        raise ValueError("y (the forward output) is required with activation='relu'")
+    if not relu and y is not None and not allow_unused:
+        raise ValueError("y is only used with activation='relu'")
 
 
 

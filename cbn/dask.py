@@ -37,6 +37,7 @@ from ._moments import (
     moments,
     normalize,
 )
+from ._dispatch import kernels as _k
 from ._types import BackwardResult, ForwardResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,13 +71,8 @@ def _check_array(x, name, axis, *, need_channel_chunk=True):
             f"{name} must be a dask.array.Array, got {type(x).__name__} "
             f"(use cbn.batch_norm_* for in-memory arrays, or dask.array.from_array)"
         )
-    dt = x.dtype
-    if not (dt.kind == "f" and dt.itemsize in (4, 8)):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dt}")
-    if x.ndim < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (batch and channel), got shape {x.shape}"
-        )
+    v.check_float_dtype(x.dtype, name)
+    v.check_ndim(x.shape, name)
     a = v.check_axis(axis, x.ndim)
     if need_channel_chunk and len(x.chunks[a]) != 1:
         raise ValueError(
@@ -234,8 +230,7 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
             return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
     m = _global_moments(x, a, nt, split_every)
     n = m.count
-    if n == 1:
-        raise ValueError("Expected more than 1 value per channel when training, got 1")
+    v.check_batch_count(n)
     if n == 0:
         return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
     mean = m.mean
@@ -245,10 +240,8 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     shift = np.zeros(C, _F64) if b is None else b
     out = x.map_blocks(_normalize_block, axis=a, mean=mean, scale=scale, shift=shift, nt=nt,
                        dtype=x.dtype, meta=_meta(x), token="cbn-normalize")
-    if running_mean is not None:
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
-    if running_var is not None:
-        running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1.0)))
+    # the in-memory function's update: float64, rounded once to each statistic's dtype
+    _k.update_running(running_mean, running_var, mean, var, n, momentum, False)
     return ForwardResult(out, mean, invstd)
 
 
@@ -313,12 +306,10 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
     eps = v.check_eps(eps)
     nt = _chunk_threads(num_threads)
     C = x.shape[a]
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var are required for inference")
+    v.check_inference_stats(running_mean, running_var)
     rm = v.as_f64(running_mean, "running_mean", C)
     rv = v.as_f64(running_var, "running_var", C)
-    if (rv < 0).any():
-        raise ValueError("running_var must be >= 0 everywhere")
+    v.check_running_var(rv)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
     return x.map_blocks(_inference_block, axis=a, mean=rm, var=rv, weight=w, bias=b, eps=eps,
@@ -385,10 +376,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     a = _check_array(x, "x", axis)
     if not isinstance(dy, da.Array):
         raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
-    if not _same_shape(dy.shape, x.shape):
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
+    v.check_like(dy, x.shape, x.dtype, "dy", same_shape=_same_shape)
     need_dx, need_dw, need_db = v.check_needs(needs)
     nt = _chunk_threads(num_threads)
     split_every = _check_split(split_every)
@@ -419,6 +407,5 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
             dx = da.map_blocks(_elemt_block, dy, x, axis=a, mean=mu, invstd=iv, weight=w,
                                sdy=sdy, sdyx=sdyx, count=int(n), nt=nt, dtype=x.dtype,
                                meta=_meta(x), token="cbn-backward-elemt")
-    dweight = (sdyx * iv).astype(grad_dtype, copy=False) if need_dw else None
-    dbias = sdy.astype(grad_dtype, copy=False) if need_db else None
+    dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
     return BackwardResult(dx, dweight, dbias)

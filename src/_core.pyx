@@ -3,9 +3,11 @@
 """The compile-once half of cbn's kernels: entries, fast paths, running statistics, tuning.
 
 Everything here is compiled once, for the baseline target: the Python-facing entries that the
-Python layer (cbn/_batch_norm.py, cbn/_moments.py, cbn/_half.py) calls, the fast paths, the
-running-statistic update, the info and test hooks, the one runtime (tuning settings, probes,
-fork-safety flags) and the wrappers of the benchmark's floor kernels.  The kernels themselves
+Python layer (cbn/_batch_norm.py, cbn/_moments.py, cbn/_half.py) calls, the argument rules (the
+one home of every value rule, shared formula and error message, used by the fast paths and,
+through def wrappers, by cbn/_validation.py), the fast paths, the running-statistic update, the
+info and test hooks, the one runtime (tuning settings, probes, fork-safety flags) and the
+wrappers of the benchmark's floor kernels.  The kernels themselves
 are one SIMD level's module (_kernels.pyx compiled per level), called through the table that
 cbn/_dispatch.py binds here (bind, cbn_table.h).  The design is described in ARCHITECTURE.md
 beside this file.
@@ -441,13 +443,459 @@ def stream_sum(cnp.ndarray a, int num_threads):
     return s
 
 
+# ------------------------------------------------------------------------------------ argument rules
+# The one home of every argument *value* rule, of the formulas both routes share, and of their
+# error messages.  A public function takes one of two routes:
+#
+# * the fast path (section "fast paths" below) *recognises* canonical input -- exact ndarrays,
+#   C-contiguous, aligned, native byte order, float32/float64, vectors of length C, a plain
+#   float eps or momentum, a plain int axis or thread count, an out= of the right kind without
+#   partial overlap -- and applies the rules below, cdef functions of C values, to it;
+# * the Python route (cbn/_validation.py and the public modules) takes everything else: it
+#   turns the arguments into canonical form (array-likes, layouts, dtypes, NumPy scalars; the
+#   TypeErrors naming what was given are its own) and applies the same rules through the def
+#   wrappers below, which raise each rule's one message.
+#
+# The fast path returns None both for input it does not recognise and for input that breaks a
+# rule, so it never raises for bad input: every error comes from the Python route, in its order
+# of checks, with the message defined here.  A value the fast path declines is judged by the
+# same predicate in the Python route, and a value it takes passes that predicate by
+# construction.  This is design (a) of the "one home for every argument rule" issue: the rules
+# live here, compiled, because the fast paths must apply them without Python overhead (a tiny
+# inference call is ~0.4 us); a rule in Python with a fast-path subset beside it would keep two
+# expressions of each rule in step by tests rather than by construction.
+#
+# What is *not* a rule here: recognition (exact types, layouts, dtypes, lengths, out= kinds),
+# which only the fast path does, and canonicalisation with its TypeErrors (operator.index,
+# numbers.Real, np.asarray, kernel_view), which only the Python route does.
+
+from libc.limits cimport LONG_MAX, LONG_MIN
+from cpython.number cimport PyNumber_Index
+import numpy as np
+
+cdef extern from "Python.h":
+    # (declared here without Cython's error check: only ever called with an int)
+    long _long_and_overflow "PyLong_AsLongAndOverflow" (object pylong, int* overflow) noexcept
+
+
+cdef inline long _clamped(object n) noexcept:
+    """The int ``n`` as a C long, saturated at LONG_MIN / LONG_MAX.  The rules compare with
+    bounds far inside that range, so saturation never changes a verdict.  Callers pass ints
+    (exact, or PyNumber_Index's result)."""
+    cdef int overflow = 0
+    cdef long v = _long_and_overflow(n, &overflow)
+    if overflow > 0:
+        return LONG_MAX
+    if overflow < 0:
+        return LONG_MIN
+    return v
+
+
+
+
+# -- eps
+cdef inline bint _eps_ok(double eps) noexcept nogil:
+    """Rule: eps is finite and > 0 (NaN fails)."""
+    return eps > 0.0 and isfinite(eps)
+
+
+def check_eps_value(double eps, given):
+    """The eps rule for the Python route: returns ``eps`` (a float), or raises the rule's
+    ValueError naming ``given``, the caller's argument."""
+    if not _eps_ok(eps):
+        raise ValueError(f"eps must be finite and > 0, got {given!r}")
+    return eps
+
+
+# -- momentum
+cdef inline bint _momentum_applies(object running_mean, object running_var) noexcept:
+    """Rule: momentum is read, and checked, only when a running statistic is updated."""
+    return running_mean is not None or running_var is not None
+
+
+cdef inline bint _momentum_ok(double momentum) noexcept nogil:
+    """Rule: momentum is in [0, 1] (NaN fails)."""
+    return 0.0 <= momentum <= 1.0
+
+
+def momentum_applies(running_mean, running_var):
+    """Whether ``momentum`` is read (and so checked): a running statistic is given."""
+    return _momentum_applies(running_mean, running_var)
+
+
+def check_momentum_value(double momentum, given):
+    """The momentum rule for the Python route: returns ``momentum``, or raises the rule's
+    ValueError naming ``given``."""
+    if not _momentum_ok(momentum):
+        raise ValueError(f"momentum must be in [0, 1], got {given!r}")
+    return momentum
+
+
+# -- thread count
+cdef enum:
+    _THREADS_CAP = 1 << 20
+    _ALL_THREADS = 0
+    _THREADS_INVALID = -1
+    _THREADS_NOT_CANONICAL = -2
+
+#: Thread requests above this are capped to it (the kernels cap them further, at
+#: omp_get_num_procs()); it keeps every request inside a C int.
+THREADS_CAP = _THREADS_CAP
+
+
+cdef inline int _threads_of(object num_threads) noexcept:
+    """Rule: num_threads None means all threads (0 for the kernels); an int n >= 1 is n threads,
+    capped at THREADS_CAP; an int n < 1 is invalid (-1).  Anything but None or an exact int is
+    not canonical (-2: the Python route converts it, or raises its TypeError)."""
+    cdef long n
+    if num_threads is None:
+        return _ALL_THREADS
+    if type(num_threads) is not int:
+        return _THREADS_NOT_CANONICAL
+    n = _clamped(num_threads)
+    if n < 1:
+        return _THREADS_INVALID
+    return <int>(n if n < _THREADS_CAP else _THREADS_CAP)
+
+
+def check_thread_count(num_threads):
+    """The num_threads rule for the Python route: None or an int (operator.index'ed) to the
+    kernels' thread count (0 = all), or the rule's ValueError."""
+    if num_threads is not None:
+        num_threads = PyNumber_Index(num_threads)
+    cdef int n = _threads_of(num_threads)
+    if n == _THREADS_INVALID:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return n
+
+
+# -- shape and channel axis
+cdef inline bint _ndim_ok(int ndim) noexcept nogil:
+    """Rule: an input has at least a batch and a channel dimension."""
+    return ndim >= 2
+
+
+cdef inline int _channel_axis(long axis, int ndim) noexcept nogil:
+    """Rule: the channel axis of an ndim-dimensional array is in [-ndim, ndim), negative
+    values counting from the end.  Returns it normalised to [0, ndim), or -1 when out of
+    range."""
+    if axis < -ndim or axis >= ndim:
+        return -1
+    return <int>(axis + ndim if axis < 0 else axis)
+
+
+cdef inline void _split_dims(const cnp.npy_intp* dims, int ndim, int axis, Py_ssize_t* outer,
+                             Py_ssize_t* inner) noexcept nogil:
+    """The view of a C-contiguous array with channel axis ``axis`` as (outer, C, inner): OUT
+    outer, the product of the dimensions before the axis, and inner, of those after it."""
+    cdef int i
+    outer[0] = 1
+    inner[0] = 1
+    for i in range(axis):
+        outer[0] *= dims[i]
+    for i in range(axis + 1, ndim):
+        inner[0] *= dims[i]
+
+
+def check_ndim(shape, str name):
+    """The ndim rule for the Python route: raises its ValueError for a shape of fewer than 2
+    dimensions."""
+    if not _ndim_ok(len(shape)):
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (batch and channel), got shape {shape}")
+
+
+def check_channel_axis(axis, int ndim, str name, given):
+    """The channel-axis rule for the Python route: ``axis`` (an int) normalised to
+    [0, ndim), or the rule's ValueError naming ``given``."""
+    cdef int a = _channel_axis(_clamped(PyNumber_Index(axis)), ndim)
+    if a < 0:
+        raise ValueError(f"{name}={given} is out of range for an array with {ndim} dimensions")
+    return a
+
+
+def geometry(shape, int axis):
+    """(outer, C, inner) of a C-contiguous array of shape ``shape`` with channel axis ``axis``
+    (normalised), as the fast paths view it."""
+    cdef cnp.npy_intp dims[64]
+    cdef int i, nd = len(shape)
+    cdef Py_ssize_t outer, inner
+    if nd > 64 or not 0 <= axis < nd:
+        raise ValueError(f"cbn._core.geometry: shape {shape} with axis {axis}")
+    for i in range(nd):
+        dims[i] = shape[i]
+    _split_dims(dims, nd, axis, &outer, &inner)
+    return outer, dims[axis], inner
+
+
+# -- batch size of a training call
+cdef inline bint _batch_count_ok(Py_ssize_t n) noexcept nogil:
+    """Rule: training statistics need more than one value per channel (torch's rule).  n == 0,
+    an empty batch, is no error: NaN statistics, running statistics left alone."""
+    return n != 1
+
+
+def check_batch_count(n, shape=None):
+    """The batch-count rule for the Python route: raises its ValueError when ``n`` (values per
+    channel) is 1; ``shape``, when known, is named in the message."""
+    if not _batch_count_ok(_clamped(PyNumber_Index(n))):
+        got = f"got input size {tuple(shape)}" if shape is not None else f"got {n}"
+        raise ValueError(f"Expected more than 1 value per channel when training, {got}")
+
+
+# -- inference statistics and scale
+cdef inline object _new_vector(Py_ssize_t C):
+    cdef cnp.npy_intp n = C
+    return cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
+
+
+cdef inline bint _variance_ok(double var) noexcept nogil:
+    """Rule: a running variance used for inference is not negative.  NaN is no error: like NaN
+    data it propagates to its own channel of the output (documented; torch gives NaN for a
+    negative one, cbn raises)."""
+    return not (var < 0.0)
+
+
+cdef inline double _inference_scale(double weight, double var, double eps) noexcept nogil:
+    """Formula: the evaluation-mode scale ``weight / sqrt(var + eps)`` in float64.  Correctly
+    rounded operations, and _core is compiled without FMA contraction: the same bits as the
+    NumPy expression."""
+    return weight / sqrt(var + eps)
+
+
+cdef inline int _require_f64(cnp.ndarray a, Py_ssize_t C, str what) except -1:
+    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT64 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != C):
+        raise TypeError(f"cbn._core: {what} takes C-contiguous float64 vectors of one length "
+                        "(cbn/_validation.as_f64 makes them)")
+    return 0
+
+
+def check_running_var(cnp.ndarray var):
+    """The running-variance rule for the Python route: raises its ValueError if the float64
+    vector ``var`` (cbn/_validation.as_f64) has a negative entry."""
+    cdef Py_ssize_t c, C = cnp.PyArray_SIZE(var)
+    _require_f64(var, C, "check_running_var")
+    cdef const double* v = <const double*>cnp.PyArray_DATA(var)
+    for c in range(C):
+        if not _variance_ok(v[c]):
+            raise ValueError("running_var must be >= 0 everywhere")
+
+
+def inference_scale(weight, cnp.ndarray var, double eps):
+    """The evaluation-mode scale ``weight / sqrt(var + eps)`` per channel as a new float64
+    vector; ``weight`` None (1) or, like ``var``, a float64 vector (cbn/_validation.as_f64).
+    The fast path computes it with the same function."""
+    cdef Py_ssize_t c, C = cnp.PyArray_SIZE(var)
+    _require_f64(var, C, "inference_scale")
+    if weight is not None:
+        _require_f64(<cnp.ndarray?>weight, C, "inference_scale")
+    cdef const double* v = <const double*>cnp.PyArray_DATA(var)
+    cdef const double* w = _vec_or_null(weight)
+    scale = _new_vector(C)
+    cdef double* s = <double*>cnp.PyArray_DATA(<cnp.ndarray>scale)
+    for c in range(C):
+        s[c] = _inference_scale(1.0 if w == NULL else w[c], v[c], eps)
+    return scale
+
+
+# -- outputs
+cdef inline bint _no_partial_overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Rule: a kernel writes its output directly only if it is exactly an input's memory (each
+    element is read before it is written) or disjoint from it; partial overlap goes through a
+    temporary.  a and b are C-contiguous."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return (pa == pb and na == nb) or pa + na <= pb or pb + nb <= pa
+
+
+def no_partial_overlap(cnp.ndarray a, cnp.ndarray b):
+    """The output-overlap rule for the Python route (a and b C-contiguous): True if a kernel
+    may write ``a`` while reading ``b``."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        raise TypeError("cbn._core.no_partial_overlap takes C-contiguous arrays")
+    return _no_partial_overlap(a, b)
+
+
+# -- parameter gradients
+cdef cnp.dtype _F32_DTYPE = cnp.PyArray_DescrFromType(cnp.NPY_FLOAT32)
+
+
+cdef inline cnp.dtype _gradient_dtype(cnp.dtype x_dtype, object weight_dtype):
+    """Rule: dweight and dbias take the dtype of weight when there is one (``weight_dtype`` not
+    None), else of x; float16 becomes float32 (sums of float16 gradients overflow past
+    65504)."""
+    cdef cnp.dtype d = x_dtype if weight_dtype is None else <cnp.dtype?>weight_dtype
+    return _F32_DTYPE if d.type_num == cnp.NPY_FLOAT16 else d
+
+
+cdef inline object _as_gradient(cnp.ndarray sums, cnp.dtype dt):
+    """The float64 vector ``sums`` in the gradient dtype ``dt`` (itself when float64)."""
+    if cnp.PyDataType_ISNOTSWAPPED(dt):
+        if dt.type_num == cnp.NPY_FLOAT64:
+            return sums
+        return cnp.PyArray_Cast(sums, dt.type_num)
+    return sums.astype(dt)
+
+
+cdef inline void _dweight_from_sums(const double* sdyx, const double* invstd, double* dw_out,
+                                    Py_ssize_t C) noexcept nogil:
+    """Formula: dweight = sum(dy * (x - mean)) * invstd, in float64 into OUT dw_out (which may
+    be sdyx itself)."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        dw_out[c] = sdyx[c] * invstd[c]
+
+
+def gradient_dtype(x_dtype, weight):
+    """The gradient-dtype rule for the Python route: the dtype of dweight and dbias for an
+    input of dtype ``x_dtype`` and ``weight`` (array-like or None)."""
+    return _gradient_dtype(x_dtype, None if weight is None else np.asarray(weight).dtype)
+
+
+def parameter_gradients(cnp.ndarray sdy, cnp.ndarray sdyx, cnp.ndarray invstd, grad_dtype,
+                        bint need_dw=True, bint need_db=True):
+    """(dweight, dbias) from the float64 backward sums ``sum(dy)`` and ``sum(dy * (x - mean))``
+    and ``invstd``, in ``grad_dtype`` (:func:`gradient_dtype`); None for a gradient not
+    needed.  The fast path uses the same functions.  ``dbias`` may be ``sdy`` itself (float64);
+    ``sdyx`` is not modified."""
+    cdef Py_ssize_t C = cnp.PyArray_SIZE(sdy)
+    dweight = dbias = None
+    if need_dw:
+        _require_f64(sdyx, C, "parameter_gradients")
+        _require_f64(invstd, C, "parameter_gradients")
+        dw = _new_vector(C)
+        _dweight_from_sums(<const double*>cnp.PyArray_DATA(sdyx),
+                           <const double*>cnp.PyArray_DATA(invstd),
+                           <double*>cnp.PyArray_DATA(<cnp.ndarray>dw), C)
+        dweight = _as_gradient(<cnp.ndarray>dw, grad_dtype)
+    if need_db:
+        _require_f64(sdy, C, "parameter_gradients")
+        dbias = _as_gradient(sdy, grad_dtype)
+    return dweight, dbias
+
+
+# -- running statistics
+cdef inline bint _keeps_running(double mean, double var) noexcept nogil:
+    """Rule of skip_nonfinite: a channel whose batch mean or variance is NaN/Inf keeps its
+    running statistics."""
+    return not (isfinite(mean) and isfinite(var))
+
+
+cdef inline bint _c_statistic(object a) noexcept:
+    """A running statistic the C update takes: None, or an aligned native float32/float64
+    C-contiguous ndarray."""
+    cdef int t
+    if a is None:
+        return True
+    if not cnp.PyArray_Check(a):
+        return False
+    t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64)
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+cdef void _ema(object a, const double* batch, double f, Py_ssize_t C, double m,
+               const double* mean, const double* var, bint skip_nonfinite) noexcept:
+    """IN/OUT a (a _c_statistic) = (1 - m) * a + m * (batch * f) in float64, stored in a's
+    dtype; with skip_nonfinite, channels that _keeps_running keep their value."""
+    cdef Py_ssize_t c
+    cdef float* pf
+    cdef double* pd
+    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
+        pf = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
+        for c in range(C):
+            if skip_nonfinite and _keeps_running(mean[c], var[c]):
+                continue
+            pf[c] = <float>((1.0 - m) * <double>pf[c] + m * (batch[c] * f))
+    else:
+        pd = <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+        for c in range(C):
+            if skip_nonfinite and _keeps_running(mean[c], var[c]):
+                continue
+            pd[c] = (1.0 - m) * pd[c] + m * (batch[c] * f)
+
+
+cdef inline double _variance_factor(double n, bint unbiased) noexcept nogil:
+    """Formula: the batch variance enters running_var unbiased, ``var * n / (n - 1)``."""
+    return n / (n - 1.0) if unbiased else 1.0
+
+
+cdef void _update_running(object running_mean, object running_var, const double* mean,
+                          const double* var, Py_ssize_t C, double n, double m,
+                          bint skip_nonfinite, bint unbiased) noexcept:
+    """update_running's C route: IN/OUT the two _c_statistic statistics (or None)."""
+    if running_mean is not None:
+        _ema(running_mean, mean, 1.0, C, m, mean, var, skip_nonfinite)
+    if running_var is not None:
+        _ema(running_var, var, _variance_factor(n, unbiased), C, m, mean, var, skip_nonfinite)
+
+
+def _update_running_numpy(running_mean, running_var, mean, var, double n, double momentum,
+                          bint skip_nonfinite, bint unbiased=True):
+    """update_running's NumPy route, for the statistics the C route does not take (float16,
+    longdouble, strided, byte-swapped): the same formula, operation for operation.  A function
+    of its own so that tests can run it on float32/float64 statistics too and compare it with
+    the C route bit for bit."""
+    keep = (~(np.isfinite(mean) & np.isfinite(var))) if skip_nonfinite else None
+    for a, batch, f in ((running_mean, mean, 1.0),
+                        (running_var, var, _variance_factor(n, unbiased))):
+        if a is None:
+            continue
+        with np.errstate(all="ignore"):  # NaN/Inf statistics: as quiet as the C route
+            new = (1.0 - momentum) * a.astype(np.float64) + momentum * (batch * f)
+        a[...] = new if keep is None else np.where(keep, a, new)
+
+
+def update_running(running_mean, running_var, mean, var, n, momentum, bint skip_nonfinite,
+                   bint unbiased=True):
+    """The running-statistic update of a training step, in place::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * (var * n / (n - 1))
+
+    ``mean`` and ``var`` (biased) are the float64 batch statistics of n values per channel;
+    the update is computed in float64 and stored in each statistic's own dtype.  With
+    ``unbiased=False`` the variance enters as given (the keras / onnx conventions of
+    cbn.BatchNorm).  With ``skip_nonfinite``, a channel whose batch mean or variance is NaN/Inf
+    keeps its running statistics.  ``running_mean`` / ``running_var`` may be None (not updated).
+
+    The one definition of the update: the fast path runs its C route on its statistics, and
+    every other caller (cbn/_batch_norm.py, cbn/dask.py, cbn/_layer.py) calls this function.
+    Native float32/float64 C-contiguous statistics take the C route (_update_running, compiled
+    without FMA contraction, so it rounds as NumPy does); others take _update_running_numpy,
+    the same operations in NumPy.  tests/test_argument_rules.py checks that the two agree bit
+    for bit.  Nothing is read, momentum included, when both statistics are None.
+    """
+    if not _momentum_applies(running_mean, running_var):
+        return
+    if _c_statistic(running_mean) and _c_statistic(running_var):
+        mean = np.ascontiguousarray(mean, dtype=np.float64)
+        var = np.ascontiguousarray(var, dtype=np.float64)
+        C = cnp.PyArray_SIZE(<cnp.ndarray>mean)
+        for a in (running_mean, running_var, var):
+            if a is not None and cnp.PyArray_SIZE(<cnp.ndarray>a) != C:
+                raise ValueError("cbn._core.update_running: statistics of different lengths")
+        _update_running(running_mean, running_var, <const double*>cnp.PyArray_DATA(mean),
+                        <const double*>cnp.PyArray_DATA(var), C, n, momentum, skip_nonfinite,
+                        unbiased)
+    else:
+        _update_running_numpy(running_mean, running_var, mean, var, n, momentum,
+                              skip_nonfinite, unbiased)
+
+
 # ------------------------------------------------------------------------------------ fast paths
-# The whole public call for the common case, in C: exact ndarrays, C-contiguous, aligned, native
-# float32/float64 input; per-channel vectors that are None or 1-D float32/float64 contiguous
-# arrays of length C; plain float eps/momentum, int axis, None/int num_threads, no out=.
-# Anything else returns None and the Python layer (cbn/_batch_norm.py) takes over with its full
-# validation and error messages; so these functions never raise for bad input.  Every check is
-# made before anything is written, so a fallback never leaves partial updates behind.
+# The whole public call for the common case, in C.  These functions only *recognise* canonical
+# input: exact ndarrays, C-contiguous, aligned, native float32/float64; per-channel vectors
+# that are None or 1-D float32/float64 ndarrays of the same kind and of length C; a plain float
+# eps/momentum, a plain int axis, None or a plain int num_threads; out= None or an ndarray of the
+# same kind, shape and dtype as x without partial overlap.  To recognised input they apply the
+# rules of the section above.  Anything else -- not recognised, or breaking a rule -- returns
+# None, and the Python route (cbn/_batch_norm.py, cbn/_validation.py) decides with the same
+# rules and their messages; so these functions never raise for bad input.  Every check is made
+# before anything is written, so a fallback never leaves partial updates behind.
 
 from cbn._types import BackwardResult, ForwardResult
 
@@ -492,60 +940,49 @@ cdef inline void _vcopy(object a, Py_ssize_t C, double default, double* out) noe
 
 
 cdef inline int _fast_threads(object num_threads) noexcept:
-    """0 (= all) for None, n for an exact int n >= 1, -1 when the slow path must decide."""
-    cdef long n
-    if num_threads is None:
-        return 0
-    if type(num_threads) is not int or not (1 <= num_threads <= 1048576):
-        return -1
-    n = num_threads
-    return <int>n
+    """The kernels' thread count (0 = all) of a canonical valid num_threads, else -1."""
+    cdef int n = _threads_of(num_threads)
+    return n if n >= 0 else -1
+
+
+cdef inline bint _fast_eps(object eps, double* out) noexcept:
+    """A plain float eps that passes the eps rule: its value in OUT out."""
+    if type(eps) is not float:
+        return False
+    out[0] = eps
+    return _eps_ok(out[0])
+
+
+cdef inline bint _fast_momentum(object momentum, double* out) noexcept:
+    """A plain float momentum that passes the momentum rule: its value in OUT out."""
+    if type(momentum) is not float:
+        return False
+    out[0] = momentum
+    return _momentum_ok(out[0])
 
 
 cdef inline bint _fast_geometry(cnp.ndarray x, object axis, Geometry* g) noexcept:
-    """Channel axis and (outer, C, inner) of x; False when the slow path must decide."""
-    cdef int nd = cnp.PyArray_NDIM(x), a, i
-    cdef long ax
-    cdef Py_ssize_t outer = 1, inner = 1
-    if nd < 2 or type(axis) is not int or not (-nd <= axis < nd):
+    """Channel axis and (outer, C, inner) of x, by the shape and axis rules; False when the
+    Python route must decide."""
+    cdef int nd = cnp.PyArray_NDIM(x), a
+    cdef Py_ssize_t outer, inner
+    if not _ndim_ok(nd) or type(axis) is not int:
         return False
-    ax = axis
-    if ax < 0:
-        ax += nd
-    if ax < 0 or ax >= nd:
+    a = _channel_axis(_clamped(axis), nd)
+    if a < 0:
         return False
-    a = <int>ax
-    for i in range(a):
-        outer *= cnp.PyArray_DIM(x, i)
-    for i in range(a + 1, nd):
-        inner *= cnp.PyArray_DIM(x, i)
+    _split_dims(cnp.PyArray_DIMS(x), nd, a, &outer, &inner)
     g[0] = cbn_geometry_of(outer, cnp.PyArray_DIM(x, a), inner, cnp.PyArray_ITEMSIZE(x))
     return True
-
-
-cdef inline bint _fast_positive_float(object v) noexcept:
-    cdef double d
-    if type(v) is not float:
-        return False
-    d = v
-    return d > 0.0 and d < 1e308
 
 
 cdef inline object _new_like(cnp.ndarray x):
     return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(x), cnp.PyArray_DIMS(x), cnp.PyArray_TYPE(x), 0)
 
 
-cdef inline bint _no_partial_overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
-    """Two C-contiguous arrays of one shape and dtype: disjoint or exactly the same memory."""
-    cdef char* pa = <char*>cnp.PyArray_DATA(a)
-    cdef char* pb = <char*>cnp.PyArray_DATA(b)
-    cdef Py_ssize_t nbytes = cnp.PyArray_NBYTES(a)
-    return pa == pb or pa + nbytes <= pb or pb + nbytes <= pa
-
-
 cdef inline object _fast_out(object out, cnp.ndarray x):
     """A new array like x (out None), out itself if the kernels can write to it directly, or
-    None: the slow path handles other outs (copy-back, errors)."""
+    None: the Python route handles other outs (copy-back, errors)."""
     if out is None:
         return _new_like(x)
     if not _fast_array(out) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
@@ -559,53 +996,6 @@ cdef inline object _fast_out(object out, cnp.ndarray x):
     return out
 
 
-cdef inline object _new_vector(Py_ssize_t C):
-    cdef cnp.npy_intp n = C
-    return cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT64, 0)
-
-
-cdef void _update_running(object running_mean, object running_var, const double* mean,
-                          const double* var, Py_ssize_t C, double n, double m,
-                          bint skip_nonfinite) noexcept:
-    """running = (1 - m) * running + m * batch, with the unbiased variance; in float64, stored
-    in each statistic's own dtype.  IN/OUT the two _fast_vector statistics (or None).  With
-    skip_nonfinite, a channel whose batch mean or variance is NaN/Inf keeps its statistics."""
-    if running_mean is not None:
-        _ema(running_mean, mean, 1.0, C, m, mean, var, skip_nonfinite)
-    if running_var is not None:
-        _ema(running_var, var, n / (n - 1.0), C, m, mean, var, skip_nonfinite)
-
-
-cdef void _ema(object a, const double* batch, double f, Py_ssize_t C, double m,
-               const double* mean, const double* var, bint skip_nonfinite) noexcept:
-    """IN/OUT a (a _fast_vector) = (1 - m) * a + m * (batch * f), in float64, stored in a's
-    dtype; with skip_nonfinite, channels whose mean or var is NaN/Inf keep their value."""
-    cdef Py_ssize_t c
-    cdef float* pf
-    cdef double* pd
-    if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-        pf = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and not (isfinite(mean[c]) and isfinite(var[c])):
-                continue
-            pf[c] = <float>((1.0 - m) * <double>pf[c] + m * (batch[c] * f))
-    else:
-        pd = <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and not (isfinite(mean[c]) and isfinite(var[c])):
-                continue
-            pd[c] = (1.0 - m) * pd[c] + m * (batch[c] * f)
-
-
-def update_running(running_mean, running_var, cnp.ndarray mean, cnp.ndarray var, double n,
-                   double momentum, bint skip_nonfinite):
-    """The running-stat update of the training forward for float32/float64 contiguous stats
-    (the caller checks); mean and var (biased) are float64 vectors."""
-    cdef Py_ssize_t C = cnp.PyArray_DIM(mean, 0)
-    _update_running(running_mean, running_var, <const double*>cnp.PyArray_DATA(mean),
-                    <const double*>cnp.PyArray_DATA(var), C, n, momentum, skip_nonfinite)
-
-
 def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
                    bint relu):
     """batch_norm_inference for the common case, or None (see the section comment)."""
@@ -615,7 +1005,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     cdef double e
     cdef double* buf
     cdef int rc
-    if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
+    if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_eps(eps, &e):
         return None
     if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.outer * g.inner == 0:
         return None
@@ -625,17 +1015,16 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     if not (_fast_vector(running_mean, C) and _fast_vector(running_var, C)
             and _fast_vector(weight, C) and _fast_vector(bias, C)):
         return None
-    e = eps
     buf = <double*>malloc(4 * C * sizeof(double))  # mean, scale, shift, var
     if buf == NULL:
         return None
     _vcopy(running_var, C, 1.0, buf + 3 * C)
     nbad = 0
     for c in range(C):
-        nbad += not buf[3 * C + c] >= 0.0
+        nbad += not _variance_ok(buf[3 * C + c])
     if nbad:
         free(buf)
-        return None  # negative (or NaN) variance: the slow path raises
+        return None  # a negative variance: the Python route raises
     y = _fast_out(out, <cnp.ndarray>x)
     if y is None:
         free(buf)
@@ -644,7 +1033,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     _vcopy(weight, C, 1.0, buf + C)
     _vcopy(bias, C, 0.0, buf + 2 * C)
     for c in range(C):
-        buf[C + c] = buf[C + c] / sqrt(buf[3 * C + c] + e)
+        buf[C + c] = _inference_scale(buf[C + c], buf[3 * C + c], e)
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
@@ -666,26 +1055,23 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c
-    cdef double e, m = 0.0, n, unbias
+    cdef double e, m = 0.0
     cdef double* buf
     cdef double* mo
     cdef double* io
     cdef int rc
-    if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_positive_float(eps):
+    if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_eps(eps, &e):
         return None
-    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n <= 1:
+    if (not _fast_geometry(<cnp.ndarray>x, axis, &g) or not _batch_count_ok(g.n)
+            or g.n == 0):
         return None
     C = g.C
     if not (_fast_vector(weight, C) and _fast_vector(bias, C)
             and _fast_vector(running_mean, C, True) and _fast_vector(running_var, C, True)):
         return None
-    if running_mean is not None or running_var is not None:
-        if type(momentum) is not float:
+    if _momentum_applies(running_mean, running_var):
+        if not _fast_momentum(momentum, &m):
             return None
-        m = momentum
-        if not (0.0 <= m <= 1.0):
-            return None
-    e = eps
     y = _fast_out(out, <cnp.ndarray>x)
     if y is None:
         return None
@@ -714,7 +1100,7 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
         free(buf)
         _check_rc(rc)
     _update_running(running_mean, running_var, mo, buf + 2 * C, C, <double>g.n, m,
-                    skip_nonfinite)
+                    skip_nonfinite, True)
     free(buf)
     return ForwardResult(y, mean, invstd)
 
@@ -724,10 +1110,10 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
     of a fused ReLU (mask) or None."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
-    cdef Py_ssize_t C, c
+    cdef Py_ssize_t C
     cdef double* buf
     cdef int rc
-    cdef object gdt
+    cdef cnp.dtype gdt
     cdef const void* ym
     if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_array(dy):
         return None
@@ -781,12 +1167,10 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
     if rc != 0:
         free(buf)
         _check_rc(rc)
-    # dweight = sum(dy * (x - mean)) * invstd, in place in the sdyx vector
-    for c in range(C):
-        (<double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))[c] *= buf[C + c]
+    _dweight_from_sums(<const double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx), buf + C,
+                       <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx), C)
     free(buf)
-    gdt = cnp.PyArray_TYPE(<cnp.ndarray>(x if weight is None else weight))
-    if gdt != cnp.NPY_FLOAT64:
-        sdyx = cnp.PyArray_Cast(<cnp.ndarray>sdyx, gdt)
-        sdy = cnp.PyArray_Cast(<cnp.ndarray>sdy, gdt)
-    return BackwardResult(dx, sdyx, sdy)
+    gdt = _gradient_dtype((<cnp.ndarray>x).descr,
+                          None if weight is None else (<cnp.ndarray>weight).descr)
+    return BackwardResult(dx, _as_gradient(<cnp.ndarray>sdyx, gdt),
+                          _as_gradient(<cnp.ndarray>sdy, gdt))
