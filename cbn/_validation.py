@@ -307,9 +307,12 @@ def check_relu_output(relu, y, allow_unused=False):
 
 
 def check_activation(activation):
-    """None or "relu" (a ReLU fused into the same pass); returns True for "relu"."""
+    """The kernels' code of ``activation`` (``cbn._core.ACTIVATIONS``): 0 for None, a true
+    code for a fused activation such as ``"relu"``."""
     if activation is None:
-        return False
-    if activation == "relu":
-        return True
-    raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        return 0
+    code = _core.ACTIVATIONS.get(activation) if isinstance(activation, str) else None
+    if code is None:
+        expected = " or ".join(["None"] + [repr(name) for name in _core.ACTIVATIONS])
+        raise ValueError(f"activation must be {expected}, got {activation!r}")
+    return code

@@ -99,6 +99,11 @@ cdef inline int _floor_bound() except -1:
 
 
 # ------------------------------------------------------------------------------------ info
+#: The activations the kernels fuse, by the name of ``activation=``: their codes in
+#: cbn_epilogue.h, the kernels' one list.
+ACTIVATIONS = {"relu": CBN_ACT_RELU}
+
+
 def variant():
     """Name of the SIMD level whose kernels are bound."""
     _bound()
@@ -110,6 +115,41 @@ def floor_variant():
     stream_sum)."""
     _floor_bound()
     return _FLOOR.level.decode()
+
+
+_REDUCE_NAMES = {CBN_RED_CM_ROWS: "cm_rows", CBN_RED_CM_CHANNELS: "cm_channels",
+                 CBN_RED_CM_SEGMENTS: "cm_segments", CBN_RED_CL: "cl"}
+_ELEMENTWISE_NAMES = {CBN_EW_CM_SHARES: "cm_shares", CBN_EW_CM_PIECES: "cm_pieces",
+                      CBN_EW_CL_ROWS: "cl_rows"}
+_FUSABLE = {"forward": 1, "backward": 2, "moments": 0, "inference": 0, "dx_from_sums": 0}
+
+
+def plan(shape, int axis, dtype, int num_threads=0, str op="forward"):
+    """The plan the kernels run for ``op`` on a C-contiguous array of ``shape`` and ``dtype``
+    with channel axis ``axis`` (src/cbn_plan.h): the same pure function of the geometry, the
+    thread count and the cache budget that the kernels call.  For tests and reports.
+
+    ``op`` is "forward", "backward" (with dx), "moments", "inference" or "dx_from_sums".
+    Returns a dict: threads, fused, reduce and reduce_tasks (with channel_ranges and
+    channel_range_width for "cm_rows"), elementwise, elementwise_tasks, rows_per_task, and the
+    geometry (outer, C, inner, pieces, segments).
+    """
+    if op not in _FUSABLE:
+        raise ValueError(f"op must be one of {', '.join(_FUSABLE)}, got {op!r}")
+    shape = tuple(int(d) for d in shape)
+    check_ndim(shape, "shape")
+    a = check_channel_axis(axis, len(shape), "axis", axis)
+    outer, C, inner = geometry(shape, a)
+    cdef Py_ssize_t itemsize = cnp.PyArray_DescrFromType(cnp.dtype(dtype).num).itemsize
+    cdef Geometry g = cbn_geometry_of(outer, C, inner, itemsize)
+    cdef int nt = cbn_threads_for(outer * C * inner, num_threads, cbn_tasks_of(&g),
+                                  cbn_max_threads(), cbn_num_procs(), _RT.forked_child)
+    cdef cbn_plan p = cbn_plan_of(&g, nt, _FUSABLE[op] * g.n * itemsize, _RT.fuse_budget_bytes)
+    return dict(threads=p.nt, fused=bool(p.fused), reduce=_REDUCE_NAMES[p.reduce],
+                reduce_tasks=p.ntasks_red, channel_ranges=p.nch, channel_range_width=p.cw,
+                elementwise=_ELEMENTWISE_NAMES[p.ew], elementwise_tasks=p.ntasks_ew,
+                rows_per_task=p.rows_per_task, outer=g.outer, C=g.C, inner=g.inner,
+                pieces=g.pieces, segments=g.nseg)
 
 
 def cpu_supports(str name):
@@ -239,9 +279,9 @@ cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_
 def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
                   Py_ssize_t inner, object weight, object bias, double eps,
                   cnp.ndarray mean_out, cnp.ndarray var_out, cnp.ndarray invstd_out,
-                  int num_threads, bint relu=False):
-    """Training forward: y_out (ReLU applied if relu), and float64 mean_out, var_out (biased),
-    invstd_out."""
+                  int num_threads, int act=CBN_ACT_NONE):
+    """Training forward: y_out (the activation act applied: an ACTIVATIONS code), and float64
+    mean_out, var_out (biased), invstd_out."""
     _bound()
     _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
@@ -254,12 +294,12 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _T.forward_f32(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, relu)
+                                &g, num_threads, eps, w, b, mo, vo, io, act)
     else:
         with nogil:
             rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(x),
                                 <double*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, relu)
+                                &g, num_threads, eps, w, b, mo, vo, io, act)
     _check_rc(rc)
 
 
@@ -284,9 +324,9 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
-              int num_threads, bint relu=False):
-    """y_out = (x - centre) * scale + shift with float64 per-channel vectors (then ReLU if
-    relu)."""
+              int num_threads, int act=CBN_ACT_NONE):
+    """y_out = act((x - centre) * scale + shift) with float64 per-channel vectors (act an
+    ACTIVATIONS code)."""
     _bound()
     _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
@@ -298,12 +338,12 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(x),
                                   <float*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, relu)
+                                  &g, num_threads, ce, sc, sh, act)
     else:
         with nogil:
             rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(x),
                                   <double*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, relu)
+                                  &g, num_threads, ce, sc, sh, act)
     _check_rc(rc)
 
 
@@ -997,12 +1037,12 @@ cdef inline object _fast_out(object out, cnp.ndarray x):
 
 
 def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
-                   bint relu):
+                   int act):
     """batch_norm_inference for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c, nbad
-    cdef double e
+    cdef double e = 0.0  # set by _fast_eps
     cdef double* buf
     cdef int rc
     if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_eps(eps, &e):
@@ -1038,24 +1078,24 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, relu)
+                                  buf + 2 * C, act)
     else:
         with nogil:
             rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, relu)
+                                  buf + 2 * C, act)
     free(buf)
     _check_rc(rc)
     return y
 
 
 def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
-                 out, bint skip_nonfinite, bint relu):
+                 out, bint skip_nonfinite, int act):
     """batch_norm_forward for the common case, or None (see the section comment)."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c
-    cdef double e, m = 0.0
+    cdef double e = 0.0, m = 0.0  # set by _fast_eps, _fast_momentum
     cdef double* buf
     cdef double* mo
     cdef double* io
@@ -1089,13 +1129,13 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
             rc = _T.forward_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                 <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
-                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
+                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act)
     else:
         with nogil:
             rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                 <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
-                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, relu)
+                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act)
     if rc != 0:
         free(buf)
         _check_rc(rc)

@@ -16,6 +16,8 @@
 #ifndef CBN_EPILOGUE_H
 #define CBN_EPILOGUE_H
 
+#include "cbn_simd.h" /* the vector types of the gradient forms below */
+
 /* The activation codes (the Python layer's `activation=` names map to these). */
 enum { CBN_ACT_NONE = 0, CBN_ACT_RELU = 1 };
 

@@ -21,6 +21,11 @@ cdef extern from "cbn_runtime.h" nogil:
     long cbn_l2_cache_bytes()
     long cbn_l3_cache_bytes()
 
+cdef extern from "cbn_epilogue.h" nogil:
+    enum:
+        CBN_ACT_NONE
+        CBN_ACT_RELU
+
 cdef extern from "cbn_geometry.h" nogil:
     enum:
         CBN_BLOCK_BYTES

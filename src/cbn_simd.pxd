@@ -6,10 +6,7 @@
 cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
 
-    # cbn_epilogue.h, cbn_epilogue-inl.h
-    enum:
-        CBN_ACT_NONE
-        CBN_ACT_RELU
+    # cbn_epilogue-inl.h (the codes, from cbn_epilogue.h: cbn_shared.pxd)
     float cbn_act_grad_f32(float g, float y, int act)
     double cbn_act_grad_f64(double g, double y, int act)
 

@@ -568,7 +568,7 @@ def test_dask_running_stats_equal_in_memory_bit_for_bit():
 
 # ------------------------------------------------------------------------------------ one message
 
-_SRC = pathlib.Path(__file__).resolve().parent.parent
+_SRC = pathlib.Path(__file__).resolve().parents[2]  # the repository root
 _SOURCES = sorted((_SRC / "cbn").glob("*.py")) + [_SRC / "src" / "_core.pyx"]
 
 MESSAGES = [
