@@ -1,0 +1,253 @@
+# Included by _kernels.pyx (compiled per SIMD level; declarations and the fused type there).
+# Backward: the sums, and dx.
+
+# ------------------------------------------------------------------------------------ backward
+cdef void _segment_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
+                           const Geometry* g,
+                           Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
+                           double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
+    c.  OUT scalars (overwritten)."""
+    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
+    cdef Py_ssize_t o, o0, o1, i0, i1, p, off
+    cdef double a = 0.0, d = 0.0
+    for b in range(b0, b1):
+        if g.pieces > 1:
+            o0 = b // g.pieces
+            o1 = o0 + 1
+            p = b % g.pieces
+            i0 = (p * g.inner) // g.pieces
+            i1 = ((p + 1) * g.inner) // g.pieces
+        else:
+            o0 = b * g.rows_per_block
+            o1 = min(o0 + g.rows_per_block, g.outer)
+            i0 = 0
+            i1 = g.inner
+        for o in range(o0, o1):
+            off = (o * g.C + c) * g.inner + i0
+            if with_dot:
+                _sum_dot(dy + off, _at(ym, off), act, x + off, i1 - i0, mean, &a, &d)
+            else:
+                _sum_like_dot(dy + off, _at(ym, off), act, i1 - i0, &a)
+    sdy_out[0] = a
+    sdyx_out[0] = d
+
+
+cdef void _channel_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
+                           const Geometry* g,
+                           Py_ssize_t c, double mean, bint with_dot,
+                           double* sdy_out, double* sdyx_out) noexcept nogil:
+    cdef double a = 0.0, d = 0.0, sa, sd
+    cdef Py_ssize_t s
+    for s in range(g.nseg):
+        _segment_sums_cm(dy, ym, act, x, g, c, s, mean, with_dot, &sa, &sd)
+        a = a + sa
+        d = d + sd
+    sdy_out[0] = a
+    sdyx_out[0] = d
+
+
+cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, const floating* x,
+                             const Geometry* g,
+                             Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
+                             bint with_dot, double* part, double* scratch) noexcept nogil:
+    """Channel-major short runs: the sums of segment s for channels [c0, c1) in memory order,
+    into the (2, nseg, C) partials.  Per channel, 8-lane partials run over the segment's runs in
+    row order and are summed horizontally once (a horizontal sum and a scalar tail per run cost
+    ~20% of these sums with runs of 196); scratch holds 16 * (c1 - c0) doubles."""
+    cdef Py_ssize_t C = g.C, inner = g.inner, j, o, off, l
+    cdef Py_ssize_t r0 = min(cbn_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(cbn_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef double* sdy = part + s * C
+    cdef double* sdyx = part + g.nseg * C + s * C
+    cdef double* acc_g = scratch
+    cdef double* acc_d = scratch + 8 * (c1 - c0)
+    for l in range(16 * (c1 - c0)):
+        scratch[l] = 0.0
+    for o in range(r0, r1):
+        for j in range(c0, c1):
+            off = (o * C + j) * inner
+            if floating is float:
+                cbn_sum_dot8_f32(dy + off, _at(ym, off), x + off, inner, mean[j],
+                                 acc_g + 8 * (j - c0),
+                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
+            else:
+                cbn_sum_dot8_f64(dy + off, _at(ym, off), x + off, inner, mean[j],
+                                 acc_g + 8 * (j - c0),
+                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
+    for j in range(c0, c1):
+        sdy[j] = cbn_hsum8_array(acc_g + 8 * (j - c0))
+        sdyx[j] = cbn_hsum8_array(acc_d + 8 * (j - c0))
+
+
+cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, const floating* x,
+                               const Geometry* g,
+                               Py_ssize_t t, const double* mean, bint with_dot,
+                               double* part) noexcept nogil:
+    """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials."""
+    cdef Py_ssize_t s = t // g.ncol_chunks
+    cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
+    cdef Py_ssize_t w = min(g.col_width, g.C - c0)
+    cdef Py_ssize_t j
+    cdef Py_ssize_t r0 = min(cbn_seg_start(g, s) * g.rows_per_block, g.outer)
+    cdef Py_ssize_t r1 = min(cbn_seg_start(g, s + 1) * g.rows_per_block, g.outer)
+    cdef double* sdy = part + s * g.C + c0
+    cdef double* sdyx = part + g.nseg * g.C + s * g.C + c0
+    for j in range(w):
+        sdy[j] = 0.0
+        sdyx[j] = 0.0
+    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0), act,
+                 x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w)
+
+
+cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
+                                const double* invstd, const double* w, const double* sdy,
+                                const double* sdyx, floating* coef_out) noexcept nogil:
+    """dx = w*invstd*(dy - sdy/n - (x-mean)*invstd^2*sdyx/n) = dy*k1 + (x-mean)*k2 + k3,
+    stored as [hi | k1 | k2 | k3 - lo*k2] (see _affine_coef for the centre split)."""
+    cdef double k1 = invstd[c] * (w[c] if w != NULL else 1.0)
+    cdef double k2 = -k1 * invstd[c] * invstd[c] * sdyx[c] / n
+    cdef double k3 = -k1 * sdy[c] / n
+    cdef floating hi, lo
+    _split_centre(mean[c], &hi, &lo)
+    coef_out[c] = hi
+    coef_out[C + c] = <floating>k1
+    coef_out[2 * C + c] = <floating>k2
+    coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
+
+
+cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act,
+                                  const floating* x,
+                                  floating* dx_out,
+                                  const Geometry* g, Py_ssize_t c, const double* mean,
+                                  const double* invstd, const double* w, double* sdy_out,
+                                  double* sdyx_out, floating* coef, bint stream) noexcept nogil:
+    """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
+    cdef Py_ssize_t o, off, C = g.C
+    _channel_sums_cm(dy, ym, act, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
+    _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
+    for o in range(g.outer):
+        off = (o * C + c) * g.inner
+        _dx_run(dy + off, _at(ym, off), act, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
+                coef[2 * C + c], coef[3 * C + c], stream)
+    if stream:
+        cbn_nt_fence()
+
+
+cdef void _sum_segment_partials(const Geometry* g, const double* part, bint by_task,
+                                double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Per-channel backward sums from their per-segment partials, added in segment order:
+    by_task, pairs in (channel, segment) task order; else the two (nseg, C) planes."""
+    cdef Py_ssize_t C = g.C, c, s, t
+    for c in range(C):
+        sdy_out[c] = 0.0
+        sdyx_out[c] = 0.0
+        for s in range(g.nseg):
+            if by_task:
+                t = c * g.nseg + s
+                sdy_out[c] = sdy_out[c] + part[2 * t]
+                sdyx_out[c] = sdyx_out[c] + part[2 * t + 1]
+            else:
+                sdy_out[c] = sdy_out[c] + part[s * C + c]
+                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
+
+
+cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
+                        floating tag) noexcept nogil:
+    """The backward sums as the plan splits them (CBN_RED_*), into wk.sdy_out, wk.sdyx_out.
+    Returns 0/-1."""
+    cdef Py_ssize_t C = g.C, stride = 0
+    cdef double* scratch = NULL
+    if plan.reduce == CBN_RED_CM_CHANNELS:
+        _run(wk, SUMS_CM_CHANNEL, C, plan.nt, True, NULL, 0, tag)
+        return 0
+    if plan.reduce == CBN_RED_CM_SEGMENTS:
+        wk.part = <double*>malloc(2 * plan.ntasks_red * sizeof(double))
+    else:
+        wk.part = <double*>malloc(2 * g.nseg * C * sizeof(double))
+    if plan.reduce == CBN_RED_CM_ROWS:
+        scratch = cbn_alloc_per_thread(plan.nt, 16 * plan.cw, &stride)
+        if scratch == NULL:
+            free(wk.part)
+            return -1
+    if wk.part == NULL:
+        free(scratch)
+        return -1
+    if plan.reduce == CBN_RED_CM_ROWS:
+        _run(wk, SUMS_CM_ROWS, plan.ntasks_red, plan.nt, True, scratch, stride, tag)
+    elif plan.reduce == CBN_RED_CM_SEGMENTS:
+        _run(wk, SUMS_CM_SEGMENT, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+    else:
+        _run(wk, SUMS_CL, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+    free(scratch)
+    _sum_segment_partials(g, wk.part, plan.reduce == CBN_RED_CM_SEGMENTS, wk.sdy_out,
+                          wk.sdyx_out)
+    free(wk.part)
+    return 0
+
+
+cdef int _backward(const floating* dy, const floating* ym, int act, const floating* x,
+                   floating* dx_out, const Geometry* g, int nt_req, const double* mean,
+                   const double* invstd, const double* w, bint with_dot, double* sdy_out,
+                   double* sdyx_out) noexcept nogil:
+    """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1), and the fused activation act
+    with its output ym (cbn_epilogue.h; CBN_ACT_NONE and NULL without one): g, dy through the
+    activation, replaces dy.  OUT sdy_out = sum(g) and, if with_dot, sdyx_out =
+    sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
+    cdef Py_ssize_t C = g.C, c
+    cdef Py_ssize_t total = g.outer * C * g.inner
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(total, nt_req, cbn_tasks_of(g)),
+        2 * g.n * <Py_ssize_t>sizeof(floating) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
+    cdef floating* coef = NULL
+    cdef Work wk
+    if dx_out != NULL:
+        coef = <floating*>cbn_alloc_beside(4 * C * sizeof(floating), dx_out)
+        if coef == NULL:
+            return -1
+    wk.g = g
+    wk.plan = &plan
+    wk.dy = dy
+    wk.ym = ym
+    wk.act = act
+    wk.x = x
+    wk.out = dx_out
+    wk.coef = coef
+    wk.mean = mean
+    wk.invstd = invstd
+    wk.w = w
+    wk.with_dot = with_dot
+    wk.sdy_out = sdy_out
+    wk.sdyx_out = sdyx_out
+    if plan.fused:  # per channel: the sums, then dx while x and dy are cached
+        wk.stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
+        _run(&wk, BACKWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
+        cbn_free_beside(coef)
+        return 0
+    if _backward_sums(&wk, g, &plan, <floating>0) != 0:
+        cbn_free_beside(coef)
+        return -1
+    if dx_out != NULL:
+        for c in range(C):
+            _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
+        _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+        cbn_free_beside(coef)
+    return 0
+
+
+cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const floating* x,
+                       floating* dx_out, const Geometry* g, int nt_req, double n_total,
+                       const double* mean, const double* invstd, const double* w,
+                       const double* sdy, const double* sdyx) noexcept nogil:
+    """dx from given float64 sums over n_total values per channel (SyncBN); returns 0/-1."""
+    cdef cbn_plan plan = cbn_plan_of(
+        g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
+    cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)
+    cdef Py_ssize_t c
+    if coef == NULL:
+        return -1
+    for c in range(g.C):
+        _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
+    _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+    cbn_free_beside(coef)
+    return 0
