@@ -23,6 +23,18 @@ from cbn_shared cimport *
 
 cnp.import_array()
 
+cdef extern from "cbn_channels.h" nogil:
+    void cbn_widen_f32(const float* a, Py_ssize_t C, double* out)
+    void cbn_fill_f64(double value, Py_ssize_t C, double* out)
+    Py_ssize_t cbn_count_negative(const double* v, Py_ssize_t C)
+    double cbn_inference_scale(double weight, double var, double eps)
+    bint cbn_keeps_running(double mean, double var)
+    void cbn_ema_f32(float* a, const double* batch, double f, Py_ssize_t C, double m,
+                     const double* mean, const double* var, bint skip)
+    void cbn_ema_f64(double* a, const double* batch, double f, Py_ssize_t C, double m,
+                     const double* mean, const double* var, bint skip)
+    void cbn_inference_scales(double* w, const double* var, Py_ssize_t C, double eps)
+
 cdef extern from "<pthread.h>" nogil:
     int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
                        void (*child)() noexcept nogil)
@@ -693,14 +705,14 @@ cdef inline bint _variance_ok(double var) noexcept nogil:
     """Rule: a running variance used for inference is not negative.  NaN is no error: like NaN
     data it propagates to its own channel of the output (documented; torch gives NaN for a
     negative one, cbn raises)."""
-    return not (var < 0.0)
+    return not (var < 0.0)  # cbn_count_negative (cbn_channels.h) counts the channels failing it
 
 
 cdef inline double _inference_scale(double weight, double var, double eps) noexcept nogil:
     """Formula: the evaluation-mode scale ``weight / sqrt(var + eps)`` in float64.  Correctly
     rounded operations, and _core is compiled without FMA contraction: the same bits as the
     NumPy expression."""
-    return weight / sqrt(var + eps)
+    return cbn_inference_scale(weight, var, eps)
 
 
 cdef inline int _require_f64(cnp.ndarray a, Py_ssize_t C, str what) except -1:
@@ -820,7 +832,7 @@ def parameter_gradients(cnp.ndarray sdy, cnp.ndarray sdyx, cnp.ndarray invstd, g
 cdef inline bint _keeps_running(double mean, double var) noexcept nogil:
     """Rule of skip_nonfinite: a channel whose batch mean or variance is NaN/Inf keeps its
     running statistics."""
-    return not (isfinite(mean) and isfinite(var))
+    return cbn_keeps_running(mean, var)  # cbn_channels.h, applied per channel by cbn_ema_*
 
 
 cdef inline bint _c_statistic(object a) noexcept:
@@ -841,21 +853,12 @@ cdef void _ema(object a, const double* batch, double f, Py_ssize_t C, double m,
                const double* mean, const double* var, bint skip_nonfinite) noexcept:
     """IN/OUT a (a _c_statistic) = (1 - m) * a + m * (batch * f) in float64, stored in a's
     dtype; with skip_nonfinite, channels that _keeps_running keep their value."""
-    cdef Py_ssize_t c
-    cdef float* pf
-    cdef double* pd
     if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-        pf = <float*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and _keeps_running(mean[c], var[c]):
-                continue
-            pf[c] = <float>((1.0 - m) * <double>pf[c] + m * (batch[c] * f))
+        cbn_ema_f32(<float*>cnp.PyArray_DATA(<cnp.ndarray>a), batch, f, C, m, mean, var,
+                    skip_nonfinite)
     else:
-        pd = <double*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            if skip_nonfinite and _keeps_running(mean[c], var[c]):
-                continue
-            pd[c] = (1.0 - m) * pd[c] + m * (batch[c] * f)
+        cbn_ema_f64(<double*>cnp.PyArray_DATA(<cnp.ndarray>a), batch, f, C, m, mean, var,
+                    skip_nonfinite)
 
 
 cdef inline double _variance_factor(double n, bint unbiased) noexcept nogil:
@@ -966,15 +969,10 @@ cdef inline void _vcopy(object a, Py_ssize_t C, double default, double* out) noe
     the vectors element by element through the object (type check per element) made the
     per-channel set-up of a 2048-channel call ~10 us, as long as the data pass of a batch-1
     (1, 2048, 7, 7) inference."""
-    cdef Py_ssize_t c
-    cdef const float* pf
     if a is None:
-        for c in range(C):
-            out[c] = default
+        cbn_fill_f64(default, C, out)
     elif cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-        pf = <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
-        for c in range(C):
-            out[c] = pf[c]
+        cbn_widen_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>a), C, out)
     else:
         memcpy(out, cnp.PyArray_DATA(<cnp.ndarray>a), C * sizeof(double))
 
@@ -1059,9 +1057,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     if buf == NULL:
         return None
     _vcopy(running_var, C, 1.0, buf + 3 * C)
-    nbad = 0
-    for c in range(C):
-        nbad += not _variance_ok(buf[3 * C + c])
+    nbad = cbn_count_negative(buf + 3 * C, C)  # channels failing _variance_ok
     if nbad:
         free(buf)
         return None  # a negative variance: the Python route raises
@@ -1072,8 +1068,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     _vcopy(running_mean, C, 0.0, buf)
     _vcopy(weight, C, 1.0, buf + C)
     _vcopy(bias, C, 0.0, buf + 2 * C)
-    for c in range(C):
-        buf[C + c] = _inference_scale(buf[C + c], buf[3 * C + c], e)
+    cbn_inference_scales(buf + C, buf + 3 * C, C, e)  # _inference_scale per channel
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),

@@ -142,14 +142,17 @@ cdef void _sum_segment_partials(const Geometry* g, const double* part, bint by_t
     for c in range(C):
         sdy_out[c] = 0.0
         sdyx_out[c] = 0.0
-        for s in range(g.nseg):
-            if by_task:
+    if by_task:
+        for c in range(C):
+            for s in range(g.nseg):
                 t = c * g.nseg + s
                 sdy_out[c] = sdy_out[c] + part[2 * t]
                 sdyx_out[c] = sdyx_out[c] + part[2 * t + 1]
-            else:
-                sdy_out[c] = sdy_out[c] + part[s * C + c]
-                sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
+        return
+    for s in range(g.nseg):  # channels innermost: vectorised across channels
+        for c in range(C):
+            sdy_out[c] = sdy_out[c] + part[s * C + c]
+            sdyx_out[c] = sdyx_out[c] + part[g.nseg * C + s * C + c]
 
 
 cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,

@@ -11,9 +11,14 @@
 
 cdef inline int _threads_for(Py_ssize_t elems, int requested, Py_ssize_t tasks) noexcept nogil:
     """cbn_threads_for with this process's runtime; marks that a thread team will run (the
-    fork handler then knows a child must stay serial)."""
-    cdef int nt = cbn_threads_for(elems, requested, tasks, cbn_max_threads(), cbn_num_procs(),
-                                  _rt.forked_child)
+    fork handler then knows a child must stay serial).  Small inputs return before the OpenMP
+    queries: omp_get_num_procs asks the kernel for the affinity mask (a system call, ~0.4 us,
+    as long as a whole tiny inference)."""
+    cdef int nt
+    if elems < CBN_PARALLEL_MIN_ELEMS or _rt.forked_child:
+        return 1
+    nt = cbn_threads_for(elems, requested, tasks,
+                         cbn_max_threads() if requested <= 0 else requested, cbn_num_procs(), 0)
     if nt > 1:
         _rt.team_started = 1
     return nt
