@@ -70,7 +70,7 @@ from ._moments import (
     moments,
     normalize,
 )
-from ._types import BackwardResult, ForwardResult
+from ._types import BackwardResult, ForwardResult, FusedBackwardResult
 
 __all__ = [
     "batch_norm",
@@ -79,6 +79,7 @@ __all__ = [
     "batch_norm_inference",
     "ForwardResult",
     "BackwardResult",
+    "FusedBackwardResult",
     "moments",
     "merge_moments",
     "normalize",

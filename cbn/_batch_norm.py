@@ -12,7 +12,7 @@ import numpy as np
 from . import _half
 from . import _validation as v
 from ._dispatch import kernels as _k
-from ._types import BackwardResult, ForwardResult
+from ._types import BackwardResult, ForwardResult, FusedBackwardResult
 
 __all__ = [
     "batch_norm",
@@ -38,7 +38,8 @@ def _empty_stats(C, training_out):
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
-                       skip_nonfinite=False, activation=None):
+                       skip_nonfinite=False, activation=None, residual=None,
+                       negative_slope=None):
     """Training-mode batch normalization forward pass with the batch statistics.
 
     Computes ``out = (x - mean) * invstd * weight + bias`` per channel, where ``mean`` and the
@@ -73,9 +74,18 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         If true, a channel whose batch mean or variance is not finite (the batch had NaN or
         Inf in that channel) leaves its running statistics unchanged, instead of spreading the
         NaN/Inf into them (torch has no such option, see pytorch#88474).
-    activation : {None, "relu"}, default None
-        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
-        read and write of the output compared with a separate ReLU.
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation applied in the same pass, with the semantics of torch's functional of
+        that name (``"gelu"`` the exact erf form, ``"gelu_tanh"`` torch's
+        ``approximate="tanh"``), saving a full read and write of the output against a
+        separate op.
+    residual : array_like, optional
+        Added before the activation: ``out = activation(bn(x) + residual)`` (a ResNet block's
+        skip connection, oneDNN's ``fuse_norm_add_relu``), in the same pass.  Shape of ``x``,
+        any float dtype (cast to that of ``x``); ``out`` may be ``residual`` itself.
+    negative_slope : float, optional
+        The slope of ``"leaky_relu"`` for negative inputs (default 0.01); an error with any
+        other activation.
 
     Returns
     -------
@@ -124,11 +134,13 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    relu = v.check_activation(activation)
-    result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                           num_threads, out, skip_nonfinite, relu)
-    if result is not None:
-        return result
+    code, slope = v.check_epilogue(activation, negative_slope)
+    post = v.in_post_stage(code, residual)
+    if not post:
+        result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                               num_threads, out, skip_nonfinite, code)
+        if result is not None:
+            return result
     x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -139,20 +151,26 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     momentum = v.check_running_stats(running_mean, running_var, momentum, C)
     n = outer * inner
     v.check_batch_count(n, x.shape)
-    yk, y, copy_back = v.output_for(out, x, xk, perm)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if n == 0:
         return _empty_stats(C, v.finish_output(yk, y, out, copy_back, perm))
     mean = np.empty(C, _F64)
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
     kern = _half if xk.dtype == _F16 else _k
-    kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, relu)
+    if post:
+        kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
+                           post_act=code, slope=slope, residual=rk)
+    else:
+        kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, code)
     _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(v.finish_output(yk, y, out, copy_back, perm), mean, invstd)
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                         axis=1, out=None, num_threads=None, activation=None):
+                         axis=1, out=None, num_threads=None, activation=None, residual=None,
+                         negative_slope=None):
     """Evaluation-mode batch normalization with fixed statistics, in one fused pass.
 
     Computes ``out = x * scale + shift`` per channel with ``scale = weight / sqrt(var + eps)``
@@ -178,9 +196,18 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
         Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
-    activation : {None, "relu"}, default None
-        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
-        read and write of the output compared with a separate ReLU.
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation applied in the same pass, with the semantics of torch's functional of
+        that name (``"gelu"`` the exact erf form, ``"gelu_tanh"`` torch's
+        ``approximate="tanh"``), saving a full read and write of the output against a
+        separate op.
+    residual : array_like, optional
+        Added before the activation: ``out = activation(bn(x) + residual)`` (a ResNet block's
+        skip connection, oneDNN's ``fuse_norm_add_relu``), in the same pass.  Shape of ``x``,
+        any float dtype (cast to that of ``x``); ``out`` may be ``residual`` itself.
+    negative_slope : float, optional
+        The slope of ``"leaky_relu"`` for negative inputs (default 0.01); an error with any
+        other activation.
 
     Returns
     -------
@@ -211,11 +238,13 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    relu = v.check_activation(activation)
-    y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
-                        relu)
-    if y is not None:
-        return y
+    code, slope = v.check_epilogue(activation, negative_slope)
+    post = v.in_post_stage(code, residual)
+    if not post:
+        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads,
+                            out, code)
+        if y is not None:
+            return y
     x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -227,15 +256,21 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     v.check_running_var(rv)
     scale = _k.inference_scale(None if weight is None else v.as_f64(weight, "weight", C), rv, eps)
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
-    yk, y, copy_back = v.output_for(out, x, xk, perm)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
         kern = _half if xk.dtype == _F16 else _k
-        kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, relu)
+        if post:
+            kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, post_act=code,
+                           slope=slope, residual=rk)
+        else:
+            kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, code)
     return v.finish_output(yk, y, out, copy_back, perm)
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=_ALL_GRADIENTS, activation=None, y=None):
+                        needs=_ALL_GRADIENTS, activation=None, y=None, bias=None,
+                        residual=None, negative_slope=None):
     """Exact gradients of the training forward pass.
 
     With ``xhat = (x - mean) * invstd`` and ``n`` values per channel::
@@ -262,22 +297,36 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         through a temporary.  Left untouched (and not validated) when ``needs[0]`` is False.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
-    needs : tuple of 3 bool, default (True, True, True)
-        Which of ``(dx, dweight, dbias)`` to compute.  Gradients not asked for are None and
-        cost nothing (only ``dbias``: a single pass over ``dy``).
-    activation : {None, "relu"}, default None
-        The activation fused into the forward pass: with ``"relu"``, ``dy`` is the gradient
-        with respect to the ReLU's output and ``y`` (that output) is required; the ReLU mask
-        ``y > 0`` is applied inside the passes, with no extra pass over the data.
+    needs : tuple of 3 or 4 bool, default all
+        Which of ``(dx, dweight, dbias)`` -- and, with a residual, ``dresidual`` -- to
+        compute.  Gradients not asked for are None and cost nothing (only ``dbias``: a single
+        pass over ``dy``).
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation fused into the forward pass; ``dy`` is then the gradient with respect
+        to its output.  For ``"relu"``, ``"relu6"`` and ``"leaky_relu"`` the derivative is a
+        function of the output, and ``y`` is required.  For ``"silu"``, ``"gelu"`` and
+        ``"gelu_tanh"`` the activation's input ``z = bn(x) + residual`` is recomputed from
+        ``x``, ``mean``, ``invstd``, ``weight``, ``bias`` and ``residual`` (the same
+        arithmetic as the forward pass, so the same bits), and ``y`` must not be given.
     y : ndarray, optional
         The forward output (after the fused activation); shape and dtype of ``x``.
+    bias : array_like of shape (C,), optional
+        The forward ``bias`` (None means 0): used to recompute ``z`` for the smooth
+        activations, ignored otherwise.
+    residual : array_like, optional
+        The forward ``residual``: with it the result has a fourth gradient, ``dresidual``
+        (``dy * act'(z)``, the gradient flowing into the skip branch).  Read only when ``z`` is
+        recomputed.
+    negative_slope : float, optional
+        The forward's ``negative_slope`` of ``"leaky_relu"`` (default 0.01).
 
     Returns
     -------
-    BackwardResult
-        ``(dx, dweight, dbias)``; ``dweight`` and ``dbias`` have the dtype of ``weight`` when
-        it is given, else that of ``x``, except that float16 becomes float32 (sums of float16
-        gradients overflow past 65504).
+    BackwardResult or FusedBackwardResult
+        ``(dx, dweight, dbias)``, and ``(dx, dweight, dbias, dresidual)`` when a residual is
+        given; ``dweight`` and ``dbias`` have the dtype of ``weight`` when it is given, else
+        that of ``x``, except that float16 becomes float32 (sums of float16 gradients
+        overflow past 65504).
 
     Raises
     ------
@@ -304,8 +353,19 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     Fortran-ordered arrays and arrays contiguous in another axis order (e.g. channels-last memory
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
+
+    With a residual or an activation other than ReLU, the gradient ``g = dy * act'(z)`` is
+    written once (into ``dresidual`` when it is asked for, else a temporary), in one pass that
+    reads ``dy`` and ``y`` (or ``x`` and ``residual``); the two batch-norm passes then read
+    ``g`` and ``x``.  Memory traffic: 6 reads and 2 writes of an array, the same as a fused
+    two-pass kernel that writes ``dresidual``.  ReLU without a residual applies its mask inside
+    the batch-norm passes instead, which then read ``dy`` and ``y`` and write nothing more.
     """
-    relu = v.check_activation(activation)
+    code, slope = v.check_epilogue(activation, negative_slope)
+    if v.in_post_stage(code, residual):
+        return _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
+                               num_threads, needs, activation, code, slope)
+    relu = code
     v.check_relu_output(relu, y)
     if needs is _ALL_GRADIENTS or (type(needs) is tuple and needs == _ALL_GRADIENTS):
         result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
@@ -348,9 +408,61 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     return BackwardResult(dx, dweight, dbias)
 
 
+def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, num_threads,
+                    needs, activation, code, slope):
+    """batch_norm_backward through the post-operation stage: g = dy * act'(z) first (into
+    dresidual or a temporary), then the plain backward of g."""
+    x, axis = v.check_input(x, axis, allow_half=True)
+    dy = v.kernel_dtype(dy, "dy", allow_half=True)
+    v.check_like(dy, x.shape, x.dtype, "dy")
+    need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(activation, y, residual,
+                                                                         needs)
+    nt = v.check_threads(num_threads)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    dyk = v.view_like(dy, perm)
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    if activation in v.FROM_OUTPUT:
+        y = v.kernel_dtype(y, "y", allow_half=True)
+        v.check_like(y, x.shape, x.dtype, "y")
+        src, centre, scale, shift, res = v.view_like(y, perm), np.zeros(C), np.ones(C), \
+            np.zeros(C), None
+    else:
+        b = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
+        src, centre, scale, shift, res = xk, mu, iv if w is None else iv * w, b, rk
+    grad_dtype = v.gradient_dtype(x.dtype, weight)
+    dxk = dx = None
+    copy_back = False
+    if need_dx:
+        dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
+    if need_dres:
+        gk, dres = v.like_kernel(xk, perm, x.shape)
+    else:
+        gk, dres = (np.empty_like(xk) if need_dx or need_dw or need_db else None), None
+    kern = _half if xk.dtype == _F16 else _k
+    if gk is not None and xk.size:
+        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+                       slope=slope, residual=res, dy=dyk)
+    dweight = dbias = None
+    if need_dx or need_dw or need_db:
+        sdy = np.zeros(C, _F64)
+        sdyx = np.zeros(C, _F64)
+        if xk.size:
+            kern.backward(gk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, None)
+        if need_dx:
+            dx = v.finish_output(dxk, dx, out, copy_back, perm)
+        dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
+    if residual is None:
+        return BackwardResult(dx, dweight, dbias)
+    return FusedBackwardResult(dx, dweight, dbias, dres)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
-               skip_nonfinite=False, activation=None):
+               skip_nonfinite=False, activation=None, residual=None, negative_slope=None):
     """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     In training mode (``training=True``) the input is normalized with the batch mean and
@@ -381,9 +493,18 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     skip_nonfinite : bool, default False
         Training only: channels whose batch statistics are NaN/Inf keep their running
         statistics (see :func:`batch_norm_forward`).
-    activation : {None, "relu"}, default None
-        ``"relu"`` applies ``max(y, 0)`` in the same pass (NaN propagates), saving a full
-        read and write of the output compared with a separate ReLU.
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation applied in the same pass, with the semantics of torch's functional of
+        that name (``"gelu"`` the exact erf form, ``"gelu_tanh"`` torch's
+        ``approximate="tanh"``), saving a full read and write of the output against a
+        separate op.
+    residual : array_like, optional
+        Added before the activation: ``out = activation(bn(x) + residual)`` (a ResNet block's
+        skip connection, oneDNN's ``fuse_norm_add_relu``), in the same pass.  Shape of ``x``,
+        any float dtype (cast to that of ``x``); ``out`` may be ``residual`` itself.
+    negative_slope : float, optional
+        The slope of ``"leaky_relu"`` for negative inputs (default 0.01); an error with any
+        other activation.
 
     Returns
     -------
@@ -430,9 +551,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         return batch_norm_forward(
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,
-            skip_nonfinite=skip_nonfinite, activation=activation,
+            skip_nonfinite=skip_nonfinite, activation=activation, residual=residual,
+            negative_slope=negative_slope,
         ).out
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required when training=False")
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
-                                out=out, num_threads=num_threads, activation=activation)
+                                out=out, num_threads=num_threads, activation=activation,
+                                residual=residual, negative_slope=negative_slope)

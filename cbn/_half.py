@@ -55,7 +55,7 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 def forward_train(x, y_out, outer, C, inner, weight, bias, eps, mean_out, var_out, invstd_out,
-                  num_threads, relu=False):
+                  num_threads, relu=False, post_act=-1, slope=0.0, residual=None):
     """Training forward for a C-contiguous float16 ``x`` into float16 ``y_out``."""
     x3 = x.reshape(outer, C, inner)
     n, mean, m2 = 0.0, np.zeros(C), np.zeros(C)
@@ -71,19 +71,30 @@ def forward_train(x, y_out, outer, C, inner, weight, bias, eps, mean_out, var_ou
     scale = invstd if weight is None else invstd * weight
     shift = np.zeros(C) if bias is None else np.ascontiguousarray(bias, F64)
     _affine(x3, y_out.reshape(outer, C, inner), outer, C, inner, mean,
-            np.ascontiguousarray(scale), shift, num_threads, relu)
+            np.ascontiguousarray(scale), shift, num_threads, relu, post_act, slope, residual)
 
 
-def inference(x, y_out, outer, C, inner, centre, scale, shift, num_threads, relu=False):
-    """``(x - centre) * scale + shift`` (then ReLU) for float16 ``x`` into float16 ``y_out``."""
+def inference(x, y_out, outer, C, inner, centre, scale, shift, num_threads, relu=False,
+              post_act=-1, slope=0.0, residual=None, dy=None):
+    """``(x - centre) * scale + shift`` (then ReLU, or the post-operation of
+    ``_core.inference``) for float16 ``x`` into float16 ``y_out``."""
     _affine(x.reshape(outer, C, inner), y_out.reshape(outer, C, inner), outer, C, inner,
-            centre, scale, shift, num_threads, relu)
+            centre, scale, shift, num_threads, relu, post_act, slope, residual, dy)
 
 
-def _affine(x3, y3, outer, C, inner, centre, scale, shift, num_threads, relu):
+def _affine(x3, y3, outer, C, inner, centre, scale, shift, num_threads, relu, post_act=-1,
+            slope=0.0, residual=None, dy=None):
+    r3 = None if residual is None else residual.reshape(outer, C, inner)
+    g3 = None if dy is None else dy.reshape(outer, C, inner)
     for sl, shape in _chunks(outer, C, inner):
         xc = _widen(x3, sl)
-        _k.inference(xc, xc, shape[0], C, shape[2], centre, scale, shift, num_threads, relu)
+        if post_act >= 0:  # the residual and dy widened too: float32 arithmetic throughout
+            _k.inference(xc, xc, shape[0], C, shape[2], centre, scale, shift, num_threads,
+                         post_act=post_act, slope=slope,
+                         residual=None if r3 is None else _widen(r3, sl),
+                         dy=None if g3 is None else _widen(g3, sl))
+        else:
+            _k.inference(xc, xc, shape[0], C, shape[2], centre, scale, shift, num_threads, relu)
         y3[sl] = xc  # narrows to float16 with round-to-nearest-even
 
 

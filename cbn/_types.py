@@ -39,3 +39,26 @@ class BackwardResult(NamedTuple):
     dx: Optional[np.ndarray]
     dweight: Optional[np.ndarray]
     dbias: Optional[np.ndarray]
+
+
+class FusedBackwardResult(NamedTuple):
+    """Backward output of an op with a residual (``y = act(bn(x) + residual)``); a gradient
+    not requested through ``needs`` is ``None``.
+
+    Attributes
+    ----------
+    dx : ndarray or None
+        Gradient with respect to ``x``, same shape and dtype as ``x``.
+    dweight : ndarray or None, shape (C,)
+        Gradient with respect to ``weight`` (gamma).
+    dbias : ndarray or None, shape (C,)
+        Gradient with respect to ``bias`` (beta).
+    dresidual : ndarray or None
+        Gradient with respect to ``residual`` (the skip branch): ``dy * act'(bn(x) +
+        residual)``, same shape and dtype as ``x``.
+    """
+
+    dx: Optional[np.ndarray]
+    dweight: Optional[np.ndarray]
+    dbias: Optional[np.ndarray]
+    dresidual: Optional[np.ndarray]

@@ -316,3 +316,65 @@ def check_activation(activation):
         expected = " or ".join(["None"] + [repr(name) for name in _core.ACTIVATIONS])
         raise ValueError(f"activation must be {expected}, got {activation!r}")
     return code
+
+
+#: Activations whose gradient is a function of their output: backward takes the mask from
+#: ``y``.  The others (smooth) recompute their input from x, the statistics, bias, residual.
+FROM_OUTPUT = ("relu", "relu6", "leaky_relu")
+
+
+def check_epilogue(activation, negative_slope):
+    """``(code, slope)`` of a fused activation: the kernels' code (:func:`check_activation`)
+    and leaky ReLU's negative slope (default 0.01; an error for any other activation)."""
+    code = check_activation(activation)
+    if activation == "leaky_relu":
+        if negative_slope is None:
+            return code, 0.01
+        slope = _real(negative_slope, "negative_slope")
+        if not np.isfinite(slope):
+            raise ValueError(f"negative_slope must be finite, got {slope!r}")
+        return code, slope
+    if negative_slope is not None:
+        raise ValueError(f"negative_slope is only used with activation='leaky_relu', got "
+                         f"activation={activation!r}")
+    return code, 0.0
+
+
+def in_post_stage(code, residual):
+    """Whether an op runs through the kernels' post-operation stage (cbn_post.h): a residual,
+    or an activation other than the in-register ReLU."""
+    return residual is not None or code > _core.ACTIVATIONS["relu"]
+
+
+def residual_view(residual, x, xk, perm, name="residual"):
+    """The residual in the kernel's layout and dtype: x's shape, a floating-point dtype, cast
+    to x's dtype (a copy only when its dtype or layout differs)."""
+    if not isinstance(residual, np.ndarray):
+        residual = np.asarray(residual)
+    if residual.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {residual.dtype}")
+    check_like(residual, x.shape, None, name)
+    if residual.dtype != xk.dtype:
+        residual = residual.astype(xk.dtype)
+    return view_like(residual, perm)
+
+
+def check_fused_gradient_inputs(activation, y, residual, needs):
+    """The inputs of a fused backward: ``y`` exactly when the gradient comes from the output
+    (FROM_OUTPUT); ``needs`` of 3 flags, or 4 with dresidual (only with a residual).  Returns
+    (need_dx, need_dw, need_db, need_dres)."""
+    if activation in FROM_OUTPUT and y is None:
+        raise ValueError(f"y (the forward output) is required with activation={activation!r}")
+    if activation not in FROM_OUTPUT and y is not None:
+        raise ValueError(f"y is not used with activation={activation!r}: its input is "
+                         f"recomputed from x, mean, invstd, weight, bias and residual")
+    if (isinstance(needs, (str, bytes)) or not hasattr(needs, "__len__")
+            or len(needs) not in (3, 4)):
+        raise TypeError(f"needs must be a tuple of three or four booleans (dx, dweight, dbias"
+                        f"[, dresidual]), got {needs!r}")
+    flags = tuple(check_flag(f, "each item of needs") for f in needs)
+    if len(flags) == 3:
+        flags += (residual is not None,)
+    if flags[3] and residual is None:
+        raise ValueError("needs asks for dresidual, but no residual was given")
+    return flags

@@ -113,7 +113,8 @@ cdef inline int _floor_bound() except -1:
 # ------------------------------------------------------------------------------------ info
 #: The activations the kernels fuse, by the name of ``activation=``: their codes in
 #: cbn_epilogue.h, the kernels' one list.
-ACTIVATIONS = {"relu": CBN_ACT_RELU}
+ACTIVATIONS = {"relu": CBN_ACT_RELU, "relu6": CBN_ACT_RELU6, "leaky_relu": CBN_ACT_LEAKY_RELU,
+               "silu": CBN_ACT_SILU, "gelu": CBN_ACT_GELU, "gelu_tanh": CBN_ACT_GELU_TANH}
 
 
 def variant():
@@ -288,12 +289,29 @@ cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_
     return cbn_geometry_of(outer, C, inner, cnp.PyArray_ITEMSIZE(x))
 
 
+cdef int _post_of(cbn_post* p, cnp.ndarray x, int post_act, double slope, object residual,
+                  object dy) except -1:
+    """Fill p, the post-operation of an entry (cbn_post.h): post_act an ACTIVATIONS code (or
+    CBN_ACT_NONE with only a residual), residual and dy None or arrays like x; dy given: the
+    gradient mode."""
+    _check_kernel_arrays(x, residual, dy)
+    p.mode = CBN_POST_APPLY if dy is None else CBN_POST_GRAD
+    p.act = post_act
+    p.slope = slope
+    p.res = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
+    p.dy = NULL if dy is None else cnp.PyArray_DATA(<cnp.ndarray>dy)
+    return 0
+
+
 def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
                   Py_ssize_t inner, object weight, object bias, double eps,
                   cnp.ndarray mean_out, cnp.ndarray var_out, cnp.ndarray invstd_out,
-                  int num_threads, int act=CBN_ACT_NONE):
+                  int num_threads, int act=CBN_ACT_NONE, int post_act=-1, double slope=0.0,
+                  object residual=None):
     """Training forward: y_out (the activation act applied: an ACTIVATIONS code), and float64
-    mean_out, var_out (biased), invstd_out."""
+    mean_out, var_out (biased), invstd_out.  post_act >= 0 (an ACTIVATIONS code, act then
+    NONE): y_out = post_act(bn(x) + residual) through the post-operation stage, residual (like
+    x) or None, slope the leaky ReLU's."""
     _bound()
     _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
@@ -302,16 +320,22 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
     cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
     cdef double* vo = <double*>cnp.PyArray_DATA(var_out)
     cdef double* io = <double*>cnp.PyArray_DATA(invstd_out)
+    cdef cbn_post post
+    cdef const cbn_post* pp = NULL
     cdef int rc
+    if post_act >= 0:
+        _post_of(&post, x, post_act, slope, residual, None)
+        pp = &post
+        act = CBN_ACT_NONE
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _T.forward_f32(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, act)
+                                &g, num_threads, eps, w, b, mo, vo, io, act, pp)
     else:
         with nogil:
             rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(x),
                                 <double*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, act)
+                                &g, num_threads, eps, w, b, mo, vo, io, act, pp)
     _check_rc(rc)
 
 
@@ -336,26 +360,35 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
-              int num_threads, int act=CBN_ACT_NONE):
+              int num_threads, int act=CBN_ACT_NONE, int post_act=-1, double slope=0.0,
+              object residual=None, object dy=None):
     """y_out = act((x - centre) * scale + shift) with float64 per-channel vectors (act an
-    ACTIVATIONS code)."""
+    ACTIVATIONS code).  post_act >= 0 (act then NONE): y_out = post_act(that + residual), or
+    with dy given (like x) y_out = dy * post_act'(that + residual), the gradient at the
+    activation's input (residual like x, or None)."""
     _bound()
     _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
     cdef const double* ce = <const double*>cnp.PyArray_DATA(centre)
     cdef const double* sc = <const double*>cnp.PyArray_DATA(scale)
     cdef const double* sh = <const double*>cnp.PyArray_DATA(shift)
+    cdef cbn_post post
+    cdef const cbn_post* pp = NULL
     cdef int rc
+    if post_act >= 0:
+        _post_of(&post, x, post_act, slope, residual, dy)
+        pp = &post
+        act = CBN_ACT_NONE
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(x),
                                   <float*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, act)
+                                  &g, num_threads, ce, sc, sh, act, pp)
     else:
         with nogil:
             rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(x),
                                   <double*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, act)
+                                  &g, num_threads, ce, sc, sh, act, pp)
     _check_rc(rc)
 
 
@@ -1073,12 +1106,12 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, act)
+                                  buf + 2 * C, act, NULL)
     else:
         with nogil:
             rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, act)
+                                  buf + 2 * C, act, NULL)
     free(buf)
     _check_rc(rc)
     return y
@@ -1124,13 +1157,15 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
             rc = _T.forward_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                 <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
-                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act)
+                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act,
+                                NULL)
     else:
         with nogil:
             rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                 <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
-                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act)
+                                buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act,
+                                NULL)
     if rc != 0:
         free(buf)
         _check_rc(rc)

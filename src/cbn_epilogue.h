@@ -18,8 +18,19 @@
 
 #include "cbn_simd.h" /* the vector types of the gradient forms below */
 
-/* The activation codes (the Python layer's `activation=` names map to these). */
-enum { CBN_ACT_NONE = 0, CBN_ACT_RELU = 1 };
+/* The activation codes (the Python layer's `activation=` names map to these).  The passes'
+ * in-register epilogue (CBN_FOR_ACT) knows NONE and RELU; every code is available to the
+ * post-operation stage (cbn_post.h), whose forms are in cbn_post-inl.h. */
+enum {
+    CBN_ACT_NONE = 0,
+    CBN_ACT_RELU = 1,       /* max(z, 0), NaN kept */
+    CBN_ACT_RELU6 = 2,      /* min(max(z, 0), 6), NaN kept */
+    CBN_ACT_LEAKY_RELU = 3, /* z > 0 ? z : slope * z */
+    CBN_ACT_SILU = 4,       /* z * sigmoid(z) */
+    CBN_ACT_GELU = 5,       /* z * Phi(z), Phi the standard normal CDF (the erf form) */
+    CBN_ACT_GELU_TANH = 6,  /* 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) */
+    CBN_ACT_COUNT = 7
+};
 
 /* Run CALL once per activation with a_ the compile-time constant code of `act`, so that every
  * pass written over a constant activation gets one branch-free instance per activation. */

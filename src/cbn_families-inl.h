@@ -6,6 +6,8 @@
 #include "cbn_tiles-inl.h"   /* channels-last register tiles */
 #include "cbn_stream-inl.h"  /* streaming-store passes */
 #include "cbn_runs-inl.h"    /* channel-major runs, up and down */
+#include "cbn_math-inl.h"    /* exp and the normal CDF on vectors */
+#include "cbn_post-inl.h"    /* the post-operation stage (residual, any activation) */
 #undef T
 #undef SFX
 #undef CBN_TV

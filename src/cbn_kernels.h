@@ -19,6 +19,7 @@
 #include "cbn_stream.h"  /* streaming-store vectors and fences */
 #include "cbn_reverse.h" /* descending loop shape */
 #include "cbn_epilogue.h" /* the activations */
+#include "cbn_post.h"     /* the post-operation stage */
 
 #define T float
 #define SFX(name) name##_f32

@@ -25,6 +25,23 @@ cdef extern from "cbn_epilogue.h" nogil:
     enum:
         CBN_ACT_NONE
         CBN_ACT_RELU
+        CBN_ACT_RELU6
+        CBN_ACT_LEAKY_RELU
+        CBN_ACT_SILU
+        CBN_ACT_GELU
+        CBN_ACT_GELU_TANH
+
+cdef extern from "cbn_post.h" nogil:
+    enum:
+        CBN_POST_APPLY
+        CBN_POST_GRAD
+        CBN_POST_BLOCK_BYTES
+    ctypedef struct cbn_post:
+        int mode
+        int act
+        double slope
+        const void* res
+        const void* dy
 
 cdef extern from "cbn_geometry.h" nogil:
     enum:
@@ -54,20 +71,21 @@ cdef extern from "cbn_table.h" nogil:
         int has_streaming
         int (*forward_f32)(const float* x, float* y_out, const Geometry* g, int nt, double eps,
                            const double* w, const double* b, double* mean_out, double* var_out,
-                           double* invstd_out, int act) noexcept nogil
+                           double* invstd_out, int act, const cbn_post* post) noexcept nogil
         int (*forward_f64)(const double* x, double* y_out, const Geometry* g, int nt,
                            double eps, const double* w, const double* b, double* mean_out,
-                           double* var_out, double* invstd_out, int act) noexcept nogil
+                           double* var_out, double* invstd_out, int act,
+                           const cbn_post* post) noexcept nogil
         int (*moments_f32)(const float* x, const Geometry* g, int nt, double* mean_out,
                            double* m2_out) noexcept nogil
         int (*moments_f64)(const double* x, const Geometry* g, int nt, double* mean_out,
                            double* m2_out) noexcept nogil
         int (*inference_f32)(const float* x, float* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
-                             int act) noexcept nogil
+                             int act, const cbn_post* post) noexcept nogil
         int (*inference_f64)(const double* x, double* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
-                             int act) noexcept nogil
+                             int act, const cbn_post* post) noexcept nogil
         int (*backward_f32)(const float* dy, const float* ym, const float* x, float* dx_out,
                             const Geometry* g, int nt, const double* mean,
                             const double* invstd, const double* w, bint with_dot,

@@ -3,6 +3,8 @@
 # (the -inl.h files define every function once for T, as name_f32 and name_f64).  `ym` is the
 # saved output of the activation `act` (cbn_epilogue.h; NULL without one).
 
+from cbn_shared cimport cbn_post
+
 cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
 
@@ -60,6 +62,12 @@ cdef extern from "cbn_kernels.h" nogil:
     void cbn_dx_rows_f64(const double* dy, const double* ym, const double* x, double* dx,
                          Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
                          const double* k1, const double* k2, const double* k3, int act)
+
+    # cbn_post-inl.h: the post-operation stage over one block (out already offset)
+    void cbn_post_block_f32(const cbn_post* p, const float* s, Py_ssize_t off, float* out,
+                            Py_ssize_t n, int stream)
+    void cbn_post_block_f64(const cbn_post* p, const double* s, Py_ssize_t off, double* out,
+                            Py_ssize_t n, int stream)
 
     # cbn_runs-inl.h: one channel-major run, plain stores, walking up or down
     void cbn_affine_run_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,

@@ -10,6 +10,7 @@
 #define CBN_TABLE_H
 
 #include "cbn_plan.h"
+#include "cbn_post.h"
 
 #define CBN_TABLE_CAPSULE "cbn.kernel_table"
 
@@ -17,25 +18,30 @@ typedef struct {
     const char *level;  /* "baseline", "avx2", "avx512" */
     int has_streaming;  /* the level can write outputs with streaming stores */
 
-    /* training forward: y, and the biased variance's statistics mean, var, invstd */
+    /* training forward: y, and the biased variance's statistics mean, var, invstd; `act` is
+     * the in-register activation (NONE or RELU), `post` the post-operation stage (cbn_post.h:
+     * a residual and any activation; NULL: none; with a post, act is NONE) */
     int (*forward_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
                        double eps, const double *w, const double *b, double *mean_out,
-                       double *var_out, double *invstd_out, int act);
+                       double *var_out, double *invstd_out, int act,
+                       const cbn_post *post);
     int (*forward_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
                        double eps, const double *w, const double *b, double *mean_out,
-                       double *var_out, double *invstd_out, int act);
+                       double *var_out, double *invstd_out, int act,
+                       const cbn_post *post);
     /* per-channel mean and M2 (sum of squared deviations) */
     int (*moments_f32)(const float *x, const cbn_geometry *g, int nt, double *mean_out,
                        double *m2_out);
     int (*moments_f64)(const double *x, const cbn_geometry *g, int nt, double *mean_out,
                        double *m2_out);
-    /* y = (x - centre) * scale + shift (then the activation act, cbn_epilogue.h) */
+    /* y = (x - centre) * scale + shift (then the activation act, cbn_epilogue.h, or the
+     * post-operation post, cbn_post.h: with CBN_POST_GRAD, y is dy * act'(that + residual)) */
     int (*inference_f32)(const float *x, float *y_out, const cbn_geometry *g, int nt,
                          const double *centre, const double *scale, const double *shift,
-                         int act);
+                         int act, const cbn_post *post);
     int (*inference_f64)(const double *x, double *y_out, const cbn_geometry *g, int nt,
                          const double *centre, const double *scale, const double *shift,
-                         int act);
+                         int act, const cbn_post *post);
     /* sdy = sum(g), sdyx = sum(g * (x - mean)) if with_dot, and dx unless dx_out is NULL;
      * g = dy, or dy where the fused ReLU's output ym > 0 (ym NULL: no ReLU) */
     int (*backward_f32)(const float *dy, const float *ym, const float *x, float *dx_out,

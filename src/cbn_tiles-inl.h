@@ -144,6 +144,7 @@ static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_
     const int nv = (int)(w / (CBN_TVL));
     CBN_TV H[CBN_ROW_TV], S[CBN_ROW_TV], B[CBN_ROW_TV];
     for (int v = 0; v < CBN_ROW_TV; v++) {
+        H[v] = S[v] = B[v] = (CBN_TV){0}; /* lanes v >= nv are never used (GCC cannot tell) */
         if (v < nv) {
             H[v] = SFX(cbn_vload)(hi + (CBN_TVL) * v);
             S[v] = SFX(cbn_vload)(sc + (CBN_TVL) * v);

@@ -220,48 +220,66 @@ cdef inline void _normalize_rows_task(const Work* wk, Py_ssize_t r,
         _affine_rows(x + off, y + off, C, rows, C, <const floating*>wk.coef, C, wk.act)
 
 
-cdef void _elementwise(Work* wk, TaskKind share, TaskKind piece, TaskKind rows, int ncoef,
-                       floating tag) noexcept nogil:
+cdef int _elementwise(Work* wk, TaskKind share, TaskKind piece, TaskKind rows, int ncoef,
+                      floating tag) noexcept nogil:
     """Run an element-wise pass (wk set up) as its plan splits it (CBN_EW_*), with the task
     kinds of the pass; the channels-last rows stream through ncoef extended coefficient
-    vectors."""
+    vectors.  A post-operation (wk.post) gets a buffer per thread.  Returns 0, or -1 when out
+    of memory."""
     cdef const cbn_plan* plan = wk.plan
+    cdef Py_ssize_t stride = 0
+    cdef double* buf = NULL
+    if wk.post != NULL:
+        stride = _post_stride(wk.g, sizeof(floating))
+        buf = <double*>malloc(max(1, plan.nt) * stride * sizeof(double))
+        if buf == NULL:
+            return -1
     if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
-        _run(wk, piece, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+        _run(wk, piece, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
     elif plan.ew == CBN_EW_CM_SHARES:
         # one contiguous share of runs per thread (and one store fence at its end when
         # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
         # (8,256,14,14) f32 inference 0.90-0.94x the time, (64,512,7,7) 0.65-0.68x; dx of
         # (8,256,14,14) f32 0.79-0.89x
-        _run(wk, share, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+        _run(wk, share, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
     else:
-        if wk.stream:
+        if wk.stream and wk.post == NULL:
             wk.ext = _extended_coef(<const floating*>wk.coef, wk.g.C, ncoef,
                                     <const floating*>wk.out)
-        _run(wk, rows, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
+        _run(wk, rows, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
         cbn_free_beside(<void*>wk.ext)
+    free(buf)
+    return 0
 
 
-cdef void _normalize(const floating* x, floating* y_out, const Geometry* g,
-                     const cbn_plan* plan, const floating* coef, int act,
-                     bint single_pass) noexcept nogil:
+cdef int _normalize(const floating* x, floating* y_out, const Geometry* g,
+                    const cbn_plan* plan, const floating* coef, int act, bint single_pass,
+                    const cbn_post* post) noexcept nogil:
     """y = act((x - hi) * scale + shift) over the whole array, coef = [hi | scale | shift], as
-    the plan splits it (CBN_EW_*); single_pass: the whole op (inference), no reduction before
-    it (see _streams)."""
+    the plan splits it (CBN_EW_*); with a post-operation (cbn_post.h; act is then NONE) y is
+    its output instead.  single_pass: the whole op (inference), no reduction before it (see
+    _streams).  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C
     cdef int nt = plan.nt
+    cdef const void* res = NULL
+    cdef const void* dy = NULL
     cdef Work wk
+    if post != NULL:
+        res = post.res
+        dy = post.dy
     wk.g = g
     wk.plan = plan
     wk.x = x
     wk.out = y_out
     wk.coef = <void*>coef
     wk.ext = NULL
+    wk.post = post
     wk.act = act
-    wk.stream = _streams(y_out, x, NULL, NULL, g.outer * C * g.inner, sizeof(floating),
+    wk.stream = _streams(y_out, x, res, dy, g.outer * C * g.inner, sizeof(floating),
                          g.inner if g.inner > 1 else g.outer * C, single_pass and nt > 1)
-    wk.rev = (g.inner > 1 and not wk.stream and y_out != x and _reverse(y_out, x, NULL, NULL))
-    _elementwise(&wk, NORMALIZE_SHARE, NORMALIZE_PIECE, NORMALIZE_ROWS, 3, <floating>0)
+    wk.rev = (g.inner > 1 and not wk.stream and y_out != x and post == NULL
+              and _reverse(y_out, x, NULL, NULL))
+    return _elementwise(&wk, NORMALIZE_SHARE, NORMALIZE_PIECE, NORMALIZE_ROWS, 3, <floating>0)
 
 
 cdef void _dx_runs(const floating* dy, const floating* ym, int act, const floating* x,
@@ -320,11 +338,12 @@ cdef inline void _dx_rows_task(const Work* wk, Py_ssize_t r, const floating* dy)
                  <const floating*>wk.coef)
 
 
-cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floating* x,
+cdef int _dx_pass(const floating* dy, const floating* ym, int act, const floating* x,
                    floating* dx_out, const Geometry* g, const cbn_plan* plan,
                    const floating* coef) noexcept nogil:
     """dx = g * k1 + (x - hi) * k2 + k3 over the whole array, coef = [hi | k1 | k2 | k3], g =
-    dy through the activation act whose output is ym, as the plan splits it (CBN_EW_*)."""
+    dy through the activation act whose output is ym, as the plan splits it (CBN_EW_*).
+    Returns 0 (no buffer to allocate)."""
     cdef Py_ssize_t C = g.C
     cdef int nt = plan.nt
     cdef Work wk
@@ -337,8 +356,9 @@ cdef void _dx_pass(const floating* dy, const floating* ym, int act, const floati
     wk.coef = <void*>coef
     wk.ext = NULL
     wk.act = act
+    wk.post = NULL
     wk.stream = _streams(dx_out, dy, x, ym, g.outer * C * g.inner, sizeof(floating),
                          g.inner if g.inner > 1 else g.outer * C)
     wk.rev = (g.inner > 1 and not wk.stream and dx_out != dy and dx_out != x
               and dx_out != ym and _reverse(dx_out, dy, x, ym))
-    _elementwise(&wk, DX_SHARE, DX_PIECE, DX_ROWS, 4, <floating>0)
+    return _elementwise(&wk, DX_SHARE, DX_PIECE, DX_ROWS, 4, <floating>0)

@@ -33,6 +33,7 @@ cdef struct Work:
     void* out            # y or dx
     void* coef           # per-channel coefficients of the element-wise pass
     const void* ext      # their extension for streaming stores (channels-last), or NULL
+    const cbn_post* post # the post-operation stage (kernels_post.pxi), or NULL
     int act
     bint stream, rev, with_dot
     double eps

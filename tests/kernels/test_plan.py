@@ -96,9 +96,12 @@ def test_plan_rejects_bad_arguments():
 def test_activation_names_are_the_kernels_codes():
     """The one list of fused activations: the names ``activation=`` takes map to the kernels'
     codes (cbn_epilogue.h); an unknown name is an error that lists them."""
-    assert K.ACTIVATIONS == {"relu": 1}
+    assert K.ACTIVATIONS == {"relu": 1, "relu6": 2, "leaky_relu": 3, "silu": 4, "gelu": 5,
+                             "gelu_tanh": 6}
     x = np.ones((4, 3, 5), F32)
     for name in K.ACTIVATIONS:
         cbn.batch_norm_forward(x, activation=name)
-    with pytest.raises(ValueError, match=r"activation must be None or 'relu', got 'gelu'"):
-        cbn.batch_norm_forward(x, activation="gelu")
+    with pytest.raises(ValueError, match=r"activation must be None or 'relu' or 'relu6' or "
+                                         r"'leaky_relu' or 'silu' or 'gelu' or 'gelu_tanh', "
+                                         r"got 'swish'"):
+        cbn.batch_norm_forward(x, activation="swish")
