@@ -6,11 +6,70 @@ in the dtype of its input with NumPy's own reductions: call it with float64 arra
 reference answer.  No validation beyond what NumPy does.
 """
 
+import math
+
 import numpy as np
 
-from ._types import BackwardResult, ForwardResult
+from ._types import BackwardResult, ForwardResult, FusedBackwardResult
 
-__all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward", "batch_norm_inference"]
+__all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward", "batch_norm_inference",
+           "activation", "activation_gradient"]
+
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
+_GELU_K = math.sqrt(2.0 / math.pi)
+
+
+def _normal_cdf(z):
+    return (0.5 * _ERFC(-z / math.sqrt(2.0))).astype(z.dtype)
+
+
+def activation(z, name, negative_slope=0.01):
+    """The activation ``name`` of :func:`cbn.batch_norm_forward` applied to ``z``, as torch's
+    functional of that name (``"gelu_tanh"``: ``approximate="tanh"``)."""
+    z = np.asarray(z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name is None:
+            return z
+        if name == "relu":
+            return np.where(z < 0, 0, z).astype(z.dtype)
+        if name == "relu6":
+            return np.where(z < 0, 0, np.where(z > 6, 6, z)).astype(z.dtype)
+        if name == "leaky_relu":
+            return np.where(z > 0, z, z * negative_slope).astype(z.dtype)
+        if name == "silu":
+            return z / (1 + np.exp(-z))
+        if name == "gelu":
+            return z * _normal_cdf(z)
+        if name == "gelu_tanh":
+            return 0.5 * z * (1 + np.tanh(_GELU_K * (z + 0.044715 * z ** 3)))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_gradient(dy, z, name, negative_slope=0.01):
+    """``dy * act'(z)``: the gradient at the activation's input (torch's backward of the
+    functional; ReLU's and ReLU6's gradients are 0 where ``z`` is NaN, as in cbn and in
+    torch's vectorised hardtanh backward)."""
+    dy, z = np.asarray(dy), np.asarray(z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name is None:
+            return dy
+        if name == "relu":
+            return np.where(z > 0, dy, 0).astype(dy.dtype)
+        if name == "relu6":
+            return np.where((z > 0) & (z < 6), dy, 0).astype(dy.dtype)
+        if name == "leaky_relu":
+            return np.where(z > 0, dy, dy * negative_slope).astype(dy.dtype)
+        if name == "silu":
+            s = 1 / (1 + np.exp(-z))
+            return dy * (s * (1 + z * (1 - s)))
+        if name == "gelu":
+            pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+            return dy * (_normal_cdf(z) + z * pdf)
+        if name == "gelu_tanh":
+            t = np.tanh(_GELU_K * (z + 0.044715 * z ** 3))
+            return dy * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_K
+                         * (1 + 3 * 0.044715 * z * z))
+    raise ValueError(f"unknown activation {name!r}")
 
 
 def _axes(x, axis):
@@ -23,7 +82,8 @@ def _axes(x, axis):
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
-                       skip_nonfinite=False, activation=None):
+                       skip_nonfinite=False, activation=None, residual=None,
+                       negative_slope=None):
     """Training forward: ``(x - mean) / sqrt(var + eps) * weight + bias`` with batch statistics.
 
     Parameters and returns as :func:`cbn.batch_norm_forward`; the running statistics are
@@ -46,24 +106,47 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     if running_var is not None:
         running_var[...] = np.where(keep, running_var,
                                     (1 - momentum) * running_var + momentum * var * n / (n - 1))
-    if activation == "relu":
-        y = np.where(y < 0, 0, y)
-    y = y.astype(x.dtype, copy=False)
+    if residual is not None:
+        y = y + np.asarray(residual)
+    y = _activate(y, activation, negative_slope).astype(x.dtype, copy=False)
     if out is not None:
         out[...] = y
         y = out
     return ForwardResult(y, mean.astype(np.float64), invstd.astype(np.float64))
 
 
+def _activate(y, name, negative_slope):
+    return activation(y, name, 0.01 if negative_slope is None else negative_slope)
+
+
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=(True, True, True), activation=None, y=None):
-    """Gradients of the training forward: see :func:`cbn.batch_norm_backward`.  With
-    ``activation="relu"``, ``dy`` is first masked by ``y > 0`` (``y`` the forward output)."""
+                        needs=(True, True, True), activation=None, y=None, bias=None,
+                        residual=None, negative_slope=None):
+    """Gradients of the training forward: see :func:`cbn.batch_norm_backward`.  With an
+    activation, ``dy`` is first taken through its derivative at ``z``: ``y`` itself for
+    relu, relu6 and leaky_relu (their derivative is that of their output), else ``z =
+    bn(x) + residual`` recomputed; with a residual the result has ``dresidual`` (that
+    gradient) as a fourth item."""
     x = np.asarray(x)
     dy = np.asarray(dy)
-    if activation == "relu":
-        dy = np.where(np.asarray(y) > 0, dy, 0).astype(dy.dtype)
     red, bshape, C = _axes(x, axis)
+    slope = 0.01 if negative_slope is None else negative_slope
+    if activation in ("relu", "relu6", "leaky_relu"):
+        dy = activation_gradient(dy, np.asarray(y), activation, slope).astype(dy.dtype)
+    elif activation is not None:
+        z = (x - np.asarray(mean).reshape(bshape)) * np.asarray(invstd).reshape(bshape)
+        if weight is not None:
+            z = z * np.asarray(weight).reshape(bshape)
+        if bias is not None:
+            z = z + np.asarray(bias).reshape(bshape)
+        if residual is not None:
+            z = z + np.asarray(residual)
+        dy = activation_gradient(dy, z, activation, slope).astype(dy.dtype)
+    if residual is not None:
+        result = batch_norm_backward(dy, x, mean, invstd, weight, axis=axis, out=out,
+                                     needs=tuple(needs)[:3])
+        dres = dy if len(needs) < 4 or needs[3] else None
+        return FusedBackwardResult(*result, dres)
     n = x.size // C
     mean = np.asarray(mean).reshape(bshape)
     invstd = np.asarray(invstd).reshape(bshape)
@@ -84,9 +167,10 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,
-                         axis=1, out=None, num_threads=None, activation=None):
+                         axis=1, out=None, num_threads=None, activation=None, residual=None,
+                         negative_slope=None):
     """Evaluation pass: ``x * scale + shift`` with ``scale = weight / sqrt(var + eps)`` and
-    ``shift = bias - mean * scale``."""
+    ``shift = bias - mean * scale`` (then ``+ residual`` and the activation)."""
     x = np.asarray(x)
     _, bshape, C = _axes(x, axis)
     scale = 1.0 / np.sqrt(np.asarray(running_var) + eps)
@@ -96,9 +180,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     if bias is not None:
         shift = shift + np.asarray(bias)
     y = (x * scale.reshape(bshape).astype(x.dtype) + shift.reshape(bshape).astype(x.dtype))
-    if activation == "relu":
-        y = np.where(y < 0, 0, y)
-    y = y.astype(x.dtype, copy=False)
+    if residual is not None:
+        y = y + np.asarray(residual)
+    y = _activate(y, activation, negative_slope).astype(x.dtype, copy=False)
     if out is not None:
         out[...] = y
         y = out
@@ -107,12 +191,13 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
-               skip_nonfinite=False, activation=None):
+               skip_nonfinite=False, activation=None, residual=None, negative_slope=None):
     """``torch.nn.functional.batch_norm`` semantics: see :func:`cbn.batch_norm`."""
     if training:
         return batch_norm_forward(x, weight, bias, eps=eps, running_mean=running_mean,
                                   running_var=running_var, momentum=momentum, axis=axis,
-                                  out=out, skip_nonfinite=skip_nonfinite,
-                                  activation=activation).out
+                                  out=out, skip_nonfinite=skip_nonfinite, activation=activation,
+                                  residual=residual, negative_slope=negative_slope).out
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,
-                                out=out, activation=activation)
+                                out=out, activation=activation, residual=residual,
+                                negative_slope=negative_slope)

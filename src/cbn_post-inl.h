@@ -4,8 +4,9 @@
  * cbn_math-inl.h; no include guard.
  *
  * Semantics are torch's functionals in float64 (NaN and Inf included; tests/kernels/
- * test_post.py checks them against torch): relu6 and its gradient are hardtanh(0, 6)'s
- * (NaN kept, gradient 0 at z <= 0 or z >= 6, dy at NaN); leaky_relu's gradient at NaN is
+ * test_post.py checks them against torch): relu6 is hardtanh(0, 6) (NaN kept), its gradient
+ * dy where 0 < z < 6, else 0 -- also at NaN, as torch's vectorised loop (its scalar loop,
+ * for tensors of a few elements, passes dy at NaN); leaky_relu's gradient at NaN is
  * dy * slope.  ReLU keeps cbn's own rule (gradient 0 where z is NaN, as the in-register
  * epilogue).  The smooth activations are written so that no tail cancels:
  *   silu(z)      = z / (1 + e^-z)
@@ -59,7 +60,7 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_grad_v)(CBN_TV 
     const CBN_TV zero = {0}, one = zero + (T)1;
     if (act == CBN_ACT_RELU) return (CBN_TV)((CBN_TVI)g & (CBN_TVI)(z > zero));
     if (act == CBN_ACT_RELU6)
-        return (CBN_TV)((CBN_TVI)g & ~((CBN_TVI)(z <= zero) | (CBN_TVI)(z >= zero + (T)6)));
+        return (CBN_TV)((CBN_TVI)g & ((CBN_TVI)(z > zero) & (CBN_TVI)(z < zero + (T)6)));
     if (act == CBN_ACT_LEAKY_RELU) return SFX(cbn_pv_select)((CBN_TVI)(z > zero), g, g * slope);
     if (act == CBN_ACT_SILU) {
         CBN_TV om, s = SFX(cbn_pv_sigmoid)(z, &om);
@@ -164,7 +165,7 @@ static inline T SFX(cbn_post_scalar)(T z, T g, const int mode, const int act, T 
     }
     switch (act) {
     case CBN_ACT_RELU: return z > 0 ? g : 0;
-    case CBN_ACT_RELU6: return (z <= 0 || z >= 6) ? 0 : g;
+    case CBN_ACT_RELU6: return (z > 0 && z < 6) ? g : 0;
     case CBN_ACT_LEAKY_RELU: return z > 0 ? g : g * slope;
     case CBN_ACT_SILU: return (T)(g * (s1 * (1.0 + zd * o1)));
     case CBN_ACT_GELU: return (T)(g * (cdf + zd * pdf));

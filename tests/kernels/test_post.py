@@ -1,0 +1,328 @@
+"""Fused post-operations: ``y = act(bn(x) + residual)`` for every activation, with and without a
+residual, forward, inference and backward (dx, dweight, dbias, dresidual), against the float64
+reference (``cbn.reference.activation`` / ``activation_gradient``) and, when installed, torch's
+functionals under float64 autograd; special values against torch; every layout class, dtype,
+thread count, SIMD level and the streaming-store path; and the argument errors."""
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import _dispatch
+from cbn import reference as ref
+
+from helpers import make_case, stats_error
+
+ACTS = [None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"]
+SMOOTH = ("silu", "gelu", "gelu_tanh")
+FROM_Y = ("relu", "relu6", "leaky_relu")
+# channel-major runs (shares, pieces), channels-last rows (tiles, wide rows), 2D NC
+CASES = [((4, 6, 50), 1), ((2, 3, 9000), 1), ((300, 37), 1), ((5, 6, 7, 11), -1),
+         ((64, 3000), 1), ((40, 8, 8, 64), -1)]
+EPS = {np.float32: 2.0 ** -23, np.float64: 2.0 ** -52}
+
+
+def _slope(act):
+    return 0.2 if act == "leaky_relu" else None
+
+
+def _backward_kw(act, y, b, r):
+    kw = {"residual": r, "negative_slope": _slope(act)}
+    if act in FROM_Y:
+        kw["y"] = y
+    else:
+        kw["bias"] = b
+    return kw
+
+
+def _close(actual, expected, dtype, magnitude, factor=64.0, extra=0.0):
+    actual = np.asarray(actual, np.float64)
+    tol = factor * EPS[dtype] * magnitude + extra
+    err = np.abs(actual - expected)
+    bad = ~(err <= tol) & ~(np.isnan(actual) & np.isnan(expected))
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} differ; worst "
+                           f"{np.nanmax(err - tol)} at {np.argmax(np.where(bad, err, 0))}")
+
+
+def _reference(x, dy, w, b, r, axis, act):
+    f64 = np.float64
+    x64, dy64 = x.astype(f64), dy.astype(f64)
+    r64 = None if r is None else r.astype(f64)
+    fwd = ref.batch_norm_forward(x64, w, b, axis=axis, activation=act, residual=r64,
+                                 negative_slope=_slope(act))
+    kw = _backward_kw(act, fwd.out, b, r64)
+    bwd = ref.batch_norm_backward(dy64, x64, fwd.mean, fwd.invstd, w, axis=axis,
+                                  activation=act, **kw)
+    return fwd, bwd
+
+
+@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_fused_op_matches_the_reference(rng, shape, axis, dtype, act, with_residual):
+    if act in (None, "relu") and not with_residual:
+        pytest.skip("the in-register epilogue: tests/kernels/test_relu.py")
+    x, dy, w, b = make_case(rng, shape, axis, dtype)
+    r = rng.standard_normal(shape).astype(dtype) if with_residual else None
+    fwd, bwd = _reference(x, dy, w, b, r, axis, act)
+    gain = np.abs(w) * fwd.invstd
+    serr = stats_error(x.astype(np.float64), axis, gain)
+    z_mag = np.abs(fwd.out) + (0 if r is None else np.abs(r)) + 4.0
+    y = None
+    for nt in (1, 2):
+        out = cbn.batch_norm_forward(x, w, b, axis=axis, num_threads=nt, activation=act,
+                                     residual=r, negative_slope=_slope(act))
+        _close(out.out, fwd.out, dtype, z_mag, extra=2 * serr)
+        if y is None:
+            y = out.out
+        else:  # the thread count changes nothing
+            np.testing.assert_array_equal(out.out, y)
+        g = cbn.batch_norm_backward(dy, x, out.mean, out.invstd, w, axis=axis, num_threads=nt,
+                                    activation=act, **_backward_kw(act, out.out, b, r))
+        n = x.size // x.shape[axis]
+        scale = np.abs(dy).max() * (1 + np.abs(r).max() if r is not None else 1) * 4
+        if r is not None:
+            assert type(g).__name__ == "FusedBackwardResult"
+            _close(g.dresidual, bwd.dresidual, dtype, scale, extra=scale * 1e3 * serr)
+        else:
+            assert len(g) == 3
+        dx_mag = np.abs(bwd.dx).max() + scale * gain.max() * 4
+        _close(g.dx, bwd.dx, dtype, dx_mag, factor=256.0)
+        sum_mag = np.abs(dy).sum() * 4 / x.shape[axis] * (1 + np.abs(fwd.out).max())
+        _close(g.dbias, bwd.dbias, dtype, sum_mag, factor=256.0)
+        _close(g.dweight, bwd.dweight, dtype, sum_mag * 4, factor=256.0)
+        assert n > 0
+
+
+@pytest.mark.parametrize("act", [a for a in ACTS if a is not None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_with_residual_matches_the_reference(rng, act, dtype):
+    shape, axis = (6, 10, 33), 1
+    x, _, w, b = make_case(rng, shape, axis, dtype)
+    r = rng.standard_normal(shape) * 3  # float64 residual: cast to x's dtype
+    rm, rv = rng.standard_normal(10), rng.uniform(0.5, 2, 10)
+    got = cbn.batch_norm_inference(x, rm, rv, w, b, axis=axis, activation=act, residual=r,
+                                   negative_slope=_slope(act))
+    want = ref.batch_norm_inference(x.astype(np.float64), rm, rv, w, b, axis=axis,
+                                    activation=act, residual=r.astype(dtype).astype(np.float64),
+                                    negative_slope=_slope(act))
+    _close(got, want, dtype, np.abs(want) + np.abs(r) + 4)
+    # cbn.batch_norm passes everything through
+    via = cbn.batch_norm(x, rm, rv, w, b, axis=axis, activation=act, residual=r,
+                         negative_slope=_slope(act))
+    np.testing.assert_array_equal(via, got)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_out_may_be_the_residual(rng, act):
+    x, _, w, b = make_case(rng, (4, 5, 60), 1, np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    want = cbn.batch_norm_forward(x, w, b, activation=act, residual=r).out
+    got = cbn.batch_norm_forward(x, w, b, activation=act, residual=r, out=r).out
+    assert got is r
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("shape,axis", [((2, 4, 20000), 1), ((3000, 48), 1)])
+def test_streamed_and_plain_stores_agree(rng, act, shape, axis):
+    """The post stage's streaming-store loop rounds as its plain loop (forced both ways)."""
+    x, dy, w, b = make_case(rng, shape, axis, np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    old = cbn._core.set_nontemporal_min_bytes(1 << 62)
+    if old is None:
+        pytest.skip("no streaming stores at this level")
+    try:
+        plain = cbn.batch_norm_forward(x, w, b, axis=axis, activation=act, residual=r)
+        cbn._core.set_nontemporal_min_bytes(0)
+        cbn._core.last_streamed(reset=True)
+        streamed = cbn.batch_norm_forward(x, w, b, axis=axis, activation=act, residual=r)
+        assert cbn._core.last_streamed()
+    finally:
+        cbn._core.set_nontemporal_min_bytes(old)
+    np.testing.assert_array_equal(streamed.out, plain.out)
+
+
+@pytest.fixture(params=_dispatch.LEVELS)
+def level(request):
+    if request.param not in _dispatch.supported_levels():
+        pytest.skip(f"{request.param}: not built or not supported by this CPU")
+    with _dispatch.use_level(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_level_matches_the_reference(rng, level, act, dtype):
+    shape, axis = (3, 7, 301), 1
+    x, dy, w, b = make_case(rng, shape, axis, dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    fwd, bwd = _reference(x, dy, w, b, r, axis, act)
+    out = cbn.batch_norm_forward(x, w, b, axis=axis, activation=act, residual=r,
+                                 negative_slope=_slope(act))
+    _close(out.out, fwd.out, dtype, np.abs(fwd.out) + np.abs(r) + 4, extra=1e-12)
+    g = cbn.batch_norm_backward(dy, x, out.mean, out.invstd, w, axis=axis, activation=act,
+                                **_backward_kw(act, out.out, b, r))
+    scale = np.abs(dy).max() * 4
+    _close(g.dresidual, bwd.dresidual, dtype, scale * (1 + np.abs(r).max()), extra=1e-12)
+
+
+# --------------------------------------------------------------------------- torch semantics
+SPECIALS = [-np.inf, -1e300, -1e30, -40.0, -20.0, -6.0, -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5,
+            1.0, 6.0, 7.0, 20.0, 1e30, 1e300, np.inf, np.nan]
+
+
+def _torch_fn(F, act):
+    return {"relu": F.relu, "relu6": F.relu6,
+            "leaky_relu": lambda t: F.leaky_relu(t, 0.2), "silu": F.silu, "gelu": F.gelu,
+            "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), None: lambda t: t}[act]
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_special_values_behave_as_torch(act, dtype):
+    """z = 0 + residual exactly (x = 0 normalises to 0), so the activation and its gradient
+    meet NaN, +-Inf, huge and tiny values as they are; torch's functional in float64 (the
+    float32 values are exact in float64) decides what is right."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    vals = [v for v in SPECIALS if np.finfo(dtype).max >= abs(v) or not np.isfinite(v)]
+    z = np.array(vals, dtype).reshape(1, 1, -1).repeat(3, axis=0)
+    z = np.ascontiguousarray(np.broadcast_to(z, (3, 2, z.shape[-1])))
+    x = np.zeros_like(z)
+    dy = np.ones_like(z)
+    zt = torch.tensor(z.astype(np.float64), requires_grad=True)
+    yt = _torch_fn(F, act)(zt)
+    yt.backward(torch.ones_like(yt))
+    want = yt.detach().numpy().astype(dtype)
+    want_g = zt.grad.numpy().astype(dtype)
+    if act == "relu":  # cbn's ReLU: gradient 0 where z is NaN (torch passes dy through)
+        want_g = np.where(np.isnan(z), 0, want_g).astype(dtype)
+    fwd = cbn.batch_norm_forward(x, residual=z, activation=act, negative_slope=_slope(act))
+    inf = cbn.batch_norm_inference(x, np.zeros(2), np.ones(2), residual=z, activation=act,
+                                   negative_slope=_slope(act))
+    kw = _backward_kw(act, fwd.out, None, z)
+    g = cbn.batch_norm_backward(dy, x, fwd.mean, fwd.invstd, activation=act,
+                                needs=(False, False, False, True), **kw)
+    # NaN and Inf exactly where torch has them; finite values within a few ulps of the value
+    # or of z (torch's float64 gelu cancels: 1 + erf(-20/sqrt 2) is 0, cbn's is 5.5e-88)
+    zmag = np.minimum(np.abs(np.nan_to_num(z.astype(np.float64))) + 1, 64)
+    keep = np.ones(z.shape, bool)
+    if dtype == np.float32 and act == "gelu_tanh":
+        keep = np.abs(z) < 1e12  # z**3 overflows float32 (torch's float32 gives NaN too)
+    for got, exp, grad in ((fwd.out, want, False), (inf, want, False),
+                           (g.dresidual, want_g, True)):
+        k = keep if grad else np.ones(z.shape, bool)
+        got, exp = got[k].astype(np.float64), exp[k].astype(np.float64)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exp))
+        np.testing.assert_array_equal(np.isinf(got) * np.sign(got), np.isinf(exp) * np.sign(exp))
+        fin = np.isfinite(exp)
+        tol = 8 * EPS[dtype] * (np.abs(exp[fin]) + zmag[k][fin])
+        assert np.all(np.abs(got[fin] - exp[fin]) <= tol), (act, got, exp)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("axis", [1, -1])
+def test_against_torch_autograd(rng, act, axis):
+    """The whole fused op against torch: F.batch_norm, + residual, the functional, float64
+    autograd; cbn in float64."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    shape = (6, 5, 7, 9) if axis == 1 else (6, 7, 9, 5)
+    x, dy, w, b = make_case(rng, shape, axis, np.float64)
+    r = rng.standard_normal(shape)
+    xt, rt = torch.tensor(x, requires_grad=True), torch.tensor(r, requires_grad=True)
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    zt = F.batch_norm(xt.movedim(axis, 1), None, None, wt, bt, training=True).movedim(1, axis)
+    yt = _torch_fn(F, act)(zt + rt)
+    yt.backward(torch.tensor(dy))
+    out = cbn.batch_norm_forward(x, w, b, axis=axis, activation=act, residual=r,
+                                 negative_slope=_slope(act))
+    np.testing.assert_allclose(out.out, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = cbn.batch_norm_backward(dy, x, out.mean, out.invstd, w, axis=axis, activation=act,
+                                **_backward_kw(act, out.out, b, r))
+    for got, t in zip(g, (xt, wt, bt, rt)):
+        np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-10, atol=1e-11)
+
+
+# --------------------------------------------------------------------------- float16
+@pytest.mark.parametrize("act", ACTS)
+def test_float16_goes_through_the_same_post_stage(rng, act):
+    shape, axis = (8, 4, 300), 1
+    x, dy, w, b = make_case(rng, shape, axis, np.float16)
+    r = rng.standard_normal(shape).astype(np.float16)
+    fwd, bwd = _reference(x, dy, w, b, r, axis, act)
+    out = cbn.batch_norm_forward(x, w, b, axis=axis, activation=act, residual=r,
+                                 negative_slope=_slope(act))
+    assert out.out.dtype == np.float16
+    np.testing.assert_allclose(out.out, fwd.out, rtol=2e-3, atol=4e-3)
+    g = cbn.batch_norm_backward(dy, x, out.mean, out.invstd, w, axis=axis, activation=act,
+                                **_backward_kw(act, out.out, b, r))
+    assert g.dresidual.dtype == np.float16
+    np.testing.assert_allclose(g.dresidual, bwd.dresidual, rtol=4e-3, atol=8e-3)
+    np.testing.assert_allclose(g.dbias, bwd.dbias, rtol=1e-2, atol=0.05)
+
+
+# --------------------------------------------------------------------------- needs
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_needs_selects_each_gradient(rng, act):
+    x, dy, w, b = make_case(rng, (6, 5, 30), 1, np.float64)
+    r = rng.standard_normal(x.shape)
+    f = cbn.batch_norm_forward(x, w, b, activation=act, residual=r)
+    kw = _backward_kw(act, f.out, b, r)
+    full = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation=act, **kw)
+    for needs in [(False, False, False, True), (True, False, False, False),
+                  (False, True, True, False), (True, True, True)]:
+        part = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation=act, needs=needs,
+                                       **kw)
+        for want, a, b_ in zip(needs + (True,) * (4 - len(needs)), full, part):
+            if want:
+                np.testing.assert_array_equal(a, b_)
+            else:
+                assert b_ is None
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_arguments_are_named_and_nothing_is_written():
+    x = np.random.default_rng(1).standard_normal((4, 3, 5))
+    out = np.full_like(x, 7.0)
+    f = cbn.batch_norm_forward(x)
+    cases = [
+        (ValueError, "activation must be None or 'relu'",
+         dict(activation="swish")),
+        (ValueError, "negative_slope is only used with activation='leaky_relu'",
+         dict(activation="relu", negative_slope=0.1)),
+        (TypeError, "negative_slope must be a real number",
+         dict(activation="leaky_relu", negative_slope="0.1")),
+        (ValueError, "negative_slope must be finite",
+         dict(activation="leaky_relu", negative_slope=float("nan"))),
+        (ValueError, r"residual must have the shape of x \(4, 3, 5\)",
+         dict(activation="relu", residual=x[:2])),
+        (TypeError, "residual must be a floating-point array",
+         dict(residual=np.ones(x.shape, np.int64))),
+    ]
+    for exc, msg, kw in cases:
+        with pytest.raises(exc, match=msg):
+            cbn.batch_norm_forward(x, out=out, **kw)
+        with pytest.raises(exc, match=msg):
+            cbn.batch_norm_inference(x, np.zeros(3), np.ones(3), out=out, **kw)
+        with pytest.raises(exc, match=msg):
+            cbn.batch_norm(x, np.zeros(3), np.ones(3), out=out, **kw)
+        assert (out == 7.0).all()
+    bwd = [
+        (ValueError, "needs asks for dresidual, but no residual was given",
+         dict(activation="silu", needs=(True, True, True, True))),
+        (ValueError, r"y \(the forward output\) is required with activation='relu6'",
+         dict(activation="relu6", residual=x)),
+        (ValueError, "y is not used with activation='gelu'",
+         dict(activation="gelu", y=x)),
+        (TypeError, "needs must be a tuple of three or four booleans",
+         dict(activation="gelu", residual=x, needs=(True,) * 5)),
+        (ValueError, r"residual must have the shape of x",
+         dict(activation="silu", residual=x[:, :2])),
+    ]
+    for exc, msg, kw in bwd:
+        with pytest.raises(exc, match=msg):
+            cbn.batch_norm_backward(x, x, f.mean, f.invstd, out=out, **kw)
+        assert (out == 7.0).all()
