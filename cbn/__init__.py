@@ -71,6 +71,7 @@ from ._moments import (
     normalize,
 )
 from ._types import BackwardResult, ForwardResult, FusedBackwardResult
+from ._fold import ResidualGradients
 
 __all__ = [
     "batch_norm",
@@ -80,6 +81,7 @@ __all__ = [
     "ForwardResult",
     "BackwardResult",
     "FusedBackwardResult",
+    "ResidualGradients",
     "moments",
     "merge_moments",
     "normalize",

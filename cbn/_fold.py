@@ -21,6 +21,22 @@ from ._dispatch import kernels as _k
 __all__ = ["fold", "fold_into_conv", "fold_into_linear", "FrozenBatchNorm", "FoldedAffine"]
 
 _F64 = v.F64
+_RELU = _k.ACTIVATIONS["relu"]
+
+
+class ResidualGradients(NamedTuple):
+    """A layer's backward of ``act(bn(x) + residual)``.
+
+    Attributes
+    ----------
+    dx : ndarray
+        Gradient with respect to the layer's input.
+    dresidual : ndarray
+        Gradient with respect to the residual (the skip branch).
+    """
+
+    dx: np.ndarray
+    dresidual: np.ndarray
 
 
 class FoldedAffine(NamedTuple):
@@ -225,8 +241,10 @@ def fold_into_linear(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLi
 
 def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarray, axis: int,
                   out: Optional[np.ndarray], nt: int, name: str = "x",
-                  relu: bool = False) -> np.ndarray:
-    """``(x - centre) * scale + shift`` per channel through the inference kernel."""
+                  relu: bool = False, post: Optional[tuple] = None) -> np.ndarray:
+    """``(x - centre) * scale + shift`` per channel through the inference kernel; ``post`` =
+    ``(code, slope, residual, dy)``: through the post-operation stage instead (``act(. +
+    residual)``, or with ``dy`` the gradient ``dy * act'(. + residual)``)."""
     x, axis = v.check_input(x, axis, name, allow_half=True)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
@@ -234,10 +252,25 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
         raise ValueError(
             f"{name} has {C} channels on axis {axis} but the layer has num_features="
             f"{scale.shape[0]}")
-    yk, y, copy_back = v.output_for(out, x, xk, perm)
+    if post is None:
+        yk, y, copy_back = v.output_for(out, x, xk, perm)
+        if xk.size:
+            kern = _half if xk.dtype == v.F16 else _k
+            kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
+        return v.finish_output(yk, y, out, copy_back, perm)
+    code, slope, residual, dy = post
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    dyk = None
+    if dy is not None:
+        dy = v.kernel_dtype(dy, "dy", allow_half=True)
+        v.check_like(dy, x.shape, x.dtype, "dy")
+        dyk = v.view_like(dy, perm)
+    yk, y, copy_back = v.output_for(out, x, xk, perm,
+                                    inputs=tuple(a for a in (rk, dyk) if a is not None))
     if xk.size:
         kern = _half if xk.dtype == v.F16 else _k
-        kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
+        kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+                       slope=slope, residual=rk, dy=dyk)
     return v.finish_output(yk, y, out, copy_back, perm)
 
 
@@ -280,25 +313,29 @@ class FrozenBatchNorm:
     """
 
     __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt",
-                 "activation", "_relu")
+                 "activation", "negative_slope", "_code", "_slope")
 
     def __init__(self, scale: ArrayLike, shift: ArrayLike, *, axis: int = 1,
-                 num_threads: Optional[int] = None, activation: Optional[str] = None) -> None:
+                 num_threads: Optional[int] = None, activation: Optional[str] = None,
+                 negative_slope: Optional[float] = None) -> None:
         sc = np.asarray(scale)
         if sc.ndim != 1:
             raise ValueError(f"scale must be a vector of shape (C,), got shape {sc.shape}")
         C = sc.shape[0]
         self._init(np.zeros(C, _F64), v.as_f64(sc, "scale", C).copy(),
-                   v.as_f64(shift, "shift", C).copy(), axis, num_threads, activation)
+                   v.as_f64(shift, "shift", C).copy(), axis, num_threads, activation,
+                   negative_slope)
 
     def _init(self, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray, axis: int,
-              num_threads: Optional[int], activation: Optional[str] = None) -> None:
+              num_threads: Optional[int], activation: Optional[str] = None,
+              negative_slope: Optional[float] = None) -> None:
         v.check_axis(axis, 1 << 30)  # type check only; the range is checked per call
         for name, a in (("centre", centre), ("scale", scale), ("offset", offset)):
             _check_finite(name, a)
             a.flags.writeable = False
-        self._relu = v.check_activation(activation)
+        self._code, self._slope = v.check_epilogue(activation, negative_slope)
         self.activation = activation
+        self.negative_slope = self._slope if activation == "leaky_relu" else None
         self.num_features = int(scale.shape[0])
         self.axis = int(axis)
         self.centre = centre
@@ -309,19 +346,21 @@ class FrozenBatchNorm:
     @classmethod
     def _from_centred(cls, centre: np.ndarray, scale: np.ndarray, offset: np.ndarray,
                       axis: int, num_threads: Optional[int] = None,
-                      activation: Optional[str] = None) -> "FrozenBatchNorm":
+                      activation: Optional[str] = None,
+                      negative_slope: Optional[float] = None) -> "FrozenBatchNorm":
         self = cls.__new__(cls)
         self._init(np.ascontiguousarray(centre, _F64).copy(),
                    np.ascontiguousarray(scale, _F64).copy(),
-                   np.ascontiguousarray(offset, _F64).copy(), axis, num_threads, activation)
+                   np.ascontiguousarray(offset, _F64).copy(), axis, num_threads, activation,
+                   negative_slope)
         return self
 
     @classmethod
     def from_stats(cls, running_mean: ArrayLike, running_var: ArrayLike,
                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
                    eps: float = 1e-5, *, axis: int = 1,
-                   num_threads: Optional[int] = None,
-                   activation: Optional[str] = None) -> "FrozenBatchNorm":
+                   num_threads: Optional[int] = None, activation: Optional[str] = None,
+                   negative_slope: Optional[float] = None) -> "FrozenBatchNorm":
         """A frozen layer from batch-norm statistics, keeping the mean as centre.
 
         Parameters
@@ -336,8 +375,10 @@ class FrozenBatchNorm:
             The channel axis.
         num_threads : int, optional
             OpenMP threads; None uses ``omp_get_max_threads()``.
-        activation : {None, "relu"}, default None
-            A ReLU fused into the same pass.
+        activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+            The activation fused into the same pass (see :func:`cbn.batch_norm_inference`).
+        negative_slope : float, optional
+            ``"leaky_relu"``'s slope (default 0.01).
 
         Returns
         -------
@@ -351,7 +392,7 @@ class FrozenBatchNorm:
             _check_finite(name, a)
         # batch_norm_inference's scale, by the same function: bit-identical results
         return cls._from_centred(mean, _k.inference_scale(w, var, eps), b, axis, num_threads,
-                                 activation)
+                                 activation, negative_slope)
 
     @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
@@ -378,7 +419,8 @@ class FrozenBatchNorm:
                 "cannot freeze a layer without running statistics (track_running_stats=False)")
         return cls.from_stats(layer.running_mean, layer.running_var, layer.weight, layer.bias,
                               layer.eps, axis=layer.axis, num_threads=layer.num_threads,
-                              activation=getattr(layer, "activation", None))
+                              activation=getattr(layer, "activation", None),
+                              negative_slope=getattr(layer, "negative_slope", None))
 
     @property
     def num_threads(self) -> Optional[int]:
@@ -395,32 +437,42 @@ class FrozenBatchNorm:
         """``offset - centre * scale``: the map as ``x * scale + shift``."""
         return self.offset - self.centre * self.scale
 
-    def __call__(self, x: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Apply the frozen transform.
+    def __call__(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Apply the frozen transform (then ``+ residual`` and the activation, in one pass).
 
         Parameters
         ----------
         x : ndarray of float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``self.axis``.
+        residual : array_like, optional
+            Added before the activation (shape of ``x``, cast to its dtype).
         out : ndarray, optional
-            Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
+            Where to write the result: same shape and dtype as ``x``; may be ``x`` or
+            ``residual`` itself.
 
         Returns
         -------
         ndarray
-            ``(x - centre) * scale + offset`` per channel, dtype of ``x``.
+            ``act((x - centre) * scale + offset + residual)`` per channel, dtype of ``x``.
 
         Raises
         ------
         TypeError, ValueError
-            On a non-float input, a bad axis or a channel count other than ``num_features``.
+            On a non-float input, a bad axis or a channel count other than ``num_features``,
+            or a residual of another shape.
         """
+        if residual is None and self._code <= _RELU:
+            return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out,
+                                 self._nt, relu=self._code)
         return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out, self._nt,
-                             relu=self._relu)
+                             post=(self._code, self._slope, residual, None))
 
     def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None,
-                 y: Optional[np.ndarray] = None) -> np.ndarray:
-        """Gradient with respect to the input: ``dx = dy * scale`` per channel.
+                 y: Optional[np.ndarray] = None, x: Optional[ArrayLike] = None,
+                 residual: Optional[ArrayLike] = None) -> Any:
+        """Gradient with respect to the input: ``dx = g * scale`` per channel, ``g = dy *
+        act'(z)`` at the activation's input ``z``.
 
         Parameters
         ----------
@@ -429,24 +481,41 @@ class FrozenBatchNorm:
         out : ndarray, optional
             Where to write ``dx``; may be ``dy`` itself.
         y : ndarray, optional
-            The forward output; required with ``activation="relu"`` (the gradient flows where
-            ``y > 0``).
+            The forward output; required with ``"relu"``, ``"relu6"`` and ``"leaky_relu"``
+            (their derivative is a function of it).
+        x, residual : array_like, optional
+            The forward input and residual: ``x`` is required with ``"silu"``, ``"gelu"`` and
+            ``"gelu_tanh"``, whose input ``z`` is recomputed; with a residual the result is the
+            pair ``(dx, dresidual)``.
 
         Returns
         -------
-        ndarray
-            ``dx``, shape and dtype of ``dy``.
+        ndarray or ResidualGradients
+            ``dx``, shape and dtype of ``dy``; ``(dx, dresidual)`` when ``residual`` is given.
         """
-        if self._relu:
-            v.check_relu_output(True, y)
-            dy = v.kernel_dtype(dy, "dy")
-            y = np.asarray(y)
-            v.check_like(y, dy.shape, None, "y", ref="dy")
-            dy = np.where(y > 0, dy, dy.dtype.type(0))
         zero = np.zeros(self.num_features, _F64)
-        return _apply_affine(dy, zero, self.scale, zero, self.axis, out, self._nt, "dy")
+        g = dy
+        if self._code or residual is not None:
+            v.check_fused_gradient_inputs(self.activation, y, residual, (True, True, True))
+            if self.activation in v.FROM_OUTPUT:
+                g = _apply_affine(y, zero, np.ones(self.num_features), zero, self.axis, None,
+                                  self._nt, "y", post=(self._code, self._slope, None, dy))
+            elif self.activation is not None:
+                if x is None:
+                    raise ValueError(f"x (the forward input) is required with activation="
+                                     f"{self.activation!r}")
+                g = _apply_affine(x, self.centre, self.scale, self.offset, self.axis, None,
+                                  self._nt, post=(self._code, self._slope, residual, dy))
+        dx = _apply_affine(g, zero, self.scale, zero, self.axis, out, self._nt, "dy")
+        if residual is None:
+            return dx
+        if g is dy:
+            g = np.array(dy, copy=True)
+        return ResidualGradients(dx, g)
 
     def __repr__(self) -> str:
         axis = "" if self.axis == 1 else f", axis={self.axis}"
         act = "" if self.activation is None else f", activation={self.activation!r}"
+        if self.activation == "leaky_relu" and self.negative_slope != 0.01:
+            act += f", negative_slope={self.negative_slope!r}"
         return f"FrozenBatchNorm({self.num_features}{axis}{act})"

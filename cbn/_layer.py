@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _validation as v
 from ._batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from ._dispatch import kernels as _k
-from ._fold import FrozenBatchNorm, _apply_affine
+from ._fold import FrozenBatchNorm, ResidualGradients, _apply_affine
 
 __all__ = ["BatchNorm", "IncompatibleKeys"]
 
@@ -90,9 +90,13 @@ class BatchNorm:
         The normalization itself is the same in all three.
     num_threads : int, optional
         OpenMP threads for the kernels; None uses ``omp_get_max_threads()``.
-    activation : {None, "relu"}, default None
-        A ReLU fused into the same pass (forward, evaluation and backward, which then reads the
-        saved forward output: do not modify the returned array before calling backward).
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation fused into the same pass, forward, evaluation and backward (see
+        :func:`cbn.batch_norm_forward`).  Backward reads the saved forward output (for relu,
+        relu6, leaky_relu) or the saved input and residual (silu, gelu, gelu_tanh): do not
+        modify them before calling backward.
+    negative_slope : float, optional
+        ``"leaky_relu"``'s slope for negative inputs (default 0.01).
 
     Attributes
     ----------
@@ -134,7 +138,8 @@ class BatchNorm:
                  momentum: Optional[float] = _DEFAULT_MOMENTUM, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True, axis: int = 1,
                  dtype: DTypeLike = np.float32, convention: str = "torch",
-                 num_threads: Optional[int] = None, activation: Optional[str] = None) -> None:
+                 num_threads: Optional[int] = None, activation: Optional[str] = None,
+                 negative_slope: Optional[float] = None) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
             raise TypeError(
                 f"num_features must be a positive integer, got {type(num_features).__name__}")
@@ -153,8 +158,9 @@ class BatchNorm:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         v.check_axis(axis, 1 << 30)
         v.check_threads(num_threads)
-        v.check_activation(activation)
+        self._code, self._slope = v.check_epilogue(activation, negative_slope)
         self.activation = activation
+        self.negative_slope = self._slope if activation == "leaky_relu" else None
         self.num_features = int(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = momentum
@@ -245,13 +251,17 @@ class BatchNorm:
             return self.momentum
         return 1.0 - self.momentum
 
-    def forward(self, x: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
         """Normalize ``x``; in training mode also update the running statistics.
 
         Parameters
         ----------
         x : ndarray of float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``axis``.
+        residual : array_like, optional
+            Added before the activation, in the same pass: ``act(bn(x) + residual)`` (a
+            ResNet block's skip connection); :meth:`backward` then also returns its gradient.
         out : ndarray, optional
             Where to write the result: same shape and dtype as ``x``.  It may be ``x`` itself
             only in evaluation mode with running statistics, and :meth:`backward` then gives
@@ -272,27 +282,34 @@ class BatchNorm:
         """
         x = self._check_channels(x)
         nt = self.num_threads
+        post = dict(activation=self.activation, residual=residual,
+                    negative_slope=self.negative_slope)
+        smooth = self.activation is not None and self.activation not in v.FROM_OUTPUT
+        if (smooth and residual is not None and out is not None
+                and np.may_share_memory(out, residual)):
+            raise ValueError(f"out must not overlap residual with activation="
+                             f"{self.activation!r} (backward recomputes from it)")
         use_running = not self.training and self.track_running_stats
         if use_running:
             y = batch_norm_inference(x, self.running_mean, self.running_var, self.weight,
                                      self.bias, eps=self.eps, axis=self.axis, out=out,
-                                     num_threads=nt, activation=self.activation)
+                                     num_threads=nt, **post)
             # out=x overwrites the input: dx is still available, parameter gradients are not
             kept = None if out is not None and np.may_share_memory(out, x) else x
-            self._saved = ("eval", kept, x.shape, x.dtype, y if self.activation else None)
+            self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y), residual)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
         update = self.training and self.track_running_stats
         if not update:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
-                                   out=out, num_threads=nt, activation=self.activation)
+                                   out=out, num_threads=nt, **post)
         elif self.convention == "torch":
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps,
                                    running_mean=self.running_mean,
                                    running_var=self.running_var,
                                    momentum=self._update_factor(), axis=self.axis, out=out,
-                                   num_threads=nt, activation=self.activation)
+                                   num_threads=nt, **post)
         else:
             # Biased variance without cancellation: with momentum 1 the forward writes the
             # batch mean and the unbiased variance var * n / (n - 1) into float64 scratch.
@@ -301,7 +318,7 @@ class BatchNorm:
             bv = np.zeros(self.num_features, _F64)
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
                                    running_var=bv, momentum=1.0, axis=self.axis, out=out,
-                                   num_threads=nt, activation=self.activation)
+                                   num_threads=nt, **post)
             if n > 0:  # an empty batch leaves the statistics alone (as in torch)
                 var = bv * ((n - 1.0) / n)
                 # the one running-statistic update, with the biased variance
@@ -309,10 +326,14 @@ class BatchNorm:
                                   self._update_factor(), False, unbiased=False)
         if update:
             self.num_batches_tracked += 1
-        self._saved = ("train", x, r.mean, r.invstd, r.out if self.activation else None)
+        self._saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out), residual)
         return r.out
 
     __call__ = forward
+
+    def _saved_output(self, y: np.ndarray) -> Optional[np.ndarray]:
+        """The forward output, kept when backward takes the activation's derivative from it."""
+        return y if self.activation in v.FROM_OUTPUT else None
 
     def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Gradient with respect to the last forward input; accumulates the parameter gradients.
@@ -335,8 +356,9 @@ class BatchNorm:
 
         Returns
         -------
-        ndarray
-            ``dx``, shape and dtype of the forward input.
+        ndarray or ResidualGradients
+            ``dx``, shape and dtype of the forward input; ``(dx, dresidual)`` when the forward
+            had a residual.
 
         Raises
         ------
@@ -356,33 +378,41 @@ class BatchNorm:
         need_p = self.weight is not None
         need_b = self.bias is not None
         nt = self.num_threads
+        dres = None
+        smooth = self.activation is not None and self.activation not in v.FROM_OUTPUT
         if self._saved[0] == "train":
-            _, x, mean, invstd, y = self._saved
+            _, x, mean, invstd, y, residual = self._saved
             if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
                 mean = invstd = np.zeros(self.num_features, _F64)
+            kw = dict(activation=self.activation, negative_slope=self.negative_slope,
+                      residual=residual, y=y, bias=self.bias if smooth else None)
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
-                                    num_threads=nt, needs=(True, need_p, need_b),
-                                    activation=self.activation, y=y)
-            dx, dw, db = r
+                                    num_threads=nt, needs=(True, need_p, need_b), **kw)
+            dx, dw, db = r[:3]
+            if residual is not None:
+                dres = r[3]
         else:
-            _, x, shape, dtype, y = self._saved
+            _, x, shape, dtype, y, residual = self._saved
             dy = v.kernel_dtype(dy, "dy")
             v.check_like(dy, shape, dtype, "dy")
-            if y is not None:  # fused ReLU: the gradient flows where the output is > 0
-                dy = np.where(y > 0, dy, dy.dtype.type(0))
-            if x is None and (need_p or need_b):
+            if x is None and (need_p or need_b or smooth):
                 raise RuntimeError(
                     "the forward input was overwritten (out=x), so the parameter gradients "
-                    "cannot be computed; use a separate out array")
+                    "(and a smooth activation's) cannot be computed; use a separate out array")
             C = self.num_features
+            scale = _k.inference_scale(None if self.weight is None else
+                                       self.weight.astype(_F64), self.running_var.astype(_F64),
+                                       self.eps)
             invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
-            scale = invstd if self.weight is None else invstd * self.weight
+            dy = self._gradient_at_activation(dy, x, y, residual, scale)
+            dres = dy if residual is not None else None
             dw = db = None
             if need_p or need_b:
                 _, dw, db = batch_norm_backward(dy, x, self.running_mean, invstd, self.weight,
                                                 axis=self.axis, num_threads=nt,
                                                 needs=(False, need_p, need_b))
             zero = np.zeros(C, _F64)
+            scale = invstd if self.weight is None else invstd * self.weight
             dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
                                out, v.check_threads(nt), "dy")
         if need_p:
@@ -391,7 +421,24 @@ class BatchNorm:
         if need_b:
             db = db.astype(self.dtype, copy=False)
             self.grad_bias = db.copy() if self.grad_bias is None else self.grad_bias + db
-        return dx
+        return dx if dres is None else ResidualGradients(dx, dres)
+
+    def _gradient_at_activation(self, dy: np.ndarray, x: Optional[np.ndarray],
+                                y: Optional[np.ndarray], residual: Any,
+                                scale: np.ndarray) -> np.ndarray:
+        """Evaluation mode: ``dy * act'(z)``, the gradient at the activation's input ``z`` of
+        the last forward (dy itself without an activation)."""
+        nt = v.check_threads(self.num_threads)
+        C = self.num_features
+        zero = np.zeros(C, _F64)
+        if self.activation is None:
+            return dy if residual is None else np.array(dy, copy=True)
+        if self.activation in v.FROM_OUTPUT:
+            return _apply_affine(y, zero, np.ones(C), zero, self.axis, None, nt, "y",
+                                 post=(self._code, self._slope, None, dy))
+        shift = zero if self.bias is None else self.bias.astype(_F64)
+        return _apply_affine(x, self.running_mean.astype(_F64), scale, shift, self.axis, None,
+                             nt, post=(self._code, self._slope, residual, dy))
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:
@@ -573,4 +620,6 @@ class BatchNorm:
             s += f", convention={self.convention!r}"
         if self.activation is not None:
             s += f", activation={self.activation!r}"
+        if self.activation == "leaky_relu" and self.negative_slope != 0.01:
+            s += f", negative_slope={self.negative_slope!r}"
         return s + ")"

@@ -329,3 +329,82 @@ def test_bad_arguments_are_named_and_nothing_is_written():
         with pytest.raises(exc, match=msg):
             cbn.batch_norm_backward(x, x, f.mean, f.invstd, out=out, **kw)
         assert (out == 7.0).all()
+
+
+# --------------------------------------------------------------------------- the layers
+def _layer_case(rng, act, axis):
+    shape = (4, 6, 5, 5) if axis == 1 else (4, 5, 5, 6)
+    bn = cbn.BatchNorm(6, axis=axis, dtype=np.float64, activation=act,
+                       negative_slope=_slope(act))
+    bn.weight[:] = rng.uniform(0.5, 1.5, 6)
+    bn.bias[:] = rng.standard_normal(6)
+    bn.running_mean[:] = rng.standard_normal(6)
+    bn.running_var[:] = rng.uniform(0.5, 2, 6)
+    x, r, dy = (rng.standard_normal(shape) for _ in range(3))
+    return bn, x, r, dy
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("axis", [1, -1])
+def test_layer_residual_block_against_torch(rng, act, training, axis):
+    """BatchNorm(activation=...) on ``layer(x, residual=r)``: outputs, dx, dresidual, the
+    parameter gradients and the running statistics as torch's BatchNorm2d + r + functional."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    bn, x, r, dy = _layer_case(rng, act, axis)
+    tb = torch.nn.BatchNorm2d(6, dtype=torch.float64)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(tb, name)[:] = torch.tensor(getattr(bn, name))
+    if not training:
+        bn.eval()
+        tb.eval()
+    xt, rt = torch.tensor(x, requires_grad=True), torch.tensor(r, requires_grad=True)
+    yt = _torch_fn(F, act)(tb(xt.movedim(axis, 1)).movedim(1, axis) + rt)
+    yt.backward(torch.tensor(dy))
+    y = bn(x, residual=r)
+    g = bn.backward(dy)
+    assert isinstance(g, cbn.ResidualGradients)
+    for got, want in ((y, yt.detach()), (g.dx, xt.grad), (g.dresidual, rt.grad),
+                      (bn.grad_weight, tb.weight.grad), (bn.grad_bias, tb.bias.grad),
+                      (bn.running_var, tb.running_var)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_layer_without_residual_and_frozen_layer(rng, act):
+    """Without a residual backward returns dx alone; the frozen layer computes the evaluation
+    transform and its gradient (y or x supplied as its activation needs)."""
+    bn, x, r, dy = _layer_case(rng, act, 1)
+    bn.eval()
+    want = ref.batch_norm_inference(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                    activation=act, residual=r, negative_slope=_slope(act))
+    y = bn(x, residual=r)
+    np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-13)
+    g = bn.backward(dy)
+    frozen = bn.freeze()
+    assert frozen.activation == act and (act != "leaky_relu" or frozen.negative_slope == 0.2)
+    np.testing.assert_array_equal(frozen(x, residual=r), y)
+    kw = {"y": y} if act in FROM_Y else {"x": x}
+    fg = frozen.backward(dy, residual=r, **kw if act is not None else {})
+    np.testing.assert_allclose(fg.dx, g.dx, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(fg.dresidual, g.dresidual, rtol=1e-13, atol=1e-14)
+    plain = bn(x)
+    assert isinstance(bn.backward(dy), np.ndarray)
+    np.testing.assert_array_equal(frozen(x), plain)
+    assert repr(bn).endswith(")") and (act is None or f"activation={act!r}" in repr(bn))
+
+
+def test_layer_state_keeps_the_activation():
+    import pickle
+    bn = cbn.BatchNorm(3, activation="leaky_relu", negative_slope=0.05)
+    back = pickle.loads(pickle.dumps(bn))
+    assert back.activation == "leaky_relu" and back.negative_slope == 0.05
+    assert "negative_slope=0.05" in repr(back)
+    with pytest.raises(ValueError, match="negative_slope is only used"):
+        cbn.BatchNorm(3, activation="gelu", negative_slope=0.1)
+    with pytest.raises(ValueError, match="out must not overlap residual"):
+        layer = cbn.BatchNorm(3, activation="silu", dtype=np.float64)
+        r = np.ones((4, 3))
+        layer(np.arange(12.0).reshape(4, 3), residual=r, out=r)
