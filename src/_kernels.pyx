@@ -72,6 +72,14 @@ cdef int _dx_from_sums_entry(const floating* dy, const floating* ym, const float
                          sdy, sdyx)
 
 
+cdef void _math_entry(int fn, const floating* x, floating* out, floating* aux,
+                      Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cbn_math_eval_f32(fn, x, out, aux, n)
+    else:
+        cbn_math_eval_f64(fn, x, out, aux, n)
+
+
 cdef void _floor_scale(const floating* a, floating* out, Py_ssize_t n, int nt_req) noexcept nogil:
     _floor(FLOOR_SCALE, a, NULL, out, n, nt_req)
 
@@ -98,6 +106,8 @@ _TABLE.backward_f32 = _backward_entry[float]
 _TABLE.backward_f64 = _backward_entry[double]
 _TABLE.dx_from_sums_f32 = _dx_from_sums_entry[float]
 _TABLE.dx_from_sums_f64 = _dx_from_sums_entry[double]
+_TABLE.math_f32 = _math_entry[float]
+_TABLE.math_f64 = _math_entry[double]
 _TABLE.floor_scale_f32 = _floor_scale[float]
 _TABLE.floor_scale_f64 = _floor_scale[double]
 _TABLE.floor_triad_f32 = _floor_triad[float]

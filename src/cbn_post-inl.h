@@ -143,7 +143,20 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
     }
 }
 
+/* For the tests (cbn._core.math_eval): fn 0 out = e^x; fn 1 out = Phi(x), aux = phi(x), over
+ * n elements, partial vectors at the end as in the stage. */
+static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i += CBN_TVL) {
+        const ptrdiff_t k = n - i < CBN_TVL ? n - i : CBN_TVL;
+        CBN_TV v = SFX(cbn_pv_load_part)(x + i, k), o, a = {0};
+        o = fn == 0 ? SFX(cbn_vexp)(v) : SFX(cbn_vnormal)(v, &a);
+        memcpy(out + i, &o, (size_t)k * sizeof(T));
+        if (aux) memcpy(aux + i, &a, (size_t)k * sizeof(T));
+    }
+}
+
 #else /* no vector extensions: the same forms on scalars, through libm */
+#include <math.h>
 
 static inline T SFX(cbn_post_scalar)(T z, T g, const int mode, const int act, T slope) {
     const double zd = (double)z, k = 0.79788456080286535588, c = 0.044715;
@@ -181,6 +194,13 @@ static inline void SFX(cbn_post_body)(const T *s, const T *r, const T *dy, T *ou
     for (ptrdiff_t i = 0; i < n; i++)
         out[i] = SFX(cbn_post_scalar)(has_r ? s[i] + r[i] : s[i], mode ? dy[i] : 0, mode, act,
                                       slope);
+}
+static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = (double)x[i];
+        out[i] = (T)(fn == 0 ? exp(v) : 0.5 * erfc(-v * 0.70710678118654752440));
+        if (aux) aux[i] = (T)(0.39894228040143267794 * exp(-0.5 * v * v));
+    }
 }
 
 #endif /* CBN_VECTOR */

@@ -102,6 +102,10 @@ cdef extern from "cbn_table.h" nogil:
                                 double* dx_out, const Geometry* g, int nt, double n_total,
                                 const double* mean, const double* invstd, const double* w,
                                 const double* sdy, const double* sdyx) noexcept nogil
+        void (*math_f32)(int fn, const float* x, float* out, float* aux,
+                         Py_ssize_t n) noexcept nogil
+        void (*math_f64)(int fn, const double* x, double* out, double* aux,
+                         Py_ssize_t n) noexcept nogil
         void (*floor_scale_f32)(const float* a, float* out, Py_ssize_t n, int nt) noexcept nogil
         void (*floor_scale_f64)(const double* a, double* out, Py_ssize_t n,
                                 int nt) noexcept nogil

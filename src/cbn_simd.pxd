@@ -69,6 +69,9 @@ cdef extern from "cbn_kernels.h" nogil:
     void cbn_post_block_f64(const cbn_post* p, const double* s, Py_ssize_t off, double* out,
                             Py_ssize_t n, int stream)
 
+    void cbn_math_eval_f32(int fn, const float* x, float* out, float* aux, Py_ssize_t n)
+    void cbn_math_eval_f64(int fn, const double* x, double* out, double* aux, Py_ssize_t n)
+
     # cbn_runs-inl.h: one channel-major run, plain stores, walking up or down
     void cbn_affine_run_f32(const float* x, float* y, Py_ssize_t n, float hi, float sc,
                             float sh, int act)

@@ -62,6 +62,11 @@ typedef struct {
                             const double *mean, const double *invstd, const double *w,
                             const double *sdy, const double *sdyx);
 
+    /* the post stage's elementary functions over n elements, for the tests: fn 0 e^x, fn 1
+     * the normal CDF (aux: its density, or NULL) */
+    void (*math_f32)(int fn, const float *x, float *out, float *aux, ptrdiff_t n);
+    void (*math_f64)(int fn, const double *x, double *out, double *aux, ptrdiff_t n);
+
     /* the benchmark's bandwidth floor over n elements (no return code) */
     void (*floor_scale_f32)(const float *a, float *out, ptrdiff_t n, int nt);
     void (*floor_scale_f64)(const double *a, double *out, ptrdiff_t n, int nt);
