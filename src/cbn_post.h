@@ -33,5 +33,11 @@ typedef struct {
 /* The block of bn(x) kept between the two stages: 8 KB is a quarter of L1 on every x86 core
  * since Zen 1 / Skylake, and long enough (2048 float32) for the loop overhead to vanish. */
 #define CBN_POST_BLOCK_BYTES 8192
+/* Channels-last blocks are whole rows, at least this many bytes of them: the rows kernel loads
+ * its three coefficient vectors once per call, so a block of 2 rows of C = 1024 float32 moved
+ * 1.5x its data in coefficients (measured 2.2x the floor; TUNED below). */
+#ifndef CBN_POST_ROWS_BYTES
+#define CBN_POST_ROWS_BYTES 65536
+#endif
 
 #endif /* CBN_POST_H */

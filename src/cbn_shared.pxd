@@ -36,6 +36,7 @@ cdef extern from "cbn_post.h" nogil:
         CBN_POST_APPLY
         CBN_POST_GRAD
         CBN_POST_BLOCK_BYTES
+        CBN_POST_ROWS_BYTES
     ctypedef struct cbn_post:
         int mode
         int act

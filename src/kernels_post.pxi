@@ -7,11 +7,11 @@
 # count.
 
 cdef inline Py_ssize_t _post_stride(const Geometry* g, Py_ssize_t itemsize) noexcept nogil:
-    """Doubles of buffer per thread: one block, or one channels-last row when a row is wider,
-    in whole cache lines."""
+    """Doubles of buffer per thread: one block, or for channels-last rows CBN_POST_ROWS_BYTES
+    (one row when a row is wider), in whole cache lines."""
     cdef Py_ssize_t b = CBN_POST_BLOCK_BYTES
-    if g.inner == 1 and g.C * itemsize > b:
-        b = g.C * itemsize
+    if g.inner == 1:
+        b = max(CBN_POST_ROWS_BYTES, g.C * itemsize)
     return (b + 63) // 64 * 8
 
 
@@ -68,7 +68,7 @@ cdef void _post_rows(const Work* wk, Py_ssize_t t, floating* s, const floating* 
     whole rows that fill the buffer (one row when a row is wider)."""
     cdef Py_ssize_t C = wk.g.C, rpt = wk.plan.rows_per_task
     cdef Py_ssize_t r0 = t * rpt, r1 = min(r0 + rpt, wk.g.outer), r, q
-    cdef Py_ssize_t per = max(1, <Py_ssize_t>(CBN_POST_BLOCK_BYTES // sizeof(floating)) // C)
+    cdef Py_ssize_t per = max(1, <Py_ssize_t>(CBN_POST_ROWS_BYTES // sizeof(floating)) // C)
     r = r0
     while r < r1:
         q = min(per, r1 - r)
