@@ -270,7 +270,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
                         needs=_ALL_GRADIENTS, activation=None, y=None, bias=None,
-                        residual=None, negative_slope=None):
+                        residual=None, negative_slope=None, dresidual_out=None):
     """Exact gradients of the training forward pass.
 
     With ``xhat = (x - mean) * invstd`` and ``n`` values per channel::
@@ -319,6 +319,9 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         recomputed.
     negative_slope : float, optional
         The forward's ``negative_slope`` of ``"leaky_relu"`` (default 0.01).
+    dresidual_out : ndarray, optional
+        Where to write ``dresidual`` (shape and dtype of ``x``; it must not overlap ``x`` or
+        ``out``).
 
     Returns
     -------
@@ -364,7 +367,9 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     code, slope = v.check_epilogue(activation, negative_slope)
     if v.in_post_stage(code, residual):
         return _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
-                               num_threads, needs, activation, code, slope)
+                               num_threads, needs, activation, code, slope, dresidual_out)
+    if dresidual_out is not None:
+        raise ValueError("dresidual_out is only used with a residual")
     relu = code
     v.check_relu_output(relu, y)
     if needs is _ALL_GRADIENTS or (type(needs) is tuple and needs == _ALL_GRADIENTS):
@@ -409,7 +414,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 
 def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, num_threads,
-                    needs, activation, code, slope):
+                    needs, activation, code, slope, dresidual_out):
     """batch_norm_backward through the post-operation stage: g = dy * act'(z) first (into
     dresidual or a temporary), then the plain backward of g."""
     x, axis = v.check_input(x, axis, allow_half=True)
@@ -438,7 +443,14 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     copy_back = False
     if need_dx:
         dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
-    if need_dres:
+    copy_g = False
+    if need_dres and dresidual_out is not None:
+        if np.may_share_memory(dresidual_out, x) or (
+                need_dx and out is not None and np.may_share_memory(dresidual_out, out)):
+            raise ValueError("dresidual_out must not overlap x or out")
+        gk, dres, copy_g = v.output_for(dresidual_out, x, xk, perm, name="dresidual_out",
+                                        inputs=(dyk,))
+    elif need_dres:
         gk, dres = v.like_kernel(xk, perm, x.shape)
     else:
         gk, dres = (np.empty_like(xk) if need_dx or need_dw or need_db else None), None
@@ -446,6 +458,8 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     if gk is not None and xk.size:
         kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
                        slope=slope, residual=res, dy=dyk)
+    if need_dres:
+        dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
     dweight = dbias = None
     if need_dx or need_dw or need_db:
         sdy = np.zeros(C, _F64)

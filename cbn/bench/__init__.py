@@ -51,7 +51,7 @@ Modules, in the order a run uses them:
 # module cbn/_bench.py that it replaced.
 from ._runtime import resolve_threads
 from .calls import EPS, IMPLS, MOMENTUM, make_calls
-from .cases import DTYPES, OPS, QUICK_SHAPES, SHAPES, Case, default_cases
+from .cases import DTYPES, FUSED_OPS, OPS, QUICK_SHAPES, SHAPES, Case, default_cases
 from .cli import add_arguments, run
 from .outputs import plot_speedups, write_json
 from .progress import ProgressBar
@@ -90,6 +90,7 @@ __all__ = [
     "run",
     # the rest of the single module's public names, which tests and scripts use
     "OPS",
+    "FUSED_OPS",
     "DTYPES",
     "IMPLS",
     "SHAPES",

@@ -105,10 +105,104 @@ def _backward_calls(case, d, nt, torch, out=None):
     return calls
 
 
+def _fused_inference_calls(activation, residual):
+    """A builder of the callables of a fused inference op: cbn in one pass; NumPy and torch
+    eager as separate ops (batch norm, then the add, then the activation)."""
+    def build(case, d, nt, torch, out=None):
+        y = np.empty_like(d.x) if out is None else out
+        rm, rv, w, b = d.running_mean, d.running_var, d.weight, d.bias
+        r = d.residual if residual else None
+        calls = {
+            "cbn": lambda: cbn.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS, axis=case.axis,
+                                                    out=y, num_threads=nt,
+                                                    activation=activation, residual=r),
+            "numpy": lambda: cbn.reference.batch_norm_inference(
+                d.x, rm, rv, w, b, eps=EPS, axis=case.axis, activation=activation, residual=r),
+        }
+        xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+        if xt is not None:
+            F = torch.nn.functional
+            act = getattr(F, activation)
+            rt = _torch_layout(torch, d.residual, case.axis)
+            trm, trv, tw, tb = (torch.from_numpy(a) for a in (rm, rv, w, b))
+            if residual:
+                calls["torch"] = lambda: act(F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM,
+                                                          EPS) + rt)
+            else:
+                calls["torch"] = lambda: act(F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM,
+                                                          EPS))
+        return calls
+    return build
+
+
+def _forward_add_relu_calls(case, d, nt, torch, out=None):
+    """Training forward + residual + ReLU (running statistics updated by all)."""
+    y = np.empty_like(d.x) if out is None else out
+    w, b, r = d.weight, d.bias, d.residual
+    rm_c, rv_c = d.running_mean.copy(), d.running_var.copy()
+    rm_n, rv_n = d.running_mean.copy(), d.running_var.copy()
+    calls = {
+        "cbn": lambda: cbn.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_c,
+                                              running_var=rv_c, momentum=MOMENTUM,
+                                              axis=case.axis, out=y, num_threads=nt,
+                                              activation="relu", residual=r),
+        "numpy": lambda: cbn.reference.batch_norm_forward(
+            d.x, w, b, eps=EPS, running_mean=rm_n, running_var=rv_n, momentum=MOMENTUM,
+            axis=case.axis, activation="relu", residual=r),
+    }
+    xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+    if xt is not None:
+        F = torch.nn.functional
+        rt = _torch_layout(torch, r, case.axis)
+        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+        calls["torch"] = lambda: F.relu(F.batch_norm(xt, trm, trv, tw, tb, True, MOMENTUM, EPS)
+                                        + rt)
+    return calls
+
+
+def _backward_add_relu_calls(case, d, nt, torch, out=None):
+    """Backward of relu(bn(x) + residual): dx, dweight, dbias and dresidual; torch eager as
+    ReLU's backward (threshold_backward) and then batch norm's."""
+    dx = np.empty_like(d.x) if out is None else out
+    dres = np.empty_like(d.x)
+    w, r = d.weight, d.residual
+    y, mean, invstd = cbn.batch_norm_forward(d.x, w, d.bias, eps=EPS, axis=case.axis,
+                                             activation="relu", residual=r)
+    calls = {
+        "cbn": lambda: cbn.batch_norm_backward(d.dy, d.x, mean, invstd, w, axis=case.axis,
+                                               out=dx, num_threads=nt, activation="relu", y=y,
+                                               residual=r, dresidual_out=dres),
+        "numpy": lambda: cbn.reference.batch_norm_backward(d.dy, d.x, mean, invstd, w,
+                                                           axis=case.axis, activation="relu",
+                                                           y=y, residual=r),
+    }
+    xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
+    if xt is not None:
+        aten = torch.ops.aten
+        dyt, yt = _torch_layout(torch, d.dy, case.axis), _torch_layout(torch, y, case.axis)
+        tw, tb = torch.from_numpy(w), torch.from_numpy(d.bias)
+        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        _, save_mean, save_invstd = aten.native_batch_norm(xt, tw, tb, trm, trv, True,
+                                                           MOMENTUM, EPS)
+        mask = [True, True, True]
+
+        def torch_backward():
+            g = aten.threshold_backward(dyt, yt, 0)  # also the residual's gradient
+            return g, aten.native_batch_norm_backward(g, xt, tw, trm, trv, save_mean,
+                                                      save_invstd, True, EPS, mask)
+        calls["torch"] = torch_backward
+    return calls
+
+
 #: The callables of each op: ``builder(case, data, num_threads, torch, out=None)``; the
 #: scaling table reuses their cbn entry with its own output array.
 CALL_BUILDERS = {"inference": _inference_calls, "forward": _forward_calls,
-                 "backward": _backward_calls}
+                 "backward": _backward_calls,
+                 "inference_add_relu": _fused_inference_calls("relu", True),
+                 "forward_add_relu": _forward_add_relu_calls,
+                 "inference_silu": _fused_inference_calls("silu", False),
+                 "backward_add_relu": _backward_add_relu_calls}
 
 
 def make_calls(op, case, data, num_threads, torch=None):
@@ -117,7 +211,7 @@ def make_calls(op, case, data, num_threads, torch=None):
     Parameters
     ----------
     op : str
-        ``"forward"``, ``"backward"`` or ``"inference"``.
+        One of :data:`~cbn.bench.cases.OPS`.
     case : Case
         The input configuration.
     data : CaseData

@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The fused ops (a residual added and an activation in the same pass), timed on the float32
+#: cases only (the deployment dtype), in report order after the plain ops.
+FUSED_OPS = ("inference_add_relu", "forward_add_relu", "inference_silu", "backward_add_relu")
 #: The ops, in report order.
-OPS = ("forward", "backward", "inference")
+OPS = ("forward", "backward", "inference") + FUSED_OPS
+#: The arrays of x's size each op reads or writes in full (the thread-scaling footprint).
+ARRAYS = {"forward": 2, "backward": 3, "inference": 2, "inference_add_relu": 3,
+          "forward_add_relu": 3, "inference_silu": 2, "backward_add_relu": 5}
+
+
+def applies(op, case):
+    """Whether ``op`` is timed on ``case``: the fused ops on float32 cases only."""
+    return op not in FUSED_OPS or case.dtype == "float32"
 #: The dtypes a case can have.
 DTYPES = ("float32", "float64")
 
@@ -98,10 +109,11 @@ class CaseData:
     bias: np.ndarray
     running_mean: np.ndarray
     running_var: np.ndarray
+    residual: np.ndarray
 
 
 def make_data(case, seed=0):
-    """Random inputs for ``case`` (normal data, weight near 1, running var 1)."""
+    """Random inputs for ``case`` (normal data and residual, weight near 1, running var 1)."""
     rng = np.random.default_rng(seed)
     dt = np.dtype(case.dtype)
     C = case.channels
@@ -112,4 +124,5 @@ def make_data(case, seed=0):
         bias=rng.standard_normal(C).astype(dt),
         running_mean=np.zeros(C, dt),
         running_var=np.ones(C, dt),
+        residual=rng.standard_normal(case.shape, dtype=dt),
     )

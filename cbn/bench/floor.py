@@ -1,6 +1,8 @@
 """The bandwidth floor: streaming OpenMP kernels that move the bytes of an op with no arithmetic
 to speak of, the best any batch-norm kernel can do on this machine."""
 
+import numpy as np
+
 
 def floor_kernels():
     """The module with the floor kernels, and the SIMD level they run at.
@@ -25,9 +27,19 @@ def floor_call(op, d, scratch, nt):
 
     x = d.x.reshape(-1)
     dy = d.dy.reshape(-1)
+    r = d.residual.reshape(-1)
     out = scratch.reshape(-1)
-    if op == "inference":
+    if op in ("inference", "inference_silu"):  # read x, write y
         return lambda: k.stream_scale(x, out, nt)
-    if op == "forward":
+    if op == "forward":  # read x; read x, write y
         return lambda: (k.stream_sum(x, nt), k.stream_scale(x, out, nt))
+    if op == "inference_add_relu":  # read x and the residual, write y
+        return lambda: k.stream_triad(x, r, out, nt)
+    if op == "forward_add_relu":  # read x; read x and the residual, write y
+        return lambda: (k.stream_sum(x, nt), k.stream_triad(x, r, out, nt))
+    if op == "backward_add_relu":
+        # read dy and y, write g (= dresidual); read g and x; read g and x, write dx
+        g = np.empty_like(x)  # dresidual
+        return lambda: (k.stream_triad(dy, x, g, nt), k.stream_sum(g, nt), k.stream_sum(x, nt),
+                        k.stream_triad(g, x, out, nt))
     return lambda: (k.stream_sum(x, nt), k.stream_sum(dy, nt), k.stream_triad(x, dy, out, nt))

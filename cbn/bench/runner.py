@@ -2,7 +2,7 @@
 
 from ._runtime import resolve_threads
 from .calls import IMPLS, import_torch, make_calls
-from .cases import OPS, make_data
+from .cases import OPS, applies, make_data
 from .results import Result
 from .timing import FULL, spread, time_interleaved
 
@@ -30,7 +30,8 @@ def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=
     Returns
     -------
     list of Result
-        Ordered by op (in the order of ``ops``), then case.
+        Ordered by op (in the order of ``ops``), then case; the fused ops on float32 cases only
+        (:func:`~cbn.bench.cases.applies`).
     """
     nt = resolve_threads(num_threads)
     torch = import_torch() if use_torch else None
@@ -39,11 +40,11 @@ def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=
         saved_torch_threads = torch.get_num_threads()
         torch.set_num_threads(nt)
     results = {op: [] for op in ops}
-    total, done = len(cases) * len(ops), 0
+    total, done = sum(applies(op, c) for op in ops for c in cases), 0
     try:
         for case in cases:
             data = make_data(case)
-            for op in ops:
+            for op in (op for op in ops if applies(op, case)):
                 calls = make_calls(op, case, data, nt, torch)
                 samples = time_interleaved(calls, settings.repeats, settings.min_time)
                 times = {i: min(samples[i]) if i in samples else None for i in IMPLS}

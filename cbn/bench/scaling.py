@@ -7,7 +7,7 @@ import numpy as np
 
 from ._runtime import kernel_tuning
 from .calls import CALL_BUILDERS
-from .cases import OPS, make_data
+from .cases import ARRAYS, OPS, applies, make_data
 from .floor import floor_call
 from .results import ScalingResult
 from .timing import FULL, spread, time_interleaved
@@ -19,8 +19,8 @@ SCALING_CACHE_FRACTION = 0.5
 
 
 def _footprint(op, case):
-    """Bytes of the arrays ``op`` reads or writes in full: x and the output (and dy)."""
-    return case.nbytes * (3 if op == "backward" else 2)
+    """Bytes of the arrays ``op`` reads or writes in full (x, the output, dy, ...)."""
+    return case.nbytes * ARRAYS[op]
 
 
 def scaling_pairs(cases, ops=OPS, *, max_bytes=None, min_elements=None):
@@ -50,7 +50,8 @@ def scaling_pairs(cases, ops=OPS, *, max_bytes=None, min_elements=None):
     if min_elements is None:
         min_elements = tuning["parallel_min_elems"]
     return [(op, case) for op in ops for case in cases
-            if _footprint(op, case) <= max_bytes and math.prod(case.shape) >= min_elements]
+            if applies(op, case) and _footprint(op, case) <= max_bytes
+            and math.prod(case.shape) >= min_elements]
 
 
 def run_scaling(pairs, *, num_threads, settings=FULL, progress=None):

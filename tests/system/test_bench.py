@@ -42,7 +42,14 @@ def results():
 
 
 def test_rows_cover_every_op_and_case(results):
-    assert [(r.op, r.case) for r in results] == [(op, c) for op in _bench.OPS for c in TINY]
+    """Every op on every case, the fused ops on the float32 cases only."""
+    from cbn.bench.cases import applies
+
+    assert [(r.op, r.case) for r in results] == [(op, c) for op in _bench.OPS for c in TINY
+                                                 if applies(op, c)]
+    fused = {r.op for r in results if r.op in _bench.FUSED_OPS}
+    assert fused == set(_bench.FUSED_OPS)
+    assert all(r.case.dtype == "float32" for r in results if r.op in _bench.FUSED_OPS)
 
 
 def test_times_are_positive(results):
@@ -251,12 +258,13 @@ def test_scaling_pairs_keep_exactly_the_cached_cases_big_enough_for_a_team():
     limit = _bench.SCALING_CACHE_FRACTION * tuning["l3_bytes"]
     cases = _bench.default_cases()
     pairs = _bench.scaling_pairs(cases)
+    from cbn.bench.cases import ARRAYS, applies
+
     for op in _bench.OPS:
         for case in cases:
-            arrays = 3 if op == "backward" else 2
-            fits = case.nbytes * arrays <= limit
+            fits = case.nbytes * ARRAYS[op] <= limit
             team = math.prod(case.shape) >= tuning["parallel_min_elems"]
-            assert ((op, case) in pairs) == (fits and team), (op, case)
+            assert ((op, case) in pairs) == (fits and team and applies(op, case)), (op, case)
     assert [op for op, _ in pairs] == sorted((op for op, _ in pairs), key=_bench.OPS.index)
 
 
@@ -264,7 +272,7 @@ def test_scaling_pairs_limits():
     big, small = Case((4, 8, 16, 16)), Case((2, 3, 4, 4))
     pairs = _bench.scaling_pairs([big, small], max_bytes=2 * big.nbytes, min_elements=1000)
     # backward touches three arrays (x, dy, dx): over the limit; the small case has no team
-    assert pairs == [("forward", big), ("inference", big)]
+    assert pairs == [("forward", big), ("inference", big), ("inference_silu", big)]
     assert _bench.scaling_pairs([big], ("backward",), max_bytes=3 * big.nbytes,
                                 min_elements=1) == [("backward", big)]
 
