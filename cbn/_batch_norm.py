@@ -413,6 +413,48 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     return BackwardResult(dx, dweight, dbias)
 
 
+def z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk):
+    """Where the gradient pass finds the activation's input z, as the inference kernel's
+    ``(src, centre, scale, shift, residual)``: y itself through the identity for the
+    activations whose derivative is a function of their output (FROM_OUTPUT), else x through
+    the forward's own coefficients (mean, invstd * weight, bias: the same bits as the forward's
+    z) plus the residual."""
+    C = mu.shape[0]
+    if activation in v.FROM_OUTPUT:
+        y = v.kernel_dtype(y, "y", allow_half=True)
+        v.check_like(y, x.shape, x.dtype, "y")
+        return v.view_like(y, perm), np.zeros(C), np.ones(C), np.zeros(C), None
+    b = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
+    return xk, mu, iv if w is None else iv * w, b, rk
+
+
+def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activation,
+                           negative_slope, axis, num_threads):
+    """``dy * act'(z)`` (shape of x): the gradient at the fused activation's input, for the
+    chunked and sharded backward passes (cbn.dask)."""
+    code, slope = v.check_epilogue(activation, negative_slope)
+    x, axis = v.check_input(x, axis, allow_half=True)
+    dy = v.kernel_dtype(dy, "dy", allow_half=True)
+    v.check_like(dy, x.shape, x.dtype, "dy")
+    if activation is None:
+        return dy
+    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True))
+    nt = v.check_threads(num_threads)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    gk, g = v.like_kernel(xk, perm, x.shape)
+    if xk.size:
+        kern = _half if xk.dtype == _F16 else _k
+        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+                       slope=slope, residual=res, dy=v.view_like(dy, perm))
+    return g
+
+
 def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, num_threads,
                     needs, activation, code, slope, dresidual_out):
     """batch_norm_backward through the post-operation stage: g = dy * act'(z) first (into
@@ -430,14 +472,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    if activation in v.FROM_OUTPUT:
-        y = v.kernel_dtype(y, "y", allow_half=True)
-        v.check_like(y, x.shape, x.dtype, "y")
-        src, centre, scale, shift, res = v.view_like(y, perm), np.zeros(C), np.ones(C), \
-            np.zeros(C), None
-    else:
-        b = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
-        src, centre, scale, shift, res = xk, mu, iv if w is None else iv * w, b, rk
+    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
     dxk = dx = None
     copy_back = False

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _validation as v
+from ._batch_norm import z_source
 from ._dispatch import kernels as _k
 
 __all__ = [
@@ -304,7 +305,9 @@ def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> M
 def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
               weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, *,
               axis: int = 1, out: Optional[np.ndarray] = None,
-              num_threads: Optional[int] = None) -> np.ndarray:
+              num_threads: Optional[int] = None, activation: Optional[str] = None,
+              residual: Optional[ArrayLike] = None,
+              negative_slope: Optional[float] = None) -> np.ndarray:
     """The element-wise pass of batch norm with given statistics.
 
     Computes ``out = (x - mean) * (invstd * weight) + bias`` per channel in one read and one
@@ -325,6 +328,9 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
         Where to write the result: same shape and dtype as ``x``; may be ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    activation, residual, negative_slope : optional
+        ``out = activation(normalized + residual)`` in the same pass, as in
+        :func:`cbn.batch_norm_forward`.
 
     Returns
     -------
@@ -337,6 +343,7 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
         On bad arguments (non-float ``x``, vectors not of shape (C,), a bad ``out``), naming
         the argument.
     """
+    code, slope = v.check_epilogue(activation, negative_slope)
     x, axis = v.check_input(x, axis)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -346,10 +353,41 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
     if weight is not None:
         scale = scale * v.as_f64(weight, "weight", C)
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
-    yk, y, copy_back = v.output_for(out, x, xk, perm)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
-        _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt)
+        if v.in_post_stage(code, residual):
+            _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, post_act=code,
+                         slope=slope, residual=rk)
+        else:
+            _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, code)
     return v.finish_output(yk, y, out, copy_back, perm)
+
+
+def _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd, weight, bias, y,
+                            residual, activation, negative_slope, nt):
+    """``dy * act'(z)`` in the kernel layout (dyk itself without an activation or residual):
+    the gradient that the sharded backward passes reduce, as batch_norm_backward does."""
+    code, slope = v.check_epilogue(activation, negative_slope)
+    if activation is None and residual is None:
+        if y is not None:
+            raise ValueError("y is only used with an activation")
+        return dyk
+    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True))
+    if activation is not None and activation not in v.FROM_OUTPUT and invstd is None:
+        raise ValueError(f"invstd is required with activation={activation!r} (its input is "
+                         f"recomputed)")
+    iv = None if invstd is None else v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    if activation is None:  # a residual alone: the gradient passes through
+        return dyk
+    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    gk = np.empty_like(xk)
+    if xk.size:
+        _k.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+                     slope=slope, residual=res, dy=dyk)
+    return gk
 
 
 # ------------------------------------------------------------------------------------ backward
@@ -364,7 +402,11 @@ def _backward_sums(dyk, xk, outer, C, inner, mu, with_dot, nt):
 
 
 def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int = 1,
-                    num_threads: Optional[int] = None) -> BackwardSums:
+                    num_threads: Optional[int] = None, activation: Optional[str] = None,
+                    y: Optional[ArrayLike] = None, invstd: Optional[ArrayLike] = None,
+                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                    residual: Optional[ArrayLike] = None,
+                    negative_slope: Optional[float] = None) -> BackwardSums:
     """Local per-channel sums for a sharded backward pass (torch's ``batch_norm_backward_reduce``).
 
     Parameters
@@ -379,6 +421,14 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
         The channel axis.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    activation, y, invstd, weight, bias, residual, negative_slope : optional
+        The fused activation of the forward (:func:`normalize`): ``dy`` is then the gradient
+        at its output, and the sums are those of ``g = dy * act'(z)``.  As in
+        :func:`cbn.batch_norm_backward`, ``y`` (the forward output) is required for relu,
+        relu6 and leaky_relu; silu, gelu and gelu_tanh recompute ``z`` from ``x``, ``mean``,
+        ``invstd``, ``weight``, ``bias`` and ``residual``.  ``g`` itself is the residual's
+        gradient: ``cbn.batch_norm_backward(..., needs=(False, False, False, True))`` gives
+        it locally (no all-reduce needed).
 
     Returns
     -------
@@ -400,13 +450,18 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     mu = v.as_f64(mean, "mean", C)
-    return _backward_sums(v.view_like(dy, perm), xk, outer, C, inner, mu, True, nt)
+    gk = _gradient_at_activation(v.view_like(dy, perm), x, xk, perm, outer, C, inner, mu, invstd,
+                                 weight, bias, y, residual, activation, negative_slope, nt)
+    return _backward_sums(gk, xk, outer, C, inner, mu, True, nt)
 
 
 def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                    weight: Optional[ArrayLike], sum_dy: ArrayLike, sum_dy_xmu: ArrayLike,
                    count: int, *, axis: int = 1, out: Optional[np.ndarray] = None,
-                   num_threads: Optional[int] = None) -> np.ndarray:
+                   num_threads: Optional[int] = None, activation: Optional[str] = None,
+                   y: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                   residual: Optional[ArrayLike] = None,
+                   negative_slope: Optional[float] = None) -> np.ndarray:
     """``dx`` of a shard from the all-reduced sums (torch's ``batch_norm_backward_elemt``).
 
     With ``n = count`` values per channel in the whole batch::
@@ -433,6 +488,9 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
         Where to write ``dx``: same shape and dtype as ``x``; may be ``dy`` or ``x`` itself.
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    activation, y, bias, residual, negative_slope : optional
+        The fused activation of the forward, as in :func:`backward_reduce` (whose sums must
+        then have been taken with the same arguments).
 
     Returns
     -------
@@ -467,8 +525,10 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     a = v.as_f64(sum_dy, "sum_dy", C)
     d = v.as_f64(sum_dy_xmu, "sum_dy_xmu", C)
     dyk = v.view_like(dy, perm)
+    gk = _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, iv, w, bias, y,
+                                 residual, activation, negative_slope, nt)
     dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
     if xk.size:
-        _k.backward_dx_from_sums(dyk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
+        _k.backward_dx_from_sums(gk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
                                  float(n_total), nt)
     return v.finish_output(dxk, dx, out, copy_back, perm)

@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 
 from . import _validation as v
 from ._batch_norm import batch_norm_inference as _np_inference
+from ._batch_norm import gradient_at_activation
 from ._moments import (
     Moments,
     _backward_sums,
@@ -38,7 +39,7 @@ from ._moments import (
     normalize,
 )
 from ._dispatch import kernels as _k
-from ._types import BackwardResult, ForwardResult
+from ._types import BackwardResult, ForwardResult, FusedBackwardResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as _da
@@ -152,10 +153,33 @@ def _global_moments(x, axis, nt, split_every=SPLIT_EVERY) -> Moments:
     return m
 
 
+def _like_x(a, x, name):
+    """A Dask array argument shaped like x, in x's chunks (rechunked when they differ)."""
+    dask, da = _import_dask()
+    if not isinstance(a, da.Array):
+        raise TypeError(f"{name} must be a dask.array.Array, got {type(a).__name__}")
+    v.check_float_dtype(a.dtype, name)
+    v.check_like(a, x.shape, None, name, same_shape=_same_shape)
+    if not all(_same_shape(ca, cx) for ca, cx in zip(a.chunks, x.chunks)):
+        if _has_nan(x.chunks) or _has_nan(a.chunks):
+            raise ValueError(f"{name} and x have different chunks of unknown size; give them "
+                             f"the same chunks (or call compute_chunk_sizes() on both)")
+        a = a.rechunk(x.chunks)
+    return a
+
+
+def _post_args(x, activation, residual, negative_slope):
+    """The validated fused post-operation of a Dask call: (blocks to map with x, keywords)."""
+    v.check_epilogue(activation, negative_slope)
+    arrays = [] if residual is None else [_like_x(residual, x, "residual")]
+    return arrays, dict(activation=activation, negative_slope=negative_slope)
+
+
 # ------------------------------------------------------------------------------------ forward
 
-def _normalize_block(block, *, axis, mean, scale, shift, nt):
-    return normalize(block, mean, scale, None, shift, axis=axis, num_threads=nt or None)
+def _normalize_block(block, residual=None, *, axis, mean, scale, shift, nt, post):
+    return normalize(block, mean, scale, None, shift, axis=axis, num_threads=nt or None,
+                     residual=residual, **post)
 
 
 def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
@@ -163,7 +187,9 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
                        running_mean: Optional[np.ndarray] = None,
                        running_var: Optional[np.ndarray] = None, momentum: float = 0.1,
                        axis: int = 1, num_threads: Optional[int] = 1,
-                       split_every: int = SPLIT_EVERY) -> ForwardResult:
+                       split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
+                       residual: Optional["_da.Array"] = None,
+                       negative_slope: Optional[float] = None) -> ForwardResult:
     """Training-mode batch normalization of a Dask array, with exact batch statistics.
 
     The statistics are those of the whole array (all chunks), computed eagerly by per-chunk
@@ -191,6 +217,9 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
         is 1; None means all OpenMP threads per task (for few, large chunks).
     split_every : int, default 8
         Fan-in of the tree reduction of the per-chunk moments (>= 2).
+    activation, residual, negative_slope : optional
+        ``out = activation(bn(x) + residual)`` chunk by chunk in the same pass, as in
+        :func:`cbn.batch_norm_forward`; ``residual`` a Dask array shaped like ``x``.
 
     Returns
     -------
@@ -218,6 +247,7 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     eps = v.check_eps(eps)
     nt = _chunk_threads(num_threads)
     split_every = _check_split(split_every)
+    extra, post = _post_args(x, activation, residual, negative_slope)
     C = x.shape[a]
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
@@ -238,8 +268,9 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     invstd = 1.0 / np.sqrt(var + eps)
     scale = invstd if w is None else invstd * w
     shift = np.zeros(C, _F64) if b is None else b
-    out = x.map_blocks(_normalize_block, axis=a, mean=mean, scale=scale, shift=shift, nt=nt,
-                       dtype=x.dtype, meta=_meta(x), token="cbn-normalize")
+    out = da.map_blocks(_normalize_block, x, *extra, axis=a, mean=mean, scale=scale,
+                        shift=shift, nt=nt, post=post, dtype=x.dtype, meta=_meta(x),
+                        token="cbn-normalize")
     # the in-memory function's update: float64, rounded once to each statistic's dtype
     _k.update_running(running_mean, running_var, mean, var, n, momentum, False)
     return ForwardResult(out, mean, invstd)
@@ -255,7 +286,8 @@ def _check_split(split_every):
 
 # ------------------------------------------------------------------------------------ inference
 
-def _inference_block(block, *, axis, mean, var, weight, bias, eps, nt, block_info=None):
+def _inference_block(block, residual=None, *, axis, mean, var, weight, bias, eps, nt, post,
+                     block_info=None):
     loc = block_info[0]["array-location"][axis] if block_info else None
     if loc is not None and (loc[0], loc[1]) != (0, mean.shape[0]):
         sl = slice(loc[0], loc[1])
@@ -263,13 +295,15 @@ def _inference_block(block, *, axis, mean, var, weight, bias, eps, nt, block_inf
         weight = None if weight is None else weight[sl]
         bias = None if bias is None else bias[sl]
     return _np_inference(block, mean, var, weight, bias, eps=eps, axis=axis,
-                         num_threads=nt or None)
+                         num_threads=nt or None, residual=residual, **post)
 
 
 def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: ArrayLike,
                          weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
                          *, eps: float = 1e-5, axis: int = 1,
-                         num_threads: Optional[int] = 1) -> "_da.Array":
+                         num_threads: Optional[int] = 1, activation: Optional[str] = None,
+                         residual: Optional["_da.Array"] = None,
+                         negative_slope: Optional[float] = None) -> "_da.Array":
     """Evaluation-mode batch normalization of a Dask array with fixed statistics.
 
     Lazy and purely element-wise: :func:`cbn.batch_norm_inference` on each chunk.  Mirrors
@@ -290,6 +324,8 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
         The channel axis.
     num_threads : int or None, default 1
         OpenMP threads per chunk task (None: all).
+    activation, residual, negative_slope : optional
+        As in :func:`cbn.batch_norm_inference`; ``residual`` a Dask array shaped like ``x``.
 
     Returns
     -------
@@ -301,8 +337,9 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
     TypeError, ValueError
         On bad arguments, naming them; if ``running_var`` has a negative entry.
     """
-    _import_dask()
+    _, da = _import_dask()
     a = _check_array(x, "x", axis, need_channel_chunk=False)
+    extra, post = _post_args(x, activation, residual, negative_slope)
     eps = v.check_eps(eps)
     nt = _chunk_threads(num_threads)
     C = x.shape[a]
@@ -312,11 +349,19 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
     v.check_running_var(rv)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
-    return x.map_blocks(_inference_block, axis=a, mean=rm, var=rv, weight=w, bias=b, eps=eps,
-                        nt=nt, dtype=x.dtype, meta=_meta(x), token="cbn-inference")
+    return da.map_blocks(_inference_block, x, *extra, axis=a, mean=rm, var=rv, weight=w, bias=b,
+                         eps=eps, nt=nt, post=post, dtype=x.dtype, meta=_meta(x),
+                         token="cbn-inference")
 
 
 # ------------------------------------------------------------------------------------ backward
+
+def _gradient_block(dy, x, *src, axis, mean, invstd, weight, bias, nt, post, has_y, has_res):
+    """dy * act'(z) of one chunk (the gradient at the activation's input)."""
+    return gradient_at_activation(dy, x, mean, invstd, weight, bias,
+                                  src[-1] if has_res else None, src[0] if has_y else None,
+                                  post["activation"], post["negative_slope"], axis, nt or None)
+
 
 def _elemt_block(dy, x, *, axis, mean, invstd, weight, sdy, sdyx, count, nt):
     return backward_elemt(dy, x, mean, invstd, weight, sdy, sdyx, count, axis=axis,
@@ -327,7 +372,10 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
                         weight: Optional[ArrayLike] = None, *, axis: int = 1,
                         num_threads: Optional[int] = 1,
                         needs: Sequence[bool] = (True, True, True),
-                        split_every: int = SPLIT_EVERY) -> BackwardResult:
+                        split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
+                        y: Optional["_da.Array"] = None, bias: Optional[ArrayLike] = None,
+                        residual: Optional["_da.Array"] = None,
+                        negative_slope: Optional[float] = None) -> Any:
     """Exact gradients of :func:`batch_norm_forward` for Dask arrays.
 
     Per-chunk :func:`cbn.backward_reduce`, a tree sum of the per-channel sums (computed in this
@@ -353,13 +401,19 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
         Which of ``(dx, dweight, dbias)`` to compute; the others are None.
     split_every : int, default 8
         Fan-in of the tree sum (>= 2).
+    activation, y, bias, residual, negative_slope : optional
+        The fused activation and residual of the forward, as in
+        :func:`cbn.batch_norm_backward` (``y`` and ``residual`` Dask arrays shaped like
+        ``x``); the gradient ``g = dy * act'(z)`` is then formed chunk by chunk, lazily, and
+        reduced in place of ``dy``.
 
     Returns
     -------
-    BackwardResult
+    BackwardResult or FusedBackwardResult
         ``(dx, dweight, dbias)``: ``dx`` a lazy Dask array like ``x``; ``dweight`` and
         ``dbias`` NumPy arrays of shape (C,) in the dtype of ``weight`` when given (float32
-        for a float16 ``weight``), else of ``x``.
+        for a float16 ``weight``), else of ``x``.  With a residual, a fourth item
+        ``dresidual``, the lazy ``g``.
 
     Raises
     ------
@@ -377,7 +431,14 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     if not isinstance(dy, da.Array):
         raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
     v.check_like(dy, x.shape, x.dtype, "dy", same_shape=_same_shape)
-    need_dx, need_dw, need_db = v.check_needs(needs)
+    code, _ = v.check_epilogue(activation, negative_slope)
+    fused = v.in_post_stage(code, residual)
+    if fused:
+        need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(activation, y,
+                                                                             residual, needs)
+    else:
+        v.check_relu_output(False, y)
+        need_dx, need_dw, need_db = v.check_needs(needs)
     nt = _chunk_threads(num_threads)
     split_every = _check_split(split_every)
     C = x.shape[a]
@@ -385,15 +446,21 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
+    dy = _like_x(dy, x, "dy")
+    dres = None
+    if fused:
+        src = ([] if y is None else [_like_x(y, x, "y")]) + (
+            [] if residual is None else [_like_x(residual, x, "residual")])
+        b = None if bias is None else v.as_f64(bias, "bias", C)
+        dy = da.map_blocks(_gradient_block, dy, x, *src, axis=a, mean=mu, invstd=iv, weight=w,
+                           bias=b, nt=nt,
+                           post=dict(activation=activation, negative_slope=negative_slope),
+                           has_y=y is not None, has_res=residual is not None, dtype=x.dtype,
+                           meta=_meta(x), token="cbn-activation-gradient")
+        dres = dy if need_dres else None
     if not (need_dx or need_dw or need_db):
-        return BackwardResult(None, None, None)
-    if not all(_same_shape(cd, cx) for cd, cx in zip(dy.chunks, x.chunks)):
-        if _has_nan(x.chunks) or _has_nan(dy.chunks):
-            raise ValueError(
-                "dy and x have different chunks of unknown size; give them the same chunks "
-                "(or call compute_chunk_sizes() on both)"
-            )
-        dy = dy.rechunk(x.chunks)
+        return (FusedBackwardResult(None, None, None, dres) if residual is not None
+                else BackwardResult(None, None, None))
     with_dot = need_dx or need_dw
     part_d = dask.delayed(_chunk_backward_sums, pure=True)
     leaves = [part_d(g, b, a, mu, with_dot, nt)
@@ -408,4 +475,6 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
                                sdy=sdy, sdyx=sdyx, count=int(n), nt=nt, dtype=x.dtype,
                                meta=_meta(x), token="cbn-backward-elemt")
     dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
+    if residual is not None:
+        return FusedBackwardResult(dx, dweight, dbias, dres)
     return BackwardResult(dx, dweight, dbias)

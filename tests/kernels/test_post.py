@@ -408,3 +408,59 @@ def test_layer_state_keeps_the_activation():
         layer = cbn.BatchNorm(3, activation="silu", dtype=np.float64)
         r = np.ones((4, 3))
         layer(np.arange(12.0).reshape(4, 3), residual=r, out=r)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_sharded_pieces_equal_the_whole_op(rng, act):
+    """normalize / backward_reduce / backward_elemt with the activation and residual, over two
+    shards with merged statistics, give the whole fused op's output and dx."""
+    x, dy, w, b = make_case(rng, (8, 5, 30), 1, np.float64)
+    r = rng.standard_normal(x.shape)
+    f = cbn.batch_norm_forward(x, w, b, activation=act, residual=r, negative_slope=_slope(act))
+    parts = [slice(0, 3), slice(3, 8)]
+    m = cbn.merge_moments(*[cbn.moments(x[p]) for p in parts])
+    iv = m.invstd(1e-5)
+    ys = [cbn.normalize(x[p], m.mean, iv, w, b, activation=act, residual=r[p],
+                        negative_slope=_slope(act)) for p in parts]
+    np.testing.assert_allclose(np.concatenate(ys), f.out, rtol=1e-13, atol=1e-13)
+
+    def kw(p):
+        extra = {"y": f.out[p]} if act in FROM_Y else ({"bias": b} if act else {})
+        return dict(activation=act, residual=r[p], negative_slope=_slope(act), **extra)
+    sums = [cbn.backward_reduce(dy[p], x[p], m.mean, invstd=iv, weight=w, **kw(p))
+            for p in parts]
+    sdy, sdyx = sum(s.sum_dy for s in sums), sum(s.sum_dy_xmu for s in sums)
+    dxs = [cbn.backward_elemt(dy[p], x[p], m.mean, iv, w, sdy, sdyx, m.count, **kw(p))
+           for p in parts]
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation=act, residual=r,
+                                negative_slope=_slope(act),
+                                **({"y": f.out} if act in FROM_Y else {"bias": b}))
+    np.testing.assert_allclose(np.concatenate(dxs), g.dx, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(sdy, g.dbias, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_dask_functions_take_the_post_operation(rng, act):
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+
+    x, dy, w, b = make_case(rng, (8, 5, 30), 1, np.float64)
+    r = rng.standard_normal(x.shape)
+    X, R, DY = (da.from_array(a, chunks=c) for a, c in
+                ((x, (3, 5, 10)), (r, (4, 5, 30)), (dy, (3, 5, 10))))
+    f = cbn.batch_norm_forward(x, w, b, activation=act, residual=r, negative_slope=_slope(act))
+    F = cd.batch_norm_forward(X, w, b, activation=act, residual=R, negative_slope=_slope(act))
+    np.testing.assert_allclose(F.out.compute(), f.out, rtol=1e-13, atol=1e-13)
+    kw = {"y": f.out} if act in FROM_Y else {"bias": b}
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation=act, residual=r,
+                                negative_slope=_slope(act), **kw)
+    kwd = {"y": da.from_array(f.out, chunks=(3, 5, 10))} if act in FROM_Y else {"bias": b}
+    G = cd.batch_norm_backward(DY, X, F.mean, F.invstd, w, activation=act, residual=R,
+                               negative_slope=_slope(act), **kwd)
+    for got, want in zip((G.dx.compute(), G.dweight, G.dbias, G.dresidual.compute()), g):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    rv = 1 / f.invstd ** 2 - 1e-5
+    inf = cd.batch_norm_inference(X, f.mean, rv, w, b, activation=act, residual=R,
+                                  negative_slope=_slope(act))
+    np.testing.assert_array_equal(inf.compute(), cbn.batch_norm_inference(
+        x, f.mean, rv, w, b, activation=act, residual=r, negative_slope=_slope(act)))
