@@ -1,4 +1,4 @@
-from typing import Optional, Sequence, Tuple, Union
+from typing import Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -7,6 +7,7 @@ from . import reference as reference
 from ._fold import (
     FoldedAffine as FoldedAffine,
     FrozenBatchNorm as FrozenBatchNorm,
+    ResidualGradients as ResidualGradients,
     fold as fold,
     fold_into_conv as fold_into_conv,
     fold_into_linear as fold_into_linear,
@@ -21,12 +22,19 @@ from ._moments import (
     moments as moments,
     normalize as normalize,
 )
-from ._types import BackwardResult as BackwardResult, ForwardResult as ForwardResult
+from ._types import (
+    BackwardResult as BackwardResult,
+    ForwardResult as ForwardResult,
+    FusedBackwardResult as FusedBackwardResult,
+)
 
 __version__: str
 
 _Array = npt.NDArray[np.floating]
 _Vector = Optional[npt.ArrayLike]
+_Activation = Optional[
+    Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"]
+]
 
 def batch_norm(
     x: npt.ArrayLike,
@@ -42,7 +50,9 @@ def batch_norm(
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
     skip_nonfinite: bool = ...,
-    activation: Optional[str] = ...,
+    activation: _Activation = ...,
+    residual: Optional[npt.ArrayLike] = ...,
+    negative_slope: Optional[float] = ...,
 ) -> _Array: ...
 def batch_norm_forward(
     x: npt.ArrayLike,
@@ -57,7 +67,9 @@ def batch_norm_forward(
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
     skip_nonfinite: bool = ...,
-    activation: Optional[str] = ...,
+    activation: _Activation = ...,
+    residual: Optional[npt.ArrayLike] = ...,
+    negative_slope: Optional[float] = ...,
 ) -> ForwardResult: ...
 def batch_norm_backward(
     dy: npt.ArrayLike,
@@ -69,10 +81,14 @@ def batch_norm_backward(
     axis: int = ...,
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
-    needs: Tuple[bool, bool, bool] = ...,
-    activation: Optional[str] = ...,
+    needs: Union[Tuple[bool, bool, bool], Tuple[bool, bool, bool, bool]] = ...,
+    activation: _Activation = ...,
     y: Optional[_Array] = ...,
-) -> BackwardResult: ...
+    bias: _Vector = ...,
+    residual: Optional[npt.ArrayLike] = ...,
+    negative_slope: Optional[float] = ...,
+    dresidual_out: Optional[_Array] = ...,
+) -> Union[BackwardResult, FusedBackwardResult]: ...
 def batch_norm_inference(
     x: npt.ArrayLike,
     running_mean: npt.ArrayLike,
@@ -84,7 +100,9 @@ def batch_norm_inference(
     axis: int = ...,
     out: Optional[_Array] = ...,
     num_threads: Optional[int] = ...,
-    activation: Optional[str] = ...,
+    activation: _Activation = ...,
+    residual: Optional[npt.ArrayLike] = ...,
+    negative_slope: Optional[float] = ...,
 ) -> _Array: ...
 def config() -> dict: ...
 def show_config(file: Optional[object] = ...) -> None: ...

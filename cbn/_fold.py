@@ -137,6 +137,10 @@ def fold_into_conv(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLike
     ``bn(conv(x, W, b)) == conv(x, W_folded, b_folded)``; the results equal those of
     ``torch.nn.utils.fusion.fuse_conv_bn_weights`` (computed here in float64 and rounded once).
 
+    An activation fused after the batch norm (``activation=``) is not part of the affine map
+    and is not folded: it stays a separate step after the folded layer (e.g. a
+    ``FrozenBatchNorm`` with ``activation=`` and identity statistics, or the framework's own).
+
     Parameters
     ----------
     W : array_like, float
@@ -207,6 +211,10 @@ def fold_into_linear(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLi
     ``bn(x @ W.T + b) == x @ W_folded.T + b_folded``; the results equal those of
     ``torch.nn.utils.fusion.fuse_linear_bn_weights`` (computed here in float64 and rounded
     once).
+
+    An activation fused after the batch norm (``activation=``) is not part of the affine map
+    and is not folded: it stays a separate step after the folded layer (e.g. a
+    ``FrozenBatchNorm`` with ``activation=`` and identity statistics, or the framework's own).
 
     Parameters
     ----------
@@ -292,6 +300,10 @@ class FrozenBatchNorm:
         The channel axis of the inputs (-1 for channels-last).
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation applied in the same pass (after ``residual`` when a call gives one).
+    negative_slope : float, optional
+        ``"leaky_relu"``'s slope (default 0.01).
 
     Attributes
     ----------
@@ -509,9 +521,7 @@ class FrozenBatchNorm:
         dx = _apply_affine(g, zero, self.scale, zero, self.axis, out, self._nt, "dy")
         if residual is None:
             return dx
-        if g is dy:
-            g = np.array(dy, copy=True)
-        return ResidualGradients(dx, g)
+        return ResidualGradients(dx, np.array(g, copy=True) if g is dy else np.asarray(g))
 
     def __repr__(self) -> str:
         axis = "" if self.axis == 1 else f", axis={self.axis}"

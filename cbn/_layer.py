@@ -335,7 +335,7 @@ class BatchNorm:
         """The forward output, kept when backward takes the activation's derivative from it."""
         return y if self.activation in v.FROM_OUTPUT else None
 
-    def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> Any:
         """Gradient with respect to the last forward input; accumulates the parameter gradients.
 
         After a training-mode forward (or an evaluation-mode one without running statistics)
@@ -423,7 +423,7 @@ class BatchNorm:
             self.grad_bias = db.copy() if self.grad_bias is None else self.grad_bias + db
         return dx if dres is None else ResidualGradients(dx, dres)
 
-    def _gradient_at_activation(self, dy: np.ndarray, x: Optional[np.ndarray],
+    def _gradient_at_activation(self, dy: Any, x: Optional[np.ndarray],
                                 y: Optional[np.ndarray], residual: Any,
                                 scale: np.ndarray) -> np.ndarray:
         """Evaluation mode: ``dy * act'(z)``, the gradient at the activation's input ``z`` of

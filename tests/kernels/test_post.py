@@ -464,3 +464,25 @@ def test_dask_functions_take_the_post_operation(rng, act):
                                   negative_slope=_slope(act))
     np.testing.assert_array_equal(inf.compute(), cbn.batch_norm_inference(
         x, f.mean, rv, w, b, activation=act, residual=r, negative_slope=_slope(act)))
+
+
+def test_readme_resnet_block_example():
+    """The README's "Fused epilogues" example, executed as written, computes the unfused
+    composition (float64 reference)."""
+    import pathlib
+
+    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md not beside the tests (installed test run)")
+    text = readme.read_text()
+    section = text[text.index("## Fused epilogues"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    conv_out, identity, dy = ns["conv_out"], ns["identity"], ns["dy"]
+    fwd, bwd = _reference(conv_out, dy, ns["weight"].astype(np.float64),
+                          ns["bias"].astype(np.float64), identity, 1, "relu")
+    np.testing.assert_allclose(ns["dresidual"], bwd.dresidual, atol=1e-6)
+    np.testing.assert_allclose(ns["dx"], bwd.dx, atol=2e-5)
+    assert ns["y"].shape == conv_out.shape
