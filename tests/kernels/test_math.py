@@ -14,14 +14,6 @@ F32, F64 = np.float32, np.float64
 _ERFC = np.frompyfunc(math.erfc, 1, 1)
 
 
-@pytest.fixture(params=_dispatch.LEVELS)
-def level(request):
-    if request.param not in _dispatch.supported_levels():
-        pytest.skip(f"{request.param}: not built or not supported by this CPU")
-    with _dispatch.use_level(request.param):
-        yield request.param
-
-
 def _ulps(got, want, dtype):
     """|got - want| in ulps of want (the spacing at want's magnitude; results that are normal
     numbers of dtype only)."""

@@ -144,14 +144,6 @@ def test_streamed_and_plain_stores_agree(rng, act, shape, axis):
     np.testing.assert_array_equal(streamed.out, plain.out)
 
 
-@pytest.fixture(params=_dispatch.LEVELS)
-def level(request):
-    if request.param not in _dispatch.supported_levels():
-        pytest.skip(f"{request.param}: not built or not supported by this CPU")
-    with _dispatch.use_level(request.param):
-        yield request.param
-
-
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_level_matches_the_reference(rng, level, act, dtype):
