@@ -415,17 +415,17 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
 def z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk):
     """Where the gradient pass finds the activation's input z, as the inference kernel's
-    ``(src, centre, scale, shift, residual)``: y itself through the identity for the
-    activations whose derivative is a function of their output (FROM_OUTPUT), else x through
-    the forward's own coefficients (mean, invstd * weight, bias: the same bits as the forward's
-    z) plus the residual."""
+    ``(src, centre, scale, shift, residual, direct)``: y itself (``direct``: no affine stage)
+    for the activations whose derivative is a function of their output (FROM_OUTPUT), else x
+    through the forward's own coefficients (mean, invstd * weight, bias: the same bits as the
+    forward's z) plus the residual."""
     C = mu.shape[0]
     if activation in v.FROM_OUTPUT:
         y = v.kernel_dtype(y, "y", allow_half=True)
         v.check_like(y, x.shape, x.dtype, "y")
-        return v.view_like(y, perm), np.zeros(C), np.ones(C), np.zeros(C), None
+        return v.view_like(y, perm), np.zeros(C), np.ones(C), np.zeros(C), None, True
     b = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
-    return xk, mu, iv if w is None else iv * w, b, rk
+    return xk, mu, iv if w is None else iv * w, b, rk, False
 
 
 def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activation,
@@ -446,12 +446,12 @@ def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activ
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
     gk, g = v.like_kernel(xk, perm, x.shape)
     if xk.size:
         kern = _half if xk.dtype == _F16 else _k
         kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                       slope=slope, residual=res, dy=v.view_like(dy, perm))
+                       slope=slope, residual=res, dy=v.view_like(dy, perm), direct=direct)
     return g
 
 
@@ -472,7 +472,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
     dxk = dx = None
     copy_back = False
@@ -492,7 +492,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     kern = _half if xk.dtype == _F16 else _k
     if gk is not None and xk.size:
         kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                       slope=slope, residual=res, dy=dyk)
+                       slope=slope, residual=res, dy=dyk, direct=direct)
     if need_dres:
         dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
     dweight = dbias = None

@@ -75,15 +75,15 @@ def forward_train(x, y_out, outer, C, inner, weight, bias, eps, mean_out, var_ou
 
 
 def inference(x, y_out, outer, C, inner, centre, scale, shift, num_threads, relu=False,
-              post_act=-1, slope=0.0, residual=None, dy=None):
+              post_act=-1, slope=0.0, residual=None, dy=None, direct=False):
     """``(x - centre) * scale + shift`` (then ReLU, or the post-operation of
     ``_core.inference``) for float16 ``x`` into float16 ``y_out``."""
     _affine(x.reshape(outer, C, inner), y_out.reshape(outer, C, inner), outer, C, inner,
-            centre, scale, shift, num_threads, relu, post_act, slope, residual, dy)
+            centre, scale, shift, num_threads, relu, post_act, slope, residual, dy, direct)
 
 
 def _affine(x3, y3, outer, C, inner, centre, scale, shift, num_threads, relu, post_act=-1,
-            slope=0.0, residual=None, dy=None):
+            slope=0.0, residual=None, dy=None, direct=False):
     r3 = None if residual is None else residual.reshape(outer, C, inner)
     g3 = None if dy is None else dy.reshape(outer, C, inner)
     for sl, shape in _chunks(outer, C, inner):
@@ -92,7 +92,7 @@ def _affine(x3, y3, outer, C, inner, centre, scale, shift, num_threads, relu, po
             _k.inference(xc, xc, shape[0], C, shape[2], centre, scale, shift, num_threads,
                          post_act=post_act, slope=slope,
                          residual=None if r3 is None else _widen(r3, sl),
-                         dy=None if g3 is None else _widen(g3, sl))
+                         dy=None if g3 is None else _widen(g3, sl), direct=direct)
         else:
             _k.inference(xc, xc, shape[0], C, shape[2], centre, scale, shift, num_threads, relu)
         y3[sl] = xc  # narrows to float16 with round-to-nearest-even

@@ -382,11 +382,11 @@ def _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd, weigh
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     if activation is None:  # a residual alone: the gradient passes through
         return dyk
-    src, centre, scale, shift, res = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
     gk = np.empty_like(xk)
     if xk.size:
         _k.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                     slope=slope, residual=res, dy=dyk)
+                     slope=slope, residual=res, dy=dyk, direct=direct)
     return gk
 
 

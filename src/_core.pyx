@@ -290,7 +290,7 @@ cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_
 
 
 cdef int _post_of(cbn_post* p, cnp.ndarray x, int post_act, double slope, object residual,
-                  object dy) except -1:
+                  object dy, bint direct=False) except -1:
     """Fill p, the post-operation of an entry (cbn_post.h): post_act an ACTIVATIONS code (or
     CBN_ACT_NONE with only a residual), residual and dy None or arrays like x; dy given: the
     gradient mode."""
@@ -300,6 +300,7 @@ cdef int _post_of(cbn_post* p, cnp.ndarray x, int post_act, double slope, object
     p.slope = slope
     p.res = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
     p.dy = NULL if dy is None else cnp.PyArray_DATA(<cnp.ndarray>dy)
+    p.direct = direct
     return 0
 
 
@@ -361,11 +362,12 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
               int num_threads, int act=CBN_ACT_NONE, int post_act=-1, double slope=0.0,
-              object residual=None, object dy=None):
+              object residual=None, object dy=None, bint direct=False):
     """y_out = act((x - centre) * scale + shift) with float64 per-channel vectors (act an
     ACTIVATIONS code).  post_act >= 0 (act then NONE): y_out = post_act(that + residual), or
     with dy given (like x) y_out = dy * post_act'(that + residual), the gradient at the
-    activation's input (residual like x, or None)."""
+    activation's input (residual like x, or None).  direct: x is that input itself (centre,
+    scale and shift are not read; no residual)."""
     _bound()
     _check_kernel_arrays(x, y_out)
     cdef Geometry g = _geom_of(x, outer, C, inner)
@@ -376,7 +378,9 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
     cdef const cbn_post* pp = NULL
     cdef int rc
     if post_act >= 0:
-        _post_of(&post, x, post_act, slope, residual, dy)
+        if direct and residual is not None:
+            raise ValueError("a direct post-operation takes no residual")
+        _post_of(&post, x, post_act, slope, residual, dy, direct)
         pp = &post
         act = CBN_ACT_NONE
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:

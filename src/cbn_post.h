@@ -28,6 +28,8 @@ typedef struct {
     double slope;       /* leaky_relu's negative slope (else unused) */
     const void *res;    /* the residual, laid out as x, of x's type; NULL: none */
     const void *dy;     /* GRAD: the upstream gradient, laid out as x; else NULL */
+    int direct;         /* the pass's input is z itself (no affine stage, no buffer): the
+                         * gradient of an activation taken from its output y */
 } cbn_post;
 
 /* The block of bn(x) kept between the two stages: 8 KB is a quarter of L1 on every x86 core

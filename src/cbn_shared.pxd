@@ -43,6 +43,7 @@ cdef extern from "cbn_post.h" nogil:
         double slope
         const void* res
         const void* dy
+        int direct
 
 cdef extern from "cbn_geometry.h" nogil:
     enum:

@@ -3,7 +3,8 @@
 # activation beyond the in-register ones.  Each task computes bn(x) block by block into its
 # thread's buffer (plain stores, cached) and hands each block to cbn_post_block, which reads
 # the residual (and dy) at the same offsets and writes the output, streamed if the pass
-# streams.  The blocks follow the pass's own plan (CBN_EW_*), so nothing depends on the thread
+# streams.  A direct post-operation (the gradient from the output y) skips the buffer: the
+# input is z, handed to cbn_post_block as it is.  The blocks follow the pass's own plan (CBN_EW_*), so nothing depends on the thread
 # count.
 
 cdef inline Py_ssize_t _post_stride(const Geometry* g, Py_ssize_t itemsize) noexcept nogil:
@@ -28,6 +29,9 @@ cdef void _post_run(const floating* x, floating* out, Py_ssize_t off, Py_ssize_t
                     bint stream) noexcept nogil:
     """Elements off <= i < off + n of one channel-major run (coefficients hi, sc, sh)."""
     cdef Py_ssize_t B = CBN_POST_BLOCK_BYTES // sizeof(floating), i = 0, k
+    if p.direct:
+        _post_block(p, x + off, off, out, n, stream)
+        return
     while i < n:
         k = min(B, n - i)
         if floating is float:
@@ -47,7 +51,9 @@ cdef void _post_runs(const Work* wk, Py_ssize_t r0, Py_ssize_t r1, floating* s,
     cdef const floating* coef = <const floating*>wk.coef
     cdef Py_ssize_t r, c, j, k, C = wk.g.C, n = wk.g.inner
     cdef Py_ssize_t per = <Py_ssize_t>(CBN_POST_BLOCK_BYTES // sizeof(floating)) // n
-    if per < 2:
+    if wk.post.direct:  # the runs r0..r1 are one contiguous stretch of z
+        _post_block(wk.post, x + r0 * n, r0 * n, <floating*>wk.out, (r1 - r0) * n, wk.stream)
+    elif per < 2:
         for r in range(r0, r1):
             c = r % C
             _post_run(x, <floating*>wk.out, r * n, n, coef[c], coef[C + c], coef[2 * C + c],
@@ -89,6 +95,9 @@ cdef void _post_rows(const Work* wk, Py_ssize_t t, floating* s, const floating* 
     cdef Py_ssize_t r0 = t * rpt, r1 = min(r0 + rpt, wk.g.outer), r, q
     cdef Py_ssize_t per = max(1, <Py_ssize_t>(CBN_POST_ROWS_BYTES // sizeof(floating)) // C)
     r = r0
+    if wk.post.direct:
+        _post_block(wk.post, x + r0 * C, r0 * C, <floating*>wk.out, (r1 - r0) * C, wk.stream)
+        r = r1
     while r < r1:
         q = min(per, r1 - r)
         _affine_rows(x + r * C, s, C, q, C, <const floating*>wk.coef, C, CBN_ACT_NONE)
