@@ -240,11 +240,14 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     """
     code, slope = v.check_epilogue(activation, negative_slope)
     post = v.in_post_stage(code, residual)
-    if not post:
+    if post:
+        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads,
+                            out, 0, code, slope, residual)
+    else:
         y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads,
                             out, code)
-        if y is not None:
-            return y
+    if y is not None:
+        return y
     x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -359,9 +362,10 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
 
     With a residual or an activation other than ReLU, the gradient ``g = dy * act'(z)`` is
     written once (into ``dresidual`` when it is asked for, else a temporary), in one pass that
-    reads ``dy`` and ``y`` (or ``x`` and ``residual``); the two batch-norm passes then read
-    ``g`` and ``x``.  Memory traffic: 6 reads and 2 writes of an array, the same as a fused
-    two-pass kernel that writes ``dresidual``.  ReLU without a residual applies its mask inside
+    reads ``dy`` and ``y`` (or ``dy``, ``x`` and ``residual``); the two batch-norm passes then
+    read ``g`` and ``x``.  Memory traffic, in arrays of x's size: 6 reads and 2 writes from
+    ``y`` (the same as a fused two-pass kernel that writes ``dresidual``), 7 reads and 2
+    writes when ``z`` is recomputed with a residual.  ReLU without a residual applies its mask inside
     the batch-norm passes instead, which then read ``dy`` and ``y`` and write nothing more.
     """
     code, slope = v.check_epilogue(activation, negative_slope)

@@ -1093,15 +1093,23 @@ cdef inline object _fast_out(object out, cnp.ndarray x):
 
 
 def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
-                   int act):
-    """batch_norm_inference for the common case, or None (see the section comment)."""
+                   int act, int post_act=-1, double slope=0.0, residual=None):
+    """batch_norm_inference for the common case, or None (see the section comment); with
+    post_act >= 0 through the post-operation stage (act then NONE), residual None or an array
+    of x's type and shape."""
     cdef Geometry g
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c, nbad
     cdef double e = 0.0  # set by _fast_eps
     cdef double* buf
     cdef int rc
+    cdef cbn_post post
+    cdef const cbn_post* pp = NULL
     if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_eps(eps, &e):
+        return None
+    if residual is not None and not (
+            _fast_array(residual) and cnp.PyArray_TYPE(<cnp.ndarray>residual) == cnp.PyArray_TYPE(
+                <cnp.ndarray>x) and cnp.PyArray_SAMESHAPE(<cnp.ndarray>residual, <cnp.ndarray>x)):
         return None
     if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.outer * g.inner == 0:
         return None
@@ -1120,9 +1128,19 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         free(buf)
         return None  # a negative variance: the Python route raises
     y = _fast_out(out, <cnp.ndarray>x)
-    if y is None:
+    if y is None or (residual is not None and not _no_partial_overlap(<cnp.ndarray>y,
+                                                                       <cnp.ndarray>residual)):
         free(buf)
         return None
+    if post_act >= 0:
+        post.mode = CBN_POST_APPLY
+        post.act = post_act
+        post.slope = slope
+        post.res = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
+        post.dy = NULL
+        post.direct = 0
+        pp = &post
+        act = CBN_ACT_NONE
     _vcopy(running_mean, C, 0.0, buf)
     _vcopy(weight, C, 1.0, buf + C)
     _vcopy(bias, C, 0.0, buf + 2 * C)
@@ -1131,12 +1149,12 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         with nogil:
             rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, act, NULL)
+                                  buf + 2 * C, act, pp)
     else:
         with nogil:
             rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                   <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, buf, buf + C,
-                                  buf + 2 * C, act, NULL)
+                                  buf + 2 * C, act, pp)
     free(buf)
     _check_rc(rc)
     return y

@@ -478,3 +478,25 @@ def test_readme_resnet_block_example():
     np.testing.assert_allclose(ns["dresidual"], bwd.dresidual, atol=1e-6)
     np.testing.assert_allclose(ns["dx"], bwd.dx, atol=2e-5)
     assert ns["y"].shape == conv_out.shape
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_fast_path_equals_the_python_route(rng, act, dtype):
+    """Canonical arrays take the C fast path (with the residual); a list for running_mean takes
+    the Python route: the same bits, also with out=residual and a residual of another dtype."""
+    x, _, w, b = make_case(rng, (2, 6, 5), 1, dtype)
+    r = rng.standard_normal(x.shape).astype(dtype)
+    rm, rv = rng.standard_normal(6), rng.uniform(0.5, 2, 6)
+    kw = dict(activation=act, residual=r, negative_slope=_slope(act))
+    fast = cbn.batch_norm_inference(x, rm, rv, w, b, **kw)
+    slow = cbn.batch_norm_inference(x, list(rm), rv, w, b, **kw)
+    np.testing.assert_array_equal(fast, slow)
+    r2 = r.copy()
+    assert cbn.batch_norm_inference(x, rm, rv, w, b, **dict(kw, residual=r2), out=r2) is r2
+    np.testing.assert_array_equal(r2, fast)
+    other = r.astype(np.float64 if dtype == np.float32 else np.float32)
+    np.testing.assert_array_equal(cbn.batch_norm_inference(x, rm, rv, w, b,
+                                                           **dict(kw, residual=other)),
+                                  cbn.batch_norm_inference(x, list(rm), rv, w, b,
+                                                           **dict(kw, residual=other)))
