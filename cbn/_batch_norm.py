@@ -27,6 +27,7 @@ _F16 = v.F16
 _fast_forward = _k.fast_forward
 _fast_backward = _k.fast_backward
 _fast_inference = _k.fast_inference
+_fast_fused_backward = _k.fast_fused_backward
 _ALL_GRADIENTS = (True, True, True)
 
 
@@ -370,6 +371,15 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     """
     code, slope = v.check_epilogue(activation, negative_slope)
     if v.in_post_stage(code, residual):
+        if (dresidual_out is None and activation is not None
+                and (needs is _ALL_GRADIENTS or (type(needs) is tuple and all(
+                    f is True for f in needs) and len(needs) in (3, 3 + (residual is not None))))
+                and (y is None) != (activation in v.FROM_OUTPUT)):
+            result = _fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis,
+                                          num_threads, out, code, slope,
+                                          activation in v.FROM_OUTPUT)
+            if result is not None:
+                return result
         return _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
                                num_threads, needs, activation, code, slope, dresidual_out)
     if dresidual_out is not None:

@@ -998,7 +998,7 @@ def update_running(running_mean, running_var, mean, var, n, momentum, bint skip_
 # rules and their messages; so these functions never raise for bad input.  Every check is made
 # before anything is written, so a fallback never leaves partial updates behind.
 
-from cbn._types import BackwardResult, ForwardResult
+from cbn._types import BackwardResult, ForwardResult, FusedBackwardResult
 
 cdef inline bint _fast_array(object a) noexcept:
     cdef int t
@@ -1287,3 +1287,105 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
                           None if weight is None else (<cnp.ndarray>weight).descr)
     return BackwardResult(dx, _as_gradient(<cnp.ndarray>sdyx, gdt),
                           _as_gradient(<cnp.ndarray>sdy, gdt))
+
+
+def fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, num_threads, out,
+                        int code, double slope, bint from_y):
+    """batch_norm_backward through the post-operation stage (every gradient asked for, a new
+    dresidual) for the common case, or None: g = dy * act'(z) into a new array (from y
+    directly when from_y, else z recomputed from x, the statistics, weight, bias and the
+    residual), then the plain backward of g -- the Python route's steps and arithmetic."""
+    cdef Geometry g
+    cdef int nt = _fast_threads(num_threads)
+    cdef Py_ssize_t C, c
+    cdef double* buf
+    cdef int rc
+    cdef int t
+    cdef cnp.dtype gdt
+    cdef cbn_post post
+    cdef cnp.ndarray src
+    if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_array(dy):
+        return None
+    t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    for a in (dy, y if from_y else None, residual):
+        if a is not None and not (_fast_array(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == t
+                                  and cnp.PyArray_SAMESHAPE(<cnp.ndarray>a, <cnp.ndarray>x)):
+            return None
+    if from_y and y is None:
+        return None
+    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.n == 0:
+        return None
+    C = g.C
+    if mean is None or invstd is None:
+        return None
+    if not (_fast_vector(mean, C) and _fast_vector(invstd, C) and _fast_vector(weight, C)
+            and _fast_vector(bias, C)):
+        return None
+    dx = _fast_out(out, <cnp.ndarray>x)
+    if dx is None or not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>dy):
+        return None
+    for a in (y, residual):
+        if a is not None and not _no_partial_overlap(<cnp.ndarray>dx, <cnp.ndarray>a):
+            return None
+    buf = <double*>malloc(6 * C * sizeof(double))  # mean, invstd, weight; centre, scale, shift
+    if buf == NULL:
+        return None
+    _vcopy(mean, C, 0.0, buf)
+    _vcopy(invstd, C, 1.0, buf + C)
+    _vcopy(weight, C, 1.0, buf + 2 * C)
+    if from_y:  # the identity (not read: direct)
+        for c in range(C):
+            buf[3 * C + c] = 0.0
+            buf[4 * C + c] = 1.0
+            buf[5 * C + c] = 0.0
+    else:
+        _vcopy(mean, C, 0.0, buf + 3 * C)
+        for c in range(C):  # invstd * weight, as the Python route's float64 product
+            buf[4 * C + c] = buf[C + c] * buf[2 * C + c] if weight is not None else buf[C + c]
+        _vcopy(bias, C, 0.0, buf + 5 * C)
+    grad = _new_like(<cnp.ndarray>x)
+    src = <cnp.ndarray>(y if from_y else x)
+    post.mode = CBN_POST_GRAD
+    post.act = code
+    post.slope = slope
+    post.res = NULL if (residual is None or from_y) else cnp.PyArray_DATA(<cnp.ndarray>residual)
+    post.dy = cnp.PyArray_DATA(<cnp.ndarray>dy)
+    post.direct = from_y
+    sdy = _new_vector(C)
+    sdyx = _new_vector(C)
+    if t == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(src),
+                                  <float*>cnp.PyArray_DATA(<cnp.ndarray>grad), &g, nt,
+                                  buf + 3 * C, buf + 4 * C, buf + 5 * C, CBN_ACT_NONE, &post)
+            if rc == 0:
+                rc = _T.backward_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>grad), NULL,
+                                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                                     <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf,
+                                     buf + C, buf + 2 * C, True,
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
+    else:
+        with nogil:
+            rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(src),
+                                  <double*>cnp.PyArray_DATA(<cnp.ndarray>grad), &g, nt,
+                                  buf + 3 * C, buf + 4 * C, buf + 5 * C, CBN_ACT_NONE, &post)
+            if rc == 0:
+                rc = _T.backward_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>grad), NULL,
+                                     <const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), &g, nt, buf,
+                                     buf + C, buf + 2 * C, True,
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>sdy),
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx))
+    if rc != 0:
+        free(buf)
+        _check_rc(rc)
+    _dweight_from_sums(<const double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx), buf + C,
+                       <double*>cnp.PyArray_DATA(<cnp.ndarray>sdyx), C)
+    free(buf)
+    gdt = _gradient_dtype((<cnp.ndarray>x).descr,
+                          None if weight is None else (<cnp.ndarray>weight).descr)
+    dw, db = _as_gradient(<cnp.ndarray>sdyx, gdt), _as_gradient(<cnp.ndarray>sdy, gdt)
+    if residual is None:
+        return BackwardResult(dx, dw, db)
+    return FusedBackwardResult(dx, dw, db, grad)

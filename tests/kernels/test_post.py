@@ -500,3 +500,22 @@ def test_inference_fast_path_equals_the_python_route(rng, act, dtype):
                                                            **dict(kw, residual=other)),
                                   cbn.batch_norm_inference(x, list(rm), rv, w, b,
                                                            **dict(kw, residual=other)))
+
+
+@pytest.mark.parametrize("act", [a for a in ACTS if a is not None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_backward_fast_path_equals_the_python_route(rng, act, dtype, with_residual):
+    """Canonical arrays take the C fast path of the fused backward; weight as a list takes the
+    Python route: the same bits for every gradient."""
+    if act == "relu" and not with_residual:
+        pytest.skip("the in-register ReLU")
+    x, dy, w, b = make_case(rng, (3, 4, 7), 1, dtype)
+    r = rng.standard_normal(x.shape).astype(dtype) if with_residual else None
+    f = cbn.batch_norm_forward(x, w, b, activation=act, residual=r, negative_slope=_slope(act))
+    kw = _backward_kw(act, f.out, b, r)
+    fast = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation=act, **kw)
+    slow = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, list(w), activation=act, **kw)
+    assert type(fast) is type(slow) and len(fast) == (4 if with_residual else 3)
+    for a, b_ in zip(fast, slow):
+        np.testing.assert_array_equal(a, b_)
