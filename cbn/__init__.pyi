@@ -1,4 +1,4 @@
-from typing import Literal, Optional, Sequence, Tuple, Union
+from typing import Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,7 @@ def batch_norm_forward(
     residual: Optional[npt.ArrayLike] = ...,
     negative_slope: Optional[float] = ...,
 ) -> ForwardResult: ...
+@overload
 def batch_norm_backward(
     dy: npt.ArrayLike,
     x: npt.ArrayLike,
@@ -85,10 +86,29 @@ def batch_norm_backward(
     activation: _Activation = ...,
     y: Optional[_Array] = ...,
     bias: _Vector = ...,
-    residual: Optional[npt.ArrayLike] = ...,
+    residual: None = ...,
+    negative_slope: Optional[float] = ...,
+    dresidual_out: None = ...,
+) -> BackwardResult: ...
+@overload
+def batch_norm_backward(
+    dy: npt.ArrayLike,
+    x: npt.ArrayLike,
+    mean: npt.ArrayLike,
+    invstd: npt.ArrayLike,
+    weight: _Vector = ...,
+    *,
+    axis: int = ...,
+    out: Optional[_Array] = ...,
+    num_threads: Optional[int] = ...,
+    needs: Union[Tuple[bool, bool, bool], Tuple[bool, bool, bool, bool]] = ...,
+    activation: _Activation = ...,
+    y: Optional[_Array] = ...,
+    bias: _Vector = ...,
+    residual: npt.ArrayLike,
     negative_slope: Optional[float] = ...,
     dresidual_out: Optional[_Array] = ...,
-) -> Union[BackwardResult, FusedBackwardResult]: ...
+) -> FusedBackwardResult: ...
 def batch_norm_inference(
     x: npt.ArrayLike,
     running_mean: npt.ArrayLike,

@@ -273,7 +273,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
-                        needs=_ALL_GRADIENTS, activation=None, y=None, bias=None,
+                        needs=_ALL_GRADIENTS, activation=None, y=None, bias=v.UNSET,
                         residual=None, negative_slope=None, dresidual_out=None):
     """Exact gradients of the training forward pass.
 
@@ -309,14 +309,17 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         The activation fused into the forward pass; ``dy`` is then the gradient with respect
         to its output.  For ``"relu"``, ``"relu6"`` and ``"leaky_relu"`` the derivative is a
         function of the output, and ``y`` is required.  For ``"silu"``, ``"gelu"`` and
-        ``"gelu_tanh"`` the activation's input ``z = bn(x) + residual`` is recomputed from
-        ``x``, ``mean``, ``invstd``, ``weight``, ``bias`` and ``residual`` (the same
-        arithmetic as the forward pass, so the same bits), and ``y`` must not be given.
+        ``"gelu_tanh"`` (and ``"leaky_relu"`` with a negative slope, whose output no longer
+        tells the sign of its input) the activation's input ``z = bn(x) + residual`` is
+        recomputed from ``x``, ``mean``, ``invstd``, ``weight``, ``bias`` and ``residual``
+        (the same arithmetic as the forward pass, so the same bits), and ``y`` must not be
+        given; the residual, when the forward had one, must be given too.
     y : ndarray, optional
         The forward output (after the fused activation); shape and dtype of ``x``.
-    bias : array_like of shape (C,), optional
-        The forward ``bias`` (None means 0): used to recompute ``z`` for the smooth
-        activations, ignored otherwise.
+    bias : array_like of shape (C,) or None
+        The forward ``bias`` (None: the forward had none).  Required when ``z`` is recomputed
+        (silu, gelu, gelu_tanh, and leaky_relu with a negative slope): a forgotten bias would
+        silently give wrong gradients.  Ignored otherwise.
     residual : array_like, optional
         The forward ``residual``: with it the result has a fourth gradient, ``dresidual``
         (``dy * act'(z)``, the gradient flowing into the skip branch).  Read only when ``z`` is
@@ -370,20 +373,24 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     the batch-norm passes instead, which then read ``dy`` and ``y`` and write nothing more.
     """
     code, slope = v.check_epilogue(activation, negative_slope)
+    bias = v.check_bias_given(bias, activation, slope)
+    if residual is None and dresidual_out is not None:
+        raise ValueError("dresidual_out is only used with a residual")
     if v.in_post_stage(code, residual):
+        from_y = v.from_output(activation, slope)
         if (dresidual_out is None and activation is not None
                 and (needs is _ALL_GRADIENTS or (type(needs) is tuple and all(
                     f is True for f in needs) and len(needs) in (3, 3 + (residual is not None))))
-                and (y is None) != (activation in v.FROM_OUTPUT)):
+                and (y is None) != from_y):
             result = _fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis,
-                                          num_threads, out, code, slope,
-                                          activation in v.FROM_OUTPUT)
+                                          num_threads, out, code, slope, from_y)
             if result is not None:
                 return result
         return _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
                                num_threads, needs, activation, code, slope, dresidual_out)
-    if dresidual_out is not None:
-        raise ValueError("dresidual_out is only used with a residual")
+    if (needs is not _ALL_GRADIENTS and not isinstance(needs, (str, bytes))
+            and hasattr(needs, "__len__") and len(needs) == 4):  # dresidual must be False here
+        needs = v.check_needs4(needs, None)[:3]
     relu = code
     v.check_relu_output(relu, y)
     if needs is _ALL_GRADIENTS or (type(needs) is tuple and needs == _ALL_GRADIENTS):
@@ -427,14 +434,14 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     return BackwardResult(dx, dweight, dbias)
 
 
-def z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk):
+def z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope):
     """Where the gradient pass finds the activation's input z, as the inference kernel's
     ``(src, centre, scale, shift, residual, direct)``: y itself (``direct``: no affine stage)
-    for the activations whose derivative is a function of their output (FROM_OUTPUT), else x
+    for the activations whose derivative is a function of their output (from_output), else x
     through the forward's own coefficients (mean, invstd * weight, bias: the same bits as the
     forward's z) plus the residual."""
     C = mu.shape[0]
-    if activation in v.FROM_OUTPUT:
+    if v.from_output(activation, slope):
         y = v.kernel_dtype(y, "y", allow_half=True)
         v.check_like(y, x.shape, x.dtype, "y")
         return v.view_like(y, perm), np.zeros(C), np.ones(C), np.zeros(C), None, True
@@ -452,7 +459,7 @@ def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activ
     v.check_like(dy, x.shape, x.dtype, "dy")
     if activation is None:
         return dy
-    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True))
+    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True), slope)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
@@ -460,7 +467,7 @@ def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activ
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     gk, g = v.like_kernel(xk, perm, x.shape)
     if xk.size:
         kern = _half if xk.dtype == _F16 else _k
@@ -477,7 +484,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     dy = v.kernel_dtype(dy, "dy", allow_half=True)
     v.check_like(dy, x.shape, x.dtype, "dy")
     need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(activation, y, residual,
-                                                                         needs)
+                                                                         needs, slope)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
@@ -486,7 +493,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
     dxk = dx = None
     copy_back = False

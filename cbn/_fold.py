@@ -325,7 +325,7 @@ class FrozenBatchNorm:
     """
 
     __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt",
-                 "activation", "negative_slope", "_code", "_slope")
+                 "_activation", "_negative_slope", "_code", "_slope")
 
     def __init__(self, scale: ArrayLike, shift: ArrayLike, *, axis: int = 1,
                  num_threads: Optional[int] = None, activation: Optional[str] = None,
@@ -346,8 +346,8 @@ class FrozenBatchNorm:
             _check_finite(name, a)
             a.flags.writeable = False
         self._code, self._slope = v.check_epilogue(activation, negative_slope)
-        self.activation = activation
-        self.negative_slope = self._slope if activation == "leaky_relu" else None
+        self._activation = activation
+        self._negative_slope = self._slope if activation == "leaky_relu" else None
         self.num_features = int(scale.shape[0])
         self.axis = int(axis)
         self.centre = centre
@@ -445,6 +445,16 @@ class FrozenBatchNorm:
         self._num_threads = value
 
     @property
+    def activation(self) -> Optional[str]:
+        """The fused activation (read-only: freeze the layer again to change it)."""
+        return self._activation
+
+    @property
+    def negative_slope(self) -> Optional[float]:
+        """``"leaky_relu"``'s slope, else None (read-only)."""
+        return self._negative_slope
+
+    @property
     def shift(self) -> np.ndarray:
         """``offset - centre * scale``: the map as ``x * scale + shift``."""
         return self.offset - self.centre * self.scale
@@ -508,8 +518,9 @@ class FrozenBatchNorm:
         zero = np.zeros(self.num_features, _F64)
         g = dy
         if self._code or residual is not None:
-            v.check_fused_gradient_inputs(self.activation, y, residual, (True, True, True))
-            if self.activation in v.FROM_OUTPUT:
+            v.check_fused_gradient_inputs(self.activation, y, residual, (True, True, True),
+                                          self._slope)
+            if v.from_output(self.activation, self._slope):
                 g = _apply_affine(y, zero, np.ones(self.num_features), zero, self.axis, None,
                                   self._nt, "y", post=(self._code, self._slope, None, dy))
             elif self.activation is not None:

@@ -158,9 +158,9 @@ class BatchNorm:
             raise TypeError(f"dtype must be float32 or float64, got {dt}")
         v.check_axis(axis, 1 << 30)
         v.check_threads(num_threads)
-        self._code, self._slope = v.check_epilogue(activation, negative_slope)
+        _, slope = v.check_epilogue(activation, negative_slope)
         self.activation = activation
-        self.negative_slope = self._slope if activation == "leaky_relu" else None
+        self.negative_slope = slope if activation == "leaky_relu" else None
         self.num_features = int(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = momentum
@@ -257,11 +257,13 @@ class BatchNorm:
 
         Parameters
         ----------
-        x : ndarray of float32 or float64, ndim >= 2
+        x : ndarray of float16, float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``axis``.
         residual : array_like, optional
             Added before the activation, in the same pass: ``act(bn(x) + residual)`` (a
             ResNet block's skip connection); :meth:`backward` then also returns its gradient.
+            ``out`` may be the residual, except with an activation whose backward recomputes
+            its input from it (silu, gelu, gelu_tanh, leaky_relu with a negative slope).
         out : ndarray, optional
             Where to write the result: same shape and dtype as ``x``.  It may be ``x`` itself
             only in evaluation mode with running statistics, and :meth:`backward` then gives
@@ -282,9 +284,11 @@ class BatchNorm:
         """
         x = self._check_channels(x)
         nt = self.num_threads
+        # the activation of this call, kept for backward (attributes may change later)
+        act = (self.activation, *v.check_epilogue(self.activation, self.negative_slope))
         post = dict(activation=self.activation, residual=residual,
                     negative_slope=self.negative_slope)
-        smooth = self.activation is not None and self.activation not in v.FROM_OUTPUT
+        smooth = self.activation is not None and not v.from_output(act[0], act[2])
         if (smooth and residual is not None and out is not None
                 and np.may_share_memory(out, residual)):
             raise ValueError(f"out must not overlap residual with activation="
@@ -296,7 +300,8 @@ class BatchNorm:
                                      num_threads=nt, **post)
             # out=x overwrites the input: dx is still available, parameter gradients are not
             kept = None if out is not None and np.may_share_memory(out, x) else x
-            self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y), residual)
+            self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y, act), residual,
+                           act)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
@@ -326,14 +331,17 @@ class BatchNorm:
                                   self._update_factor(), False, unbiased=False)
         if update:
             self.num_batches_tracked += 1
-        self._saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out), residual)
+        self._saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual,
+                       act)
         return r.out
 
     __call__ = forward
 
-    def _saved_output(self, y: np.ndarray) -> Optional[np.ndarray]:
-        """The forward output, kept when backward takes the activation's derivative from it."""
-        return y if self.activation in v.FROM_OUTPUT else None
+    @staticmethod
+    def _saved_output(y: np.ndarray, act: tuple) -> Optional[np.ndarray]:
+        """The forward output, kept when backward takes the activation's derivative from it
+        (act: the call's activation, code and slope)."""
+        return y if act[0] is not None and v.from_output(act[0], act[2]) else None
 
     def backward(self, dy: ArrayLike, *, out: Optional[np.ndarray] = None) -> Any:
         """Gradient with respect to the last forward input; accumulates the parameter gradients.
@@ -379,20 +387,21 @@ class BatchNorm:
         need_b = self.bias is not None
         nt = self.num_threads
         dres = None
-        smooth = self.activation is not None and self.activation not in v.FROM_OUTPUT
+        act = self._saved[-1]
+        smooth = act[0] is not None and not v.from_output(act[0], act[2])
         if self._saved[0] == "train":
-            _, x, mean, invstd, y, residual = self._saved
+            _, x, mean, invstd, y, residual, _ = self._saved
             if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
                 mean = invstd = np.zeros(self.num_features, _F64)
-            kw = dict(activation=self.activation, negative_slope=self.negative_slope,
-                      residual=residual, y=y, bias=self.bias if smooth else None)
+            kw = dict(activation=act[0], negative_slope=act[2] if act[0] == "leaky_relu" else
+                      None, residual=residual, y=y, bias=self.bias if smooth else None)
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
                                     num_threads=nt, needs=(True, need_p, need_b), **kw)
             dx, dw, db = r[:3]
             if residual is not None:
                 dres = r[3]
         else:
-            _, x, shape, dtype, y, residual = self._saved
+            _, x, shape, dtype, y, residual, _ = self._saved
             dy = v.kernel_dtype(dy, "dy")
             v.check_like(dy, shape, dtype, "dy")
             if x is None and (need_p or need_b or smooth):
@@ -404,7 +413,7 @@ class BatchNorm:
                                        self.weight.astype(_F64), self.running_var.astype(_F64),
                                        self.eps)
             invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
-            dy = self._gradient_at_activation(dy, x, y, residual, scale)
+            dy = self._gradient_at_activation(dy, x, y, residual, scale, act)
             dres = dy if residual is not None else None
             dw = db = None
             if need_p or need_b:
@@ -425,20 +434,21 @@ class BatchNorm:
 
     def _gradient_at_activation(self, dy: Any, x: Optional[np.ndarray],
                                 y: Optional[np.ndarray], residual: Any,
-                                scale: np.ndarray) -> np.ndarray:
+                                scale: np.ndarray, act: tuple) -> np.ndarray:
         """Evaluation mode: ``dy * act'(z)``, the gradient at the activation's input ``z`` of
-        the last forward (dy itself without an activation)."""
+        the last forward (dy itself without an activation); act: its (name, code, slope)."""
         nt = v.check_threads(self.num_threads)
         C = self.num_features
         zero = np.zeros(C, _F64)
-        if self.activation is None:
+        name, code, slope = act
+        if name is None:
             return dy if residual is None else np.array(dy, copy=True)
-        if self.activation in v.FROM_OUTPUT:
+        if v.from_output(name, slope):
             return _apply_affine(y, zero, np.ones(C), zero, self.axis, None, nt, "y",
-                                 post=(self._code, self._slope, None, dy))
+                                 post=(code, slope, None, dy))
         shift = zero if self.bias is None else self.bias.astype(_F64)
         return _apply_affine(x, self.running_mean.astype(_F64), scale, shift, self.axis, None,
-                             nt, post=(self._code, self._slope, residual, dy))
+                             nt, post=(code, slope, residual, dy))
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:

@@ -25,7 +25,7 @@ A synchronized (cross-process) batch norm is then::
 from __future__ import annotations
 
 import operator
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -369,12 +369,12 @@ def _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd, weigh
     """``dy * act'(z)`` in the kernel layout (dyk itself without an activation or residual):
     the gradient that the sharded backward passes reduce, as batch_norm_backward does."""
     code, slope = v.check_epilogue(activation, negative_slope)
+    bias = v.check_bias_given(bias, activation, slope)
     if activation is None and residual is None:
-        if y is not None:
-            raise ValueError("y is only used with an activation")
+        v.check_relu_output(False, y)
         return dyk
-    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True))
-    if activation is not None and activation not in v.FROM_OUTPUT and invstd is None:
+    v.check_fused_gradient_inputs(activation, y, residual, (True, True, True), slope)
+    if activation is not None and not v.from_output(activation, slope) and invstd is None:
         raise ValueError(f"invstd is required with activation={activation!r} (its input is "
                          f"recomputed)")
     iv = None if invstd is None else v.as_f64(invstd, "invstd", C)
@@ -382,7 +382,7 @@ def _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd, weigh
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     if activation is None:  # a residual alone: the gradient passes through
         return dyk
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk)
+    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     gk = np.empty_like(xk)
     if xk.size:
         _k.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
@@ -404,7 +404,7 @@ def _backward_sums(dyk, xk, outer, C, inner, mu, with_dot, nt):
 def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int = 1,
                     num_threads: Optional[int] = None, activation: Optional[str] = None,
                     y: Optional[ArrayLike] = None, invstd: Optional[ArrayLike] = None,
-                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                    weight: Optional[ArrayLike] = None, bias: Any = v.UNSET,
                     residual: Optional[ArrayLike] = None,
                     negative_slope: Optional[float] = None) -> BackwardSums:
     """Local per-channel sums for a sharded backward pass (torch's ``batch_norm_backward_reduce``).
@@ -425,8 +425,9 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
         The fused activation of the forward (:func:`normalize`): ``dy`` is then the gradient
         at its output, and the sums are those of ``g = dy * act'(z)``.  As in
         :func:`cbn.batch_norm_backward`, ``y`` (the forward output) is required for relu,
-        relu6 and leaky_relu; silu, gelu and gelu_tanh recompute ``z`` from ``x``, ``mean``,
-        ``invstd``, ``weight``, ``bias`` and ``residual``.  ``g`` itself is the residual's
+        relu6 and leaky_relu (slope >= 0); the others recompute ``z`` from ``x``, ``mean``,
+        ``invstd``, ``weight``, ``bias`` (then required: None if the forward had none) and
+        ``residual``.  ``g`` itself is the residual's
         gradient: ``cbn.batch_norm_backward(..., needs=(False, False, False, True))`` gives
         it locally (no all-reduce needed).
 
@@ -459,7 +460,7 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
                    weight: Optional[ArrayLike], sum_dy: ArrayLike, sum_dy_xmu: ArrayLike,
                    count: int, *, axis: int = 1, out: Optional[np.ndarray] = None,
                    num_threads: Optional[int] = None, activation: Optional[str] = None,
-                   y: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                   y: Optional[ArrayLike] = None, bias: Any = v.UNSET,
                    residual: Optional[ArrayLike] = None,
                    negative_slope: Optional[float] = None) -> np.ndarray:
     """``dx`` of a shard from the all-reduced sums (torch's ``batch_norm_backward_elemt``).

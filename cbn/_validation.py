@@ -298,11 +298,11 @@ def check_like(a, shape, dtype, name, ref="x", same_shape=None):
 
 def check_relu_output(relu, y, allow_unused=False):
     """``y``, the forward output, is required with a fused ReLU (``relu``) and, unless
-    ``allow_unused``, given only then."""
+    ``allow_unused``, given only then (or with the other activations that take it)."""
     if relu and y is None:
         raise ValueError("y (the forward output) is required with activation='relu'")
     if not relu and y is not None and not allow_unused:
-        raise ValueError("y is only used with activation='relu'")
+        raise ValueError("y is only used with activation 'relu', 'relu6' or 'leaky_relu'")
 
 
 
@@ -318,9 +318,18 @@ def check_activation(activation):
     return code
 
 
-#: Activations whose gradient is a function of their output: backward takes the mask from
-#: ``y``.  The others (smooth) recompute their input from x, the statistics, bias, residual.
-FROM_OUTPUT = ("relu", "relu6", "leaky_relu")
+def from_output(activation, slope):
+    """Whether an activation's gradient is a function of its output, so that backward takes
+    its mask from ``y``: relu, relu6, and leaky_relu with ``slope >= 0`` (with a negative
+    slope, y > 0 also where the input was negative).  The others recompute their input from
+    x, the statistics, bias and residual."""
+    return activation in ("relu", "relu6") or (activation == "leaky_relu" and slope >= 0)
+
+
+def _what(activation, slope):
+    if activation == "leaky_relu" and slope < 0:
+        return f"activation='leaky_relu' with negative_slope={slope!r} < 0"
+    return f"activation={activation!r}"
 
 
 def check_epilogue(activation, negative_slope):
@@ -359,15 +368,9 @@ def residual_view(residual, x, xk, perm, name="residual"):
     return view_like(residual, perm)
 
 
-def check_fused_gradient_inputs(activation, y, residual, needs):
-    """The inputs of a fused backward: ``y`` exactly when the gradient comes from the output
-    (FROM_OUTPUT); ``needs`` of 3 flags, or 4 with dresidual (only with a residual).  Returns
-    (need_dx, need_dw, need_db, need_dres)."""
-    if activation in FROM_OUTPUT and y is None:
-        raise ValueError(f"y (the forward output) is required with activation={activation!r}")
-    if activation not in FROM_OUTPUT and y is not None:
-        raise ValueError(f"y is not used with activation={activation!r}: its input is "
-                         f"recomputed from x, mean, invstd, weight, bias and residual")
+def check_needs4(needs, residual):
+    """``needs``: 3 flags (dx, dweight, dbias), or 4 with dresidual, which is asked for only
+    with a residual (3 flags: dresidual whenever there is a residual).  Returns 4 flags."""
     if (isinstance(needs, (str, bytes)) or not hasattr(needs, "__len__")
             or len(needs) not in (3, 4)):
         raise TypeError(f"needs must be a tuple of three or four booleans (dx, dweight, dbias"
@@ -378,3 +381,34 @@ def check_fused_gradient_inputs(activation, y, residual, needs):
     if flags[3] and residual is None:
         raise ValueError("needs asks for dresidual, but no residual was given")
     return flags
+
+
+def check_fused_gradient_inputs(activation, y, residual, needs, slope=0.0):
+    """The inputs of a fused backward: ``y`` exactly when the gradient comes from the output
+    (:func:`from_output`); ``needs`` as :func:`check_needs4`.  Returns (need_dx, need_dw,
+    need_db, need_dres)."""
+    if activation is not None and from_output(activation, slope) and y is None:
+        raise ValueError(f"y (the forward output) is required with {_what(activation, slope)}")
+    if not (activation is not None and from_output(activation, slope)) and y is not None:
+        if activation is None:
+            raise ValueError("y is only used with activation 'relu', 'relu6' or 'leaky_relu'")
+        raise ValueError(f"y is not used with {_what(activation, slope)}: its input is "
+                         f"recomputed from x, mean, invstd, weight, bias and residual")
+    return check_needs4(needs, residual)
+
+
+#: ``bias=`` of a backward not given (an error where the activation's input is recomputed:
+#: a forgotten bias would silently give wrong gradients; pass None for a forward without one).
+UNSET = type("Unset", (), {"__repr__": lambda self: "<not given>"})()
+
+
+def check_bias_given(bias, activation, slope):
+    """``bias`` must be given (None allowed) when the backward recomputes z; returns it with
+    UNSET as None."""
+    if bias is UNSET:
+        if activation is not None and not from_output(activation, slope):
+            raise ValueError(f"bias is required with {_what(activation, slope)} (the "
+                             f"activation's input is recomputed; pass bias=None if the forward "
+                             f"had none)")
+        return None
+    return bias

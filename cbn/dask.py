@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike
 
 from . import _validation as v
 from ._batch_norm import batch_norm_inference as _np_inference
-from ._batch_norm import gradient_at_activation
+from ._batch_norm import gradient_at_activation as _gradient_at_activation
 from ._moments import (
     Moments,
     _backward_sums,
@@ -358,7 +358,7 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
 
 def _gradient_block(dy, x, *src, axis, mean, invstd, weight, bias, nt, post, has_y, has_res):
     """dy * act'(z) of one chunk (the gradient at the activation's input)."""
-    return gradient_at_activation(dy, x, mean, invstd, weight, bias,
+    return _gradient_at_activation(dy, x, mean, invstd, weight, bias,
                                   src[-1] if has_res else None, src[0] if has_y else None,
                                   post["activation"], post["negative_slope"], axis, nt or None)
 
@@ -373,7 +373,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
                         num_threads: Optional[int] = 1,
                         needs: Sequence[bool] = (True, True, True),
                         split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
-                        y: Optional["_da.Array"] = None, bias: Optional[ArrayLike] = None,
+                        y: Optional["_da.Array"] = None, bias: Any = v.UNSET,
                         residual: Optional["_da.Array"] = None,
                         negative_slope: Optional[float] = None) -> Any:
     """Exact gradients of :func:`batch_norm_forward` for Dask arrays.
@@ -397,8 +397,9 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
         The channel axis.
     num_threads : int or None, default 1
         OpenMP threads per chunk task (None: all).
-    needs : tuple of 3 bool, default (True, True, True)
-        Which of ``(dx, dweight, dbias)`` to compute; the others are None.
+    needs : tuple of 3 or 4 bool, default all
+        Which of ``(dx, dweight, dbias)`` -- and, with a residual, ``dresidual`` -- to compute;
+        the others are None.
     split_every : int, default 8
         Fan-in of the tree sum (>= 2).
     activation, y, bias, residual, negative_slope : optional
@@ -431,13 +432,16 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     if not isinstance(dy, da.Array):
         raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
     v.check_like(dy, x.shape, x.dtype, "dy", same_shape=_same_shape)
-    code, _ = v.check_epilogue(activation, negative_slope)
-    fused = v.in_post_stage(code, residual)
+    code, slope = v.check_epilogue(activation, negative_slope)
+    bias = v.check_bias_given(bias, activation, slope)
+    fused = activation is not None or residual is not None  # every activation: a lazy g
     if fused:
-        need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(activation, y,
-                                                                             residual, needs)
+        need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(
+            activation, y, residual, needs, slope)
     else:
         v.check_relu_output(False, y)
+        if not isinstance(needs, (str, bytes)) and hasattr(needs, "__len__") and len(needs) == 4:
+            needs = v.check_needs4(needs, None)[:3]
         need_dx, need_dw, need_db = v.check_needs(needs)
     nt = _chunk_threads(num_threads)
     split_every = _check_split(split_every)

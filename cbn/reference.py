@@ -124,14 +124,14 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
                         residual=None, negative_slope=None):
     """Gradients of the training forward: see :func:`cbn.batch_norm_backward`.  With an
     activation, ``dy`` is first taken through its derivative at ``z``: ``y`` itself for
-    relu, relu6 and leaky_relu (their derivative is that of their output), else ``z =
-    bn(x) + residual`` recomputed; with a residual the result has ``dresidual`` (that
+    relu, relu6 and leaky_relu with a slope >= 0 (their derivative is that of their output),
+    else ``z = bn(x) + residual`` recomputed; with a residual the result has ``dresidual`` (that
     gradient) as a fourth item."""
     x = np.asarray(x)
     dy = np.asarray(dy)
     red, bshape, C = _axes(x, axis)
     slope = 0.01 if negative_slope is None else negative_slope
-    if activation in ("relu", "relu6", "leaky_relu"):
+    if activation in ("relu", "relu6") or (activation == "leaky_relu" and slope >= 0):
         dy = activation_gradient(dy, np.asarray(y), activation, slope).astype(dy.dtype)
     elif activation is not None:
         z = (x - np.asarray(mean).reshape(bshape)) * np.asarray(invstd).reshape(bshape)

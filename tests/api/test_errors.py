@@ -124,11 +124,28 @@ def test_backward_argument_checks():
 
 
 @pytest.mark.parametrize("needs", ["abc", b"abc", (True, 2, True), (True, "yes", False),
-                                   (None, True, True), 3, (True, True, True, True)])
+                                   (None, True, True), 3, (True,) * 5])
 def test_needs_must_be_three_flags(needs):
     f = cbn.batch_norm_forward(X)
     with pytest.raises(TypeError, match="needs"):
         cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=needs)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu"])
+def test_a_fourth_flag_needs_a_residual(activation):
+    """needs=(..., dresidual): True is an error without a residual, whichever path the
+    activation takes; False is accepted."""
+    f = cbn.batch_norm_forward(X, activation=activation)
+    kw = {"y": f.out} if activation in ("relu", "relu6") else {"bias": None}
+    with pytest.raises(ValueError, match="needs asks for dresidual, but no residual"):
+        cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=(True, True, True, True),
+                                activation=activation, **kw)
+    r = cbn.batch_norm_backward(X, X, f.mean, f.invstd, needs=(True, True, False, False),
+                                activation=activation, **kw)
+    assert len(r) == 3 and r.dbias is None
+    with pytest.raises(ValueError, match="dresidual_out is only used with a residual"):
+        cbn.batch_norm_backward(X, X, f.mean, f.invstd, activation=activation,
+                                dresidual_out=np.empty_like(X), **kw)
 
 
 @pytest.mark.parametrize("needs", [[True, False, True], (1, 0, 1), np.array([True, False, True]),

@@ -307,15 +307,21 @@ def test_bad_arguments_are_named_and_nothing_is_written():
         assert (out == 7.0).all()
     bwd = [
         (ValueError, "needs asks for dresidual, but no residual was given",
-         dict(activation="silu", needs=(True, True, True, True))),
+         dict(activation="silu", bias=None, needs=(True, True, True, True))),
+        (ValueError, "bias is required with activation='gelu'",
+         dict(activation="gelu", residual=x)),
+        (ValueError, r"bias is required with activation='leaky_relu' with negative_slope=-0.1",
+         dict(activation="leaky_relu", negative_slope=-0.1, y=x)),
         (ValueError, r"y \(the forward output\) is required with activation='relu6'",
          dict(activation="relu6", residual=x)),
         (ValueError, "y is not used with activation='gelu'",
-         dict(activation="gelu", y=x)),
+         dict(activation="gelu", bias=None, y=x)),
         (TypeError, "needs must be a tuple of three or four booleans",
-         dict(activation="gelu", residual=x, needs=(True,) * 5)),
+         dict(activation="gelu", bias=None, residual=x, needs=(True,) * 5)),
         (ValueError, r"residual must have the shape of x",
-         dict(activation="silu", residual=x[:, :2])),
+         dict(activation="silu", bias=None, residual=x[:, :2])),
+        (ValueError, r"y is not used with activation='leaky_relu' with negative_slope=-0.1",
+         dict(activation="leaky_relu", negative_slope=-0.1, bias=None, y=x)),
     ]
     for exc, msg, kw in bwd:
         with pytest.raises(exc, match=msg):
@@ -519,3 +525,50 @@ def test_backward_fast_path_equals_the_python_route(rng, act, dtype, with_residu
     assert type(fast) is type(slow) and len(fast) == (4 if with_residual else 3)
     for a, b_ in zip(fast, slow):
         np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_leaky_relu_with_a_negative_slope_recomputes_its_input(rng, with_residual):
+    """With slope < 0 the output's sign no longer tells the input's: backward recomputes z
+    (bias required, y refused), in the functions, the layer and Dask, as torch's autograd."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, dy, w, b = make_case(rng, (6, 5, 7, 9), 1, np.float64)
+    r = rng.standard_normal(x.shape) if with_residual else None
+    xt = torch.tensor(x, requires_grad=True)
+    wt, bt = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+    zt = F.batch_norm(xt, None, None, wt, bt, training=True)
+    rt = None if r is None else torch.tensor(r, requires_grad=True)
+    yt = F.leaky_relu(zt if rt is None else zt + rt, -0.3)
+    yt.backward(torch.tensor(dy))
+    want = [xt.grad, wt.grad, bt.grad] + ([] if rt is None else [rt.grad])
+    f = cbn.batch_norm_forward(x, w, b, activation="leaky_relu", negative_slope=-0.3,
+                               residual=r)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation="leaky_relu",
+                                negative_slope=-0.3, bias=b, residual=r)
+    for got, t in zip(g, want):
+        np.testing.assert_allclose(got, t.numpy(), rtol=1e-10, atol=1e-11)
+    layer = cbn.BatchNorm(5, dtype=np.float64, activation="leaky_relu", negative_slope=-0.3)
+    layer.weight[:], layer.bias[:] = w, b
+    layer(x, residual=r)
+    lg = layer.backward(dy)
+    np.testing.assert_allclose(lg if r is None else lg.dx, xt.grad.numpy(), rtol=1e-10,
+                               atol=1e-11)
+
+
+def test_dask_relu_without_a_residual(rng):
+    """The common bn + relu (no residual) in cbn.dask: the mask from y, as in memory."""
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+
+    x, dy, w, b = make_case(rng, (8, 5, 30), 1, np.float64)
+    X, DY = da.from_array(x, chunks=(3, 5, 10)), da.from_array(dy, chunks=(3, 5, 10))
+    F = cd.batch_norm_forward(X, w, b, activation="relu")
+    f = cbn.batch_norm_forward(x, w, b, activation="relu")
+    G = cd.batch_norm_backward(DY, X, F.mean, F.invstd, w, activation="relu", y=F.out)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, activation="relu", y=f.out)
+    assert len(G) == 3
+    for got, want in zip((G.dx.compute(), G.dweight, G.dbias), g):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match=r"y \(the forward output\) is required"):
+        cd.batch_norm_backward(DY, X, F.mean, F.invstd, w, activation="relu")
