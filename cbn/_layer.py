@@ -409,10 +409,10 @@ class BatchNorm:
                     "the forward input was overwritten (out=x), so the parameter gradients "
                     "(and a smooth activation's) cannot be computed; use a separate out array")
             C = self.num_features
+            rv = np.asarray(self.running_var, _F64)  # eval mode with running statistics
             scale = _k.inference_scale(None if self.weight is None else
-                                       self.weight.astype(_F64), self.running_var.astype(_F64),
-                                       self.eps)
-            invstd = 1.0 / np.sqrt(self.running_var.astype(_F64) + self.eps)
+                                       self.weight.astype(_F64), rv, self.eps)
+            invstd = 1.0 / np.sqrt(rv + self.eps)
             dy = self._gradient_at_activation(dy, x, y, residual, scale, act)
             dres = dy if residual is not None else None
             dw = db = None
@@ -447,8 +447,8 @@ class BatchNorm:
             return _apply_affine(y, zero, np.ones(C), zero, self.axis, None, nt, "y",
                                  post=(code, slope, None, dy))
         shift = zero if self.bias is None else self.bias.astype(_F64)
-        return _apply_affine(x, self.running_mean.astype(_F64), scale, shift, self.axis, None,
-                             nt, post=(code, slope, residual, dy))
+        return _apply_affine(x, np.asarray(self.running_mean, _F64), scale, shift, self.axis,
+                             None, nt, post=(code, slope, residual, dy))
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:
