@@ -42,4 +42,14 @@ typedef struct {
 #define CBN_POST_ROWS_BYTES 65536
 #endif
 
+/* Start loading the next block of x while the stage computes on this one: the plain loop of
+ * the first stage streams x with the arithmetic units mostly idle and the second computes
+ * (SiLU, GELU) with the memory bus mostly idle; a prefetch of the next block (one instruction
+ * per 64 bytes) lets them overlap.  Measured, SiLU on 25.7 MB float32 at one thread: 2.51x
+ * the floor against 2.67x without (means of 4 processes, noisy). */
+static inline void cbn_post_prefetch(const void *p, ptrdiff_t bytes) {
+    const char *c = (const char *)p;
+    for (ptrdiff_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
 #endif /* CBN_POST_H */

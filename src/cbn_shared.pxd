@@ -44,6 +44,7 @@ cdef extern from "cbn_post.h" nogil:
         const void* res
         const void* dy
         int direct
+    void cbn_post_prefetch(const void* p, Py_ssize_t nbytes)
 
 cdef extern from "cbn_geometry.h" nogil:
     enum:

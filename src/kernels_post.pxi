@@ -38,6 +38,7 @@ cdef void _post_run(const floating* x, floating* out, Py_ssize_t off, Py_ssize_t
             cbn_affine_run_f32(x + off + i, s, k, hi, sc, sh, CBN_ACT_NONE)
         else:
             cbn_affine_run_f64(x + off + i, s, k, hi, sc, sh, CBN_ACT_NONE)
+        cbn_post_prefetch(x + off + i + k, min(B, n - i - k) * sizeof(floating))
         _post_block(p, s, off + i, out, k, stream)
         i += k
 
