@@ -6,6 +6,7 @@ import numpy as np
 import cbn
 
 from .calls import import_torch
+from .cases import OPS
 from .floor import floor_kernels
 from .scaling import SCALING_CACHE_FRACTION
 from .summary import FLOOR_SUMMARY_MIN_BYTES, FLOOR_TOLERANCE, summarize, summarize_scaling
@@ -119,7 +120,7 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
-_SCALING_COLUMNS = (("op", "<", 9), ("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4),
+_SCALING_COLUMNS = (("op", "<", max(len(op) for op in OPS)), ("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4),
                     ("MB", ">", 7), ("cbn 1T", ">", 10), ("cbn nT", ">", 10),
                     ("cbn", ">", 7), ("floor", ">", 7), ("cbn/floor", ">", 9))
 
