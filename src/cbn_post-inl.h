@@ -18,15 +18,12 @@
 
 #ifdef CBN_VECTOR
 
-static inline CBN_TV SFX(cbn_pv_select)(CBN_TVI m, CBN_TV a, CBN_TV b) {
-    return (CBN_TV)(((CBN_TVI)a & m) | ((CBN_TVI)b & ~m));
-}
 /* sigmoid(w) = 1 / (1 + e^-w) and 1 - sigmoid(w), without cancellation on either side */
 static inline CBN_TV SFX(cbn_pv_sigmoid)(CBN_TV w, CBN_TV *one_minus) {
     const CBN_TV one = (CBN_TV){0} + (T)1;
     CBN_TV e = SFX(cbn_vexp)(-w);
     CBN_TV s = one / (one + e);
-    *one_minus = SFX(cbn_pv_select)((CBN_TVI)(w < 0), one - s, e * s);
+    *one_minus = SFX(cbn_vsel_)((CBN_TVI)(w < 0), one - s, e * s);
     return s;
 }
 #define CBN_GELU_K ((T)0.79788456080286535588) /* sqrt(2 / pi) */
@@ -39,9 +36,9 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_act_v)(CBN_TV z
     if (act == CBN_ACT_RELU) return (CBN_TV)((CBN_TVI)z & ~(CBN_TVI)(z < zero));
     if (act == CBN_ACT_RELU6) {
         CBN_TV r = (CBN_TV)((CBN_TVI)z & ~(CBN_TVI)(z < zero));
-        return SFX(cbn_pv_select)((CBN_TVI)(r > zero + (T)6), zero + (T)6, r);
+        return SFX(cbn_vsel_)((CBN_TVI)(r > zero + (T)6), zero + (T)6, r);
     }
-    if (act == CBN_ACT_LEAKY_RELU) return SFX(cbn_pv_select)((CBN_TVI)(z > zero), z, z * slope);
+    if (act == CBN_ACT_LEAKY_RELU) return SFX(cbn_vsel_)((CBN_TVI)(z > zero), z, z * slope);
     if (act == CBN_ACT_SILU) return z / (one + SFX(cbn_vexp)(-z));
     if (act == CBN_ACT_GELU) {
         CBN_TV pdf;
@@ -61,7 +58,7 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_grad_v)(CBN_TV 
     if (act == CBN_ACT_RELU) return (CBN_TV)((CBN_TVI)g & (CBN_TVI)(z > zero));
     if (act == CBN_ACT_RELU6)
         return (CBN_TV)((CBN_TVI)g & ((CBN_TVI)(z > zero) & (CBN_TVI)(z < zero + (T)6)));
-    if (act == CBN_ACT_LEAKY_RELU) return SFX(cbn_pv_select)((CBN_TVI)(z > zero), g, g * slope);
+    if (act == CBN_ACT_LEAKY_RELU) return SFX(cbn_vsel_)((CBN_TVI)(z > zero), g, g * slope);
     if (act == CBN_ACT_SILU) {
         CBN_TV om, s = SFX(cbn_pv_sigmoid)(z, &om);
         return g * (s * (one + z * om));
