@@ -135,6 +135,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
+    if skip_nonfinite is not False and skip_nonfinite is not True:  # "no" must not skip
+        skip_nonfinite = v.check_flag(skip_nonfinite, "skip_nonfinite")
     code, slope = v.check_epilogue(activation, negative_slope)
     post = v.in_post_stage(code, residual)
     if not post:

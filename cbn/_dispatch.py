@@ -137,11 +137,11 @@ def _configure_streaming():
         return
     try:
         value = int(text)
-        if value < 0:
+        if not 0 <= value < 1 << 62:  # a byte count the runtime's ssize_t holds
             raise ValueError
     except ValueError:
         raise ValueError(
-            f"CBN_STREAMING_MIN_BYTES={text!r} is not a byte count >= 0 or 'off'"
+            f"CBN_STREAMING_MIN_BYTES={text!r} is not a byte count in [0, 2**62) or 'off'"
         ) from None
     _core.set_nontemporal_min_bytes(value)
 

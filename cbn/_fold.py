@@ -174,6 +174,7 @@ def fold_into_conv(W: ArrayLike, b: Optional[ArrayLike], running_mean: ArrayLike
     eps = v.check_eps(eps)
     mean, var, w, bb = _stats_f64(running_mean, running_var, weight, bias)
     C = mean.shape[0]
+    transposed = v.check_flag(transposed, "transposed")
     W = np.asarray(W)
     if W.ndim < 2:
         raise ValueError(f"W must have at least 2 dimensions, got shape {W.shape}")
@@ -324,7 +325,7 @@ class FrozenBatchNorm:
     (2, 3)
     """
 
-    __slots__ = ("num_features", "axis", "centre", "scale", "offset", "_num_threads", "_nt",
+    __slots__ = ("num_features", "axis", "_centre", "_scale", "_offset", "_num_threads", "_nt",
                  "_activation", "_negative_slope", "_code", "_slope")
 
     def __init__(self, scale: ArrayLike, shift: ArrayLike, *, axis: int = 1,
@@ -350,9 +351,9 @@ class FrozenBatchNorm:
         self._negative_slope = self._slope if activation == "leaky_relu" else None
         self.num_features = int(scale.shape[0])
         self.axis = int(axis)
-        self.centre = centre
-        self.scale = scale
-        self.offset = offset
+        self._centre = centre
+        self._scale = scale
+        self._offset = offset
         self.num_threads = num_threads
 
     @classmethod
@@ -443,6 +444,31 @@ class FrozenBatchNorm:
     def num_threads(self, value: Optional[int]) -> None:
         self._nt = v.check_threads(value)
         self._num_threads = value
+
+    @property
+    def centre(self) -> np.ndarray:
+        """The centre of the map (float64, read-only)."""
+        return self._centre
+
+    @property
+    def scale(self) -> np.ndarray:
+        """The per-channel scale (float64, read-only)."""
+        return self._scale
+
+    @property
+    def offset(self) -> np.ndarray:
+        """The offset after scaling (float64, read-only)."""
+        return self._offset
+
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__ if k != "_nt"}
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling (and copying) keeps the layer frozen: the vectors are validated again and
+        read-only."""
+        self._init(np.array(state["_centre"], _F64), np.array(state["_scale"], _F64),
+                   np.array(state["_offset"], _F64), state["axis"], state["_num_threads"],
+                   state["_activation"], state["_negative_slope"])
 
     @property
     def activation(self) -> Optional[str]:

@@ -164,8 +164,9 @@ class BatchNorm:
         self.num_features = int(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = momentum
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = v.check_flag(affine, "affine")
+        self.track_running_stats = v.check_flag(track_running_stats, "track_running_stats")
+        bias = v.check_flag(bias, "bias")
         self.axis = int(axis)
         self.dtype = dt
         self.convention = convention
@@ -230,7 +231,11 @@ class BatchNorm:
             self.bias.fill(0)
 
     def zero_grad(self) -> None:
-        """Drop the accumulated gradients (set them to None, like torch's ``set_to_none``)."""
+        """Drop the accumulated gradients (set them to None, like torch's ``set_to_none``).
+
+        Gradients accumulate over :meth:`backward` calls, also over two calls after one
+        forward (as torch's ``.grad`` with ``retain_graph=True``): call this between steps.
+        """
         self.grad_weight = None
         self.grad_bias = None
 
@@ -378,8 +383,8 @@ class BatchNorm:
         Notes
         -----
         ``grad_weight`` and ``grad_bias`` (dtype of the parameters) are summed over calls as
-        torch's ``.grad``; reset them with :meth:`zero_grad`.  Nothing is accumulated for
-        a parameter that is None.
+        torch's ``.grad``; reset them with :meth:`zero_grad`.  Two calls after one forward
+        accumulate twice.  Nothing is accumulated for a parameter that is None.
         """
         if self._saved is None:
             raise RuntimeError("backward called before forward")
@@ -449,6 +454,15 @@ class BatchNorm:
         shift = zero if self.bias is None else self.bias.astype(_F64)
         return _apply_affine(x, np.asarray(self.running_mean, _F64), scale, shift, self.axis,
                              None, nt, post=(code, slope, residual, dy))
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        """The layer's state without the last forward's saved arrays (a pickled layer would
+        carry its last batch: 49 MiB after one (32, 64, 56, 56) forward); :meth:`backward`
+        after unpickling needs a new forward."""
+        state = self.__dict__.copy()
+        state["_saved"] = None
+        return state
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:

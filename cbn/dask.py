@@ -132,6 +132,7 @@ def _sum_parts(*parts):
 
 def _chunk_backward_sums(dy, x, axis, mean, with_dot, nt):
     x, axis = v.check_input(x, axis)
+    dy = v.kernel_dtype(dy, "dy")  # native byte order, as the in-memory entries convert
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     s = _backward_sums(v.view_like(dy, perm), xk, outer, C, inner, mean, with_dot, nt)
@@ -431,7 +432,9 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     a = _check_array(x, "x", axis)
     if not isinstance(dy, da.Array):
         raise TypeError(f"dy must be a dask.array.Array, got {type(dy).__name__}")
-    v.check_like(dy, x.shape, x.dtype, "dy", same_shape=_same_shape)
+    v.check_like(dy, x.shape, None, "dy", same_shape=_same_shape)
+    if dy.dtype.newbyteorder("=") != x.dtype.newbyteorder("="):  # byte order may differ
+        raise TypeError(f"dy must have the dtype of x ({x.dtype}), got {dy.dtype}")
     code, slope = v.check_epilogue(activation, negative_slope)
     bias = v.check_bias_given(bias, activation, slope)
     fused = activation is not None or residual is not None  # every activation: a lazy g

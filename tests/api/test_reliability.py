@@ -233,3 +233,109 @@ def test_empty_batch_forward_leaves_running_stats(shape, axis, dtype):
         assert tuple(ty.shape) == shape
         np.testing.assert_array_equal(trm.numpy(), rm0)
         np.testing.assert_array_equal(trv.numpy(), rv0)
+
+
+# ------------------------------------------------------------------- side paths (issue #21)
+@pytest.mark.parametrize("shape,axis", LAYOUTS + [((64, 3000), 1)])
+def test_nan_channel_leaves_the_others_as_with_finite_values(rng, shape, axis):
+    """The README's NaN-isolation promise, word for word: the other channels are bit-identical
+    to a run in which the bad channel holds finite values."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    idx = [slice(None)] * len(shape)
+    idx[axis] = 1
+    bad = x.copy()
+    bad[tuple(idx)] = np.nan
+    others = [c for c in range(shape[axis]) if c != 1]
+    a, b = cbn.batch_norm_forward(bad, axis=axis), cbn.batch_norm_forward(x, axis=axis)
+    np.testing.assert_array_equal(np.take(a.out, others, axis=axis),
+                                  np.take(b.out, others, axis=axis))
+    np.testing.assert_array_equal(a.mean[others], b.mean[others])
+    np.testing.assert_array_equal(a.invstd[others], b.invstd[others])
+
+
+@pytest.mark.parametrize("call", [
+    lambda: cbn.batch_norm_forward(np.ones((4, 3)), running_mean=np.zeros(3),
+                                   running_var=np.ones(3), skip_nonfinite="no"),
+    lambda: cbn.batch_norm(np.ones((4, 3)), np.zeros(3), np.ones(3), training=True,
+                           skip_nonfinite="no"),
+    lambda: cbn.BatchNorm(3, affine="no"),
+    lambda: cbn.BatchNorm(3, track_running_stats="no"),
+    lambda: cbn.BatchNorm(3, bias="no"),
+    lambda: cbn.fold_into_conv(np.ones((3, 2, 1, 1)), None, np.zeros(2), np.ones(2), None, None,
+                               transposed="no"),
+])
+def test_every_flag_is_a_bool(call):
+    """A string is not a flag ("no" meant True before)."""
+    with pytest.raises(TypeError, match="must be a bool, got 'no'"):
+        call()
+
+
+def test_dask_backward_with_non_native_byte_order(rng):
+    """dy (and x) in big-endian order: the same gradients as native arrays, also mixed."""
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+
+    x, dy = rng.standard_normal((8, 3, 20)), rng.standard_normal((8, 3, 20))
+    f = cbn.batch_norm_forward(x)
+    want = cbn.batch_norm_backward(dy, x, f.mean, f.invstd)
+    big = lambda a: a.astype(a.dtype.newbyteorder(">"))  # noqa: E731
+    for xa, dya in ((big(x), big(dy)), (x, big(dy)), (big(x), dy)):
+        g = cd.batch_norm_backward(da.from_array(dya, chunks=(4, 3, 10)),
+                                   da.from_array(xa, chunks=(4, 3, 10)), f.mean, f.invstd)
+        np.testing.assert_allclose(g.dx.compute(), want.dx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g.dbias, want.dbias, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g.dweight, want.dweight, rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_variable_out_of_range_is_a_named_error():
+    code = "import cbn"
+    env = dict(__import__("os").environ, CBN_STREAMING_MIN_BYTES="99999999999999999999999")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=tempfile.gettempdir())
+    assert p.returncode != 0
+    assert "ValueError: CBN_STREAMING_MIN_BYTES='99999999999999999999999'" in p.stderr
+
+
+def test_pickled_layer_leaves_its_last_batch_behind():
+    import pickle
+
+    bn = cbn.BatchNorm(64)
+    x = np.ones((32, 64, 28, 28), np.float32)
+    x[0] = 0
+    bn(x)
+    blob = pickle.dumps(bn)
+    assert len(blob) < 100_000  # the batch alone is 6.4 MB
+    back = pickle.loads(blob)
+    np.testing.assert_array_equal(back.running_var, bn.running_var)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        back.backward(np.ones_like(x))
+    bn.backward(np.ones_like(x))  # the original keeps its saved input
+
+
+def test_frozen_layer_stays_frozen():
+    import copy
+    import pickle
+
+    fz = cbn.BatchNorm(3).eval().freeze()
+    for twin in (pickle.loads(pickle.dumps(fz)), copy.deepcopy(fz), copy.copy(fz)):
+        for name in ("centre", "scale", "offset"):
+            assert not getattr(twin, name).flags.writeable
+            np.testing.assert_array_equal(getattr(twin, name), getattr(fz, name))
+        with pytest.raises(ValueError, match="read-only"):
+            twin.scale[0] = np.nan
+    for name in ("centre", "scale", "offset", "activation"):
+        with pytest.raises(AttributeError):
+            setattr(fz, name, np.full(3, np.nan))
+
+
+def test_backward_twice_accumulates_twice(rng):
+    """Documented (zero_grad): two backward calls after one forward add their gradients."""
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    x, dy = rng.standard_normal((8, 3)), rng.standard_normal((8, 3))
+    bn(x)
+    bn.backward(dy)
+    once = bn.grad_weight.copy()
+    bn.backward(dy)
+    np.testing.assert_allclose(bn.grad_weight, 2 * once, rtol=1e-15)
+    bn.zero_grad()
+    assert bn.grad_weight is None
