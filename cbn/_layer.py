@@ -324,6 +324,10 @@ class BatchNorm:
             # Biased variance without cancellation: with momentum 1 the forward writes the
             # batch mean and the unbiased variance var * n / (n - 1) into float64 scratch.
             n = x.size // self.num_features
+            # the checks torch's convention gets from batch_norm_forward, before anything is
+            # written: a read-only or mis-shaped statistic fails here, not after the mean
+            v.check_running_stats(self.running_mean, self.running_var, self._update_factor(),
+                                  self.num_features)
             bm = np.zeros(self.num_features, _F64)
             bv = np.zeros(self.num_features, _F64)
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,

@@ -339,3 +339,21 @@ def test_backward_twice_accumulates_twice(rng):
     np.testing.assert_allclose(bn.grad_weight, 2 * once, rtol=1e-15)
     bn.zero_grad()
     assert bn.grad_weight is None
+
+
+@pytest.mark.parametrize("convention", ["torch", "keras", "onnx"])
+def test_every_convention_checks_its_statistics_before_writing(convention):
+    """A read-only running_var or a (2, C) running_mean: the named error, and nothing changed
+    (keras and onnx updated in NumPy after the kernel, unvalidated)."""
+    x = np.arange(24.0).reshape(8, 3)
+    bn = cbn.BatchNorm(3, dtype=np.float64, convention=convention)
+    bn.running_var.flags.writeable = False
+    before = bn.running_mean.copy()
+    with pytest.raises(ValueError, match="running_var"):
+        bn(x)
+    np.testing.assert_array_equal(bn.running_mean, before)
+    assert bn.num_batches_tracked == 0
+    bn = cbn.BatchNorm(3, dtype=np.float64, convention=convention)
+    bn.running_mean = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="running_mean"):
+        bn(x)
