@@ -7,6 +7,7 @@ framework conventions (``"torch"``, ``"keras"``, ``"onnx"``).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -123,6 +124,10 @@ class BatchNorm:
     The layer keeps a reference to the last training input for :meth:`backward` (as torch's
     autograd saves it): do not modify it in place between the forward and the backward call.
 
+    Threads: training steps of threads sharing a layer are serialised (a lock around the
+    statistics, the counter and the saved input), but :meth:`backward` uses the last
+    forward's saved input, so threads that each run forward and backward need a layer each.
+
     Examples
     --------
     >>> import numpy as np, cbn
@@ -185,6 +190,7 @@ class BatchNorm:
         self.grad_weight: Optional[np.ndarray] = None
         self.grad_bias: Optional[np.ndarray] = None
         self._saved: Optional[tuple] = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ modes and state
     def train(self, mode: bool = True) -> "BatchNorm":
@@ -305,11 +311,19 @@ class BatchNorm:
                                      num_threads=nt, **post)
             # out=x overwrites the input: dx is still available, parameter gradients are not
             kept = None if out is not None and np.may_share_memory(out, x) else x
-            self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y, act), residual,
-                           act)
+            with self._lock:
+                self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y, act),
+                               residual, act)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
+        with self._lock:  # one training step at a time: statistics, counter, saved input
+            return self._train_step(x, out, nt, post, act, residual)
+
+    def _train_step(self, x: np.ndarray, out: Optional[np.ndarray], nt: Optional[int],
+                    post: dict, act: tuple, residual: Any) -> np.ndarray:
+        """The training-mode forward (or evaluation without running statistics), under the
+        layer's lock."""
         update = self.training and self.track_running_stats
         if not update:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
@@ -466,7 +480,12 @@ class BatchNorm:
         after unpickling needs a new forward."""
         state = self.__dict__.copy()
         state["_saved"] = None
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ state dict
     def _state_keys(self) -> list:

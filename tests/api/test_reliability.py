@@ -357,3 +357,28 @@ def test_every_convention_checks_its_statistics_before_writing(convention):
     bn.running_mean = np.zeros((2, 3))
     with pytest.raises(ValueError, match="running_mean"):
         bn(x)
+
+
+def test_layer_shared_by_threads_in_training_counts_every_step():
+    """Training steps of threads sharing one BatchNorm are serialised: with momentum=None (the
+    cumulative average) the running mean is the mean of all batch means (3.56-3.64 for 3.5
+    before: lost updates)."""
+    import threading
+
+    bn = cbn.BatchNorm(4, momentum=None, dtype=np.float64, num_threads=1)
+    batches = [np.full((4096, 4), float(v)) + np.linspace(-1, 1, 4096)[:, None]
+               for v in range(8)]
+    barrier = threading.Barrier(4)
+
+    def work(k):
+        barrier.wait()
+        for i in range(200):
+            bn(batches[(k + i) % 8])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(bn.num_batches_tracked) == 800
+    np.testing.assert_allclose(bn.running_mean, 3.5, rtol=1e-12)
