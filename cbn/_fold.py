@@ -555,6 +555,8 @@ class FrozenBatchNorm:
                                      f"{self.activation!r}")
                 g = _apply_affine(x, self.centre, self.scale, self.offset, self.axis, None,
                                   self._nt, post=(self._code, self._slope, residual, dy))
+        if out is None and residual is None and g is not dy:
+            out = g  # dx overwrites the activation's gradient, our own temporary
         dx = _apply_affine(g, zero, self.scale, zero, self.axis, out, self._nt, "dy")
         if residual is None:
             return dx

@@ -436,8 +436,13 @@ class BatchNorm:
             scale = _k.inference_scale(None if self.weight is None else
                                        self.weight.astype(_F64), rv, self.eps)
             invstd = 1.0 / np.sqrt(rv + self.eps)
+            user_dy = dy
             dy = self._gradient_at_activation(dy, x, y, residual, scale, act)
             dres = dy if residual is not None else None
+            # dx may overwrite the activation's gradient, our own temporary: one full-size
+            # array besides the outputs at most
+            if out is None and residual is None and dy is not user_dy:
+                out = dy
             dw = db = None
             if need_p or need_b:
                 _, dw, db = batch_norm_backward(dy, x, self.running_mean, invstd, self.weight,

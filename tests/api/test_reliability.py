@@ -382,3 +382,24 @@ def test_layer_shared_by_threads_in_training_counts_every_step():
         t.join()
     assert int(bn.num_batches_tracked) == 800
     np.testing.assert_allclose(bn.running_mean, 3.5, rtol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["layer", "frozen"])
+def test_eval_relu_backward_allocates_only_its_output(which):
+    """The README's memory promise for the layers: an evaluation-mode ReLU backward allocates
+    dx and per-channel work space, no full-size temporary (np.where's mask and copy before)."""
+    import tracemalloc
+
+    x = np.random.default_rng(3).standard_normal((16, 8, 64, 64)).astype(np.float32)
+    dy = np.ones_like(x)
+    bn = cbn.BatchNorm(8, activation="relu").eval()
+    frozen = bn.freeze()
+    y = bn(x) if which == "layer" else frozen(x)
+    tracemalloc.start()
+    try:
+        dx = bn.backward(dy) if which == "layer" else frozen.backward(dy, y=y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dx.shape == x.shape
+    assert peak < 1.25 * x.nbytes, peak / x.nbytes
