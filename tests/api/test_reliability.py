@@ -403,3 +403,17 @@ def test_eval_relu_backward_allocates_only_its_output(which):
         tracemalloc.stop()
     assert dx.shape == x.shape
     assert peak < 1.25 * x.nbytes, peak / x.nbytes
+
+
+def test_enum_arguments_take_names_only():
+    """activation= takes a name (a str, np.str_ included), not an array holding one; the layer
+    and the functions alike."""
+    x = np.ones((4, 3))
+    x[0] = 0
+    for bad in (np.array(["relu"]), ["relu"], b"relu", 1):
+        with pytest.raises(ValueError, match="activation must be None or 'relu'"):
+            cbn.batch_norm_forward(x, activation=bad)
+        with pytest.raises(ValueError, match="activation must be None or 'relu'"):
+            cbn.BatchNorm(3, activation=bad)
+    np.testing.assert_array_equal(cbn.batch_norm_forward(x, activation=np.str_("relu")).out,
+                                  cbn.batch_norm_forward(x, activation="relu").out)
