@@ -19,6 +19,19 @@ SHAPES = {
 }
 
 
+def _inputs(bench, shape, dtype):
+    """The inputs every fusion benchmark shares, set on ``bench``: x, dy, the channel axis,
+    running statistics, affine parameters and a preallocated output."""
+    dims, bench.axis = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    bench.x = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
+    bench.dy = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
+    C = dims[bench.axis]
+    bench.rm, bench.rv = np.zeros(C), np.ones(C)
+    bench.w, bench.b = np.ones(C), np.zeros(C)
+    bench.out = np.empty_like(bench.x)
+
+
 class ReluFusion:
     """Fused versus separate ReLU for inference, training forward and backward."""
 
@@ -27,14 +40,7 @@ class ReluFusion:
 
     def setup(self, shape, dtype, mode):
         """Random inputs, statistics and preallocated outputs."""
-        dims, self.axis = SHAPES[shape]
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
-        self.dy = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
-        C = dims[self.axis]
-        self.rm, self.rv = np.zeros(C), np.ones(C)
-        self.w, self.b = np.ones(C), np.zeros(C)
-        self.out = np.empty_like(self.x)
+        _inputs(self, shape, dtype)
         self.tmp = np.empty_like(self.x)
         f = cbn.batch_norm_forward(self.x, self.w, self.b, axis=self.axis, activation="relu")
         self.mean, self.invstd, self.y = f.mean, f.invstd, f.out
@@ -84,16 +90,10 @@ class ResidualFusion:
     param_names = ["shape", "dtype", "mode"]
 
     def setup(self, shape, dtype, mode):
-        """Random inputs, statistics and preallocated outputs."""
-        dims, self.axis = SHAPES[shape]
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
-        self.r = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
-        self.dy = rng.standard_normal(dims, dtype=np.float32).astype(dtype)
-        C = dims[self.axis]
-        self.rm, self.rv = np.zeros(C), np.ones(C)
-        self.w, self.b = np.ones(C), np.zeros(C)
-        self.out = np.empty_like(self.x)
+        """Random inputs and residual, statistics and preallocated outputs."""
+        _inputs(self, shape, dtype)
+        self.r = np.random.default_rng(1).standard_normal(self.x.shape, dtype=np.float32).astype(
+            dtype)
         self.dres = np.empty_like(self.x)
         f = cbn.batch_norm_forward(self.x, self.w, self.b, axis=self.axis, activation="relu",
                                    residual=self.r)

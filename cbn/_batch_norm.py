@@ -37,6 +37,16 @@ def _empty_stats(C, training_out):
     return ForwardResult(training_out, mean, invstd)
 
 
+def _epilogue(activation, negative_slope, residual):
+    """``(code, slope, post)`` of a call: the activation's code and slope
+    (:func:`~cbn._validation.check_epilogue`) and whether it runs through the post-operation
+    stage; the plain call (no activation, no residual) returns before any check."""
+    if activation is None and negative_slope is None and residual is None:
+        return 0, 0.0, False
+    code, slope = v.check_epilogue(activation, negative_slope)
+    return code, slope, v.in_post_stage(code, residual)
+
+
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
                        skip_nonfinite=False, activation=None, residual=None,
@@ -137,8 +147,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     """
     if skip_nonfinite is not False and skip_nonfinite is not True:  # "no" must not skip
         skip_nonfinite = v.check_flag(skip_nonfinite, "skip_nonfinite")
-    code, slope = v.check_epilogue(activation, negative_slope)
-    post = v.in_post_stage(code, residual)
+    code, slope, post = _epilogue(activation, negative_slope, residual)
     if not post:
         result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
                                num_threads, out, skip_nonfinite, code)
@@ -162,11 +171,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
     kern = _half if xk.dtype == _F16 else _k
-    if post:
-        kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
-                           post_act=code, slope=slope, residual=rk)
-    else:
-        kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt, code)
+    kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
+                       0 if post else code, post_act=code if post else -1, slope=slope,
+                       residual=rk)
     _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
     return ForwardResult(v.finish_output(yk, y, out, copy_back, perm), mean, invstd)
 
@@ -241,14 +248,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     viewed as NCHW) are processed without a copy; other strided arrays are first copied to C
     order (one extra pass).
     """
-    code, slope = v.check_epilogue(activation, negative_slope)
-    post = v.in_post_stage(code, residual)
-    if post:
-        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads,
-                            out, 0, code, slope, residual)
-    else:
-        y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads,
-                            out, code)
+    code, slope, post = _epilogue(activation, negative_slope, residual)
+    y = _fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_threads, out,
+                        0 if post else code, code if post else -1, slope, residual)
     if y is not None:
         return y
     x, axis = v.check_input(x, axis, allow_half=True)
@@ -266,11 +268,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
         kern = _half if xk.dtype == _F16 else _k
-        if post:
-            kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, post_act=code,
-                           slope=slope, residual=rk)
-        else:
-            kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, code)
+        kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, 0 if post else code,
+                       post_act=code if post else -1, slope=slope, residual=rk)
     return v.finish_output(yk, y, out, copy_back, perm)
 
 
@@ -371,14 +370,15 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     reads ``dy`` and ``y`` (or ``dy``, ``x`` and ``residual``); the two batch-norm passes then
     read ``g`` and ``x``.  Memory traffic, in arrays of x's size: 6 reads and 2 writes from
     ``y`` (the same as a fused two-pass kernel that writes ``dresidual``), 7 reads and 2
-    writes when ``z`` is recomputed with a residual.  ReLU without a residual applies its mask inside
-    the batch-norm passes instead, which then read ``dy`` and ``y`` and write nothing more.
+    writes when ``z`` is recomputed with a residual.  ReLU without a residual applies its mask
+    inside the batch-norm passes instead, which then read ``dy`` and ``y`` and write nothing
+    more.
     """
-    code, slope = v.check_epilogue(activation, negative_slope)
-    bias = v.check_bias_given(bias, activation, slope)
+    code, slope, post = _epilogue(activation, negative_slope, residual)
     if residual is None and dresidual_out is not None:
         raise ValueError("dresidual_out is only used with a residual")
-    if v.in_post_stage(code, residual):
+    if post:
+        bias = v.check_bias_given(bias, activation, slope)
         from_y = v.from_output(activation, slope)
         if (dresidual_out is None and activation is not None
                 and (needs is _ALL_GRADIENTS or (type(needs) is tuple and all(
@@ -436,23 +436,29 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     return BackwardResult(dx, dweight, dbias)
 
 
-def z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope):
-    """Where the gradient pass finds the activation's input z, as the inference kernel's
-    ``(src, centre, scale, shift, residual, direct)``: y itself (``direct``: no affine stage)
-    for the activations whose derivative is a function of their output (from_output), else x
-    through the forward's own coefficients (mean, invstd * weight, bias: the same bits as the
-    forward's z) plus the residual."""
-    C = mu.shape[0]
+def _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner, mu, iv,
+                   w, bias, rk, nt):
+    """Write ``g = dy * act'(z)`` into ``gk`` (kernel layout, like ``dyk``) with the inference
+    kernel's post-operation in gradient mode.  z is y itself (``direct``: no affine stage) for
+    the activations whose derivative is a function of their output
+    (:func:`~cbn._validation.from_output`), else x through the forward's own coefficients
+    (mean, invstd * weight, bias: the same bits as the forward's z) plus the residual ``rk``."""
     if v.from_output(activation, slope):
         y = v.kernel_dtype(y, "y", allow_half=True)
         v.check_like(y, x.shape, x.dtype, "y")
-        return v.view_like(y, perm), np.zeros(C), np.ones(C), np.zeros(C), None, True
-    b = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
-    return xk, mu, iv if w is None else iv * w, b, rk, False
+        src, centre, scale, shift, res, direct = (v.view_like(y, perm), np.zeros(C),
+                                                  np.ones(C), np.zeros(C), None, True)
+    else:
+        shift = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
+        src, centre, scale, res, direct = xk, mu, iv if w is None else iv * w, rk, False
+    if xk.size:
+        kern = _half if xk.dtype == _F16 else _k
+        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+                       slope=slope, residual=res, dy=dyk, direct=direct)
 
 
-def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activation,
-                           negative_slope, axis, num_threads):
+def _activation_gradient(dy, x, mean, invstd, weight, bias, residual, y, activation,
+                         negative_slope, axis, num_threads):
     """``dy * act'(z)`` (shape of x): the gradient at the fused activation's input, for the
     chunked and sharded backward passes (cbn.dask)."""
     code, slope = v.check_epilogue(activation, negative_slope)
@@ -469,12 +475,9 @@ def gradient_at_activation(dy, x, mean, invstd, weight, bias, residual, y, activ
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     gk, g = v.like_kernel(xk, perm, x.shape)
-    if xk.size:
-        kern = _half if xk.dtype == _F16 else _k
-        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                       slope=slope, residual=res, dy=v.view_like(dy, perm), direct=direct)
+    _gradient_pass(gk, v.view_like(dy, perm), activation, code, slope, y, x, xk, perm, outer,
+                   C, inner, mu, iv, w, bias, rk, nt)
     return g
 
 
@@ -495,7 +498,6 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     iv = v.as_f64(invstd, "invstd", C)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
     dxk = dx = None
     copy_back = False
@@ -512,10 +514,10 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
         gk, dres = v.like_kernel(xk, perm, x.shape)
     else:
         gk, dres = (np.empty_like(xk) if need_dx or need_dw or need_db else None), None
+    if gk is not None:
+        _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner, mu,
+                       iv, w, bias, rk, nt)
     kern = _half if xk.dtype == _F16 else _k
-    if gk is not None and xk.size:
-        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                       slope=slope, residual=res, dy=dyk, direct=direct)
     if need_dres:
         dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
     dweight = dbias = None

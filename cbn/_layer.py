@@ -296,7 +296,8 @@ class BatchNorm:
         x = self._check_channels(x)
         nt = self.num_threads
         # the activation of this call, kept for backward (attributes may change later)
-        act = (self.activation, *v.check_epilogue(self.activation, self.negative_slope))
+        act = ((None, 0, 0.0) if self.activation is None and self.negative_slope is None
+               else (self.activation, *v.check_epilogue(self.activation, self.negative_slope)))
         post = dict(activation=self.activation, residual=residual,
                     negative_slope=self.negative_slope)
         smooth = self.activation is not None and not v.from_output(act[0], act[2])

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _validation as v
-from ._batch_norm import z_source
+from ._batch_norm import _gradient_pass
 from ._dispatch import kernels as _k
 
 __all__ = [
@@ -356,11 +356,9 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
-        if v.in_post_stage(code, residual):
-            _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, post_act=code,
-                         slope=slope, residual=rk)
-        else:
-            _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, code)
+        post = v.in_post_stage(code, residual)
+        _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, 0 if post else code,
+                     post_act=code if post else -1, slope=slope, residual=rk)
     return v.finish_output(yk, y, out, copy_back, perm)
 
 
@@ -382,11 +380,9 @@ def _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd, weigh
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     if activation is None:  # a residual alone: the gradient passes through
         return dyk
-    src, centre, scale, shift, res, direct = z_source(activation, y, x, xk, perm, mu, iv, w, bias, rk, slope)
     gk = np.empty_like(xk)
-    if xk.size:
-        _k.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
-                     slope=slope, residual=res, dy=dyk, direct=direct)
+    _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner, mu, iv, w,
+                   bias, rk, nt)
     return gk
 
 

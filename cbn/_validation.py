@@ -349,10 +349,13 @@ def check_epilogue(activation, negative_slope):
     return code, 0.0
 
 
+_RELU = _core.ACTIVATIONS["relu"]
+
+
 def in_post_stage(code, residual):
     """Whether an op runs through the kernels' post-operation stage (cbn_post.h): a residual,
     or an activation other than the in-register ReLU."""
-    return residual is not None or code > _core.ACTIVATIONS["relu"]
+    return residual is not None or code > _RELU
 
 
 def residual_view(residual, x, xk, perm, name="residual"):

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike
 
 from . import _validation as v
 from ._batch_norm import batch_norm_inference as _np_inference
-from ._batch_norm import gradient_at_activation as _gradient_at_activation
+from ._batch_norm import _activation_gradient
 from ._moments import (
     Moments,
     _backward_sums,
@@ -359,9 +359,9 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
 
 def _gradient_block(dy, x, *src, axis, mean, invstd, weight, bias, nt, post, has_y, has_res):
     """dy * act'(z) of one chunk (the gradient at the activation's input)."""
-    return _gradient_at_activation(dy, x, mean, invstd, weight, bias,
-                                  src[-1] if has_res else None, src[0] if has_y else None,
-                                  post["activation"], post["negative_slope"], axis, nt or None)
+    return _activation_gradient(dy, x, mean, invstd, weight, bias,
+                                src[-1] if has_res else None, src[0] if has_y else None,
+                                post["activation"], post["negative_slope"], axis, nt or None)
 
 
 def _elemt_block(dy, x, *, axis, mean, invstd, weight, sdy, sdyx, count, nt):
