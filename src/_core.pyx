@@ -289,18 +289,24 @@ cdef inline Geometry _geom_of(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_
     return cbn_geometry_of(outer, C, inner, cnp.PyArray_ITEMSIZE(x))
 
 
-cdef int _post_of(cbn_post* p, cnp.ndarray x, int post_act, double slope, object residual,
-                  object dy, bint direct=False) except -1:
-    """Fill p, the post-operation of an entry (cbn_post.h): post_act an ACTIVATIONS code (or
-    CBN_ACT_NONE with only a residual), residual and dy None or arrays like x; dy given: the
-    gradient mode."""
-    _check_kernel_arrays(x, residual, dy)
+cdef inline void _fill_post(cbn_post* p, int post_act, double slope, object residual,
+                            object dy, bint direct) noexcept:
+    """p, the post-operation of an entry (cbn_post.h): post_act an ACTIVATIONS code (or
+    CBN_ACT_NONE with only a residual), residual and dy None or arrays like x (not checked
+    here); dy given: the gradient mode."""
     p.mode = CBN_POST_APPLY if dy is None else CBN_POST_GRAD
     p.act = post_act
     p.slope = slope
     p.res = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
     p.dy = NULL if dy is None else cnp.PyArray_DATA(<cnp.ndarray>dy)
     p.direct = direct
+
+
+cdef int _post_of(cbn_post* p, cnp.ndarray x, int post_act, double slope, object residual,
+                  object dy, bint direct=False) except -1:
+    """_fill_post for the Python route's entries, after checking the arrays against x."""
+    _check_kernel_arrays(x, residual, dy)
+    _fill_post(p, post_act, slope, residual, dy, direct)
     return 0
 
 
@@ -1133,12 +1139,7 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
         free(buf)
         return None
     if post_act >= 0:
-        post.mode = CBN_POST_APPLY
-        post.act = post_act
-        post.slope = slope
-        post.res = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
-        post.dy = NULL
-        post.direct = 0
+        _fill_post(&post, post_act, slope, residual, None, False)
         pp = &post
         act = CBN_ACT_NONE
     _vcopy(running_mean, C, 0.0, buf)
@@ -1345,12 +1346,7 @@ def fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, nu
         _vcopy(bias, C, 0.0, buf + 5 * C)
     grad = _new_like(<cnp.ndarray>x)
     src = <cnp.ndarray>(y if from_y else x)
-    post.mode = CBN_POST_GRAD
-    post.act = code
-    post.slope = slope
-    post.res = NULL if (residual is None or from_y) else cnp.PyArray_DATA(<cnp.ndarray>residual)
-    post.dy = cnp.PyArray_DATA(<cnp.ndarray>dy)
-    post.direct = from_y
+    _fill_post(&post, code, slope, None if from_y else residual, dy, from_y)
     sdy = _new_vector(C)
     sdyx = _new_vector(C)
     if t == cnp.NPY_FLOAT32:

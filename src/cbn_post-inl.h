@@ -79,13 +79,10 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_grad_v)(CBN_TV 
 #undef CBN_GELU_K
 #undef CBN_GELU_C
 
-static inline CBN_TV SFX(cbn_pv_load)(const T *p) {
-    CBN_TV v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-/* k < CBN_TVL elements at p, the other lanes 0 */
-static inline CBN_TV SFX(cbn_pv_load_part)(const T *p, ptrdiff_t k) {
+/* k <= CBN_TVL elements at p, the other lanes 0 (k is a constant in the loops' bodies) */
+static inline __attribute__((always_inline)) CBN_TV SFX(cbn_pv_load_n)(const T *p,
+                                                                       ptrdiff_t k) {
+    if (k == CBN_TVL) return SFX(cbn_vload)(p);
     CBN_TV v = {0};
     memcpy(&v, p, (size_t)k * sizeof(T));
     return v;
@@ -93,18 +90,14 @@ static inline CBN_TV SFX(cbn_pv_load_part)(const T *p, ptrdiff_t k) {
 
 /* One vector of the stage at i (k < CBN_TVL: a partial vector, through the same arithmetic,
  * so head, body and tail round alike). */
-#define CBN_POST_IN(i, k)                                                                        \
-    ((k) == CBN_TVL ? SFX(cbn_pv_load)(s + (i)) : SFX(cbn_pv_load_part)(s + (i), (k)))
 static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_at)(
     const T *restrict s, const T *restrict r, const T *restrict dy, ptrdiff_t i, ptrdiff_t k,
     const int mode, const int act, const int has_r, CBN_TV slope) {
-    CBN_TV z = CBN_POST_IN(i, k);
-    if (has_r) z += k == CBN_TVL ? SFX(cbn_pv_load)(r + i) : SFX(cbn_pv_load_part)(r + i, k);
+    CBN_TV z = SFX(cbn_pv_load_n)(s + i, k);
+    if (has_r) z += SFX(cbn_pv_load_n)(r + i, k);
     if (mode == CBN_POST_APPLY) return SFX(cbn_post_act_v)(z, act, slope);
-    return SFX(cbn_post_grad_v)(
-        k == CBN_TVL ? SFX(cbn_pv_load)(dy + i) : SFX(cbn_pv_load_part)(dy + i, k), z, act, slope);
+    return SFX(cbn_post_grad_v)(SFX(cbn_pv_load_n)(dy + i, k), z, act, slope);
 }
-#undef CBN_POST_IN
 
 /* out[i] for 0 <= i < n (see cbn_post.h); streamed (whole aligned vectors) when stream */
 static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
@@ -131,8 +124,7 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
     (void)stream;
 #endif
     for (; i + VL <= n; i += VL) {
-        o = SFX(cbn_post_at)(s, r, dy, i, VL, mode, act, has_r, slope);
-        memcpy(out + i, &o, sizeof o);
+        SFX(cbn_vstore)(out + i, SFX(cbn_post_at)(s, r, dy, i, VL, mode, act, has_r, slope));
     }
     if (i < n) {
         o = SFX(cbn_post_at)(s, r, dy, i, n - i, mode, act, has_r, slope);
@@ -145,7 +137,7 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
 static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i += CBN_TVL) {
         const ptrdiff_t k = n - i < CBN_TVL ? n - i : CBN_TVL;
-        CBN_TV v = SFX(cbn_pv_load_part)(x + i, k), o, a = {0};
+        CBN_TV v = SFX(cbn_pv_load_n)(x + i, k), o, a = {0};
         o = fn == 0 ? SFX(cbn_vexp)(v) : SFX(cbn_vnormal)(v, &a);
         memcpy(out + i, &o, (size_t)k * sizeof(T));
         if (aux) memcpy(aux + i, &a, (size_t)k * sizeof(T));
