@@ -24,8 +24,22 @@ def _normal_cdf(z):
 
 
 def activation(z, name, negative_slope=0.01):
-    """The activation ``name`` of :func:`cbn.batch_norm_forward` applied to ``z``, as torch's
-    functional of that name (``"gelu_tanh"``: ``approximate="tanh"``)."""
+    """The activation ``name`` of :func:`cbn.batch_norm_forward` applied to ``z``.
+
+    Parameters
+    ----------
+    z : array_like
+        The activation's input (e.g. ``bn(x) + residual``), computed in its own dtype.
+    name : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        As torch's functional of that name (``"gelu_tanh"``: ``approximate="tanh"``).
+    negative_slope : float, default 0.01
+        ``"leaky_relu"``'s slope.
+
+    Returns
+    -------
+    ndarray
+        The activation's output, dtype of ``z``.
+    """
     z = np.asarray(z)
     with np.errstate(over="ignore", invalid="ignore"):
         if name is None:
@@ -46,9 +60,27 @@ def activation(z, name, negative_slope=0.01):
 
 
 def activation_gradient(dy, z, name, negative_slope=0.01):
-    """``dy * act'(z)``: the gradient at the activation's input (torch's backward of the
-    functional; ReLU's and ReLU6's gradients are 0 where ``z`` is NaN, as in cbn and in
-    torch's vectorised hardtanh backward)."""
+    """``dy * act'(z)``: the gradient at the activation's input.
+
+    Parameters
+    ----------
+    dy : array_like
+        The gradient at the activation's output.
+    z : array_like
+        The activation's input (for relu, relu6 and leaky_relu with a slope >= 0 its output
+        gives the same result).
+    name : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
+        The activation, as in :func:`activation`.
+    negative_slope : float, default 0.01
+        ``"leaky_relu"``'s slope.
+
+    Returns
+    -------
+    ndarray
+        ``dy * act'(z)`` in the dtype of ``dy``: torch's backward of the functional, except
+        that ReLU's and ReLU6's gradients are 0 where ``z`` is NaN (as in cbn and in torch's
+        vectorised hardtanh backward).
+    """
     dy, z = np.asarray(dy), np.asarray(z)
     with np.errstate(over="ignore", invalid="ignore"):
         if name is None:
