@@ -100,20 +100,56 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, 
                  x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w)
 
 
-cdef inline void _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
+cdef inline bint _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
                                 const double* invstd, const double* w, const double* sdy,
-                                const double* sdyx, floating* coef_out) noexcept nogil:
+                                const double* sdyx, floating* coef_out,
+                                double* wide_out) noexcept nogil:
     """dx = w*invstd*(dy - sdy/n - (x-mean)*invstd^2*sdyx/n) = dy*k1 + (x-mean)*k2 + k3,
-    stored as [hi | k1 | k2 | k3 - lo*k2] (see _affine_coef for the centre split)."""
+    stored as [hi | k1 | k2 | k3 - lo*k2] (see _affine_coef for the centre split).  Returns
+    whether the channel is wide (kernels_wide.pxi; its coefficients are then zero), with its
+    float64 (mean, k1, k2, k3) in wide_out[0:4] then."""
     cdef double k1 = invstd[c] * (w[c] if w != NULL else 1.0)
     cdef double k2 = -k1 * invstd[c] * invstd[c] * sdyx[c] / n
     cdef double k3 = -k1 * sdy[c] / n
+    cdef double split
     cdef floating hi, lo
     _split_centre(mean[c], &hi, &lo)
+    split = k3 - <double>lo * k2
+    if floating is float:
+        if _dx_wide(mean[c], hi, k1, k2, split):
+            wide_out[0] = mean[c]
+            wide_out[1] = k1
+            wide_out[2] = k2
+            wide_out[3] = k3
+            coef_out[c] = 0.0
+            coef_out[C + c] = 0.0
+            coef_out[2 * C + c] = 0.0
+            coef_out[3 * C + c] = 0.0
+            return True
     coef_out[c] = hi
     coef_out[C + c] = <floating>k1
     coef_out[2 * C + c] = <floating>k2
-    coef_out[3 * C + c] = <floating>(k3 - <double>lo * k2)
+    coef_out[3 * C + c] = <floating>split
+    return False
+
+
+cdef int _dx_coefs(const floating* dy, const floating* ym, int act, const floating* x,
+                   const Geometry* g, double n, const double* mean, const double* invstd,
+                   const double* w, const double* sdy, const double* sdyx, floating* coef_out,
+                   Wide* wd, floating** packed_out) noexcept nogil:
+    """The coefficients of every channel (_backward_coef), and the wide channels' dx packed
+    into *packed_out (kernels_wide.pxi; read before the dx pass, which may be in place).
+    0/-1."""
+    cdef double k[4]
+    cdef Py_ssize_t c
+    cdef int rc = 0
+    packed_out[0] = NULL
+    for c in range(g.C):
+        if _backward_coef(c, g.C, n, mean, invstd, w, sdy, sdyx, coef_out, k) and rc == 0:
+            rc = _wide_add(wd, g.C, c, k[0], k[1], k[2], k[3])
+    if rc == 0:
+        rc = _wide_dx(dy, ym, act, x, g, wd, packed_out)
+    return rc
 
 
 cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act,
@@ -124,8 +160,11 @@ cdef void _backward_channel_fused(const floating* dy, const floating* ym, int ac
                                   double* sdyx_out, floating* coef, bint stream) noexcept nogil:
     """Channel-major: the sums of channel c, then its dx while x and dy are still cached."""
     cdef Py_ssize_t o, off, C = g.C
+    cdef double k[4]
     _channel_sums_cm(dy, ym, act, x, g, c, mean[c], True, &sdy_out[c], &sdyx_out[c])
-    _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
+    if _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef, k):
+        _wide_dx_channel(dy, ym, act, x, dx_out, False, g, c, k)
+        return
     for o in range(g.outer):
         off = (o * C + c) * g.inner
         _dx_run(dy + off, _at(ym, off), act, x + off, dx_out + off, g.inner, coef[c], coef[C + c],
@@ -203,7 +242,10 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
         g, _threads_for(total, nt_req, cbn_tasks_of(g)),
         2 * g.n * <Py_ssize_t>sizeof(floating) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
     cdef floating* coef = NULL
+    cdef floating* packed = NULL
     cdef Work wk
+    cdef Wide wd
+    cdef int rc = 0
     if dx_out != NULL:
         coef = <floating*>cbn_alloc_beside(4 * C * sizeof(floating), dx_out)
         if coef == NULL:
@@ -231,11 +273,15 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
         cbn_free_beside(coef)
         return -1
     if dx_out != NULL:
-        for c in range(C):
-            _backward_coef(c, C, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef)
-        _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+        _wide_init(&wd)
+        rc = _dx_coefs(dy, ym, act, x, g, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef,
+                       &wd, &packed)
+        if rc == 0:
+            _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+        _wide_place(dx_out, packed, g, &wd)
+        _wide_free(&wd)
         cbn_free_beside(coef)
-    return 0
+    return rc
 
 
 cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const floating* x,
@@ -246,11 +292,16 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const fl
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)
-    cdef Py_ssize_t c
+    cdef floating* packed = NULL
+    cdef Wide wd
+    cdef int rc
     if coef == NULL:
         return -1
-    for c in range(g.C):
-        _backward_coef(c, g.C, n_total, mean, invstd, w, sdy, sdyx, coef)
-    _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+    _wide_init(&wd)
+    rc = _dx_coefs(dy, ym, act, x, g, n_total, mean, invstd, w, sdy, sdyx, coef, &wd, &packed)
+    if rc == 0:
+        _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
+    _wide_place(dx_out, packed, g, &wd)
+    _wide_free(&wd)
     cbn_free_beside(coef)
-    return 0
+    return rc

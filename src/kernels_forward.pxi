@@ -2,30 +2,46 @@
 # The training forward and inference.
 
 # ------------------------------------------------------------------------------------ forward
-cdef inline void _affine_coef(Py_ssize_t c, Py_ssize_t C, double centre, double scale,
+cdef inline bint _affine_coef(Py_ssize_t c, Py_ssize_t C, double centre, double scale,
                               double shift, floating* coef_out) noexcept nogil:
     """Coefficients of y = (x - centre) * scale + shift as [hi | scale | shift'] with
     centre = hi + lo (hi, lo of the input type) and shift' = shift - lo * scale: x - hi keeps the
     digits of x when |centre| >> |x - centre|, and lo * scale is small, so shift' carries no
-    cancellation.  One subtraction and one fma per element."""
+    cancellation.  One subtraction and one fma per element.  Returns whether the channel is
+    wide (kernels_wide.pxi); its coefficients are then zero."""
     cdef floating hi, lo
+    cdef double split
     _split_centre(centre, &hi, &lo)
+    split = shift - <double>lo * scale
+    if floating is float:
+        if _affine_wide(centre, hi, scale, split):
+            coef_out[c] = 0.0
+            coef_out[C + c] = 0.0
+            coef_out[2 * C + c] = 0.0
+            return True
     coef_out[c] = hi
     coef_out[C + c] = <floating>scale
-    coef_out[2 * C + c] = <floating>(shift - <double>lo * scale)
+    coef_out[2 * C + c] = <floating>split
+    return False
 
 
-cdef inline void _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m2, double n,
+cdef inline bint _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m2, double n,
                                double eps, const double* w, const double* b,
                                double* mean_out, double* var_out, double* invstd_out,
-                               floating* coef_out) noexcept nogil:
+                               floating* coef_out, double* wide_out) noexcept nogil:
+    """The statistics of channel c and its coefficients (_affine_coef); returns whether it is
+    wide, with its float64 (centre, scale, shift) in wide_out[0:3] then."""
     cdef double var = m2 / n
     cdef double invstd = 1.0 / sqrt(var + eps)
+    cdef double scale = invstd * (w[c] if w != NULL else 1.0)
+    cdef double shift = b[c] if b != NULL else 0.0
     mean_out[c] = mean
     var_out[c] = var
     invstd_out[c] = invstd
-    _affine_coef(c, C, mean, invstd * (w[c] if w != NULL else 1.0),
-                 b[c] if b != NULL else 0.0, coef_out)
+    wide_out[0] = mean
+    wide_out[1] = scale
+    wide_out[2] = shift
+    return _affine_coef(c, C, mean, scale, shift, coef_out)
 
 
 cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
@@ -36,9 +52,13 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
     """Channel-major: statistics of channel c, then normalise it while it is still cached
     (through the post-operation post, with buffer s, when given)."""
     cdef double mean, m2
+    cdef double k[3]
     cdef Py_ssize_t o, off, C = g.C
     _channel_moments_cm(x, g, c, &mean, &m2)
-    _forward_coef(c, C, mean, m2, <double>g.n, eps, w, b, mean_out, var_out, invstd_out, coef)
+    if _forward_coef(c, C, mean, m2, <double>g.n, eps, w, b, mean_out, var_out, invstd_out,
+                     coef, k):
+        _wide_affine_channel(x, y_out, False, g, c, k, act, post)
+        return
     for o in range(g.outer):
         off = (o * C + c) * g.inner
         if post != NULL:
@@ -65,9 +85,12 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     cdef double* m2
     cdef double* buf = NULL
+    cdef double k[3]
     cdef Py_ssize_t stride = 0
     cdef int rc
     cdef Work wk
+    cdef Wide wd
+    cdef floating* packed = NULL
     if coef == NULL:
         return -1
     if plan.fused:  # per channel: statistics, then normalise while cached
@@ -102,11 +125,19 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         free(m2)
         cbn_free_beside(coef)
         return -1
+    _wide_init(&wd)
+    rc = 0
     for c in range(C):
-        _forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
-                      invstd_out, coef)
+        if (_forward_coef(c, C, mean_out[c], m2[c], <double>g.n, eps, w, b, mean_out, var_out,
+                          invstd_out, coef, k) and rc == 0):
+            rc = _wide_add(&wd, C, c, k[0], k[1], k[2], 0.0)
     free(m2)
-    rc = _normalize(x, y_out, g, &plan, coef, act, False, post)
+    if rc == 0:
+        rc = _wide_affine(x, g, &wd, act, post, &packed)
+    if rc == 0:
+        rc = _normalize(x, y_out, g, &plan, coef, act, False, post)
+    _wide_place(y_out, packed, g, &wd)
+    _wide_free(&wd)
     cbn_free_beside(coef)
     return rc
 
@@ -122,10 +153,20 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(g.outer * C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
+    cdef floating* packed = NULL
+    cdef Wide wd
     if coef == NULL:
         return -1
+    _wide_init(&wd)
+    rc = 0
     for c in range(C):
-        _affine_coef(c, C, centre[c], scale[c], shift[c], coef)
-    rc = _normalize(x, y_out, g, &plan, coef, act, True, post)
+        if _affine_coef(c, C, centre[c], scale[c], shift[c], coef) and rc == 0:
+            rc = _wide_add(&wd, C, c, centre[c], scale[c], shift[c], 0.0)
+    if rc == 0:
+        rc = _wide_affine(x, g, &wd, act, post, &packed)
+    if rc == 0:
+        rc = _normalize(x, y_out, g, &plan, coef, act, True, post)
+    _wide_place(y_out, packed, g, &wd)
+    _wide_free(&wd)
     cbn_free_beside(coef)
     return rc
