@@ -329,34 +329,30 @@ class BatchNorm:
         if not update:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
                                    out=out, num_threads=nt, **post)
-        elif self.convention == "torch":
-            r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps,
-                                   running_mean=self.running_mean,
-                                   running_var=self.running_var,
-                                   momentum=self._update_factor(), axis=self.axis, out=out,
-                                   num_threads=nt, **post)
+            bm = bv = momentum = None
         else:
-            # Biased variance without cancellation: with momentum 1 the forward writes the
-            # batch mean and the unbiased variance var * n / (n - 1) into float64 scratch.
-            n = x.size // self.num_features
-            # the checks torch's convention gets from batch_norm_forward, before anything is
-            # written: a read-only or mis-shaped statistic fails here, not after the mean
-            v.check_running_stats(self.running_mean, self.running_var, self._update_factor(),
+            # The batch mean and unbiased variance var * n / (n - 1) go to float64 scratch
+            # (momentum 1 writes them exactly), and the layer's statistics change only in
+            # commit_step, with the counter and the saved input: the step is all or nothing
+            # (Ctrl-C included).  The checks batch_norm_forward would apply to the running
+            # statistics come first, before anything is written.
+            momentum = self._update_factor()
+            v.check_running_stats(self.running_mean, self.running_var, momentum,
                                   self.num_features)
             bm = np.zeros(self.num_features, _F64)
             bv = np.zeros(self.num_features, _F64)
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
                                    running_var=bv, momentum=1.0, axis=self.axis, out=out,
                                    num_threads=nt, **post)
-            if n > 0:  # an empty batch leaves the statistics alone (as in torch)
-                var = bv * ((n - 1.0) / n)
-                # the one running-statistic update, with the biased variance
-                _k.update_running(self.running_mean, self.running_var, bm, var, n,
-                                  self._update_factor(), False, unbiased=False)
-        if update:
-            self.num_batches_tracked += 1
-        self._saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual,
-                       act)
+            n = x.size // self.num_features
+            if n == 0:  # an empty batch leaves the statistics alone (as in torch)
+                momentum = None
+            elif self.convention != "torch":  # keras / onnx: the biased variance, no cancellation
+                bv = bv * ((n - 1.0) / n)
+        saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual, act)
+        _k.commit_step(self, saved, self.running_mean, self.running_var, bm, bv,
+                       x.size // max(self.num_features, 1), momentum, False,
+                       self.num_batches_tracked if update else None)
         return r.out
 
     __call__ = forward

@@ -993,6 +993,24 @@ def update_running(running_mean, running_var, mean, var, n, momentum, bint skip_
                               skip_nonfinite, unbiased)
 
 
+def commit_step(layer, saved, running_mean, running_var, mean, var, n, momentum,
+                bint unbiased, counter):
+    """A layer's training-step state change as one call: the running-statistic update
+    (update_running, if momentum is not None), ``counter`` += 1 (a 0-d int64 array, or None)
+    and ``layer._saved = saved``.
+
+    Why one call: Python raises a pending KeyboardInterrupt after a C call returns, so a step
+    whose changes were several Python statements could stop between them (statistics updated,
+    counter or saved input not).  Nothing here runs Python bytecode for float32/float64
+    C-contiguous statistics (update_running's C route), so Ctrl-C lands before or after the
+    whole step."""
+    if momentum is not None:
+        update_running(running_mean, running_var, mean, var, n, momentum, False, unbiased)
+    if counter is not None:
+        (<cnp.int64_t*>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] += 1
+    layer._saved = saved
+
+
 # ------------------------------------------------------------------------------------ fast paths
 # The whole public call for the common case, in C.  These functions only *recognise* canonical
 # input: exact ndarrays, C-contiguous, aligned, native float32/float64; per-channel vectors
