@@ -1,5 +1,5 @@
 """Leaks: repeated calls of every entry point (fast C path, Python path, layers, the
-sharded-batch functions, failing calls) neither change the reference counts of their
+sharded-batch functions, fused epilogues, float16, Dask, failing calls) neither change the reference counts of their
 arguments nor grow the resident memory."""
 
 import gc
@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 import cbn
+
+# The long profile (CBN_LEAKS_LONG=1): 200,000 calls of every entry (Dask: 20,000 graphs).
+LONG = os.environ.get("CBN_LEAKS_LONG") == "1"
 
 
 def _rss_bytes():
@@ -39,6 +42,8 @@ def _leak_ops():
     frozen = cbn.FrozenBatchNorm.from_stats(rm, rv, w, b)
     sums = cbn.backward_reduce(dy, x, mean)
     bad_w = np.ones(4)
+    x16 = x.astype(np.float16)
+    frozen_act = cbn.FrozenBatchNorm.from_stats(rm, rv, w, b, activation="gelu_tanh")
 
     def forward():
         cbn.batch_norm_forward(x, w, b, running_mean=rm, running_var=rv, momentum=0.0)
@@ -89,7 +94,26 @@ def _leak_ops():
             except (TypeError, ValueError):
                 pass
 
-    watched = [x, x32, xf, dy, w, b, rm, rv, rm32, rv32, mean, invstd, out, bad_w]
+    def fused():
+        cbn.batch_norm_inference(x32, rm32, rv32, w, b, residual=x32, activation="relu")
+        cbn.batch_norm_forward(x, w, b, residual=dy, activation="silu")
+        cbn.batch_norm_backward(dy, x, mean, invstd, w, bias=b, residual=dy, activation="gelu")
+        frozen_act(x, residual=dy)
+
+    def half():
+        cbn.batch_norm_forward(x16, w, b)
+        cbn.batch_norm_backward(x16, x16, mean, invstd, w)
+        cbn.batch_norm_inference(x16, rm, rv, w, b)
+
+    def dask_ops():
+        da = pytest.importorskip("dask.array")
+        import cbn.dask
+        xd = da.from_array(x, chunks=(1, 3, 4))
+        r = cbn.dask.batch_norm_forward(xd, w, b)
+        r.out.compute(scheduler="synchronous")
+        cbn.dask.batch_norm_inference(xd, rm, rv, w, b).compute(scheduler="synchronous")
+
+    watched = [x, x32, xf, dy, w, b, rm, rv, rm32, rv32, mean, invstd, out, bad_w, x16]
     return {
         "forward": (forward, 100_000, watched),
         "forward_python_path": (forward_slow, 30_000, watched),
@@ -102,13 +126,18 @@ def _leak_ops():
         "frozen": (frozen_call, 100_000, watched + [frozen.centre, frozen.scale]),
         "moments_normalize_backward_sums": (sharded, 30_000, watched),
         "errors": (errors, 30_000, watched),
+        "fused_epilogues": (fused, 30_000, watched),
+        "float16": (half, 30_000, watched),
+        "dask": (dask_ops, 300, watched),
     }
 
 
 @pytest.mark.parametrize("name", list(_leak_ops()))
 def test_no_memory_or_reference_leaks(name):
     fn, calls, watched = _leak_ops()[name]
-    for _ in range(2000):  # warm-up: caches, lazily created objects, malloc arenas
+    if LONG:
+        calls = max(calls, 200_000) if name != "dask" else 20_000
+    for _ in range(2000 if name != "dask" else 50):  # warm-up: caches, lazy objects, arenas
         fn()
     gc.collect()
     refs = [sys.getrefcount(a) for a in watched]

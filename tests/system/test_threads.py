@@ -218,7 +218,18 @@ def _all_ops(x, dy, w, b, rm, rv, nt):
                                  needs=(True, False, True))
     i = cbn.batch_norm_inference(x, rm, rv, w, b, num_threads=nt)
     m = cbn.moments(x, num_threads=nt)
-    return [*f, *g, g2.dx, g2.dbias, i, m.mean, m.m2]
+    # the fused epilogues, the sharded-batch blocks, the frozen layer and float16
+    fi = cbn.batch_norm_inference(x, rm, rv, w, b, num_threads=nt, residual=dy,
+                                  activation="silu")
+    fb = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, num_threads=nt, residual=dy,
+                                 activation="gelu", bias=b)
+    nrm = cbn.normalize(x, f.mean, f.invstd, w, b, num_threads=nt, activation="relu")
+    s = cbn.backward_reduce(dy, x, f.mean, num_threads=nt)
+    el = cbn.backward_elemt(dy, x, f.mean, f.invstd, w, s.sum_dy, s.sum_dy_xmu,
+                            x.size // x.shape[1], num_threads=nt)
+    fz = cbn.FrozenBatchNorm.from_stats(rm, rv, w, b, activation="relu6", num_threads=nt)
+    h = cbn.batch_norm_forward(x.astype(np.float16), w, b, num_threads=nt)
+    return [*f, *g, g2.dx, g2.dbias, i, m.mean, m.m2, fi, *fb, nrm, *s, el, fz(x), *h]
 
 
 def test_eight_python_threads_all_ops_bit_identical_to_serial(rng):
