@@ -11,8 +11,11 @@ stays at the outputs plus a few chunk buffers.  Chunk boundaries depend only on 
 results do not depend on the thread count.
 """
 
+import functools
+
 import numpy as np
 
+from ._atomic import deferred_interrupt
 from ._dispatch import kernels as _k
 
 F32 = np.dtype(np.float32)
@@ -41,6 +44,16 @@ def _chunks(outer, C, inner):
                 yield (slice(o, o + 1), slice(None), slice(i0, i1)), (1, C, i1 - i0)
 
 
+def _whole(entry):
+    """The entry's chunk loop as one step for Ctrl-C (cbn/_atomic.py): an in-place call is
+    never left with some chunks written."""
+    @functools.wraps(entry)
+    def run(*args, **kwargs):
+        with deferred_interrupt():
+            return entry(*args, **kwargs)
+    return run
+
+
 def _widen(a3, sl):
     """The float32 copy of one chunk (contiguous)."""
     return np.ascontiguousarray(a3[sl], dtype=F32)
@@ -54,6 +67,7 @@ def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * f, m2_a + m2_b + delta * delta * (n_a * f)
 
 
+@_whole
 def forward_train(x, y_out, outer, C, inner, weight, bias, eps, mean_out, var_out, invstd_out,
                   num_threads, relu=False, post_act=-1, slope=0.0, residual=None):
     """Training forward for a C-contiguous float16 ``x`` into float16 ``y_out``."""
@@ -74,6 +88,7 @@ def forward_train(x, y_out, outer, C, inner, weight, bias, eps, mean_out, var_ou
             np.ascontiguousarray(scale), shift, num_threads, relu, post_act, slope, residual)
 
 
+@_whole
 def inference(x, y_out, outer, C, inner, centre, scale, shift, num_threads, relu=False,
               post_act=-1, slope=0.0, residual=None, dy=None, direct=False):
     """``(x - centre) * scale + shift`` (then ReLU, or the post-operation of
@@ -98,6 +113,7 @@ def _affine(x3, y3, outer, C, inner, centre, scale, shift, num_threads, relu, po
         y3[sl] = xc  # narrows to float16 with round-to-nearest-even
 
 
+@_whole
 def backward(dy, x, dx_out, outer, C, inner, mean, invstd, weight, with_dot, sdy_out, sdyx_out,
              num_threads, y_mask=None):
     """Backward for float16 arrays: float64 sums, and dx (float16) unless ``dx_out`` is None."""

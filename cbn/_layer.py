@@ -449,12 +449,16 @@ class BatchNorm:
             scale = invstd if self.weight is None else invstd * self.weight
             dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
                                out, v.check_threads(nt), "dy")
+        gw, gb = self.grad_weight, self.grad_bias
         if need_p:
             dw = dw.astype(self.dtype, copy=False)
-            self.grad_weight = dw.copy() if self.grad_weight is None else self.grad_weight + dw
+            gw = dw.copy() if gw is None else gw + dw
         if need_b:
             db = db.astype(self.dtype, copy=False)
-            self.grad_bias = db.copy() if self.grad_bias is None else self.grad_bias + db
+            gb = db.copy() if gb is None else gb + db
+        # both gradients in one statement with no call in it: Ctrl-C (raised after calls)
+        # finds them both accumulated or neither
+        self.grad_weight, self.grad_bias = gw, gb
         return dx if dres is None else ResidualGradients(dx, dres)
 
     def _gradient_at_activation(self, dy: Any, x: Optional[np.ndarray],

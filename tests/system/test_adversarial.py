@@ -41,19 +41,29 @@ x0 = rng.standard_normal((16, 64, 48, 48)).astype(dtype)
 if mode == "python_path":
     x0 = np.asfortranarray(x0)
 layer_mode = mode.startswith("layer")
+dy = rng.standard_normal(x0.shape).astype(np.float32)
 
 def make():
+    if mode == "layer_backward":
+        bn = cbn.BatchNorm(64)
+        bn(x0)
+        bn.backward(dy)  # the gradients exist: a step adds to both
+        return bn
     if layer_mode:
         return cbn.BatchNorm(64, convention=mode.split("_")[1])
     return (np.zeros(64, np.float32), np.ones(64, np.float32))
 
 def run(st, x):
-    if layer_mode:
+    if mode == "layer_backward":
+        st.backward(dy)
+    elif layer_mode:
         st(x)
-    else:
+    else:  # in place: x and the running statistics change together
         cbn.batch_norm_forward(x, running_mean=st[0], running_var=st[1], out=x)
 
 def state(st):
+    if mode == "layer_backward":
+        return [st.grad_weight.copy(), st.grad_bias.copy()]
     if layer_mode:
         return [st.running_mean.copy(), st.running_var.copy(),
                 np.array(st.num_batches_tracked), st._saved is not None]
@@ -63,11 +73,11 @@ def same(a, b):
     return all(np.array_equal(p, q) for p, q in zip(a, b))
 
 before = state(make())
-st = make(); x_done = x0.copy(); run(st, x_done); after = state(st)
-t = time.perf_counter(); run(make(), x0.copy()); t = time.perf_counter() - t
+st = make(); x_done = x0.copy(order="K"); run(st, x_done); after = state(st)
+t = time.perf_counter(); run(make(), x0.copy(order="K")); t = time.perf_counter() - t
 bad = hits = 0
 for k in range(40):
-    x, st = x0.copy(), make()
+    x, st = x0.copy(order="K"), make()  # K: the Python path's Fortran order kept
     try:
         signal.setitimer(signal.ITIMER_REAL, 1e-5 + (k % 20) / 20 * t * 1.3)
         run(st, x)
@@ -87,12 +97,11 @@ print(hits, bad)
 
 
 @pytest.mark.parametrize("mode", [
-    "fast_path", "python_path", "layer_torch", "layer_keras",
-    pytest.param("half", marks=pytest.mark.xfail(
-        strict=True, reason="float16 runs a Python loop over chunks (its native kernels: #19)"))])
+    "fast_path", "python_path", "half", "layer_torch", "layer_keras", "layer_backward"])
 def test_ctrl_c_leaves_a_call_done_or_not_done(mode):
-    """SIGINT at 20 points of an in-place training forward (or a layer's step): afterwards the
-    array and the running statistics (the layer: statistics, counter, saved input) are either
+    """SIGINT at 20 points of an in-place training forward (C fast path, Python path of a
+    Fortran-order array, float16's chunk loop) or of a layer's step (forward: statistics,
+    counter, saved input; backward: both parameter gradients): afterwards the state is either
     untouched or fully updated, never in between."""
     hits, bad = map(int, _run_script(_SIGINT.replace("MODE", repr(mode))).split())
     assert hits >= 20  # the interrupt did arrive, during or right after the call
@@ -266,3 +275,113 @@ def test_pickle_and_deepcopy_round_trip(name, how, rng):
         assert np.array_equal(back(x), obj(x)) and not back.scale.flags.writeable
     else:
         assert _same(tuple(back), tuple(obj))
+
+
+# ------------------------------------------------------------------------------ every entry
+def _variants(rng):
+    """name -> (x as a hostile caller passes it, eps): memory layouts and stride patterns, then
+    extreme values (channel 1: +-FLT_MAX, float32 subnormals with a tiny eps; a huge eps)."""
+    shape = (4, 3, 6, 5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    big = rng.standard_normal((4, 3, 6, 10)).astype(np.float32)
+    fmax = x.copy()
+    fmax[:, 1] = rng.choice(np.array([3.4e38, -3.4e38, 1e38], np.float32), (4, 6, 5))
+    sub = x.copy()
+    sub[:, 1] = rng.integers(-9, 10, (4, 6, 5)) * np.float32(1.4e-45)
+    return {
+        "contiguous": (x, 1e-5),
+        "channels_last": (np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+                          1e-5),
+        "fortran": (np.asfortranarray(x), 1e-5),
+        "negative_strides": (x[::-1, :, ::-1], 1e-5),
+        "step_2": (big[..., ::2], 1e-5),
+        "broadcast_stride_0": (np.broadcast_to(x[:1] + x[1:2] * 0.5, shape), 1e-5),
+        "big_endian": (x.astype(">f4"), 1e-5),
+        "flt_max": (fmax, 1e-5),
+        "subnormal_tiny_eps": (sub, 1e-90),
+        "huge_eps": (x, 1e30),
+    }
+
+
+def _entries():
+    """name -> fn(x, dy, eps, w, b, rm, rv): every public computing entry, its arrays out."""
+    def forward(x, dy, eps, w, b, rm, rv):
+        rm, rv = rm.copy(), rv.copy()
+        r = cbn.batch_norm_forward(x, w, b, eps=eps, running_mean=rm, running_var=rv)
+        return [*r, rm, rv]
+
+    def backward(x, dy, eps, w, b, rm, rv):
+        f = cbn.batch_norm_forward(x, w, b, eps=eps)
+        return list(cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w))
+
+    def fused_backward(x, dy, eps, w, b, rm, rv):
+        f = cbn.batch_norm_forward(x, w, b, eps=eps, residual=dy, activation="silu")
+        return list(cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, bias=b, residual=dy,
+                                            activation="silu"))
+
+    def sharded(x, dy, eps, w, b, rm, rv):
+        m = cbn.moments(x)
+        mm = cbn.merge_moments(m, m)
+        invstd = 1.0 / np.sqrt(m.m2 / m.count + eps)
+        s = cbn.backward_reduce(dy, x, m.mean)
+        return [m.mean, m.m2, mm.m2, cbn.normalize(x, m.mean, invstd, w, b), *s,
+                cbn.backward_elemt(dy, x, m.mean, invstd, w, s.sum_dy, s.sum_dy_xmu, m.count)]
+
+    def layer(x, dy, eps, w, b, rm, rv):
+        bn = cbn.BatchNorm(3, eps=eps, dtype=np.float64, activation="relu")
+        y = bn(x)
+        dx = bn.backward(dy)
+        return [y, dx, bn.grad_weight,
+                bn.running_mean, bn.running_var]
+
+    def frozen(x, dy, eps, w, b, rm, rv):
+        fz = cbn.FrozenBatchNorm.from_stats(rm, rv, w, b, eps=eps, activation="gelu")
+        return [fz(x, residual=dy), fz.backward(dy, x=x, residual=dy).dx]
+
+    def dask(x, dy, eps, w, b, rm, rv):
+        da = pytest.importorskip("dask.array")
+        import cbn.dask as cd
+        xd = da.from_array(np.asarray(x), chunks=(2, 3, 6, 5))
+        dyd = da.from_array(dy, chunks=(2, 3, 6, 5))
+        f = cd.batch_norm_forward(xd, w, b, eps=eps)
+        mean, invstd = (np.asarray(a.compute() if hasattr(a, "compute") else a)
+                        for a in (f.mean, f.invstd))
+        g = cd.batch_norm_backward(dyd, xd, mean, invstd, w)
+        return [np.asarray(a.compute() if hasattr(a, "compute") else a)
+                for a in (f.out, mean, invstd, *g,
+                          cd.batch_norm_inference(xd, rm, rv, w, b, eps=eps))]
+
+    def inference(x, dy, eps, w, b, rm, rv):
+        return [cbn.batch_norm_inference(x, rm, rv, w, b, eps=eps),
+                cbn.batch_norm(x, rm, rv, w, b, eps=eps, training=False),
+                cbn.batch_norm_inference(x, rm, rv, w, b, eps=eps, residual=dy,
+                                         activation="relu6")]
+
+    return dict(forward=forward, backward=backward, fused_backward=fused_backward,
+                inference=inference, sharded=sharded, layer=layer, frozen=frozen, dask=dask)
+
+
+@pytest.mark.parametrize("variant", list(_variants(np.random.default_rng(0))))
+@pytest.mark.parametrize("entry", list(_entries()))
+def test_every_entry_on_hostile_input(entry, variant, rng):
+    """Every entry on every stride pattern and extreme value gives what it gives on the same
+    values as a contiguous float64 array (itself checked against cbn.reference elsewhere): to
+    float32 rounding, finite where that is finite, the inputs unchanged."""
+    x, eps = _variants(rng)[variant]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    rm, rv = np.asarray(x, np.float64).mean(axis=(0, 2, 3)), rng.uniform(0.5, 2, 3)
+    x_before = np.array(x, copy=True)
+    fn = _entries()[entry]
+    got = fn(x, dy, eps, w, b, rm, rv)
+    want = fn(np.ascontiguousarray(x, np.float64), dy.astype(np.float64), eps, w, b, rm, rv)
+    assert np.array_equal(np.asarray(x), x_before)
+    for i, (g, e) in enumerate(zip(got, want)):
+        dtype = np.asarray(g).dtype  # finite where the answer is, in the output's own type
+        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(e.astype(dtype))
+        assert np.array_equal(np.isfinite(g), finite), (entry, variant, i)
+        scale = np.abs(e[finite]).max(initial=0.0) + 1e-300
+        np.testing.assert_allclose(g[finite], e[finite], rtol=2e-5, atol=2e-5 * scale,
+                                   err_msg=f"{entry} {variant} output {i}")
