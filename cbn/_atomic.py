@@ -52,6 +52,6 @@ class deferred_interrupt:
     def __exit__(self, exc_type, exc, tb):
         if self._recorder is not None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            if self._recorder.pending and exc_type is None:
-                raise KeyboardInterrupt
+            if self._recorder.pending:  # the block's own error, if any, as its cause
+                raise KeyboardInterrupt from exc
         return False

@@ -520,20 +520,24 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
         gk, dres = v.like_kernel(xk, perm, x.shape)
     else:
         gk, dres = (np.empty_like(xk) if need_dx or need_dw or need_db else None), None
-    if gk is not None:
-        _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner, mu,
-                       iv, w, bias, rk, nt)
     kern = _half if xk.dtype == _F16 else _k
-    if need_dres:
-        dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
     dweight = dbias = None
+    # dresidual_out and out: both written or neither (Ctrl-C)
+    with deferred_interrupt(out is not None or dresidual_out is not None):
+        if gk is not None:
+            _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner,
+                           mu, iv, w, bias, rk, nt)
+        if need_dres:
+            dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
+        if need_dx or need_dw or need_db:
+            sdy = np.zeros(C, _F64)
+            sdyx = np.zeros(C, _F64)
+            if xk.size:
+                kern.backward(gk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt,
+                              None)
+            if need_dx:
+                dx = v.finish_output(dxk, dx, out, copy_back, perm)
     if need_dx or need_dw or need_db:
-        sdy = np.zeros(C, _F64)
-        sdyx = np.zeros(C, _F64)
-        if xk.size:
-            kern.backward(gk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, None)
-        if need_dx:
-            dx = v.finish_output(dxk, dx, out, copy_back, perm)
         dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
     if residual is None:
         return BackwardResult(dx, dweight, dbias)

@@ -1004,10 +1004,19 @@ def commit_step(layer, saved, running_mean, running_var, mean, var, n, momentum,
     counter or saved input not).  Nothing here runs Python bytecode for float32/float64
     C-contiguous statistics (update_running's C route), so Ctrl-C lands before or after the
     whole step."""
+    cdef bint in_c = (type(counter) is np.ndarray and counter.dtype == np.int64
+                      and counter.ndim == 0 and counter.flags.writeable
+                      and counter.flags.aligned)
+    if counter is not None and not in_c and isinstance(counter, np.ndarray) \
+            and not counter.flags.writeable:
+        raise ValueError("num_batches_tracked must be writeable")
     if momentum is not None:
         update_running(running_mean, running_var, mean, var, n, momentum, False, unbiased)
-    if counter is not None:
+    if in_c:
         (<cnp.int64_t*>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] += 1
+    elif counter is not None:  # a counter the user replaced: as `+= 1` would treat it
+        layer.num_batches_tracked = counter + 1 if not isinstance(counter, np.ndarray) \
+            else counter.__iadd__(1)
     layer._saved = saved
 
 

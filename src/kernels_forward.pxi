@@ -160,7 +160,8 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
     _wide_init(&wd)
     rc = 0
     for c in range(C):
-        if _affine_coef(c, C, centre[c], scale[c], shift[c], coef) and rc == 0:
+        if (_affine_coef(c, C, centre[c], scale[c], shift[c], coef) and rc == 0
+                and (post == NULL or not post.direct)):  # direct: no affine map (unread)
             rc = _wide_add(&wd, C, c, centre[c], scale[c], shift[c], 0.0)
     if rc == 0:
         rc = _wide_affine(x, g, &wd, act, post, &packed)

@@ -12,6 +12,7 @@
 #
 #   * its centre is finite and |hi| >= 2^103, or
 #   * a multiplying coefficient (scale; k1, k2) is finite in float64 but not in float32, or
+#     nonzero and below float32's normal range (a subnormal scale keeps few digits), or
 #   * its additive coefficient (shift', k3') is finite and above FLT_MAX * 2^-21,
 #
 # and a channel with NaN or Inf statistics is never wide (its NaN propagates either way).  The
@@ -70,9 +71,14 @@ cdef int _wide_add(Wide* wd, Py_ssize_t C, Py_ssize_t c, double k0, double k1, d
     return 0
 
 
+cdef double _F32_MIN = 1.1754943508222875e-38  # the smallest normal float32
+
+
 cdef inline bint _leaves_f32(double v) noexcept nogil:
-    """v is finite but its float32 rounding is not."""
-    return isfinite(v) and not isfinite(<double><float>v)
+    """v is finite and nonzero but its float32 rounding overflows or is subnormal (digits lost:
+    a scale of 1e-40 keeps ~16 bits)."""
+    cdef double r = <double><float>v
+    return isfinite(v) and (not isfinite(r) or (v != 0.0 and fabs(r) < _F32_MIN))
 
 
 cdef inline bint _centre_wide(double centre, double hi) noexcept nogil:

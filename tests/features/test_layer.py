@@ -702,3 +702,21 @@ def test_readme_deployment_example():
     assert np.allclose(y_fold, y_pair, rtol=1e-5, atol=1e-5)
     frozen = bn.freeze()
     assert np.array_equal(frozen(conv1x1(x, W, b)), y_pair)
+
+
+def test_a_replaced_step_counter_still_counts():
+    """num_batches_tracked replaced by the user (a NumPy scalar, an int32 array): the step
+    counts as `+= 1` would; a read-only one is refused before anything changes."""
+    x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    for counter, want in ((np.int64(0), 1), (np.array(0, np.int32), 1)):
+        bn = cbn.BatchNorm(3, dtype=np.float64)
+        bn.num_batches_tracked = counter
+        bn(x)
+        assert int(bn.num_batches_tracked) == want
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    ro = np.array(0, np.int32)
+    ro.flags.writeable = False
+    bn.num_batches_tracked = ro
+    with pytest.raises(ValueError, match="num_batches_tracked"):
+        bn(x)
+    assert np.array_equal(bn.running_mean, np.zeros(3)) and int(bn.num_batches_tracked) == 0

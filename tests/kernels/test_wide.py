@@ -209,3 +209,29 @@ def test_true_overflow_stays_inf():
 def test_float16_goes_the_same_way():
     out = cbn.batch_norm_forward(np.full((4, 2), 3, np.float16), eps=1e-80).out
     assert out.dtype == np.float16 and np.all(out == 0)
+
+
+def _per_channel_max(a, axis):
+    """max |a| of each channel, broadcast against a (each channel its own tolerance)."""
+    red = tuple(i for i in range(a.ndim) if i != axis % a.ndim)
+    return np.abs(a).max(axis=red, keepdims=True)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_subnormal_coefficients_keep_their_digits(shape, axis, rng, level):
+    """A scale below float32's normal range (std 1e30, weight 1e-10: 1e-40, ~16 bits in
+    float32) and a backward k2 below it (std 1e10, dy ~1e-19) are computed in float64."""
+    x = (rng.standard_normal(shape) * 1e30).astype(np.float32)
+    w = np.array([1e-10, 1.0, 2e-10])
+    f = cbn.batch_norm_forward(x, w, axis=axis)
+    e = R.batch_norm_forward(x.astype(np.float64), w, axis=axis)
+    assert_elementwise_close(f.out, e.out, np.float32, _per_channel_max(e.out, axis), factor=4.0,
+                             stats_error=float(np.finfo(np.float32).smallest_subnormal))
+    x = (rng.standard_normal(shape) * 1e10).astype(np.float32)
+    dy = (rng.standard_normal(shape) * 1e-19).astype(np.float32)
+    f = cbn.batch_norm_forward(x, axis=axis)
+    dx = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, axis=axis).dx
+    e = R.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), f.mean, f.invstd,
+                              axis=axis).dx
+    assert_elementwise_close(dx, e, np.float32, _per_channel_max(e, axis), factor=8.0,
+                             stats_error=float(np.finfo(np.float32).smallest_subnormal))

@@ -43,7 +43,11 @@ if mode == "python_path":
 layer_mode = mode.startswith("layer")
 dy = rng.standard_normal(x0.shape).astype(np.float32)
 
+stats = cbn.batch_norm_forward(x0.astype(np.float32))
+
 def make():
+    if mode == "fused_backward":  # two caller arrays: out and dresidual_out
+        return (np.zeros(x0.shape, np.float32), np.zeros(x0.shape, np.float32))
     if mode == "layer_backward":
         bn = cbn.BatchNorm(64)
         bn(x0)
@@ -54,7 +58,10 @@ def make():
     return (np.zeros(64, np.float32), np.ones(64, np.float32))
 
 def run(st, x):
-    if mode == "layer_backward":
+    if mode == "fused_backward":
+        cbn.batch_norm_backward(dy, x, stats.mean, stats.invstd, bias=None, residual=dy,
+                                activation="silu", out=st[0], dresidual_out=st[1])
+    elif mode == "layer_backward":
         st.backward(dy)
     elif layer_mode:
         st(x)
@@ -86,7 +93,7 @@ for k in range(40):
         hits += 1
     signal.setitimer(signal.ITIMER_REAL, 0)
     s = state(st)
-    if layer_mode:  # the layer never writes x
+    if layer_mode or mode == "fused_backward":  # x is not written
         ok = same(s, before) or same(s, after)
     else:
         ok = ((same(s, before) and np.array_equal(x, x0))
@@ -97,11 +104,13 @@ print(hits, bad)
 
 
 @pytest.mark.parametrize("mode", [
-    "fast_path", "python_path", "half", "layer_torch", "layer_keras", "layer_backward"])
+    "fast_path", "python_path", "half", "layer_torch", "layer_keras", "layer_backward",
+    "fused_backward"])
 def test_ctrl_c_leaves_a_call_done_or_not_done(mode):
     """SIGINT at 20 points of an in-place training forward (C fast path, Python path of a
     Fortran-order array, float16's chunk loop) or of a layer's step (forward: statistics,
-    counter, saved input; backward: both parameter gradients): afterwards the state is either
+    counter, saved input; backward: both parameter gradients) or of a fused backward writing
+    out and dresidual_out: afterwards the state is either
     untouched or fully updated, never in between."""
     hits, bad = map(int, _run_script(_SIGINT.replace("MODE", repr(mode))).split())
     assert hits >= 20  # the interrupt did arrive, during or right after the call
