@@ -350,8 +350,7 @@ class BatchNorm:
             elif self.convention != "torch":  # keras / onnx: the biased variance, no cancellation
                 bv = bv * ((n - 1.0) / n)
         saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual, act)
-        _k.commit_step(self, saved, self.running_mean, self.running_var, bm, bv,
-                       x.size // max(self.num_features, 1), momentum, False,
+        _k.commit_step(self, saved, self.running_mean, self.running_var, bm, bv, momentum,
                        self.num_batches_tracked if update else None)
         return r.out
 

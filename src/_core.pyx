@@ -993,11 +993,11 @@ def update_running(running_mean, running_var, mean, var, n, momentum, bint skip_
                               skip_nonfinite, unbiased)
 
 
-def commit_step(layer, saved, running_mean, running_var, mean, var, n, momentum,
-                bint unbiased, counter):
-    """A layer's training-step state change as one call: the running-statistic update
-    (update_running, if momentum is not None), ``counter`` += 1 (a 0-d int64 array, or None)
-    and ``layer._saved = saved``.
+def commit_step(layer, saved, running_mean, running_var, mean, var, momentum, counter):
+    """A layer's training-step state change as one call: the running-statistic update with the
+    batch ``mean`` and the variance ``var`` as it enters running_var (update_running with
+    unbiased=False; skipped when momentum is None), ``counter`` += 1 (None: no counter) and
+    ``layer._saved = saved``.
 
     Why one call: Python raises a pending KeyboardInterrupt after a C call returns, so a step
     whose changes were several Python statements could stop between them (statistics updated,
@@ -1007,16 +1007,15 @@ def commit_step(layer, saved, running_mean, running_var, mean, var, n, momentum,
     cdef bint in_c = (type(counter) is np.ndarray and counter.dtype == np.int64
                       and counter.ndim == 0 and counter.flags.writeable
                       and counter.flags.aligned)
-    if counter is not None and not in_c and isinstance(counter, np.ndarray) \
-            and not counter.flags.writeable:
+    if isinstance(counter, np.ndarray) and not counter.flags.writeable:
         raise ValueError("num_batches_tracked must be writeable")
     if momentum is not None:
-        update_running(running_mean, running_var, mean, var, n, momentum, False, unbiased)
+        update_running(running_mean, running_var, mean, var, 0, momentum, False, False)
     if in_c:
         (<cnp.int64_t*>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] += 1
-    elif counter is not None:  # a counter the user replaced: as `+= 1` would treat it
-        layer.num_batches_tracked = counter + 1 if not isinstance(counter, np.ndarray) \
-            else counter.__iadd__(1)
+    elif counter is not None:  # a counter the user replaced: as `+= 1` treats it
+        counter += 1
+        layer.num_batches_tracked = counter
     layer._saved = saved
 
 

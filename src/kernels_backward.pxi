@@ -136,19 +136,17 @@ cdef inline bint _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const doub
 cdef int _dx_coefs(const floating* dy, const floating* ym, int act, const floating* x,
                    const Geometry* g, double n, const double* mean, const double* invstd,
                    const double* w, const double* sdy, const double* sdyx, floating* coef_out,
-                   Wide* wd, floating** packed_out) noexcept nogil:
+                   Wide* wd) noexcept nogil:
     """The coefficients of every channel (_backward_coef), and the wide channels' dx packed
-    into *packed_out (kernels_wide.pxi; read before the dx pass, which may be in place).
-    0/-1."""
+    into wd (kernels_wide.pxi; computed before the dx pass, which may be in place).  0/-1."""
     cdef double k[4]
     cdef Py_ssize_t c
     cdef int rc = 0
-    packed_out[0] = NULL
     for c in range(g.C):
         if _backward_coef(c, g.C, n, mean, invstd, w, sdy, sdyx, coef_out, k) and rc == 0:
             rc = _wide_add(wd, g.C, c, k[0], k[1], k[2], k[3])
     if rc == 0:
-        rc = _wide_dx(dy, ym, act, x, g, wd, packed_out)
+        rc = _wide_dx(dy, ym, act, x, g, wd)
     return rc
 
 
@@ -242,7 +240,6 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
         g, _threads_for(total, nt_req, cbn_tasks_of(g)),
         2 * g.n * <Py_ssize_t>sizeof(floating) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
     cdef floating* coef = NULL
-    cdef floating* packed = NULL
     cdef Work wk
     cdef Wide wd
     cdef int rc = 0
@@ -275,11 +272,10 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
     if dx_out != NULL:
         _wide_init(&wd)
         rc = _dx_coefs(dy, ym, act, x, g, <double>g.n, mean, invstd, w, sdy_out, sdyx_out, coef,
-                       &wd, &packed)
+                       &wd)
         if rc == 0:
             _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
-        _wide_place(dx_out, packed, g, &wd)
-        _wide_free(&wd)
+        _wide_finish(dx_out, g, &wd)
         cbn_free_beside(coef)
     return rc
 
@@ -292,16 +288,14 @@ cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const fl
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)
-    cdef floating* packed = NULL
     cdef Wide wd
     cdef int rc
     if coef == NULL:
         return -1
     _wide_init(&wd)
-    rc = _dx_coefs(dy, ym, act, x, g, n_total, mean, invstd, w, sdy, sdyx, coef, &wd, &packed)
+    rc = _dx_coefs(dy, ym, act, x, g, n_total, mean, invstd, w, sdy, sdyx, coef, &wd)
     if rc == 0:
         _dx_pass(dy, ym, act, x, dx_out, g, &plan, coef)
-    _wide_place(dx_out, packed, g, &wd)
-    _wide_free(&wd)
+    _wide_finish(dx_out, g, &wd)
     cbn_free_beside(coef)
     return rc

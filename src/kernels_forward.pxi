@@ -90,7 +90,6 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
     cdef int rc
     cdef Work wk
     cdef Wide wd
-    cdef floating* packed = NULL
     if coef == NULL:
         return -1
     if plan.fused:  # per channel: statistics, then normalise while cached
@@ -133,11 +132,10 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
             rc = _wide_add(&wd, C, c, k[0], k[1], k[2], 0.0)
     free(m2)
     if rc == 0:
-        rc = _wide_affine(x, g, &wd, act, post, &packed)
+        rc = _wide_affine(x, g, &wd, act, post)
     if rc == 0:
         rc = _normalize(x, y_out, g, &plan, coef, act, False, post)
-    _wide_place(y_out, packed, g, &wd)
-    _wide_free(&wd)
+    _wide_finish(y_out, g, &wd)
     cbn_free_beside(coef)
     return rc
 
@@ -153,7 +151,6 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(g.outer * C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
-    cdef floating* packed = NULL
     cdef Wide wd
     if coef == NULL:
         return -1
@@ -164,10 +161,9 @@ cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int n
                 and (post == NULL or not post.direct)):  # direct: no affine map (unread)
             rc = _wide_add(&wd, C, c, centre[c], scale[c], shift[c], 0.0)
     if rc == 0:
-        rc = _wide_affine(x, g, &wd, act, post, &packed)
+        rc = _wide_affine(x, g, &wd, act, post)
     if rc == 0:
         rc = _normalize(x, y_out, g, &plan, coef, act, True, post)
-    _wide_place(y_out, packed, g, &wd)
-    _wide_free(&wd)
+    _wide_finish(y_out, g, &wd)
     cbn_free_beside(coef)
     return rc

@@ -39,17 +39,20 @@ cdef struct Wide:
     Py_ssize_t* chan    # their indices, in channel order
     double* k           # 4 float64 coefficients each: (centre, scale, shift, 0) or
                         # (mean, k1, k2, k3)
+    void* packed        # their outputs, channel after channel (of the data's type), or NULL
 
 
 cdef inline void _wide_init(Wide* wd) noexcept nogil:
     wd.n = 0
     wd.chan = NULL
     wd.k = NULL
+    wd.packed = NULL
 
 
 cdef inline void _wide_free(Wide* wd) noexcept nogil:
     free(wd.chan)
     free(wd.k)
+    free(wd.packed)
     _wide_init(wd)
 
 
@@ -153,48 +156,51 @@ cdef void _wide_dx_channel(const floating* dy, const floating* ym, int act,
                                                          + k[3])
 
 
-cdef int _wide_affine(const floating* x, const Geometry* g, const Wide* wd, int act,
-                      const cbn_post* post, floating** packed_out) noexcept nogil:
-    """The wide channels' outputs, packed into a new buffer (*packed_out; NULL if none).
-    0/-1."""
+cdef floating* _wide_buffer(const Geometry* g, Wide* wd, floating tag) noexcept nogil:
+    """The packed buffer of the wide channels' outputs (wd.packed), or NULL when out of
+    memory."""
+    wd.packed = malloc(wd.n * g.outer * g.inner * sizeof(floating))
+    return <floating*>wd.packed
+
+
+cdef int _wide_affine(const floating* x, const Geometry* g, Wide* wd, int act,
+                      const cbn_post* post) noexcept nogil:
+    """The wide channels' outputs, packed (wd.packed; none without wide channels).  0/-1."""
     cdef Py_ssize_t q, per = g.outer * g.inner
-    packed_out[0] = NULL
+    cdef floating* packed
     if wd.n == 0:
         return 0
-    packed_out[0] = <floating*>malloc(wd.n * per * sizeof(floating))
-    if packed_out[0] == NULL:
+    packed = _wide_buffer(g, wd, <floating>0)
+    if packed == NULL:
         return -1
     for q in range(wd.n):
-        _wide_affine_channel(x, packed_out[0] + q * per, True, g, wd.chan[q], wd.k + 4 * q, act,
-                             post)
+        _wide_affine_channel(x, packed + q * per, True, g, wd.chan[q], wd.k + 4 * q, act, post)
     return 0
 
 
 cdef int _wide_dx(const floating* dy, const floating* ym, int act, const floating* x,
-                  const Geometry* g, const Wide* wd, floating** packed_out) noexcept nogil:
+                  const Geometry* g, Wide* wd) noexcept nogil:
     """The wide channels' dx, packed as in _wide_affine.  0/-1."""
     cdef Py_ssize_t q, per = g.outer * g.inner
-    packed_out[0] = NULL
+    cdef floating* packed
     if wd.n == 0:
         return 0
-    packed_out[0] = <floating*>malloc(wd.n * per * sizeof(floating))
-    if packed_out[0] == NULL:
+    packed = _wide_buffer(g, wd, <floating>0)
+    if packed == NULL:
         return -1
     for q in range(wd.n):
-        _wide_dx_channel(dy, ym, act, x, packed_out[0] + q * per, True, g, wd.chan[q],
-                         wd.k + 4 * q)
+        _wide_dx_channel(dy, ym, act, x, packed + q * per, True, g, wd.chan[q], wd.k + 4 * q)
     return 0
 
 
-cdef void _wide_place(floating* out, floating* packed, const Geometry* g,
-                      const Wide* wd) noexcept nogil:
-    """Copy the packed outputs of the wide channels into place, and free the buffer."""
+cdef void _wide_finish(floating* out, const Geometry* g, Wide* wd) noexcept nogil:
+    """Copy the packed outputs of the wide channels (if computed) into place, then free wd."""
     cdef Py_ssize_t q, o, j, c, C = g.C, n = g.inner, per = g.outer * g.inner
-    if packed == NULL:
-        return
-    for q in range(wd.n):
-        c = wd.chan[q]
-        for o in range(g.outer):
-            for j in range(n):
-                out[(o * C + c) * n + j] = packed[q * per + o * n + j]
-    free(packed)
+    cdef const floating* packed = <const floating*>wd.packed
+    if packed != NULL:
+        for q in range(wd.n):
+            c = wd.chan[q]
+            for o in range(g.outer):
+                for j in range(n):
+                    out[(o * C + c) * n + j] = packed[q * per + o * n + j]
+    _wide_free(wd)

@@ -3,9 +3,9 @@ fork from a thread while a kernel runs, outputs overlapping inputs by one elemen
 types, pickle and deepcopy of every public type.  Each test states the promise it checks
 (README "Guarantees"); the long checks run in a subprocess so that a hang fails, not blocks.
 
-Concurrency (8 Python threads over every op) is in test_threads.py, leaks (every entry point,
-100k calls) in test_leaks.py, extreme values in tests/kernels/test_wide.py and
-test_numerics.py."""
+Concurrency (8 Python threads over every op, the layers and Dask) is in test_threads.py,
+leaks (every entry point, 100k calls) in test_leaks.py, extreme values in
+tests/kernels/test_wide.py and test_numerics.py."""
 
 import copy
 import os
@@ -422,45 +422,3 @@ def test_every_entry_on_hostile_input(entry, variant, rng):
         np.testing.assert_allclose(g[finite], e[finite], rtol=2e-5, atol=2e-5 * scale,
                                    err_msg=f"{entry} {variant} output {i}")
 
-
-def test_eight_threads_over_the_layers_and_dask(rng):
-    """8 Python threads at once, each with its own layer, frozen layer and Dask graph (the
-    functions: test_threads.py): every result equals the serial one, bit for bit."""
-    import threading
-    da = pytest.importorskip("dask.array")
-    import cbn.dask as cd
-
-    xs = [rng.standard_normal((8, 4, 32, 32)).astype(np.float32) + i for i in range(8)]
-    dys = [rng.standard_normal(x.shape).astype(np.float32) for x in xs]
-
-    def work(x, dy):
-        bn = cbn.BatchNorm(4, activation="silu")
-        y = bn(x)
-        dx = bn.backward(dy)
-        fz = bn.freeze()
-        xd = da.from_array(x, chunks=(2, 4, 32, 32))
-        f = cd.batch_norm_forward(xd)
-        return [y, dx, bn.grad_weight, bn.running_var, fz(x),
-                f.out.compute(scheduler="synchronous")]
-
-    expected = [work(x, dy) for x, dy in zip(xs, dys)]
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def run(i):
-        try:
-            barrier.wait()
-            for _ in range(2):
-                results[i] = work(xs[i], dys[i])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for e, r in zip(expected, results):
-        for a, b in zip(e, r):
-            np.testing.assert_array_equal(a, b)

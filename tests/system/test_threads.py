@@ -232,6 +232,29 @@ def _all_ops(x, dy, w, b, rm, rv, nt):
     return [*f, *g, g2.dx, g2.dbias, i, m.mean, m.m2, fi, *fb, nrm, *s, el, fz(x), *h]
 
 
+def _in_eight_threads(work, repeats):
+    """work(i) for i in range(8), in 8 Python threads started together, each `repeats` times;
+    the last results (a worker's exception fails the test)."""
+    results, errors = [None] * 8, []
+    barrier = threading.Barrier(8)
+
+    def run(i):
+        try:
+            barrier.wait()
+            for _ in range(repeats):
+                results[i] = work(i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
 def test_eight_python_threads_all_ops_bit_identical_to_serial(rng):
     """8 Python threads, each calling forward, backward (full and partial) and inference with
     2-thread OpenMP teams at the same time on their own arrays (above the 64k-element serial
@@ -244,24 +267,7 @@ def test_eight_python_threads_all_ops_bit_identical_to_serial(rng):
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
         cases.append((x, dy, w, b, rm, rv))
     expected = [_all_ops(*c, nt=1) for c in cases]
-    results = [None] * 8
-    errors = []
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[i] = _all_ops(*cases[i], nt=2)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = _in_eight_threads(lambda i: _all_ops(*cases[i], nt=2), repeats=3)
     for e, r in zip(expected, results):
         for a, b_ in zip(e, r):
             np.testing.assert_array_equal(a, b_)
@@ -286,3 +292,29 @@ def test_python_threads_concurrently_give_serial_results(rng):
         t.join()
     for e, r in zip(expected, results):
         np.testing.assert_array_equal(e, r)
+
+
+def test_eight_threads_over_the_layers_and_dask(rng):
+    """8 Python threads at once, each with its own layer, frozen layer and Dask graph: every
+    result equals the serial one, bit for bit."""
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+
+    xs = [rng.standard_normal((8, 4, 32, 32)).astype(np.float32) + i for i in range(8)]
+    dys = [rng.standard_normal(x.shape).astype(np.float32) for x in xs]
+
+    def work(x, dy):
+        bn = cbn.BatchNorm(4, activation="silu")
+        y = bn(x)
+        dx = bn.backward(dy)
+        fz = bn.freeze()
+        xd = da.from_array(x, chunks=(2, 4, 32, 32))
+        f = cd.batch_norm_forward(xd)
+        return [y, dx, bn.grad_weight, bn.running_var, fz(x),
+                f.out.compute(scheduler="synchronous")]
+
+    expected = [work(x, dy) for x, dy in zip(xs, dys)]
+    results = _in_eight_threads(lambda i: work(xs[i], dys[i]), repeats=2)
+    for e, r in zip(expected, results):
+        for a, b in zip(e, r):
+            np.testing.assert_array_equal(a, b)
