@@ -403,24 +403,26 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
 
 
 def math_eval(str name, cnp.ndarray x):
-    """The bound level's vector e^x ("exp") or normal CDF and density ("normal": returns the
-    pair) of the post stage (cbn_math-inl.h) over a C-contiguous float32/float64 array, for
-    the accuracy tests."""
+    """The bound level's vector e^x ("exp"), normal CDF and density ("normal": returns the
+    pair), silu ("silu") or sigmoid and its complement ("sigmoid": the pair) of the post stage
+    (cbn_math-inl.h) over a C-contiguous float32/float64 array, for the accuracy tests."""
     _bound()
     _check_kernel_arrays(x)
-    if name not in ("exp", "normal"):
-        raise ValueError(f"name must be 'exp' or 'normal', got {name!r}")
-    cdef int fn = 0 if name == "exp" else 1
+    names = ("exp", "normal", "silu", "sigmoid")
+    if name not in names:
+        raise ValueError(f"name must be one of {names}, got {name!r}")
+    cdef int fn = names.index(name)
+    cdef bint pair = fn in (1, 3)
     cdef cnp.ndarray out = np.empty_like(x)
     cdef cnp.ndarray aux = np.empty_like(x)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
         _T.math_f32(fn, <const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(out),
-                    <float*>cnp.PyArray_DATA(aux) if fn else NULL, n)
+                    <float*>cnp.PyArray_DATA(aux) if pair else NULL, n)
     else:
         _T.math_f64(fn, <const double*>cnp.PyArray_DATA(x), <double*>cnp.PyArray_DATA(out),
-                    <double*>cnp.PyArray_DATA(aux) if fn else NULL, n)
-    return out if fn == 0 else (out, aux)
+                    <double*>cnp.PyArray_DATA(aux) if pair else NULL, n)
+    return (out, aux) if pair else out
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_ssize_t C,

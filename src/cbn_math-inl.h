@@ -62,7 +62,6 @@ typedef unsigned long long SFX(cbn_vmu_) __attribute__((vector_size(CBN_VB)));
 static inline CBN_TV SFX(cbn_vsel_)(CBN_TVI m, CBN_TV a, CBN_TV b) {
     return (CBN_TV)(((CBN_TVI)a & m) | ((CBN_TVI)b & ~m));
 }
-
 /* a^2 = *hi + *lo exactly (|a| <= 40: no overflow in the splitting) */
 static inline void SFX(cbn_vsqr2_)(CBN_TV a, CBN_TV *hi, CBN_TV *lo) {
     CBN_TV h = a * a;
@@ -145,6 +144,121 @@ static inline CBN_TV SFX(cbn_vexp_)(CBN_TV x, CBN_TV xl, const int has_lo) {
 }
 
 static inline CBN_TV SFX(cbn_vexp)(CBN_TV x) { return SFX(cbn_vexp_)(x, x, 0); }
+
+/* The sigmoid family.  Beyond |w| = CBN_SIG_AMAX, e^-|w| times any T below the T range's
+ * top has underflowed to 0 (float: 115 e^-115 = 1.3e-48; double: 760 e^-760 < 1e-329), and
+ * 2^-round(|w| log2 e) still splits into two normal factors (cbn_vscale_). */
+#define CBN_SIG_AMAX CBN_M_(115.0f, 760.0)
+
+/* e^-a = p 2^n for 0 <= a <= CBN_SIG_AMAX (or NaN): n = -round(a log2 e) <= 0, p = e^-r with
+ * r = a + n ln2 in [-ln2/2, ln2/2] (p in [0.70, 1.42]); t holds n in its low bits (the magic-
+ * constant sum, for cbn_vscale_).  The lean form of cbn_vexp_ for one side and no clamp of its
+ * own: e^-r as one Horner polynomial (cbn_vexp_'s, odd coefficients negated), whose last step
+ * rounds once at the scale of 1; 2^n is left to the caller, to be applied once. */
+typedef struct { CBN_TV p, n, t; } SFX(cbn_expneg_);
+static inline SFX(cbn_expneg_) SFX(cbn_vexpneg_)(CBN_TV a) {
+    const T magic = CBN_M_(12582912.0f, 6755399441055744.0); /* 1.5 * 2^mant */
+    const T ln2_hi = CBN_M_(0.693359375f, 6.93147180369123816490e-01);
+    const T ln2_lo = CBN_M_(-2.121944417e-04f, 1.90821492927058770002e-10);
+    SFX(cbn_expneg_) o;
+    o.t = a * (T)CBN_M_(-1.44269504f, -1.4426950408889634) + magic;
+    o.n = o.t - magic;                    /* -round(a log2 e), exact */
+    CBN_TV r = a + o.n * ln2_hi;          /* exact */
+    r = r + o.n * ln2_lo;
+#if CBN_TVL * 4 == CBN_VB
+    CBN_TV p = CBN_MV_(1.384037314e-03f);
+    p = p * r - 8.369348943e-03f;
+    p = p * r + 4.166808352e-02f;
+    p = p * r - 1.666651517e-01f;
+    p = p * r + 4.999999404e-01f;
+#else
+    CBN_TV p = CBN_MV_(-2.50156809415258064e-08);
+    p = p * r + 2.76307993690017910e-07;
+    p = p * r - 2.75575439926348846e-06;
+    p = p * r + 2.48014916593046472e-05;
+    p = p * r - 1.98412695465136676e-04;
+    p = p * r + 1.38888889449238729e-03;
+    p = p * r - 8.33333333347966582e-03;
+    p = p * r + 4.16666666665256591e-02;
+    p = p * r - 1.66666666666664298e-01;
+    p = p * r + 5.00000000000001110e-01;
+#endif
+    p = p * r - 1;
+    o.p = p * r + 1;
+    return o;
+}
+
+/* q 2^n for n of cbn_vexpneg_, rounded once (gradual underflow included); full: n may be
+ * below the normal exponent range (else the caller ignores those lanes' excess: 1 + q 2^n
+ * rounds to 1 there anyway) */
+static inline CBN_TV SFX(cbn_vscale_)(CBN_TV q, SFX(cbn_expneg_) e, const int full) {
+#if defined(__AVX512F__) && CBN_VB == 64
+    (void)full;
+    return (CBN_TV)CBN_M_(_mm512_scalef_ps, _mm512_scalef_pd)(CBN_M_((__m512), (__m512d))q,
+                                                              CBN_M_((__m512), (__m512d))e.n);
+#else
+    typedef SFX(cbn_vmu_) U;
+    const int mant = CBN_M_(23, 52);
+    const U bias = (U){0} + CBN_M_(127u, 1023ull), emin = (U){0} + CBN_M_(126u, 1022ull);
+    /* -n as an unsigned lane (a NaN lane gives garbage: no signed overflow, q is NaN) */
+    U k = ((U){0} + CBN_M_(0x4b400000u, 0x4338000000000000ull)) - (U)e.t;
+    U m = (U)(CBN_TVI)(k > emin);
+    U k1 = (emin & m) | (k & ~m);
+    CBN_TV s1 = (CBN_TV)((bias - k1) << mant);
+    if (!full) return q * s1;
+    CBN_TV s2 = (CBN_TV)((bias - (k - k1)) << mant);
+    return (q * s2) * s1; /* q s2 is exact (|q| >= 2^-9 here): one rounding */
+#endif
+}
+
+/* silu(z) = z sigmoid(z) = z / (1 + e^-z), as z / (1 + e) for z >= 0 and z e / (1 + e) for
+ * z < 0, e = e^-|z| = p 2^n (cbn_vexpneg_): the negative side divides z p and scales by 2^n
+ * after the division, so a result in the subnormal range is rounded once.  -inf gives NaN
+ * (-inf / inf, as torch). */
+static inline CBN_TV SFX(cbn_vsilu)(CBN_TV z) {
+#if defined(__AVX512F__) && CBN_VB == 64 /* the same steps, the selections on mask registers */
+#define CBN_V5_(op) CBN_M_(_mm512_##op##_ps, _mm512_##op##_pd)
+    typedef CBN_M_(__m512, __m512d) V;
+    typedef CBN_M_(__mmask16, __mmask8) K;
+    const V amax = (V)CBN_MV_(CBN_SIG_AMAX), zv = (V)z;
+    K neg = CBN_M_(_mm512_cmp_ps_mask, _mm512_cmp_pd_mask)(zv, (V)CBN_MV_(0), _CMP_LT_OQ);
+    K minf = CBN_M_(_mm512_cmp_ps_mask, _mm512_cmp_pd_mask)(zv, (V)CBN_MV_(-__builtin_inf()), _CMP_EQ_OQ);
+    V a = CBN_V5_(min)(amax, CBN_V5_(abs)(zv));          /* NaN stays NaN */
+    SFX(cbn_expneg_) e = SFX(cbn_vexpneg_)((CBN_TV)a);
+    V d = (V)(1 + SFX(cbn_vscale_)(e.p, e, 0));
+    V num = CBN_V5_(mask_mul)(zv, neg, CBN_V5_(max)(zv, -amax), (V)e.p); /* -a p on neg */
+    V q = CBN_V5_(div)(num, d);
+    q = CBN_V5_(mask_scalef)(q, neg, q, (V)e.n);
+    return (CBN_TV)CBN_V5_(mask_mov)(q, minf, (V)CBN_MV_(__builtin_nan("")));
+#undef CBN_V5_
+#else
+    const CBN_TVI absm = (CBN_TVI){0} + CBN_M_(0x7fffffff, 0x7fffffffffffffffll);
+    const CBN_TV amax = CBN_MV_(CBN_SIG_AMAX);
+    CBN_TVI neg = (CBN_TVI)(z < 0);
+    CBN_TV a = (CBN_TV)((CBN_TVI)z & absm);
+    a = SFX(cbn_vsel_)((CBN_TVI)(a > amax), amax, a); /* NaN stays NaN */
+    SFX(cbn_expneg_) e = SFX(cbn_vexpneg_)(a);
+    CBN_TV d = 1 + SFX(cbn_vscale_)(e.p, e, 0);
+    CBN_TV q = SFX(cbn_vsel_)(neg, -(a * e.p), z) / d;
+    q = SFX(cbn_vsel_)(neg, SFX(cbn_vscale_)(q, e, 1), q);
+    return SFX(cbn_vsel_)((CBN_TVI)(z == -CBN_MV_(__builtin_inf())), z - z, q);
+#endif
+}
+
+/* sigmoid(w) and 1 - sigmoid(w), neither through a subtraction: with e = e^-|w|, 1 / (1 + e)
+ * and e / (1 + e), one division (the second is its product with p, scaled by 2^n). */
+static inline CBN_TV SFX(cbn_vsigmoid)(CBN_TV w, CBN_TV *one_minus) {
+    const CBN_TVI absm = (CBN_TVI){0} + CBN_M_(0x7fffffff, 0x7fffffffffffffffll);
+    const CBN_TV amax = CBN_MV_(CBN_SIG_AMAX);
+    CBN_TV a = (CBN_TV)((CBN_TVI)w & absm);
+    a = SFX(cbn_vsel_)((CBN_TVI)(a > amax), amax, a); /* NaN stays NaN */
+    SFX(cbn_expneg_) e = SFX(cbn_vexpneg_)(a);
+    CBN_TV big = 1 / (1 + SFX(cbn_vscale_)(e.p, e, 0));
+    CBN_TV small = SFX(cbn_vscale_)(e.p * big, e, 1);
+    CBN_TVI neg = (CBN_TVI)(w < 0);
+    *one_minus = SFX(cbn_vsel_)(neg, big, small);
+    return SFX(cbn_vsel_)(neg, small, big);
+}
 
 static inline CBN_TV SFX(cbn_vnormal)(CBN_TV z, CBN_TV *pdf_out) {
     const T tmax = CBN_M_(15.0f, 40.0), a1 = CBN_M_(2.5f, 3.0), cs = a1 / 2;

@@ -35,8 +35,6 @@ cdef extern from "cbn_post.h" nogil:
     enum:
         CBN_POST_APPLY
         CBN_POST_GRAD
-        CBN_POST_BLOCK_BYTES
-        CBN_POST_ROWS_BYTES
     ctypedef struct cbn_post:
         int mode
         int act
@@ -44,7 +42,6 @@ cdef extern from "cbn_post.h" nogil:
         const void* res
         const void* dy
         int direct
-    void cbn_post_prefetch(const void* p, Py_ssize_t nbytes)
 
 cdef extern from "cbn_geometry.h" nogil:
     enum:

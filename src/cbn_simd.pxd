@@ -63,11 +63,21 @@ cdef extern from "cbn_kernels.h" nogil:
                          Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const double* hi,
                          const double* k1, const double* k2, const double* k3, int act)
 
-    # cbn_post-inl.h: the post-operation stage over one block (out already offset)
+    # cbn_post-inl.h: the post-operation stage (out and s / x offset already; see there)
     void cbn_post_block_f32(const cbn_post* p, const float* s, Py_ssize_t off, float* out,
                             Py_ssize_t n, int stream)
     void cbn_post_block_f64(const cbn_post* p, const double* s, Py_ssize_t off, double* out,
                             Py_ssize_t n, int stream)
+    void cbn_post_runs_f32(const cbn_post* p, const float* x, Py_ssize_t off, float* out,
+                           Py_ssize_t nruns, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t C,
+                           const float* coef, int stream)
+    void cbn_post_runs_f64(const cbn_post* p, const double* x, Py_ssize_t off, double* out,
+                           Py_ssize_t nruns, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t C,
+                           const double* coef, int stream)
+    void cbn_post_rows_f32(const cbn_post* p, const float* x, Py_ssize_t off, float* out,
+                           Py_ssize_t n, Py_ssize_t C, const float* ext, int stream)
+    void cbn_post_rows_f64(const cbn_post* p, const double* x, Py_ssize_t off, double* out,
+                           Py_ssize_t n, Py_ssize_t C, const double* ext, int stream)
 
     void cbn_math_eval_f32(int fn, const float* x, float* out, float* aux, Py_ssize_t n)
     void cbn_math_eval_f64(int fn, const double* x, double* out, double* aux, Py_ssize_t n)

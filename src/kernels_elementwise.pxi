@@ -224,31 +224,25 @@ cdef int _elementwise(Work* wk, TaskKind share, TaskKind piece, TaskKind rows, i
                       floating tag) noexcept nogil:
     """Run an element-wise pass (wk set up) as its plan splits it (CBN_EW_*), with the task
     kinds of the pass; the channels-last rows stream through ncoef extended coefficient
-    vectors.  A post-operation (wk.post) gets a buffer per thread.  Returns 0, or -1 when out
-    of memory."""
+    vectors, as does a post-operation (wk.post: its loop forms bn(x) from them).  Returns 0,
+    or -1 when out of memory."""
     cdef const cbn_plan* plan = wk.plan
-    cdef Py_ssize_t stride = 0
-    cdef double* buf = NULL
-    if wk.post != NULL:
-        stride = _post_stride(wk.g, sizeof(floating))
-        buf = <double*>malloc(max(1, plan.nt) * stride * sizeof(double))
-        if buf == NULL:
-            return -1
     if plan.ew == CBN_EW_CM_PIECES:  # fewer (long) runs than threads: nt pieces per run
-        _run(wk, piece, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
+        _run(wk, piece, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
     elif plan.ew == CBN_EW_CM_SHARES:
         # one contiguous share of runs per thread (and one store fence at its end when
         # streaming): against a parallel-loop iteration per run, 2 threads, short runs:
         # (8,256,14,14) f32 inference 0.90-0.94x the time, (64,512,7,7) 0.65-0.68x; dx of
         # (8,256,14,14) f32 0.79-0.89x
-        _run(wk, share, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
+        _run(wk, share, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
     else:
-        if wk.stream and wk.post == NULL:
+        if wk.stream or wk.post != NULL:
             wk.ext = _extended_coef(<const floating*>wk.coef, wk.g.C, ncoef,
                                     <const floating*>wk.out)
-        _run(wk, rows, plan.ntasks_ew, plan.nt, False, buf, stride, tag)
+            if wk.ext == NULL and wk.post != NULL:
+                return -1
+        _run(wk, rows, plan.ntasks_ew, plan.nt, False, NULL, 0, tag)
         cbn_free_beside(<void*>wk.ext)
-    free(buf)
     return 0
 
 

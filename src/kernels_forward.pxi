@@ -47,10 +47,10 @@ cdef inline bint _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m
 cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
                                  Py_ssize_t c, double eps, const double* w, const double* b,
                                  double* mean_out, double* var_out, double* invstd_out,
-                                 floating* coef, int act, bint stream, const cbn_post* post,
-                                 floating* s) noexcept nogil:
+                                 floating* coef, int act, bint stream,
+                                 const cbn_post* post) noexcept nogil:
     """Channel-major: statistics of channel c, then normalise it while it is still cached
-    (through the post-operation post, with buffer s, when given)."""
+    (through the post-operation post when given)."""
     cdef double mean, m2
     cdef double k[3]
     cdef Py_ssize_t o, off, C = g.C
@@ -62,8 +62,7 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
     for o in range(g.outer):
         off = (o * C + c) * g.inner
         if post != NULL:
-            _post_run(x, y_out, off, g.inner, coef[c], coef[C + c], coef[2 * C + c], post, s,
-                      stream)
+            _post_run(x, y_out, off, 1, g.inner, c, C, coef, post, stream)
         else:
             _normalize_run(x + off, y_out + off, g.inner, coef[c], coef[C + c],
                            coef[2 * C + c], act, stream)
@@ -84,9 +83,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
                                      g.n * <Py_ssize_t>sizeof(floating), _rt.fuse_budget_bytes)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     cdef double* m2
-    cdef double* buf = NULL
     cdef double k[3]
-    cdef Py_ssize_t stride = 0
     cdef int rc
     cdef Work wk
     cdef Wide wd
@@ -110,13 +107,7 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         if post != NULL:
             wk.stream = (wk.stream and post.res != y_out
                          and _streams(y_out, x, post.res, NULL, total, sizeof(floating), g.inner))
-            stride = _post_stride(g, sizeof(floating))
-            buf = <double*>malloc(max(1, plan.nt) * stride * sizeof(double))
-            if buf == NULL:
-                cbn_free_beside(coef)
-                return -1
-        _run(&wk, FORWARD_CHANNEL, C, plan.nt, True, buf, stride, <floating>0)
-        free(buf)
+        _run(&wk, FORWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
         cbn_free_beside(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))

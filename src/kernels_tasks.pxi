@@ -31,7 +31,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _moments_cl_task(x, g, t, wk.part, scratch)
     elif ((kind == NORMALIZE_SHARE or kind == NORMALIZE_PIECE or kind == NORMALIZE_ROWS)
           and wk.post != NULL):
-        _post_task(wk, kind, t, <floating*>scratch, x)
+        _post_task(wk, kind, t, x)
     elif kind == NORMALIZE_SHARE:
         _normalize_runs(x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt, wk.act,
                         wk.stream, wk.rev)
@@ -41,8 +41,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _normalize_rows_task(wk, t, x)
     elif kind == FORWARD_CHANNEL:
         _forward_channel_fused(x, out, g, t, wk.eps, wk.w, wk.b, wk.mean_out, wk.var_out,
-                               wk.invstd_out, coef, wk.act, wk.stream, wk.post,
-                               <floating*>scratch)
+                               wk.invstd_out, coef, wk.act, wk.stream, wk.post)
     elif kind == SUMS_CM_ROWS:
         _sums_cm_rows_task(dy, ym, wk.act, x, g, t // nch, min((t % nch) * cw, g.C),
                            min((t % nch + 1) * cw, g.C), wk.mean, wk.with_dot, wk.part, scratch)
