@@ -53,6 +53,44 @@ def test_normal_float32_within_four_ulps_everywhere(level):
     assert _ulps(pdf, np.exp(-0.5 * zd * zd) / math.sqrt(2 * math.pi), F32).max() <= 1.0
 
 
+def _silu64(z):
+    z = z.astype(F64)
+    with np.errstate(over="ignore"):
+        return z / (1 + np.exp(-z))
+
+
+def _sigmoid_pair64(w):
+    """sigmoid(w) and 1 - sigmoid(w) in float64, neither through a cancellation"""
+    w = w.astype(F64)
+    with np.errstate(over="ignore"):
+        e = np.exp(-np.abs(w))
+    big, small = 1 / (1 + e), e / (1 + e)
+    return np.where(w < 0, small, big), np.where(w < 0, big, small)
+
+
+def test_silu_float32_within_three_ulps_everywhere(level):
+    z = _float32_sweep()
+    z = np.concatenate([z, np.linspace(-120, 30, 200001, dtype=F32)])
+    got = _dispatch.kernels.math_eval("silu", z)
+    want = _silu64(z)
+    assert _ulps(got, want, F32).max() <= 3.0
+    # results below the normal range: rounded once after the scaling by 2**n, so within a
+    # few units of the smallest subnormal (not flushed to -0, as z / (1 + e^-z) would be
+    # from z = -89 on, where e^-z overflows)
+    sub = np.abs(want) < np.finfo(F32).tiny
+    assert sub.sum() > 1000
+    assert (np.abs(got[sub].astype(F64) - want[sub]) / 2.0**-149).max() <= 1.5
+
+
+def test_sigmoid_float32_within_two_and_a_half_ulps_everywhere(level):
+    w = _float32_sweep()
+    w = np.concatenate([w, np.linspace(-110, 110, 200001, dtype=F32)])
+    s, om = _dispatch.kernels.math_eval("sigmoid", w)
+    want_s, want_om = _sigmoid_pair64(w)
+    assert _ulps(s, want_s, F32).max() <= 2.5
+    assert _ulps(om, want_om, F32).max() <= 2.5
+
+
 def test_float64_against_mpmath(level):
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 40
@@ -69,6 +107,16 @@ def test_float64_against_mpmath(level):
     want_p = np.array([float(mp.npdf(mp.mpf(float(v)))) for v in z])
     assert _ulps(cdf, want_c, F64).max() <= 4.0
     assert _ulps(pdf, want_p, F64).max() <= 1.0
+    w = np.concatenate([rng.uniform(-760, 40, 2000), rng.uniform(-5, 5, 1000),
+                        -np.logspace(-300, 2.8, 500), np.logspace(-300, 2.8, 500)])
+    mw = [mp.mpf(float(v)) for v in w]
+    want_silu = np.array([float(v / (1 + mp.exp(-v))) for v in mw])
+    want_s = np.array([float(1 / (1 + mp.exp(-v))) for v in mw])
+    want_om = np.array([float(mp.exp(-v) / (1 + mp.exp(-v))) for v in mw])
+    assert _ulps(_dispatch.kernels.math_eval("silu", w), want_silu, F64).max() <= 2.5
+    s, om = _dispatch.kernels.math_eval("sigmoid", w)
+    assert _ulps(s, want_s, F64).max() <= 2.5
+    assert _ulps(om, want_om, F64).max() <= 2.5
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -80,3 +128,12 @@ def test_special_values(level, dtype):
     np.testing.assert_array_equal(cdf, [0.0, 1.0, np.nan, 0.5, 0.5, 0.0, 1.0])
     np.testing.assert_array_equal(pdf[[0, 1, 5, 6]], 0.0)
     assert np.isnan(pdf[2]) and pdf[3] == pdf[4] == dtype(1 / math.sqrt(2 * math.pi))
+    # silu as torch's z / (1 + e^-z): -inf / inf is NaN; the signs of zero kept
+    silu = _dispatch.kernels.math_eval("silu", x)
+    np.testing.assert_array_equal(silu, [np.nan, np.inf, np.nan, -0.0, 0.0, -0.0, 1e4])
+    assert np.signbit(silu[[3, 5]]).all() and not np.signbit(silu[4])
+    big = np.array([np.finfo(dtype).min, np.finfo(dtype).max], dtype)
+    np.testing.assert_array_equal(_dispatch.kernels.math_eval("silu", big), [-0.0, big[1]])
+    s, om = _dispatch.kernels.math_eval("sigmoid", x)
+    np.testing.assert_array_equal(s, [0.0, 1.0, np.nan, 0.5, 0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(om, [1.0, 0.0, np.nan, 0.5, 0.5, 1.0, 0.0])
