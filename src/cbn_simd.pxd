@@ -42,15 +42,15 @@ cdef extern from "cbn_kernels.h" nogil:
 
     # cbn_tiles-inl.h (columns left over by a tile: cbn_rows-inl.h): channels-last rows
     void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
-                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w, int threads)
     void cbn_col_shifted_sums_f64(double* s1, double* s2, const double* x, Py_ssize_t ld,
-                                  Py_ssize_t rows, const double* k, Py_ssize_t w)
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w, int threads)
     void cbn_col_sum_dot_f32(double* sdy, double* sdyx, const float* dy, const float* ym,
                              const float* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w, int act)
+                             Py_ssize_t w, int act, int threads)
     void cbn_col_sum_dot_f64(double* sdy, double* sdyx, const double* dy, const double* ym,
                              const double* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                             Py_ssize_t w, int act)
+                             Py_ssize_t w, int act, int threads)
     void cbn_affine_f32(const float* x, float* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
                         const float* hi, const float* sc, const float* sh, int act)
     void cbn_affine_f64(const double* x, double* y, Py_ssize_t ld, Py_ssize_t rows,

@@ -26,39 +26,50 @@ static inline void SFX(cbn_col_shifted_sums_stream)(double *restrict s1, double 
                        cbn_storev_f64(s2 + CBN_DL * v, cbn_loadv_f64(s2 + CBN_DL * v) + q[v]);)
     }
 }
-/* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */
+/* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2; threads: the team
+ * running the pass (sets the memory blocks, cbn_tiles.h; not the sums) */
 static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restrict s2,
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                              const double *restrict k, ptrdiff_t w) {
+                                              const double *restrict k, ptrdiff_t w,
+                                              int threads) {
     const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);
+    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(T), rs, threads);
     const int pf_ = CBN_COL_PF(ld, T);
     if (cbn_row_stream_fits(w)) {
         SFX(cbn_col_shifted_sums_stream)(s1, s2, x, ld, rows, k);
         return;
     }
     CBN_ONE_INIT(one);
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {
-        const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;
+    for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
+        const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
         for (ptrdiff_t j = 0; j < wt; j += tw) {
-            cbn_vd kv[CBN_COL_TV], a[CBN_COL_TV], q[CBN_COL_TV];
+            cbn_vd kv[CBN_COL_TV], A[CBN_COL_TV], Q[CBN_COL_TV];
             for (int v = 0; v < CBN_COL_TV; v++) {
-                const cbn_vd zero = {0};
                 kv[v] = cbn_loadv_f64(k + j + CBN_DL * v);
-                a[v] = zero;
-                q[v] = zero;
+                A[v] = cbn_loadv_f64(s1 + j + CBN_DL * v);
+                Q[v] = cbn_loadv_f64(s2 + j + CBN_DL * v);
             }
-            const T *p = x + r0 * ld + j;
-            for (ptrdiff_t r = r0; r < r1; r++, p += ld) {
-                CBN_PREFETCH_AHEAD(p, rs * ld, tw * sizeof(T));
+            for (ptrdiff_t r0 = m0; r0 < m1; r0 += rs) {
+                const ptrdiff_t r1 = r0 + rs < m1 ? r0 + rs : m1;
+                cbn_vd a[CBN_COL_TV], q[CBN_COL_TV];
+                for (int v = 0; v < CBN_COL_TV; v++) a[v] = q[v] = (cbn_vd){0};
+                const T *p = x + r0 * ld + j;
+                for (ptrdiff_t r = r0; r < r1; r++, p += ld) {
+                    CBN_PREFETCH_AHEAD(p, mb * ld, tw * sizeof(T));
+                    for (int v = 0; v < CBN_COL_TV; v++) {
+                        cbn_vd d = CBN_SUB_ON_FMA(SFX(cbn_loadv)(p + CBN_DL * v), kv[v], one);
+                        a[v] += d;
+                        q[v] += d * d;
+                    }
+                }
                 for (int v = 0; v < CBN_COL_TV; v++) {
-                    cbn_vd d = CBN_SUB_ON_FMA(SFX(cbn_loadv)(p + CBN_DL * v), kv[v], one);
-                    a[v] += d;
-                    q[v] += d * d;
+                    A[v] = A[v] + a[v];
+                    Q[v] = Q[v] + q[v];
                 }
             }
             for (int v = 0; v < CBN_COL_TV; v++) {
-                cbn_storev_f64(s1 + j + CBN_DL * v, cbn_loadv_f64(s1 + j + CBN_DL * v) + a[v]);
-                cbn_storev_f64(s2 + j + CBN_DL * v, cbn_loadv_f64(s2 + j + CBN_DL * v) + q[v]);
+                cbn_storev_f64(s1 + j + CBN_DL * v, A[v]);
+                cbn_storev_f64(s2 + j + CBN_DL * v, Q[v]);
             }
         }
     }
@@ -93,34 +104,43 @@ static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *res
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
                                          const T *restrict dy, const T *restrict ym,
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                         const double *restrict m, ptrdiff_t w, int act) {
+                                         const double *restrict m, ptrdiff_t w, int act,
+                                         int threads) {
     const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);
+    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(T), rs, threads);
     const int pf_ = CBN_COL_PF(ld, T);
     if (cbn_row_stream_fits(w)) {
         SFX(cbn_col_sum_dot_stream)(sdy, sdyx, dy, ym, x, ld, rows, m, act);
         return;
     }
     CBN_ONE_INIT(one);
-    for (ptrdiff_t r0 = 0; r0 < rows; r0 += rs) {
-        const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;
+    for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
+        const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
         for (ptrdiff_t j = 0; j < wt; j += tw) {
-            cbn_vd mv[CBN_COL_TV], a[CBN_COL_TV], b[CBN_COL_TV];
+            cbn_vd mv[CBN_COL_TV], A[CBN_COL_TV], B[CBN_COL_TV];
             for (int v = 0; v < CBN_COL_TV; v++) {
                 const cbn_vd zero = {0};
-                a[v] = zero;
-                b[v] = zero;
-                if (sdyx) mv[v] = cbn_loadv_f64(m + j + CBN_DL * v);
+                A[v] = cbn_loadv_f64(sdy + j + CBN_DL * v);
+                B[v] = sdyx ? cbn_loadv_f64(sdyx + j + CBN_DL * v) : zero;
+                mv[v] = sdyx ? cbn_loadv_f64(m + j + CBN_DL * v) : zero;
             }
-            const ptrdiff_t o = r0 * ld + j;
-            if (sdyx)
-                CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(1, a_));
-            else
-                CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(0, a_));
-            for (int v = 0; v < CBN_COL_TV; v++) {
-                cbn_storev_f64(sdy + j + CBN_DL * v, cbn_loadv_f64(sdy + j + CBN_DL * v) + a[v]);
+            for (ptrdiff_t r0 = m0; r0 < m1; r0 += rs) {
+                const ptrdiff_t r1 = r0 + rs < m1 ? r0 + rs : m1;
+                cbn_vd a[CBN_COL_TV], b[CBN_COL_TV];
+                for (int v = 0; v < CBN_COL_TV; v++) a[v] = b[v] = (cbn_vd){0};
+                const ptrdiff_t o = r0 * ld + j;
                 if (sdyx)
-                    cbn_storev_f64(sdyx + j + CBN_DL * v,
-                                   cbn_loadv_f64(sdyx + j + CBN_DL * v) + b[v]);
+                    CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(1, a_));
+                else
+                    CBN_FOR_ACT(act, CBN_SUM_DOT_TILE_LOOP(0, a_));
+                for (int v = 0; v < CBN_COL_TV; v++) {
+                    A[v] = A[v] + a[v];
+                    B[v] = B[v] + b[v];
+                }
+            }
+            for (int v = 0; v < CBN_COL_TV; v++) {
+                cbn_storev_f64(sdy + j + CBN_DL * v, A[v]);
+                if (sdyx) cbn_storev_f64(sdyx + j + CBN_DL * v, B[v]);
             }
         }
     }
@@ -204,13 +224,17 @@ static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx,
 
 static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restrict s2,
                                               const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                              const double *restrict k, ptrdiff_t w) {
+                                              const double *restrict k, ptrdiff_t w,
+                                              int threads) {
+    (void)threads;
     SFX(cbn_col_shifted_sums_rows)(s1, s2, x, ld, rows, k, w);
 }
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
                                          const T *restrict dy, const T *restrict ym,
                                          const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
-                                         const double *restrict m, ptrdiff_t w, int act) {
+                                         const double *restrict m, ptrdiff_t w, int act,
+                                         int threads) {
+    (void)threads;
     SFX(cbn_col_sum_dot_rows)(sdy, sdyx, dy, ym, x, ld, rows, m, w, act);
 }
 static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,

@@ -83,7 +83,7 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, co
 cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, const floating* x,
                                const Geometry* g,
                                Py_ssize_t t, const double* mean, bint with_dot,
-                               double* part) noexcept nogil:
+                               double* part, int threads) noexcept nogil:
     """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials."""
     cdef Py_ssize_t s = t // g.ncol_chunks
     cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
@@ -97,7 +97,7 @@ cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, 
         sdy[j] = 0.0
         sdyx[j] = 0.0
     _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0), act,
-                 x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w)
+                 x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w, threads)
 
 
 cdef inline bint _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,

@@ -51,22 +51,25 @@ cdef inline void _sum_dot(const floating* dy, const floating* ym, int act, const
 
 
 cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py_ssize_t ld,
-                                   Py_ssize_t rows, const double* k, Py_ssize_t w) noexcept nogil:
+                                   Py_ssize_t rows, const double* k, Py_ssize_t w,
+                                   int threads) noexcept nogil:
+    """threads: the pass's team (sets the tiles' memory blocks, never the sums)."""
     if floating is float:
-        cbn_col_shifted_sums_f32(s1, s2, x, ld, rows, k, w)
+        cbn_col_shifted_sums_f32(s1, s2, x, ld, rows, k, w, threads)
     else:
-        cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w)
+        cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w, threads)
 
 
 cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym,
                               int act,
                               const floating* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
-                              Py_ssize_t w) noexcept nogil:
-    """sdyx NULL: only the g sums (g = dy through the activation act whose output is ym)."""
+                              Py_ssize_t w, int threads) noexcept nogil:
+    """sdyx NULL: only the g sums (g = dy through the activation act whose output is ym);
+    threads as in _col_shifted_sums."""
     if floating is float:
-        cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w, act)
+        cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
     else:
-        cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w, act)
+        cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
 
 
 cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,

@@ -61,7 +61,7 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
 
 cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s,
                               Py_ssize_t chunk, double* mean_out, double* m2_out,
-                              double* scratch) noexcept nogil:
+                              double* scratch, int threads) noexcept nogil:
     """Channels-last: moments of segment s over the channel chunk; OUT mean_out/m2_out are the
     chunk's slices of the (nseg, C) partials (means less the channels' first row, x[c]);
     scratch holds 3 * col_width doubles."""
@@ -84,7 +84,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
             bk[j] = <double>x[r0 * g.C + c0 + j]
             bmean[j] = 0.0
             bm2[j] = 0.0
-        _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w)
+        _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w, threads)
         _block_moments_columns(1.0 / nb, bk, x + c0, bmean, bm2, w)
         _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
         cnt = cnt + nb
@@ -137,11 +137,11 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
 
 
 cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize_t t,
-                                  double* part, double* scratch) noexcept nogil:
+                                  double* part, double* scratch, int threads) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
     cdef Py_ssize_t j = chunk * g.col_width
     _segment_moments_cl(x, g, s, chunk, &part[s * g.C + j],
-                        &part[g.nseg * g.C + s * g.C + j], scratch)
+                        &part[g.nseg * g.C + s * g.C + j], scratch, threads)
 
 
 cdef void _merge_segment_partials(const floating* x, const Geometry* g, const double* part,

@@ -28,7 +28,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _segment_moments_cm(x, g, t // g.nseg, t % g.nseg, &wk.part[3 * t], &wk.part[3 * t + 1],
                             &wk.part[3 * t + 2])
     elif kind == MOMENTS_CL:
-        _moments_cl_task(x, g, t, wk.part, scratch)
+        _moments_cl_task(x, g, t, wk.part, scratch, wk.plan.nt)
     elif ((kind == NORMALIZE_SHARE or kind == NORMALIZE_PIECE or kind == NORMALIZE_ROWS)
           and wk.post != NULL):
         _post_task(wk, kind, t, x)
@@ -52,7 +52,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _segment_sums_cm(dy, ym, wk.act, x, g, t // g.nseg, t % g.nseg, wk.mean[t // g.nseg],
                          wk.with_dot, &wk.part[2 * t], &wk.part[2 * t + 1])
     elif kind == SUMS_CL:
-        _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.with_dot, wk.part)
+        _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.with_dot, wk.part, wk.plan.nt)
     elif kind == DX_SHARE:
         _dx_runs(dy, ym, wk.act, x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
                  wk.stream, wk.rev)
