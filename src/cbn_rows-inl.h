@@ -86,37 +86,37 @@ static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restr
 }
 
 /* Element-wise passes over `rows` rows of width w (ld apart), with per-channel coefficient
- * vectors.  With wide rows the coefficient streams, not the data, limit a one-row loop (1.5x a
- * copy at C = 1024 float32), so four rows share each coefficient load (~1.2x); with narrower
- * rows (coefficient vectors under 4 KB) the four-row loop measured slower than a copy by up to
- * 2x while one row at a time runs at copy speed, so rows go one by one (CBN_ROWS4).  The
- * restrict pointers are honest: the callers pass disjoint arrays, and in-place work goes to the
- * _inplace variants that take a single array. */
+ * vectors, one row at a time (CBN_ROWS_EACH).  Four rows per coefficient load, as an earlier
+ * version did for rows of 4 KB or more, ran at 1.2-1.55x the copy floor from memory (2 threads,
+ * 16.8 MB float32 and float64, C = 1024-16384 float32, 512-1024 float64: inference and dx)
+ * where one row at a time runs at 1.00-1.07x (1.21x at C = 16384), and slower in L2 too
+ * ((64, 1024) float32 inference 1.6x).  The restrict pointers are honest: the callers pass
+ * disjoint arrays, and in-place work goes to the _inplace variants that take a single array. */
 /* y = act((x - hi) * sc + sh), one instance per activation (always inlined with a constant) */
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_act)(
     const T *restrict x, T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
     const T *restrict hi, const T *restrict sc, const T *restrict sh, const int act) {
-    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)
+    CBN_ROWS_EACH(CBN_AFFINE_AT)
 }
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_inplace_act)(
     T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
     const T *restrict sc, const T *restrict sh, const int act) {
     const T *x = y;
-    CBN_ROWS4(CBN_AFFINE_AT, CBN_AFFINE_AT)
+    CBN_ROWS_EACH(CBN_AFFINE_AT)
 }
 /* dx = g * k1 + (x - hi) * k2 + k3 with g = dy through the activation act whose output is ym */
-static inline __attribute__((always_inline)) void SFX(cbn_dx_rows4_act)(
+static inline __attribute__((always_inline)) void SFX(cbn_dx_rows_any_act)(
     const T *restrict dy, const T *restrict ym, const T *restrict x, T *restrict dx,
     ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, const T *restrict k1,
     const T *restrict k2, const T *restrict k3, const int act) {
-    CBN_ROWS4(CBN_DX_AT, CBN_DX_AT)
+    CBN_ROWS_EACH(CBN_DX_AT)
 }
-static inline void SFX(cbn_dx_rows4)(const T *restrict dy, const T *restrict ym,
+static inline void SFX(cbn_dx_rows_any)(const T *restrict dy, const T *restrict ym,
                                      const T *restrict x, T *restrict dx,
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                      const T *restrict hi, const T *restrict k1,
                                      const T *restrict k2, const T *restrict k3, int act) {
-    CBN_FOR_ACT(act, SFX(cbn_dx_rows4_act)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, a_));
+    CBN_FOR_ACT(act, SFX(cbn_dx_rows_any_act)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, a_));
 }
 
 /* y = act((x - hi) * sc + sh) over channels-last rows; in place when x == y (the

@@ -239,20 +239,11 @@ static inline double cbn_hsum8_array(const double *v) {
 /* one column's g = dy[j] through the activation act whose output is q: in the data's own type
  * (mask and data lanes match), then widened */
 #define CBN_G(act, p, q, j) ((double)SFX(cbn_act_grad)((p)[j], (act) ? (q)[j] : 0, act))
-/* BODY for four rows per coefficient load when the row is wide (CBN_ROWS4_MIN_BYTES), then
- * TAIL row by row; j is the column, the argument the element offset */
-#define CBN_ROWS4_MIN_BYTES 4096
-#define CBN_ROWS4(BODY, TAIL)                                                                    \
-    ptrdiff_t r = 0;                                                                             \
-    for (; w * (ptrdiff_t)sizeof(*hi) >= CBN_ROWS4_MIN_BYTES && r + 4 <= rows; r += 4) {         \
+/* BODY for every row, one row at a time; j is the column, the argument the element offset */
+#define CBN_ROWS_EACH(BODY)                                                                      \
+    for (ptrdiff_t r = 0; r < rows; r++) {                                                       \
         _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = 0; j < w; j++) {                                                      \
-            BODY(r * ld + j) BODY((r + 1) * ld + j) BODY((r + 2) * ld + j) BODY((r + 3) * ld + j)\
-        }                                                                                        \
-    }                                                                                            \
-    for (; r < rows; r++) {                                                                      \
-        _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = 0; j < w; j++) { TAIL(r * ld + j) }                                   \
+        for (ptrdiff_t j = 0; j < w; j++) { BODY(r * ld + j) }                                   \
     }
 /* the element bodies of the row loops, for the activation act in scope */
 #define CBN_AFFINE_AT(i) y[i] = SFX(cbn_act)((x[i] - hi[j]) * sc[j] + sh[j], act);

@@ -200,7 +200,7 @@ static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
         SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);));
     if (nv * (CBN_TVL) < w) {
         ptrdiff_t j = nv * (CBN_TVL);
-        SFX(cbn_dx_rows4)(dy + j, ym ? ym + j : NULL, x + j, dx + j, ld, rows, w - j, hi + j,
+        SFX(cbn_dx_rows_any)(dy + j, ym ? ym + j : NULL, x + j, dx + j, ld, rows, w - j, hi + j,
                            k1 + j, k2 + j, k3 + j, act);
     }
 }
@@ -217,7 +217,7 @@ static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx,
     if (SFX(cbn_row_tile_fits)(w))
         SFX(cbn_dx_tile)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
     else
-        SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
+        SFX(cbn_dx_rows_any)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
 }
 
 #else /* no vector extensions: the row loops are the kernels */
@@ -244,7 +244,7 @@ static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t row
 static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,
                                      const T *k2, const T *k3, int act) {
-    SFX(cbn_dx_rows4)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
+    SFX(cbn_dx_rows_any)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);
 }
 
 #endif /* CBN_VECTOR */
