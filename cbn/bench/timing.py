@@ -36,6 +36,13 @@ QUICK = Settings(repeats=3, min_time=0.002)
 #: The most calls in one round, however fast a call is (bounds a round with ``min_time`` 0).
 _MAX_NUMBER = 100_000
 
+#: Untimed calls of an implementation, for at least this long, before each of its rounds.  The
+#: implementation timed before it may leave its own thread pool spinning (torch's OpenMP
+#: workers keep polling after an op) while this one's threads have gone to sleep: measured,
+#: cbn inference on (4096, 1024) float32 at 2 threads right after torch ran 1.28x its time
+#: alone (0.75 against 0.58 ms), 1.04x after 2 ms of untimed calls, 1.00x after 5 ms.
+SETTLE_SECONDS = 0.005
+
 
 def _calibrate(fn, min_time):
     """Warm ``fn`` up and return how many calls make a round of at least ``min_time`` s."""
@@ -44,6 +51,14 @@ def _calibrate(fn, min_time):
     fn()
     once = max(time.perf_counter() - t0, 1e-9)
     return int(min(_MAX_NUMBER, max(1, math.ceil(min_time / once))))
+
+
+def _settle(fn, seconds):
+    """Call ``fn`` untimed, at least once, for ``seconds``."""
+    end = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < end:
+        fn()
 
 
 def _time_round(fn, number):
@@ -58,8 +73,10 @@ def time_interleaved(calls, repeats, min_time):
     """Seconds per call of each callable in every round, rounds interleaved.
 
     Every round times each implementation once, starting with a different one each round,
-    so that drift and the order of the calls affect all of them alike.  The garbage collector
-    is off while timing, as in :mod:`timeit`.
+    so that drift and the order of the calls affect all of them alike; each timed round
+    follows ``SETTLE_SECONDS`` of untimed calls of the same implementation (another one's
+    thread pool may still be spinning).  The garbage collector is off while timing, as in
+    :mod:`timeit`.
 
     Parameters
     ----------
@@ -85,6 +102,8 @@ def time_interleaved(calls, repeats, min_time):
         for r in range(repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:
+                if numbers[name] > 1:  # a call of a round's length dwarfs the disturbance
+                    _settle(calls[name], SETTLE_SECONDS)
                 samples[name].append(_time_round(calls[name], numbers[name]))
     finally:
         if gc_was_enabled:
