@@ -33,6 +33,8 @@ Modules, in the order a run uses them:
   and the random inputs of a case;
 * :mod:`~cbn.bench.timing`: :class:`Settings`, the interleaved rounds, the spread of a timing;
 * :mod:`~cbn.bench.calls`: the cbn, NumPy and torch callables of each op (torch adapters);
+* :mod:`~cbn.bench.peers`: the optional peers, straightforward parallel numba kernels and ONNX
+  Runtime's BatchNormalization node;
 * :mod:`~cbn.bench.floor`: the floor callables; :func:`~cbn.bench.floor.floor_kernels` is the
   one access to the floor's kernel module;
 * :mod:`~cbn.bench._runtime`: the one access to cbn's dispatched kernel module (tuning, threads);

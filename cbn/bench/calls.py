@@ -1,18 +1,22 @@
 """The timed callables: cbn, NumPy (:mod:`cbn.reference`) and torch for each op, the torch
-adapters, and :func:`make_calls`, which adds the floor call to them."""
+adapters, and :func:`make_calls`, which adds the optional peers (numba, ONNX Runtime:
+:mod:`~cbn.bench.peers`) and the floor call to them."""
 
 import numpy as np
 
 import cbn
 
 from .floor import floor_call
+from .peers import numba_calls, onnxruntime_call
 
 #: eps and momentum of every timed call (torch's defaults).
 EPS = 1e-5
 MOMENTUM = 0.1
 
 #: The implementations, in column order.
-IMPLS = ("cbn", "numpy", "torch", "floor")
+IMPLS = ("cbn", "numpy", "torch", "numba", "onnxruntime", "floor")
+#: The peers: implementations a user might pick instead of cbn (each a column when installed).
+PEERS = ("torch", "numba", "onnxruntime")
 
 
 def import_torch():
@@ -54,6 +58,34 @@ def _inference_calls(case, d, nt, torch, out=None):
         F = torch.nn.functional
         trm, trv, tw, tb = (torch.from_numpy(a) for a in (rm, rv, w, b))
         calls["torch"] = lambda: F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM, EPS)
+    return calls
+
+
+def _per_channel(v, case, ndim, dtype):
+    """A per-channel vector shaped to broadcast against x (channel at ``case.axis``)."""
+    shape = [1] * ndim
+    shape[case.axis % ndim] = v.size
+    return np.ascontiguousarray(v, dtype=dtype).reshape(shape)
+
+
+def _frozen_calls(case, d, nt, torch, out=None):
+    """The deployment path: cbn's frozen layer, and ``x * a + b`` with precomputed per-channel
+    ``a``, ``b`` in x's dtype as a NumPy user and a torch user would write it."""
+    y = np.empty_like(d.x) if out is None else out
+    layer = cbn.FrozenBatchNorm.from_stats(d.running_mean, d.running_var, d.weight, d.bias,
+                                           EPS, axis=case.axis, num_threads=nt)
+    inv = 1.0 / np.sqrt(d.running_var + EPS)
+    a64, b64 = d.weight * inv, d.bias - d.running_mean * d.weight * inv
+    a, b = (_per_channel(v, case, d.x.ndim, d.x.dtype) for v in (a64, b64))
+    tmp = np.empty_like(d.x)
+
+    def numpy_frozen():
+        np.multiply(d.x, a, out=tmp)
+        return np.add(tmp, b, out=tmp)
+    calls = {"cbn": lambda: layer(d.x, out=y), "numpy": numpy_frozen}
+    if torch is not None:
+        xt, ta, tb = torch.from_numpy(d.x), torch.from_numpy(a), torch.from_numpy(b)
+        calls["torch"] = lambda: torch.addcmul(tb, xt, ta)
     return calls
 
 
@@ -198,14 +230,14 @@ def _backward_add_relu_calls(case, d, nt, torch, out=None):
 #: The callables of each op: ``builder(case, data, num_threads, torch, out=None)``; the
 #: scaling table reuses their cbn entry with its own output array.
 CALL_BUILDERS = {"inference": _inference_calls, "forward": _forward_calls,
-                 "backward": _backward_calls,
+                 "backward": _backward_calls, "frozen": _frozen_calls,
                  "inference_add_relu": _fused_inference_calls("relu", True),
                  "forward_add_relu": _forward_add_relu_calls,
                  "inference_silu": _fused_inference_calls("silu", False),
                  "backward_add_relu": _backward_add_relu_calls}
 
 
-def make_calls(op, case, data, num_threads, torch=None):
+def make_calls(op, case, data, num_threads, torch=None, peers=True):
     """Zero-argument callables of every implementation for ``op`` on ``case``.
 
     Parameters
@@ -220,6 +252,8 @@ def make_calls(op, case, data, num_threads, torch=None):
         Threads for cbn and the floor kernels.
     torch : module, optional
         The torch module; None leaves torch out.
+    peers : bool, default True
+        Add numba and ONNX Runtime where installed (and where they cover the op).
 
     Returns
     -------
@@ -227,5 +261,10 @@ def make_calls(op, case, data, num_threads, torch=None):
         Keys among :data:`IMPLS`, in column order.
     """
     calls = CALL_BUILDERS[op](case, data, num_threads, torch)
+    if peers:
+        for name, call in (("numba", numba_calls(op, case, data, num_threads, EPS, MOMENTUM)),
+                           ("onnxruntime", onnxruntime_call(op, case, data, num_threads, EPS))):
+            if call is not None:
+                calls[name] = call
     calls["floor"] = floor_call(op, data, np.empty_like(data.x), num_threads)
     return {name: calls[name] for name in IMPLS if name in calls}

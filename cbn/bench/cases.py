@@ -9,10 +9,11 @@ import numpy as np
 #: The fused ops (a residual added and an activation in the same pass), timed on the float32
 #: cases only (the deployment dtype), in report order after the plain ops.
 FUSED_OPS = ("inference_add_relu", "forward_add_relu", "inference_silu", "backward_add_relu")
-#: The ops, in report order.
-OPS = ("forward", "backward", "inference") + FUSED_OPS
+#: The ops, in report order: ``frozen`` is the deployment path, the frozen layer
+#: (:class:`cbn.FrozenBatchNorm`) against the peers' kernels with precomputed coefficients.
+OPS = ("forward", "backward", "inference", "frozen") + FUSED_OPS
 #: The arrays of x's size each op reads or writes in full (the thread-scaling footprint).
-ARRAYS = {"forward": 2, "backward": 3, "inference": 2, "inference_add_relu": 3,
+ARRAYS = {"forward": 2, "backward": 3, "inference": 2, "frozen": 2, "inference_add_relu": 3,
           "forward_add_relu": 3, "inference_silu": 2, "backward_add_relu": 5}
 
 

@@ -44,20 +44,23 @@ def add_arguments(parser):
     parser : argparse.ArgumentParser
         The ``bench`` sub-command's parser.
     """
-    parser.description = ("Time cbn against NumPy (cbn.reference), torch (if installed) and the "
-                          "memory-bandwidth floor measured in the same run.")
+    parser.description = ("Time cbn against NumPy (cbn.reference), the peers that are installed "
+                          "(torch, numba, onnxruntime) and the memory-bandwidth floor measured "
+                          "in the same run.")
     parser.add_argument("--quick", action="store_true",
                         help="fewer rounds and a subset (float32, 5 shapes): under a minute")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="threads for cbn, torch and the floor kernels (default: all)")
     parser.add_argument("--ops", type=_csv_of(OPS), default=OPS, metavar="LIST",
-                        help="comma-separated ops (default: forward,backward,inference)")
+                        help="comma-separated ops (default: all, " + ",".join(OPS) + ")")
     parser.add_argument("--dtypes", type=_csv_of(DTYPES), default=None, metavar="LIST",
                         help="comma-separated dtypes (default: float32,float64; "
                              "--quick: float32)")
     parser.add_argument("--repeats", type=_positive_int, default=None, metavar="K",
                         help="rounds per timing, best kept (default: 7; --quick: 3)")
     parser.add_argument("--no-torch", action="store_true", help="do not time torch")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="do not time numba and onnxruntime (timed when installed)")
     parser.add_argument("--no-scaling", action="store_true",
                         help="skip the thread-scaling table (n threads vs 1 on the cases that "
                              "fit in cache, next to the floor kernels' scaling)")
@@ -74,7 +77,7 @@ def _settings_for(args):
     return Settings(repeats=args.repeats, min_time=base.min_time)
 
 
-def _measure(args, cases, nt, settings, use_torch):
+def _measure(args, cases, nt, settings, use_torch, use_peers=True):
     """The main timings and the scaling ones (None with ``--no-scaling``), under one progress
     bar that counts both."""
     pairs = [] if args.no_scaling or nt < 2 else scaling_pairs(cases, args.ops)
@@ -83,7 +86,7 @@ def _measure(args, cases, nt, settings, use_torch):
     scaling = None
     try:
         results = run_benchmark(cases, args.ops, num_threads=nt, settings=settings,
-                                use_torch=use_torch, progress=bar)
+                                use_torch=use_torch, use_peers=use_peers, progress=bar)
         if not args.no_scaling:
             scaling = run_scaling(pairs, num_threads=nt, settings=settings,
                                   progress=lambda d, t, label: bar(n_main + d, bar.total, label))
@@ -122,8 +125,9 @@ def run(args, cases=None, out=None):
     settings = _settings_for(args)
     nt = resolve_threads(args.threads)
     use_torch = not args.no_torch
-    env = environment(nt, settings, use_torch)
-    results, scaling = _measure(args, cases, nt, settings, use_torch)
+    use_peers = not getattr(args, "no_peers", False)
+    env = environment(nt, settings, use_torch, use_peers)
+    results, scaling = _measure(args, cases, nt, settings, use_torch, use_peers)
     print(format_report(results, env, scaling), file=out)
     if args.json:
         write_json(args.json, results, env, scaling)

@@ -29,7 +29,7 @@ def floor_call(op, d, scratch, nt):
     dy = d.dy.reshape(-1)
     r = d.residual.reshape(-1)
     out = scratch.reshape(-1)
-    if op in ("inference", "inference_silu"):  # read x, write y
+    if op in ("inference", "frozen", "inference_silu"):  # read x, write y
         return lambda: k.stream_scale(x, out, nt)
     if op == "forward":  # read x; read x, write y
         return lambda: (k.stream_sum(x, nt), k.stream_scale(x, out, nt))

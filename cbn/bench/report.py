@@ -6,6 +6,7 @@ import numpy as np
 import cbn
 
 from .calls import import_torch
+from .peers import import_numba, import_onnxruntime
 from .cases import OPS
 from .floor import floor_kernels
 from .scaling import SCALING_CACHE_FRACTION
@@ -47,6 +48,9 @@ def _fmt_ratio(value, suffix=""):
 _COLUMNS = (("shape", "<", 16), ("dtype", "<", 8), ("axis", ">", 4), ("MB", ">", 7),
             ("cbn", ">", 10), ("numpy", ">", 10), ("torch", ">", 10), ("vs numpy", ">", 9),
             ("vs torch", ">", 9), ("cbn/floor", ">", 9))
+#: The optional peers' columns (shown when some row of the run measured them): name, header
+#: of the time column, header of the ratio column.
+_PEER_COLUMNS = (("numba", "numba", "vs numba"), ("onnxruntime", "ort", "vs ort"))
 
 
 def _table_row(cells, columns=_COLUMNS):
@@ -56,7 +60,7 @@ def _table_row(cells, columns=_COLUMNS):
 
 
 def format_table(op, results):
-    """One op's table: a row per case.
+    """One op's table: a row per case (the numba and ONNX Runtime columns when measured).
 
     Parameters
     ----------
@@ -69,16 +73,22 @@ def format_table(op, results):
     -------
     str
     """
-    lines = [f"{op}", _table_row([name for name, _, _ in _COLUMNS])]
+    peers = [p for p in _PEER_COLUMNS if any(r.times.get(p[0]) is not None for r in results)]
+    columns = (_COLUMNS[:7] + tuple((head, ">", 10) for _, head, _ in peers) + _COLUMNS[7:9]
+               + tuple((vs, ">", 9) for _, _, vs in peers) + _COLUMNS[9:])
+    lines = [f"{op}", _table_row([name for name, _, _ in columns], columns)]
     lines.append("-" * len(lines[-1]))
     for r in results:
         c = r.case
         lines.append(_table_row([
             c.shape_label, c.dtype, str(c.axis), f"{c.nbytes / 1e6:.1f}",
             format_time(r.times.get("cbn")), format_time(r.times.get("numpy")),
-            format_time(r.times.get("torch")), _fmt_ratio(r.speedup("numpy"), "x"),
-            _fmt_ratio(r.speedup("torch"), "x"), _fmt_ratio(r.floor_ratio),
-        ]) + ("  *" if r.noisy else ""))
+            format_time(r.times.get("torch")),
+            *[format_time(r.times.get(name)) for name, _, _ in peers],
+            _fmt_ratio(r.speedup("numpy"), "x"), _fmt_ratio(r.speedup("torch"), "x"),
+            *[_fmt_ratio(r.speedup(name), "x") for name, _, _ in peers],
+            _fmt_ratio(r.floor_ratio),
+        ], columns) + ("  *" if r.noisy else ""))
     if any(r.noisy for r in results):
         lines.append(f"* rounds varied by more than {NOISE_THRESHOLD - 1:.0%} (busy machine?): "
                      "rerun, add --repeats, or try --threads 1")
@@ -108,6 +118,14 @@ def format_summary(summary):
         + _fmt_ratio(summary["geomean_vs_numpy"], "x"),
         "  worst case vs torch             : "
         + (no_torch if worst is None else f"{worst['speedup']:.2f}x  ({worst['case']})"),
+    ]
+    for peer, p in summary.get("peers", {}).items():
+        if peer == "torch":
+            continue
+        lines += [f"  geometric-mean speedup vs {peer} : {p['geomean']:.2f}x  "
+                  f"({p['cases']} cases)",
+                  f"  worst case vs {peer} : {p['worst']['speedup']:.2f}x  ({p['worst']['case']})"]
+    lines += [
         f"  within {FLOOR_TOLERANCE}x of the floor        : "
         f"{summary['within_floor']} of {summary['floor_cases']} cases with x >= "
         f"{FLOOR_SUMMARY_MIN_BYTES / 1e6:.0f} MB",
@@ -172,7 +190,15 @@ def format_scaling(scaling, threads):
     return "\n".join(lines)
 
 
-def environment(num_threads, settings, use_torch=True):
+def _version(get):
+    """The version string of an optional peer (None when it is not installed)."""
+    got = get()
+    if got is None:
+        return None
+    return (got[0] if isinstance(got, tuple) else got).__version__
+
+
+def environment(num_threads, settings, use_torch=True, use_peers=True):
     """What the report header shows: versions, SIMD level, threads, timing method.
 
     Parameters
@@ -183,6 +209,8 @@ def environment(num_threads, settings, use_torch=True):
         The timing settings.
     use_torch : bool, default True
         Whether torch is timed (``--no-torch`` clears it).
+    use_peers : bool, default True
+        Whether numba and ONNX Runtime are timed where installed (``--no-peers`` clears it).
 
     Returns
     -------
@@ -199,6 +227,8 @@ def environment(num_threads, settings, use_torch=True):
         "max_threads": cfg["default_threads"],
         "torch": None if torch is None else torch.__version__,
         "torch_timed": bool(use_torch and torch is not None),
+        "numba": _version(import_numba) if use_peers else None,
+        "onnxruntime": _version(import_onnxruntime) if use_peers else None,
         "numpy": np.__version__,
         "python": cfg["python"],
         "repeats": settings.repeats,
@@ -232,13 +262,15 @@ def format_header(env):
         f"cbn {env['cbn']}  |  SIMD {simd}  |  threads {env['threads']} "
         f"(of {env['max_threads']}, {env['openmp_runtime']})  |  torch {torch}  |  "
         f"numpy {env['numpy']}  |  python {env['python']}",
+        f"peers: numba {env.get('numba') or '-'}  |  onnxruntime {env.get('onnxruntime') or '-'}"
+        " (not installed or --no-peers: -; numba kernels: cbn.bench.peers)",
         f"timing: best of {env['repeats']} interleaved rounds of >= {env['min_time_s'] * 1e3:g} ms"
         " each (time.perf_counter), time per call",
-        "cbn: output preallocated (out=), not timed; numpy (cbn.reference) and torch: whole call,"
-        " output allocation included",
+        "cbn and numba: output preallocated, not timed; numpy (cbn.reference; frozen: x * a + b)"
+        ", torch and onnxruntime: whole call, output allocation included",
         "floor: streaming kernels over the same bytes -- inference scale(x); forward sum(x) +"
         " scale(x); backward sum(x) + sum(dy) + triad(x, dy)",
-        "vs numpy / vs torch: their time over cbn's (>1: cbn faster); cbn/floor: 1.00 ="
+        "vs numpy / vs a peer: its time over cbn's (>1: cbn faster); cbn/floor: 1.00 ="
         " memory bandwidth",
     ])
 

@@ -45,7 +45,7 @@ class Result:
         Parameters
         ----------
         impl : str
-            ``"numpy"`` or ``"torch"``.
+            ``"numpy"`` or a peer (``"torch"``, ``"numba"``, ``"onnxruntime"``).
 
         Returns
         -------
@@ -77,6 +77,8 @@ class Result:
             "times_s": dict(self.times),
             "speedup_vs_numpy": self.speedup("numpy"),
             "speedup_vs_torch": self.speedup("torch"),
+            "speedup_vs_numba": self.speedup("numba"),
+            "speedup_vs_onnxruntime": self.speedup("onnxruntime"),
             "floor_ratio": self.floor_ratio,
             "spreads": dict(self.spreads),
             "noisy": self.noisy,

@@ -8,7 +8,7 @@ from .timing import FULL, spread, time_interleaved
 
 
 def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=True,
-                  progress=None):
+                  use_peers=True, progress=None):
     """Time every op on every case.
 
     Parameters
@@ -24,6 +24,8 @@ def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=
         Rounds and round length (:data:`FULL` or :data:`QUICK`).
     use_torch : bool, default True
         Time torch too when it is importable.  torch's thread count is restored afterwards.
+    use_peers : bool, default True
+        Time numba and ONNX Runtime too where they are installed (:mod:`~cbn.bench.peers`).
     progress : callable, optional
         Called as ``progress(done, total, label)`` after each (case, op).
 
@@ -45,7 +47,7 @@ def run_benchmark(cases, ops=OPS, *, num_threads=None, settings=FULL, use_torch=
         for case in cases:
             data = make_data(case)
             for op in (op for op in ops if applies(op, case)):
-                calls = make_calls(op, case, data, nt, torch)
+                calls = make_calls(op, case, data, nt, torch, peers=use_peers)
                 samples = time_interleaved(calls, settings.repeats, settings.min_time)
                 times = {i: min(samples[i]) if i in samples else None for i in IMPLS}
                 spreads = {i: spread(v) for i, v in samples.items()}

@@ -3,6 +3,8 @@ text report and the JSON file."""
 
 import math
 
+from .calls import PEERS
+
 #: Cases at least this large (bytes of ``x``) count in the "within 1.2x of floor" summary.
 FLOOR_SUMMARY_MIN_BYTES = 8_000_000
 #: A case is "at the floor" when cbn takes at most this many times the floor.
@@ -30,7 +32,8 @@ def summarize(results):
     dict
         ``cases``; ``geomean_vs_torch`` and ``geomean_vs_numpy`` (None without data);
         ``worst_vs_torch`` as ``{"speedup": float, "case": "op case-label"}`` or None;
-        ``floor_cases``
+        ``peers``: for each peer of :data:`~cbn.bench.calls.PEERS` measured in some result,
+        ``{"geomean": float, "worst": {"speedup", "case"}, "cases": int}``; ``floor_cases``
         (results whose ``x`` is at least :data:`FLOOR_SUMMARY_MIN_BYTES`),
         ``within_floor`` (those of them with a floor ratio <= :data:`FLOOR_TOLERANCE`) and
         ``noisy_cases`` (results whose rounds varied more than :data:`NOISE_THRESHOLD`).
@@ -39,8 +42,17 @@ def summarize(results):
                 for r in results if r.speedup("torch") is not None]
     big = [r for r in results
            if r.case.nbytes >= FLOOR_SUMMARY_MIN_BYTES and r.floor_ratio is not None]
+    peers = {}
+    for peer in PEERS:
+        cells = [{"speedup": r.speedup(peer), "case": f"{r.op} {r.case.label}"}
+                 for r in results if r.speedup(peer) is not None]
+        if cells:
+            peers[peer] = {"geomean": _geomean([c["speedup"] for c in cells]),
+                           "worst": min(cells, key=lambda c: c["speedup"]),
+                           "cases": len(cells)}
     return {
         "cases": len(results),
+        "peers": peers,
         "geomean_vs_torch": _geomean([w["speedup"] for w in vs_torch]),
         "geomean_vs_numpy": _geomean([r.speedup("numpy") for r in results]),
         "worst_vs_torch": min(vs_torch, key=lambda w: w["speedup"], default=None),

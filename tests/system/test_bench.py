@@ -272,7 +272,7 @@ def test_scaling_pairs_limits():
     big, small = Case((4, 8, 16, 16)), Case((2, 3, 4, 4))
     pairs = _bench.scaling_pairs([big, small], max_bytes=2 * big.nbytes, min_elements=1000)
     # backward touches three arrays (x, dy, dx): over the limit; the small case has no team
-    assert pairs == [("forward", big), ("inference", big), ("inference_silu", big)]
+    assert pairs == [("forward", big), ("inference", big), ("frozen", big), ("inference_silu", big)]
     assert _bench.scaling_pairs([big], ("backward",), max_bytes=3 * big.nbytes,
                                 min_elements=1) == [("backward", big)]
 

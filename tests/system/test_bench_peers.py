@@ -1,0 +1,90 @@
+"""The bench's optional peers (cbn/bench/peers.py) compute batch norm: the numba kernels and
+ONNX Runtime's node against the float64 reference, in every layout; and their columns reach
+the report and the summary."""
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import bench as _bench
+from cbn.bench import Case, Result, Settings
+from cbn.bench.calls import EPS, MOMENTUM
+from cbn.bench.cases import make_data
+from cbn.bench.peers import numba_calls, onnxruntime_call
+
+CASES = [Case((3, 4, 5, 6)), Case((40, 7), "float64"), Case((2, 5, 5, 8), "float32", -1)]
+
+
+def _close(got, want, dtype):
+    scale = np.max(np.abs(want)) + 1.0
+    tol = (2e-5 if dtype == "float32" else 1e-12) * scale
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
+def test_numba_peer_kernels_are_batch_norm(case):
+    pytest.importorskip("numba")
+    d = make_data(case)
+    ref = cbn.reference
+    x64 = d.x.astype(np.float64)
+    want = ref.batch_norm_inference(x64, d.running_mean, d.running_var, d.weight, d.bias,
+                                    eps=EPS, axis=case.axis)
+    for op in ("inference", "frozen"):
+        _close(numba_calls(op, case, d, 1, EPS, MOMENTUM)(), want, case.dtype)
+    y, mean, var = numba_calls("forward", case, d, 2, EPS, MOMENTUM)()
+    want_y, want_mean, want_invstd = ref.batch_norm_forward(x64, d.weight, d.bias, eps=EPS,
+                                                            axis=case.axis)
+    _close(y, want_y, case.dtype)
+    np.testing.assert_allclose(1 / np.sqrt(var + EPS), want_invstd, rtol=1e-10)
+    dx, dw, db = numba_calls("backward", case, d, 2, EPS, MOMENTUM)()
+    want_dx, want_dw, want_db = ref.batch_norm_backward(d.dy.astype(np.float64), x64,
+                                                        want_mean, want_invstd, d.weight,
+                                                        axis=case.axis)
+    _close(dx, want_dx, case.dtype)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(db, want_db, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=lambda c: c.label)
+def test_onnxruntime_peer_is_batch_norm_inference(case):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    d = make_data(case)
+    (y,) = onnxruntime_call("inference", case, d, 1, EPS)()
+    want = cbn.reference.batch_norm_inference(d.x.astype(np.float64), d.running_mean,
+                                              d.running_var, d.weight, d.bias, eps=EPS,
+                                              axis=case.axis)
+    _close(y, want, case.dtype)
+    assert onnxruntime_call("inference", CASES[2], make_data(CASES[2]), 1, EPS) is None
+    assert onnxruntime_call("forward", case, d, 1, EPS) is None
+
+
+def test_frozen_op_numpy_and_cbn_agree():
+    case = Case((3, 4, 5, 6), "float64")
+    d = make_data(case)
+    calls = _bench.make_calls("frozen", case, d, 1, None, peers=False)
+    np.testing.assert_allclose(calls["cbn"](), calls["numpy"](), rtol=1e-12, atol=1e-12)
+    assert set(calls) == {"cbn", "numpy", "floor"}
+
+
+def test_peer_columns_and_summary():
+    case = Case((2, 3))
+    results = [Result("inference", case, {"cbn": 1.0, "numpy": 2.0, "torch": None,
+                                          "numba": 0.5, "onnxruntime": None, "floor": 1.0}),
+               Result("frozen", case, {"cbn": 1.0, "numpy": 2.0, "torch": None,
+                                       "numba": 2.0, "onnxruntime": 4.0, "floor": 1.0})]
+    s = _bench.summarize(results)
+    assert s["peers"]["numba"]["worst"] == {"speedup": 0.5, "case": f"inference {case.label}"}
+    assert s["peers"]["numba"]["geomean"] == pytest.approx(1.0)
+    assert s["peers"]["onnxruntime"]["cases"] == 1 and "torch" not in s["peers"]
+    env = _bench.environment(1, Settings(1, 0.0), use_torch=False, use_peers=False)
+    report = _bench.format_report(results, env)
+    assert "vs numba" in report and "vs ort" in report
+    assert "worst case vs numba : 0.50x" in report
+    assert "peers: numba -  |  onnxruntime -" in report
+
+
+def test_no_peers_leaves_them_out():
+    res = _bench.run_benchmark([Case((2, 3, 4, 4))], ops=("inference",), num_threads=1,
+                               settings=Settings(1, 0.0), use_torch=False, use_peers=False)
+    assert res[0].times["numba"] is None and res[0].times["onnxruntime"] is None
