@@ -343,6 +343,8 @@ class FrozenBatchNorm:
               num_threads: Optional[int], activation: Optional[str] = None,
               negative_slope: Optional[float] = None) -> None:
         v.check_axis(axis, 1 << 30)  # type check only; the range is checked per call
+        # C-contiguous float64, as the call's fast path (_core.fast_apply) reads them
+        centre, scale, offset = (np.ascontiguousarray(a, _F64) for a in (centre, scale, offset))
         for name, a in (("centre", centre), ("scale", scale), ("offset", offset)):
             _check_finite(name, a)
             a.flags.writeable = False
@@ -511,6 +513,10 @@ class FrozenBatchNorm:
             or a residual of another shape.
         """
         if residual is None and self._code <= _RELU:
+            y = _k.fast_apply(x, self._centre, self._scale, self._offset, self.axis, self._nt,
+                              out, self._code)
+            if y is not None:
+                return y
             return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out,
                                  self._nt, relu=self._code)
         return _apply_affine(x, self.centre, self.scale, self.offset, self.axis, out, self._nt,

@@ -1189,6 +1189,41 @@ def fast_inference(x, running_mean, running_var, weight, bias, eps, axis, num_th
     return y
 
 
+def fast_apply(x, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift, axis, int nt,
+               out, int act):
+    """A frozen layer's call (cbn.FrozenBatchNorm) for the common case, or None (see the
+    section comment): y = act((x - centre) * scale + shift) with the layer's own float64
+    vectors (C-contiguous, of its channel count: checked when the layer was made), nt its
+    kernel thread count (0 = all)."""
+    cdef Geometry g
+    cdef int rc
+    if _T == NULL or nt < 0 or not _fast_array(x):
+        return None
+    if not _fast_geometry(<cnp.ndarray>x, axis, &g) or g.outer * g.inner == 0:
+        return None
+    if g.C != cnp.PyArray_SIZE(scale):
+        return None  # the Python route names the mismatch
+    y = _fast_out(out, <cnp.ndarray>x)
+    if y is None:
+        return None
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+        with nogil:
+            rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                                  <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt,
+                                  <const double*>cnp.PyArray_DATA(centre),
+                                  <const double*>cnp.PyArray_DATA(scale),
+                                  <const double*>cnp.PyArray_DATA(shift), act, NULL)
+    else:
+        with nogil:
+            rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                                  <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt,
+                                  <const double*>cnp.PyArray_DATA(centre),
+                                  <const double*>cnp.PyArray_DATA(scale),
+                                  <const double*>cnp.PyArray_DATA(shift), act, NULL)
+    _check_rc(rc)
+    return y
+
+
 def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
                  out, bint skip_nonfinite, int act):
     """batch_norm_forward for the common case, or None (see the section comment)."""

@@ -420,3 +420,27 @@ def test_frozen_num_threads():
     with pytest.raises(ValueError, match="num_threads"):
         frozen.num_threads = 0
     assert frozen.num_threads == 2
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_frozen_call_fast_path_equals_the_python_route(activation):
+    # the call's C fast path (canonical arrays) against the validated Python route (a
+    # strided view of the same values), and the outs the fast path declines
+    rng = np.random.default_rng(17)
+    rm, rv, w, b = _bn_params(4, rng)
+    frozen = cbn.FrozenBatchNorm.from_stats(rm, rv, w, b, activation=activation)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    strided = np.stack([x, x], axis=2)[:, :, 0]
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(frozen(x), frozen(strided))
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        frozen(x, out=ro)
+    with pytest.raises((TypeError, ValueError), match="out"):
+        frozen(x, out=np.empty(x.shape, np.float64))
+    buf = np.zeros(x.size + 1, np.float32)
+    xs, outs = buf[1:].reshape(x.shape), buf[:-1].reshape(x.shape)
+    xs[...] = x
+    got = frozen(xs, out=outs)  # partial overlap: handled by the Python route, not garbled
+    np.testing.assert_array_equal(got, frozen(x))
