@@ -5,9 +5,12 @@ For every case (shape x dtype x channel axis) and op (training ``forward``, ``ba
 so that slow drift of the machine (frequency, other jobs) hits them alike:
 
 * ``cbn``: :mod:`cbn` with its output preallocated (``out=``), so allocation is not timed;
-* ``numpy``: :mod:`cbn.reference`, plain NumPy, timed as a whole call (it allocates);
+* ``numpy``: :mod:`~cbn.bench.numpy_peer`, plain NumPy in the input's dtype, timed as a whole
+  call (it allocates);
 * ``torch``: ``torch.nn.functional.batch_norm`` / ``native_batch_norm_backward``, timed as a
   whole call (no ``out=`` there), if torch is importable;
+* ``numba``, ``onnxruntime``: the optional peers of :mod:`~cbn.bench.peers` (numba with its
+  outputs preallocated; ONNX Runtime a whole ``run``), if importable;
 * ``floor``: streaming OpenMP kernels that move the same bytes as the op with no arithmetic to
   speak of -- the best any batch-norm kernel can do on this machine.  Inference reads and
   writes ``x`` once (``stream_scale``); forward reads ``x`` twice and writes once

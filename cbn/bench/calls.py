@@ -1,4 +1,5 @@
-"""The timed callables: cbn, NumPy (:mod:`cbn.reference`) and torch for each op, the torch
+"""The timed callables: cbn, NumPy (:mod:`~cbn.bench.numpy_peer`: in the input's dtype) and
+torch for each op, the torch
 adapters, and :func:`make_calls`, which adds the optional peers (numba, ONNX Runtime:
 :mod:`~cbn.bench.peers`) and the floor call to them."""
 
@@ -6,6 +7,7 @@ import numpy as np
 
 import cbn
 
+from . import numpy_peer
 from .floor import floor_call
 from .peers import numba_calls, onnxruntime_call
 
@@ -50,8 +52,7 @@ def _inference_calls(case, d, nt, torch, out=None):
     calls = {
         "cbn": lambda: cbn.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS, axis=case.axis,
                                                 out=y, num_threads=nt),
-        "numpy": lambda: cbn.reference.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS,
-                                                            axis=case.axis),
+        "numpy": lambda: numpy_peer.inference(d.x, rm, rv, w, b, EPS, case.axis),
     }
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
@@ -99,9 +100,7 @@ def _forward_calls(case, d, nt, torch, out=None):
         "cbn": lambda: cbn.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_c,
                                               running_var=rv_c, momentum=MOMENTUM,
                                               axis=case.axis, out=y, num_threads=nt),
-        "numpy": lambda: cbn.reference.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_n,
-                                                          running_var=rv_n, momentum=MOMENTUM,
-                                                          axis=case.axis),
+        "numpy": lambda: numpy_peer.forward(d.x, w, b, EPS, rm_n, rv_n, MOMENTUM, case.axis),
     }
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
@@ -120,8 +119,7 @@ def _backward_calls(case, d, nt, torch, out=None):
     calls = {
         "cbn": lambda: cbn.batch_norm_backward(d.dy, d.x, mean, invstd, w, axis=case.axis,
                                                out=dx, num_threads=nt),
-        "numpy": lambda: cbn.reference.batch_norm_backward(d.dy, d.x, mean, invstd, w,
-                                                           axis=case.axis),
+        "numpy": lambda: numpy_peer.backward(d.dy, d.x, mean, invstd, w, case.axis),
     }
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
@@ -148,8 +146,8 @@ def _fused_inference_calls(activation, residual):
             "cbn": lambda: cbn.batch_norm_inference(d.x, rm, rv, w, b, eps=EPS, axis=case.axis,
                                                     out=y, num_threads=nt,
                                                     activation=activation, residual=r),
-            "numpy": lambda: cbn.reference.batch_norm_inference(
-                d.x, rm, rv, w, b, eps=EPS, axis=case.axis, activation=activation, residual=r),
+            "numpy": lambda: numpy_peer.inference(d.x, rm, rv, w, b, EPS, case.axis,
+                                                  activation=activation, residual=r),
         }
         xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
         if xt is not None:
@@ -178,9 +176,8 @@ def _forward_add_relu_calls(case, d, nt, torch, out=None):
                                               running_var=rv_c, momentum=MOMENTUM,
                                               axis=case.axis, out=y, num_threads=nt,
                                               activation="relu", residual=r),
-        "numpy": lambda: cbn.reference.batch_norm_forward(
-            d.x, w, b, eps=EPS, running_mean=rm_n, running_var=rv_n, momentum=MOMENTUM,
-            axis=case.axis, activation="relu", residual=r),
+        "numpy": lambda: numpy_peer.forward(d.x, w, b, EPS, rm_n, rv_n, MOMENTUM, case.axis,
+                                            activation="relu", residual=r),
     }
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
@@ -205,9 +202,7 @@ def _backward_add_relu_calls(case, d, nt, torch, out=None):
         "cbn": lambda: cbn.batch_norm_backward(d.dy, d.x, mean, invstd, w, axis=case.axis,
                                                out=dx, num_threads=nt, activation="relu", y=y,
                                                residual=r, dresidual_out=dres),
-        "numpy": lambda: cbn.reference.batch_norm_backward(d.dy, d.x, mean, invstd, w,
-                                                           axis=case.axis, activation="relu",
-                                                           y=y, residual=r),
+        "numpy": lambda: numpy_peer.backward(d.dy, d.x, mean, invstd, w, case.axis, y=y),
     }
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:

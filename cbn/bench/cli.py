@@ -44,7 +44,7 @@ def add_arguments(parser):
     parser : argparse.ArgumentParser
         The ``bench`` sub-command's parser.
     """
-    parser.description = ("Time cbn against NumPy (cbn.reference), the peers that are installed "
+    parser.description = ("Time cbn against NumPy (in the input dtype), the peers that are installed "
                           "(torch, numba, onnxruntime) and the memory-bandwidth floor measured "
                           "in the same run.")
     parser.add_argument("--quick", action="store_true",

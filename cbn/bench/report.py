@@ -266,7 +266,7 @@ def format_header(env):
         " (not installed or --no-peers: -; numba kernels: cbn.bench.peers)",
         f"timing: best of {env['repeats']} interleaved rounds of >= {env['min_time_s'] * 1e3:g} ms"
         " each (time.perf_counter), time per call",
-        "cbn and numba: output preallocated, not timed; numpy (cbn.reference; frozen: x * a + b)"
+        "cbn and numba: output preallocated, not timed; numpy (in x's dtype; frozen: x * a + b)"
         ", torch and onnxruntime: whole call, output allocation included",
         "floor: streaming kernels over the same bytes -- inference scale(x); forward sum(x) +"
         " scale(x); backward sum(x) + sum(dy) + triad(x, dy)",

@@ -88,3 +88,34 @@ def test_no_peers_leaves_them_out():
     res = _bench.run_benchmark([Case((2, 3, 4, 4))], ops=("inference",), num_threads=1,
                                settings=Settings(1, 0.0), use_torch=False, use_peers=False)
     assert res[0].times["numba"] is None and res[0].times["onnxruntime"] is None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
+def test_numpy_column_is_batch_norm_in_the_input_dtype(case):
+    from cbn.bench import numpy_peer as npb
+    d = make_data(case)
+    ref = cbn.reference
+    x64, dy64 = d.x.astype(np.float64), d.dy.astype(np.float64)
+    y = npb.inference(d.x, d.running_mean, d.running_var, d.weight, d.bias, EPS, case.axis)
+    assert y.dtype == d.x.dtype
+    _close(y, ref.batch_norm_inference(x64, d.running_mean, d.running_var, d.weight, d.bias,
+                                       eps=EPS, axis=case.axis), case.dtype)
+    rm, rv = d.running_mean.copy(), d.running_var.copy()
+    rm_r, rv_r = d.running_mean.copy(), d.running_var.copy()
+    y = npb.forward(d.x, d.weight, d.bias, EPS, rm, rv, MOMENTUM, case.axis, activation="relu",
+                    residual=d.residual)
+    want, mean, invstd = ref.batch_norm_forward(x64, d.weight, d.bias, eps=EPS,
+                                                running_mean=rm_r, running_var=rv_r,
+                                                momentum=MOMENTUM, axis=case.axis,
+                                                activation="relu",
+                                                residual=d.residual.astype(np.float64))
+    assert y.dtype == d.x.dtype
+    _close(y, want, case.dtype)
+    np.testing.assert_allclose(rm, rm_r, rtol=1e-5)
+    np.testing.assert_allclose(rv, rv_r, rtol=1e-5)
+    got = npb.backward(d.dy, d.x, mean, invstd, d.weight, case.axis, y=want.astype(d.x.dtype))
+    wantb = ref.batch_norm_backward(dy64, x64, mean, invstd, d.weight, axis=case.axis,
+                                    activation="relu", y=want,
+                                    residual=d.residual.astype(np.float64))
+    for g, w_ in zip(got, wantb):
+        _close(g, w_, case.dtype)
