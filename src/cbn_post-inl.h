@@ -164,6 +164,14 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
 #else
     (void)stream;
 #endif
+    if (i == 0) { /* plain stores: the elements before an aligned out first (CBN_ALIGN_HEAD) */
+        const ptrdiff_t h = CBN_ALIGN_HEAD(out, n);
+        if (h > 0) {
+            SFX(cbn_pv_store_n)(out, SFX(cbn_post_at)(s, r, dy, 0, h, mode, act, has_r, from,
+                                                      slope, src), h);
+            i = h;
+        }
+    }
     for (; i + VL <= n; i += VL) {
         if (from != CBN_POST_FROM_S) CBN_POST_PREFETCH(s, i);
         SFX(cbn_vstore)(out + i, SFX(cbn_post_at)(s, r, dy, i, VL, mode, act, has_r, from,

@@ -96,20 +96,20 @@ static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restr
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_act)(
     const T *restrict x, T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
     const T *restrict hi, const T *restrict sc, const T *restrict sh, const int act) {
-    CBN_ROWS_EACH(CBN_AFFINE_AT)
+    CBN_ROWS_EACH(CBN_AFFINE_AT, y)
 }
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_inplace_act)(
     T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
     const T *restrict sc, const T *restrict sh, const int act) {
     const T *x = y;
-    CBN_ROWS_EACH(CBN_AFFINE_AT)
+    CBN_ROWS_EACH(CBN_AFFINE_AT, y)
 }
 /* dx = g * k1 + (x - hi) * k2 + k3 with g = dy through the activation act whose output is ym */
 static inline __attribute__((always_inline)) void SFX(cbn_dx_rows_any_act)(
     const T *restrict dy, const T *restrict ym, const T *restrict x, T *restrict dx,
     ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, const T *restrict k1,
     const T *restrict k2, const T *restrict k3, const int act) {
-    CBN_ROWS_EACH(CBN_DX_AT)
+    CBN_ROWS_EACH(CBN_DX_AT, dx)
 }
 static inline void SFX(cbn_dx_rows_any)(const T *restrict dy, const T *restrict ym,
                                      const T *restrict x, T *restrict dx,

@@ -11,10 +11,13 @@
       if (act) g_ = SFX(cbn_act_grad)(g_, ym[i], act);                                           \
       dx[i] = g_ * k1 + (x[i] - hi) * k2 + k3; }
 
-/* y = act((x - hi) * sc + sh) over one run, walking up (in place when x == y) */
+/* y = act((x - hi) * sc + sh) over one run, walking up (in place when x == y); the elements
+ * before an aligned y one by one (CBN_ALIGN_HEAD) */
 static inline __attribute__((always_inline)) void SFX(cbn_affine_run_act)(
     const T *x, T *y, ptrdiff_t n, T hi, T sc, T sh, const int act) {
-    for (ptrdiff_t i = 0; i < n; i++) CBN_RUN_AFFINE(i)
+    const ptrdiff_t h = CBN_ALIGN_HEAD(y, n);
+    for (ptrdiff_t i = 0; i < h; i++) CBN_RUN_AFFINE(i)
+    for (ptrdiff_t i = h; i < n; i++) CBN_RUN_AFFINE(i)
 }
 static inline void SFX(cbn_affine_run)(const T *x, T *y, ptrdiff_t n, T hi, T sc, T sh,
                                         int act) {
@@ -25,7 +28,9 @@ static inline void SFX(cbn_affine_run)(const T *x, T *y, ptrdiff_t n, T hi, T sc
 static inline __attribute__((always_inline)) void SFX(cbn_dx_run_act)(
     const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t n, T hi, T k1, T k2, T k3,
     const int act) {
-    for (ptrdiff_t i = 0; i < n; i++) CBN_RUN_DX(i)
+    const ptrdiff_t h = CBN_ALIGN_HEAD(dx, n);
+    for (ptrdiff_t i = 0; i < h; i++) CBN_RUN_DX(i)
+    for (ptrdiff_t i = h; i < n; i++) CBN_RUN_DX(i)
 }
 static inline void SFX(cbn_dx_run)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t n,
                                     T hi, T k1, T k2, T k3, int act) {

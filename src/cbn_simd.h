@@ -235,15 +235,29 @@ static inline double cbn_hsum8_array(const double *v) {
     return a + b;
 }
 
+/* Elements of p[0..n) before p + i is aligned to a native vector (n at most).  The element-
+ * wise loops compute these first, one by one, so that the vector loop's stores (and the loads
+ * of inputs at the same offset, as arrays of one allocator usually are) are whole-vector
+ * aligned: NumPy's large arrays start 16 bytes past a page, and there a loop of unaligned
+ * AVX-512 vectors splits every access over two lines -- measured in L2, one thread, float32
+ * inference runs: 0.124 ns per element against 0.092 aligned. */
+#define CBN_ALIGN_HEAD(p, n)                                                                     \
+    ({ ptrdiff_t h_ = (ptrdiff_t)(((uintptr_t)0 - (uintptr_t)(p)) % CBN_VB) /                    \
+                      (ptrdiff_t)sizeof(*(p));                                                   \
+       h_ < (n) ? h_ : (n); })
+
 /* Helpers of the row loops (cbn_rows-inl.h). */
 /* one column's g = dy[j] through the activation act whose output is q: in the data's own type
  * (mask and data lanes match), then widened */
 #define CBN_G(act, p, q, j) ((double)SFX(cbn_act_grad)((p)[j], (act) ? (q)[j] : 0, act))
-/* BODY for every row, one row at a time; j is the column, the argument the element offset */
-#define CBN_ROWS_EACH(BODY)                                                                      \
+/* BODY for every row, one row at a time, each row's first columns up to an aligned OUT (its
+ * output) one by one (CBN_ALIGN_HEAD); j is the column, the argument the element offset */
+#define CBN_ROWS_EACH(BODY, OUT)                                                                 \
     for (ptrdiff_t r = 0; r < rows; r++) {                                                       \
+        const ptrdiff_t h_ = CBN_ALIGN_HEAD((OUT) + r * ld, w);                                  \
+        for (ptrdiff_t j = 0; j < h_; j++) { BODY(r * ld + j) }                                  \
         _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = 0; j < w; j++) { BODY(r * ld + j) }                                   \
+        for (ptrdiff_t j = h_; j < w; j++) { BODY(r * ld + j) }                                  \
     }
 /* the element bodies of the row loops, for the activation act in scope */
 #define CBN_AFFINE_AT(i) y[i] = SFX(cbn_act)((x[i] - hi[j]) * sc[j] + sh[j], act);
