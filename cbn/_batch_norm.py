@@ -386,12 +386,12 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     if post:
         bias = v.check_bias_given(bias, activation, slope)
         from_y = v.from_output(activation, slope)
-        if (dresidual_out is None and activation is not None
+        if (activation is not None and (dresidual_out is None or residual is not None)
                 and (needs is _ALL_GRADIENTS or (type(needs) is tuple and all(
                     f is True for f in needs) and len(needs) in (3, 3 + (residual is not None))))
                 and (y is None) != from_y):
             result = _fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis,
-                                          num_threads, out, code, slope, from_y)
+                                          num_threads, out, code, slope, from_y, dresidual_out)
             if result is not None:
                 return result
         return _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,

@@ -818,6 +818,13 @@ def inference_scale(weight, cnp.ndarray var, double eps):
 
 
 # -- outputs
+cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """a's memory and b's share no byte (a, b C-contiguous)."""
+    cdef char* pa = <char*>cnp.PyArray_DATA(a)
+    cdef char* pb = <char*>cnp.PyArray_DATA(b)
+    return pa + cnp.PyArray_NBYTES(a) <= pb or pb + cnp.PyArray_NBYTES(b) <= pa
+
+
 cdef inline bint _no_partial_overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     """Rule: a kernel writes its output directly only if it is exactly an input's memory (each
     element is read before it is written) or disjoint from it; partial overlap goes through a
@@ -1354,9 +1361,10 @@ def fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y):
 
 
 def fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, num_threads, out,
-                        int code, double slope, bint from_y):
-    """batch_norm_backward through the post-operation stage (every gradient asked for, a new
-    dresidual) for the common case, or None: g = dy * act'(z) into a new array (from y
+                        int code, double slope, bint from_y, dresidual_out=None):
+    """batch_norm_backward through the post-operation stage (every gradient asked for; a new
+    dresidual, or dresidual_out when it is a canonical array apart from every other array) for
+    the common case, or None: g = dy * act'(z) into dresidual (from y
     directly when from_y, else z recomputed from x, the statistics, weight, bias and the
     residual), then the plain backward of g -- the Python route's steps and arithmetic."""
     cdef Geometry g
@@ -1407,7 +1415,18 @@ def fast_fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, nu
         for c in range(C):  # invstd * weight, as the Python route's float64 product
             buf[4 * C + c] = buf[C + c] * buf[2 * C + c] if weight is not None else buf[C + c]
         _vcopy(bias, C, 0.0, buf + 5 * C)
-    grad = _new_like(<cnp.ndarray>x)
+    if dresidual_out is None:
+        grad = _new_like(<cnp.ndarray>x)
+    else:
+        grad = _fast_out(dresidual_out, <cnp.ndarray>x)
+        if grad is not None:
+            for a in (dy, x, y, residual, dx):
+                if a is not None and not _disjoint(<cnp.ndarray>grad, <cnp.ndarray>a):
+                    grad = None
+                    break
+        if grad is None:
+            free(buf)
+            return None
     src = <cnp.ndarray>(y if from_y else x)
     _fill_post(&post, code, slope, None if from_y else residual, dy, from_y)
     sdy = _new_vector(C)
