@@ -149,11 +149,11 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     if skip_nonfinite is not False and skip_nonfinite is not True:  # "no" must not skip
         skip_nonfinite = v.check_flag(skip_nonfinite, "skip_nonfinite")
     code, slope, post = _epilogue(activation, negative_slope, residual)
-    if not post:
-        result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                               num_threads, out, skip_nonfinite, code)
-        if result is not None:
-            return result
+    result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                           num_threads, out, skip_nonfinite, 0 if post else code,
+                           code if post else -1, slope, residual)
+    if result is not None:
+        return result
     x, axis = v.check_input(x, axis, allow_half=True)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)

@@ -1232,9 +1232,14 @@ def fast_apply(x, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift, axis
 
 
 def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, num_threads,
-                 out, bint skip_nonfinite, int act):
-    """batch_norm_forward for the common case, or None (see the section comment)."""
+                 out, bint skip_nonfinite, int act, int post_act=-1, double slope=0.0,
+                 residual=None):
+    """batch_norm_forward for the common case, or None (see the section comment); with
+    post_act >= 0 through the post-operation stage (act then NONE), residual None or an array
+    of x's type and shape."""
     cdef Geometry g
+    cdef cbn_post post
+    cdef const cbn_post* pp = NULL
     cdef int nt = _fast_threads(num_threads)
     cdef Py_ssize_t C, c
     cdef double e = 0.0, m = 0.0  # set by _fast_eps, _fast_momentum
@@ -1243,6 +1248,10 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
     cdef double* io
     cdef int rc
     if _T == NULL or nt < 0 or not _fast_array(x) or not _fast_eps(eps, &e):
+        return None
+    if residual is not None and not (
+            _fast_array(residual) and cnp.PyArray_TYPE(<cnp.ndarray>residual) == cnp.PyArray_TYPE(
+                <cnp.ndarray>x) and cnp.PyArray_SAMESHAPE(<cnp.ndarray>residual, <cnp.ndarray>x)):
         return None
     if (not _fast_geometry(<cnp.ndarray>x, axis, &g) or not _batch_count_ok(g.n)
             or g.n == 0):
@@ -1255,8 +1264,13 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
         if not _fast_momentum(momentum, &m):
             return None
     y = _fast_out(out, <cnp.ndarray>x)
-    if y is None:
+    if y is None or (residual is not None and not _no_partial_overlap(<cnp.ndarray>y,
+                                                                       <cnp.ndarray>residual)):
         return None
+    if post_act >= 0:
+        _fill_post(&post, post_act, slope, residual, None, False)
+        pp = &post
+        act = CBN_ACT_NONE
     buf = <double*>malloc(3 * C * sizeof(double))  # weight, bias, var
     if buf == NULL:
         return None
@@ -1272,14 +1286,14 @@ def fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis
                                 <float*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
                                 buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act,
-                                NULL)
+                                pp)
     else:
         with nogil:
             rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
                                 <double*>cnp.PyArray_DATA(<cnp.ndarray>y), &g, nt, e,
                                 buf if weight is not None else NULL,
                                 buf + C if bias is not None else NULL, mo, buf + 2 * C, io, act,
-                                NULL)
+                                pp)
     if rc != 0:
         free(buf)
         _check_rc(rc)

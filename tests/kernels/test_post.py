@@ -599,3 +599,29 @@ def test_backward_dresidual_out_fast_path_equals_the_python_route(rng, act):
     for a, b_, c in zip(fast, slow, inplace):
         np.testing.assert_array_equal(a, b_)
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "silu"])
+def test_forward_with_residual_fast_path_equals_the_python_route(rng, act):
+    # canonical arrays take the C fast path, a strided x the Python route: same bits, same
+    # running statistics; out may be the residual itself
+    shape = (4, 3, 5, 6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.random(3) + 0.5, rng.standard_normal(3)
+    stats = [(np.zeros(3), np.ones(3)) for _ in range(3)]
+    fast = cbn.batch_norm_forward(x, w, b, running_mean=stats[0][0], running_var=stats[0][1],
+                                  activation=act, residual=r)
+    strided = np.stack([x, x], axis=1)[:, 0]
+    slow = cbn.batch_norm_forward(strided, w, b, running_mean=stats[1][0],
+                                  running_var=stats[1][1], activation=act, residual=r)
+    r2 = r.copy()
+    into_r = cbn.batch_norm_forward(x, w, b, running_mean=stats[2][0], running_var=stats[2][1],
+                                    activation=act, residual=r2, out=r2)
+    assert into_r[0] is r2
+    for a, b_, c in zip(fast, slow, into_r):
+        np.testing.assert_array_equal(a, b_)
+        np.testing.assert_array_equal(a, c)
+    for s in stats[1:]:
+        np.testing.assert_array_equal(s[0], stats[0][0])
+        np.testing.assert_array_equal(s[1], stats[0][1])
