@@ -261,5 +261,7 @@ def make_calls(op, case, data, num_threads, torch=None, peers=True):
                            ("onnxruntime", onnxruntime_call(op, case, data, num_threads, EPS))):
             if call is not None:
                 calls[name] = call
+        if torch is not None:  # numba's threading layer start-up resets torch's pool (to all)
+            torch.set_num_threads(num_threads)
     calls["floor"] = floor_call(op, data, np.empty_like(data.x), num_threads)
     return {name: calls[name] for name in IMPLS if name in calls}

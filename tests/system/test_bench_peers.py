@@ -119,3 +119,16 @@ def test_numpy_column_is_batch_norm_in_the_input_dtype(case):
                                     residual=d.residual.astype(np.float64))
     for g, w_ in zip(got, wantb):
         _close(g, w_, case.dtype)
+
+
+def test_peers_leave_torch_on_the_bench_thread_count():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("numba")
+    case = Case((2, 3, 4, 4))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _bench.make_calls("inference", case, make_data(case), 1, torch)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
