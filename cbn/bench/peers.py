@@ -139,6 +139,10 @@ def _numba_kernels():
             for c in range(x.shape[1]):
                 dx[r, c] = dy[r, c] * k1[c] + (x[r, c] - mean[c]) * k2[c] + k3[c]
 
+    # start numba's threading layer now: its start-up resets the OpenMP pool torch shares
+    # (to all threads), which the caller then sets back (make_calls)
+    one = np.ones((1, 1))
+    affine_cl(one, np.ones(1), np.zeros(1), np.empty((1, 1)))
     _NUMBA = numba, {"affine": (affine_cm, affine_cl), "stats": (stats_cm, stats_cl),
                      "sums": (sums_cm, sums_cl), "dx": (dx_cm, dx_cl)}
     return _NUMBA
