@@ -261,7 +261,11 @@ def make_calls(op, case, data, num_threads, torch=None, peers=True):
                            ("onnxruntime", onnxruntime_call(op, case, data, num_threads, EPS))):
             if call is not None:
                 calls[name] = call
-        if torch is not None:  # numba's threading layer start-up resets torch's pool (to all)
-            torch.set_num_threads(num_threads)
+        if torch is not None and "torch" in calls:
+            # numba's OpenMP layer shares the OpenMP runtime with torch and sets its thread
+            # count back to all threads as it runs: each torch round sets its own first
+            call = calls["torch"]
+            calls["torch"] = lambda: call()
+            calls["torch"].prepare = lambda: torch.set_num_threads(num_threads)
     calls["floor"] = floor_call(op, data, np.empty_like(data.x), num_threads)
     return {name: calls[name] for name in IMPLS if name in calls}

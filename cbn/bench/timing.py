@@ -81,7 +81,8 @@ def time_interleaved(calls, repeats, min_time):
     Parameters
     ----------
     calls : dict of str to callable
-        Zero-argument callables to time.
+        Zero-argument callables to time; one with a ``prepare`` attribute (a zero-argument
+        callable) has it called, untimed, before each of its rounds.
     repeats : int
         Number of rounds.
     min_time : float
@@ -94,6 +95,9 @@ def time_interleaved(calls, repeats, min_time):
         minimum (the least disturbed round).
     """
     names = list(calls)
+    for fn in calls.values():
+        if getattr(fn, "prepare", None) is not None:
+            fn.prepare()
     numbers = {name: _calibrate(calls[name], min_time) for name in names}
     samples = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
@@ -102,6 +106,9 @@ def time_interleaved(calls, repeats, min_time):
         for r in range(repeats):
             k = r % len(names)
             for name in names[k:] + names[:k]:
+                prepare = getattr(calls[name], "prepare", None)
+                if prepare is not None:  # the implementation's own set-up, untimed
+                    prepare()
                 if numbers[name] > 1:  # a call of a round's length dwarfs the disturbance
                     _settle(calls[name], SETTLE_SECONDS)
                 samples[name].append(_time_round(calls[name], numbers[name]))
