@@ -49,6 +49,7 @@ Modules, in the order a run uses them:
 * :mod:`~cbn.bench.report`: the environment, header, tables and the whole text report;
 * :mod:`~cbn.bench.outputs`: :func:`write_json` and :func:`plot_speedups`;
 * :mod:`~cbn.bench.progress`: :class:`ProgressBar`;
+* :mod:`~cbn.bench.busy`: :func:`~cbn.bench.busy.busy_reason`, the busy-machine check before a run;
 * :mod:`~cbn.bench.cli`: the ``bench`` options (:func:`add_arguments`) and :func:`run`.
 """
 

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from ._runtime import resolve_threads
+from .busy import busy_reason
 from .cases import DTYPES, OPS, default_cases
 from .outputs import PLOT_ERROR, plot_speedups, require_matplotlib, write_json
 from .progress import ProgressBar
@@ -127,6 +128,9 @@ def run(args, cases=None, out=None):
     use_torch = not args.no_torch
     use_peers = not getattr(args, "no_peers", False)
     env = environment(nt, settings, use_torch, use_peers)
+    busy = busy_reason(nt)
+    if busy is not None:  # before the run: the report's noise marks come only at its end
+        print(busy, file=sys.stderr)
     results, scaling = _measure(args, cases, nt, settings, use_torch, use_peers)
     print(format_report(results, env, scaling), file=out)
     if args.json:

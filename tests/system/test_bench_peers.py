@@ -134,3 +134,23 @@ def test_peers_leave_torch_on_the_bench_thread_count():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_machine_is_reported_before_the_run():
+    from cbn.bench.busy import busy_reason
+    msg = busy_reason(1, calls=5, loadavg=lambda: (1000.0, 0.0, 0.0))
+    assert msg.startswith("warning: the machine looks busy") and "load average 1000.00" in msg
+    quiet = busy_reason(1, calls=5, loadavg=lambda: (0.0, 0.0, 0.0))
+    assert quiet is None or "calibration" in quiet  # the spread itself may flag a busy box
+
+
+def test_cli_prints_the_busy_warning_first(monkeypatch, capsys):
+    import cbn.bench.cli as cli
+    monkeypatch.setattr(cli, "busy_reason", lambda nt: "warning: the machine looks busy (x)")
+    parser = __import__("argparse").ArgumentParser()
+    _bench.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--repeats", "1", "--ops", "inference", "--no-torch",
+                              "--no-peers", "--no-scaling"])
+    cli.run(args, cases=[Case((2, 3, 4, 4))])
+    err = capsys.readouterr().err
+    assert err.index("warning: the machine looks busy") < len(err)
