@@ -77,12 +77,6 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_grad_v)(CBN_TV 
 #undef CBN_GELU_K
 #undef CBN_GELU_C
 
-#ifndef CBN_POST_AHEAD
-#define CBN_POST_AHEAD 4096
-#endif
-#define CBN_POST_PREFETCH(p, i)                                                                  \
-    __builtin_prefetch((const void *)((uintptr_t)((p) + (i)) + CBN_POST_AHEAD), 0, 3)
-
 /* k <= CBN_TVL elements at p, the other lanes 0, and the first k lanes of v to p (k a
  * constant in the loops' bodies; else the head or tail of a run) */
 static inline __attribute__((always_inline)) CBN_TV SFX(cbn_pv_load_n)(const T *p,

@@ -23,6 +23,7 @@
 #define CBN_POST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* What the second stage writes, with z = s + residual (s = bn(x) of the block):
  * APPLY  out = act(z)               (forward, inference)
@@ -38,6 +39,17 @@ typedef struct {
     int direct;         /* the pass's input is z itself (no affine stage, no buffer): the
                          * gradient of an activation taken from its output y */
 } cbn_post;
+
+/* The loop prefetches x this many bytes ahead of the element it computes (computed as an
+ * integer: the target may lie past the end of the array, which a prefetch tolerates).  With
+ * SiLU the hardware prefetchers alone left the bus idle between bursts: (32,64,56,56) float32
+ * inference took 1.28x plain inference without the prefetch, 1.04x with it (1 KB, 4 KB and
+ * 16 KB ahead alike). */
+#ifndef CBN_POST_AHEAD
+#define CBN_POST_AHEAD 4096
+#endif
+#define CBN_POST_PREFETCH(p, i)                                                                  \
+    __builtin_prefetch((const void *)((uintptr_t)((p) + (i)) + CBN_POST_AHEAD), 0, 3)
 
 /* Where a post-operation's z comes from (cbn_post-inl.h) */
 enum { CBN_POST_FROM_S = 0, CBN_POST_FROM_RUN = 1, CBN_POST_FROM_ROWS = 2 };
