@@ -263,9 +263,8 @@ def make_calls(op, case, data, num_threads, torch=None, peers=True):
                 calls[name] = call
         if torch is not None and "torch" in calls:
             # numba's OpenMP layer shares the OpenMP runtime with torch and sets its thread
-            # count back to all threads as it runs: each torch round sets its own first
-            call = calls["torch"]
-            calls["torch"] = lambda: call()
+            # count back to all threads as it runs: each torch round sets its own first (the
+            # builders' torch callables are Python functions, so it rides on them unwrapped)
             calls["torch"].prepare = lambda: torch.set_num_threads(num_threads)
     calls["floor"] = floor_call(op, data, np.empty_like(data.x), num_threads)
     return {name: calls[name] for name in IMPLS if name in calls}

@@ -67,7 +67,7 @@ def backward(dy, x, mean, invstd, weight, axis, y=None):
     """dx, dweight, dbias from the saved statistics; ``y`` (the output of a fused ReLU): dy is
     first masked where ``y`` is not positive (the gradient into the residual too)."""
     shape, red = _shape(x, axis)
-    g = dy if y is None else np.where(y > 0, dy, 0).astype(dy.dtype)
+    g = dy if y is None else np.where(y > 0, dy, dy.dtype.type(0))
     m, inv = _vec(mean, x, shape), _vec(invstd, x, shape)
     xhat = (x - m) * inv
     dbias = g.sum(axis=red)
