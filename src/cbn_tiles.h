@@ -78,14 +78,11 @@ static inline void cbn_vstore_f64(double *p, cbn_vd v) { cbn_storev_f64(p, v); }
 
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
  * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */
-#ifndef CBN_COL_PF_LOCALITY
-#define CBN_COL_PF_LOCALITY 3
-#endif
 #define CBN_PREFETCH_AHEAD(p, ahead, bytes)                                                       \
     do {                                                                                          \
         uintptr_t a_ = (uintptr_t)(p) + (uintptr_t)(ahead) * sizeof(*(p));                      \
         if (pf_)                                                                                  \
-            for (int b_ = 0; b_ < (int)(bytes); b_ += 64) __builtin_prefetch((const void *)(a_ + b_), 0, CBN_COL_PF_LOCALITY);\
+            for (int b_ = 0; b_ < (int)(bytes); b_ += 64) __builtin_prefetch((const void *)(a_ + b_));\
     } while (0)
 /* Whether the column tiles prefetch: only rows of at least CBN_COL_PF_MIN_BYTES.  Sub-blocks of
  * 256-byte rows span half a page, which the hardware prefetchers follow; there the software
