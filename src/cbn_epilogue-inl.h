@@ -20,9 +20,9 @@ static inline T SFX(cbn_act_grad)(T g, T y, const int act) {
 }
 /* the upstream gradient at i, widened to double: dy[i] through the activation whose output
  * is ym (never read without an activation) */
-static inline double SFX(cbn_grad_d)(const T *dy, const T *ym, ptrdiff_t i, const int act) {
-    if (act == CBN_ACT_NONE) return (double)dy[i];
-    return cbn_select((double)dy[i], ym[i] > 0);
+static inline double SFX(cbn_grad_d)(const TS *dy, const TS *ym, ptrdiff_t i, const int act) {
+    if (act == CBN_ACT_NONE) return (double)CBN_LD(dy[i]);
+    return cbn_select((double)CBN_LD(dy[i]), CBN_LD(ym[i]) > 0);
 }
 
 #ifdef CBN_VECTOR
@@ -38,7 +38,7 @@ static inline CBN_TV SFX(cbn_act_grad_v)(CBN_TV g, CBN_TV y, const int act) {
 }
 #endif
 
-#ifdef CBN_HAVE_NT
+#if defined(CBN_HAVE_NT) && !CBN_HALF
 static inline CBN_NTV SFX(cbn_act_nt)(CBN_NTV v, const int act) {
     const CBN_NTV zero = {0};
     if (act == CBN_ACT_RELU) return (CBN_NTV)((CBN_NTI)v & ~(CBN_NTI)(v < zero));

@@ -1,5 +1,8 @@
 /* cbn_families-inl.h: every kernel family for the element type that cbn_kernels.h has just
- * defined (T, SFX and the vector macros), which it undefines at the end; no include guard. */
+ * defined (TS, T, SFX and the vector macros), which it undefines at the end; no include guard. */
+#if CBN_HALF
+#include "cbn_half-inl.h"    /* the loads and stores of a 16-bit format */
+#endif
 #include "cbn_epilogue-inl.h" /* the activations */
 #include "cbn_reduce-inl.h"  /* channel-major run reductions */
 #include "cbn_rows-inl.h"    /* channels-last row loops */
@@ -9,6 +12,15 @@
 #include "cbn_math-inl.h"    /* exp and the normal CDF on vectors */
 #include "cbn_post-inl.h"    /* the post-operation stage (residual, any activation) */
 #undef T
+#undef TS
+#undef CBN_LD
+#undef CBN_ST
+#undef CBN_HALF
+#undef CBN_VWIDEN
+#undef CBN_VNARROW
+#undef CBN_W8
+#undef CBN_W4
+#undef CBN_TLOAD
 #undef SFX
 #undef CBN_TV
 #undef CBN_TVI

@@ -79,10 +79,12 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_grad_v)(CBN_TV 
 
 /* k <= CBN_TVL elements at p, the other lanes 0, and the first k lanes of v to p (k a
  * constant in the loops' bodies; else the head or tail of a run) */
-static inline __attribute__((always_inline)) CBN_TV SFX(cbn_pv_load_n)(const T *p,
+static inline __attribute__((always_inline)) CBN_TV SFX(cbn_pv_load_n)(const TS *p,
                                                                        ptrdiff_t k) {
     if (k == CBN_TVL) return SFX(cbn_vload)(p);
-#if defined(__AVX512F__) && CBN_VB == 64
+#if CBN_HALF
+    return SFX(cbn_vload_n)(p, k);
+#elif defined(__AVX512F__) && CBN_VB == 64
     return (CBN_TV)CBN_PV_M_(_mm512_maskz_loadu_ps, _mm512_maskz_loadu_pd)(
         (CBN_PV_M_(__mmask16, __mmask8))((1u << k) - 1), p);
 #else
@@ -91,9 +93,11 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_pv_load_n)(const T *
     return v;
 #endif
 }
-static inline __attribute__((always_inline)) void SFX(cbn_pv_store_n)(T *p, CBN_TV v,
+static inline __attribute__((always_inline)) void SFX(cbn_pv_store_n)(TS *p, CBN_TV v,
                                                                       ptrdiff_t k) {
-#if defined(__AVX512F__) && CBN_VB == 64
+#if CBN_HALF
+    SFX(cbn_vstore_n)(p, v, k);
+#elif defined(__AVX512F__) && CBN_VB == 64
     CBN_PV_M_(_mm512_mask_storeu_ps, _mm512_mask_storeu_pd)(
         p, (CBN_PV_M_(__mmask16, __mmask8))((1u << k) - 1), CBN_PV_M_((__m512), (__m512d))v);
 #else
@@ -115,7 +119,7 @@ typedef struct {
 /* One vector of the stage at i (k < CBN_TVL: a partial vector, through the same arithmetic,
  * so head, body and tail round alike) */
 static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_at)(
-    const T *restrict s, const T *restrict r, const T *restrict dy, ptrdiff_t i, ptrdiff_t k,
+    const TS *restrict s, const TS *restrict r, const TS *restrict dy, ptrdiff_t i, ptrdiff_t k,
     const int mode, const int act, const int has_r, const int from, CBN_TV slope,
     SFX(cbn_post_src_) *src) {
     CBN_TV z = SFX(cbn_pv_load_n)(s + i, k);
@@ -123,8 +127,7 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_at)(
         z = (z - src->hi) * src->sc + src->sh;
     } else if (from == CBN_POST_FROM_ROWS) {
         const T *e = src->ext + src->c;
-        z = (z - SFX(cbn_vload)(e)) * SFX(cbn_vload)(e + src->ld)
-            + SFX(cbn_vload)(e + 2 * src->ld);
+        z = (z - CBN_TLOAD(e)) * CBN_TLOAD(e + src->ld) + CBN_TLOAD(e + 2 * src->ld);
         src->c += k == CBN_TVL ? src->step : k % src->C;
         if (src->c >= src->C) src->c -= src->C;
     }
@@ -135,12 +138,12 @@ static inline __attribute__((always_inline)) CBN_TV SFX(cbn_post_at)(
 
 /* out[i] for 0 <= i < n (see cbn_post.h); streamed (whole aligned vectors) when stream */
 static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
-    const T *restrict s, const T *restrict r, const T *restrict dy, T *restrict out,
+    const TS *restrict s, const TS *restrict r, const TS *restrict dy, TS *restrict out,
     ptrdiff_t n, CBN_TV slope, int stream, SFX(cbn_post_src_) *src, const int mode,
     const int act, const int has_r, const int from) {
     enum { VL = CBN_TVL };
     ptrdiff_t i = 0;
-#ifdef CBN_HAVE_NT
+#if defined(CBN_HAVE_NT) && !CBN_HALF
     _Static_assert(sizeof(CBN_NTV) == sizeof(CBN_TV), "streaming and native vectors differ");
     if (stream) {
         const ptrdiff_t h = CBN_NT_HEAD(out, n);
@@ -179,11 +182,11 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
 /* The stage over nruns runs of n elements (FROM_S, FROM_ROWS: one), run j at s + j * n with
  * the coefficients of channel (c0 + j) mod C (FROM_RUN) */
 static inline __attribute__((always_inline)) void SFX(cbn_post_loop)(
-    const cbn_post *p, const T *s, ptrdiff_t off, T *out, ptrdiff_t nruns, ptrdiff_t n,
+    const cbn_post *p, const TS *s, ptrdiff_t off, TS *out, ptrdiff_t nruns, ptrdiff_t n,
     int stream, SFX(cbn_post_src_) *src, ptrdiff_t c0, const T *coef, const int mode,
     const int act, const int has_r, const int from) {
-    const T *r = p->res ? (const T *)p->res + off : NULL;
-    const T *dy = p->dy ? (const T *)p->dy + off : NULL;
+    const TS *r = p->res ? (const TS *)p->res + off : NULL;
+    const TS *dy = p->dy ? (const TS *)p->dy + off : NULL;
     const CBN_TV slope = (CBN_TV){0} + (T)p->slope;
     ptrdiff_t c = c0;
     for (ptrdiff_t j = 0; j < nruns; j++) {
@@ -201,7 +204,9 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_loop)(
 
 /* For the tests (cbn._core.math_eval): fn 0 out = e^x; fn 1 out = Phi(x), aux = phi(x);
  * fn 2 out = silu(x); fn 3 out = sigmoid(x), aux = 1 - sigmoid(x); over n elements, partial
- * vectors at the end as in the stage. */
+ * vectors at the end as in the stage (float and double: the 16-bit formats compute in the
+ * float32 functions). */
+#if !CBN_HALF
 static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i += CBN_TVL) {
         const ptrdiff_t k = n - i < CBN_TVL ? n - i : CBN_TVL;
@@ -214,6 +219,7 @@ static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdif
         if (aux) memcpy(aux + i, &a, (size_t)k * sizeof(T));
     }
 }
+#endif
 
 #undef CBN_PV_M_
 #else /* no vector extensions: the same forms on scalars, through libm */
@@ -256,13 +262,13 @@ typedef struct {
     const T *ext;
     ptrdiff_t ld, C, c, step;
 } SFX(cbn_post_src_);
-static inline void SFX(cbn_post_loop)(const cbn_post *p, const T *s, ptrdiff_t off, T *out,
+static inline void SFX(cbn_post_loop)(const cbn_post *p, const TS *s, ptrdiff_t off, TS *out,
                                        ptrdiff_t nruns, ptrdiff_t n, int stream,
                                        SFX(cbn_post_src_) *src, ptrdiff_t c0, const T *coef,
                                        const int mode, const int act, const int has_r,
                                        const int from) {
-    const T *r = p->res ? (const T *)p->res + off : NULL;
-    const T *dy = p->dy ? (const T *)p->dy + off : NULL;
+    const TS *r = p->res ? (const TS *)p->res + off : NULL;
+    const TS *dy = p->dy ? (const TS *)p->dy + off : NULL;
     const T slope = (T)p->slope;
     ptrdiff_t c = c0;
     (void)stream;
@@ -272,18 +278,19 @@ static inline void SFX(cbn_post_loop)(const cbn_post *p, const T *s, ptrdiff_t o
             if (++c == src->C) c = 0;
         }
         for (ptrdiff_t i = j * n; i < (j + 1) * n; i++) {
-            T z = s[i];
+            T z = CBN_LD(s[i]);
             if (from == CBN_POST_FROM_RUN) z = (z - src->hi) * src->sc + src->sh;
             if (from == CBN_POST_FROM_ROWS) {
                 const T *e = src->ext + src->c;
                 z = (z - e[0]) * e[src->ld] + e[2 * src->ld];
                 if (++src->c == src->C) src->c = 0;
             }
-            out[i] = SFX(cbn_post_scalar)(has_r ? z + r[i] : z, mode ? dy[i] : 0, mode, act,
-                                          slope);
+            out[i] = CBN_ST(SFX(cbn_post_scalar)(has_r ? z + CBN_LD(r[i]) : z,
+                                                 mode ? CBN_LD(dy[i]) : 0, mode, act, slope));
         }
     }
 }
+#if !CBN_HALF
 static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
         double v = (double)x[i], s = 1.0 / (1.0 + exp(-v));
@@ -293,6 +300,7 @@ static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdif
                               : v < 0 ? 1.0 - s : exp(-v) * s);
     }
 }
+#endif
 
 #endif /* CBN_VECTOR */
 
@@ -323,21 +331,21 @@ static inline void SFX(cbn_math_eval)(int fn, const T *x, T *out, T *aux, ptrdif
         CBN_POST_ACTS(CBN_POST_GRAD, f_)                                                         \
     else                                                                                         \
         CBN_POST_ACTS(CBN_POST_APPLY, f_)
-static inline void SFX(cbn_post_block)(const cbn_post *p, const T *s, ptrdiff_t off, T *out,
+static inline void SFX(cbn_post_block)(const cbn_post *p, const TS *s, ptrdiff_t off, TS *out,
                                         ptrdiff_t n, int stream) {
     SFX(cbn_post_src_) src0 = {0}, *src = &src0;
     const ptrdiff_t nruns = 1, c0 = 0;
     const T *coef = NULL;
     CBN_POST_DISPATCH(CBN_POST_FROM_S)
 }
-static inline void SFX(cbn_post_runs)(const cbn_post *p, const T *s, ptrdiff_t off, T *out,
+static inline void SFX(cbn_post_runs)(const cbn_post *p, const TS *s, ptrdiff_t off, TS *out,
                                        ptrdiff_t nruns, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t C,
                                        const T *coef, int stream) {
     SFX(cbn_post_src_) src0 = {0}, *src = &src0;
     src0.C = C;
     CBN_POST_DISPATCH(CBN_POST_FROM_RUN)
 }
-static inline void SFX(cbn_post_rows)(const cbn_post *p, const T *s, ptrdiff_t off, T *out,
+static inline void SFX(cbn_post_rows)(const cbn_post *p, const TS *s, ptrdiff_t off, TS *out,
                                        ptrdiff_t n, ptrdiff_t C, const T *ext, int stream) {
     SFX(cbn_post_src_) src0 = {0}, *src = &src0;
     const ptrdiff_t nruns = 1, c0 = 0;

@@ -1,6 +1,6 @@
 /* cbn_reduce-inl.h: the reductions along a channel-major run (sums, shifted sums, backward
  * sums) for one element type.  Included once per type by cbn_kernels.h, with T (float or
- * double) and SFX(name) (name_f32 or name_f64) defined; no include guard.
+ * double; TS, the data's type in memory) and SFX(name) defined; no include guard.
  *
  * Each reduction keeps 8 lanes of partial sums in a fixed order (cbn_simd.h), so every SIMD
  * level sums in the same order; all sums are accumulated in double. */
@@ -8,13 +8,13 @@
 #ifdef CBN_VECTOR
 /* 8 lanes of the upstream gradient at dy + i through the activation whose output is ym
  * (cbn_epilogue.h; ym is never read without an activation) */
-static inline cbn_v8d SFX(cbn_g8)(const T *dy, const T *ym, ptrdiff_t i, const int act) {
+static inline cbn_v8d SFX(cbn_g8)(const TS *dy, const TS *ym, ptrdiff_t i, const int act) {
     return act == CBN_ACT_NONE ? SFX(cbn_load8)(dy + i)
                                : cbn_act_grad8(SFX(cbn_load8)(dy + i), SFX(cbn_load8)(ym + i), act);
 }
 
 /* sum of x[0:n] */
-static inline double SFX(cbn_sum)(const T *x, ptrdiff_t n) {
+static inline double SFX(cbn_sum)(const TS *x, ptrdiff_t n) {
     cbn_v8d a0 = cbn_v8_zero(), a1 = a0, a2 = a0, a3 = a0;
     ptrdiff_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -25,12 +25,12 @@ static inline double SFX(cbn_sum)(const T *x, ptrdiff_t n) {
     }
     for (; i + 8 <= n; i += 8) a0 = cbn_v8_add(a0, SFX(cbn_load8)(x + i));
     double s = cbn_hsum8(cbn_v8_add(cbn_v8_add(a0, a1), cbn_v8_add(a2, a3)));
-    for (; i < n; i++) s += (double)x[i];
+    for (; i < n; i++) s += (double)CBN_LD(x[i]);
     return s;
 }
 /* sum of dy in exactly the order cbn_sum_dot uses for its first sum, added to *sdy: dbias is
  * then bit-identical whether or not dweight/dx are computed too */
-static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy,
+static inline void SFX(cbn_sum_like_dot)(const TS *dy, const TS *ym, ptrdiff_t n, double *sdy,
                                          const int act) {
     cbn_v8d s0 = cbn_v8_zero(), s1 = s0;
     ptrdiff_t i = 0;
@@ -44,7 +44,7 @@ static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, 
     *sdy += a;
 }
 /* sum of dy and of dy * (x - m) over [0:n], added to *sdy and *sdyx */
-static inline void SFX(cbn_sum_dot)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
+static inline void SFX(cbn_sum_dot)(const TS *dy, const TS *ym, const TS *x, ptrdiff_t n,
                                      double m, double *sdy, double *sdyx, const int act) {
     cbn_v8d s0 = cbn_v8_zero(), s1 = s0, p0 = s0, p1 = s0;
     const cbn_v8d mv = cbn_v8_set1(m);
@@ -61,14 +61,14 @@ static inline void SFX(cbn_sum_dot)(const T *dy, const T *ym, const T *x, ptrdif
         s0 = cbn_v8_add(s0, g); p0 = cbn_v8_madd(p0, g, cbn_v8_sub(SFX(cbn_load8)(x + i), mv));
     }
     double a = cbn_hsum8(cbn_v8_add(s0, s1)), b = cbn_hsum8(cbn_v8_add(p0, p1));
-    for (; i < n; i++) { double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)x[i] - m); }
+    for (; i < n; i++) { double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)CBN_LD(x[i]) - m); }
     *sdy += a; *sdyx += b;
 }
 /* cbn_shifted_sums over many short runs of one channel, into 8-lane partials s1_8, s2_8 (no
  * horizontal sum per run: cbn_hsum8_array of each at the end of the block gives the sums); the
  * n % 8 trailing elements are added as one zero-padded vector with the padding lanes masked
  * (their x - k would be -k). */
-static inline void SFX(cbn_shifted_sums8)(const T *x, ptrdiff_t n, double k, double *s1_8,
+static inline void SFX(cbn_shifted_sums8)(const TS *x, ptrdiff_t n, double k, double *s1_8,
                                            double *s2_8) {
     cbn_v8d a0 = cbn_load8_f64(s1_8), a1 = cbn_v8_zero(), q0 = cbn_load8_f64(s2_8), q1 = a1;
     const cbn_v8d kv = cbn_v8_set1(k);
@@ -94,7 +94,7 @@ static inline void SFX(cbn_shifted_sums8)(const T *x, ptrdiff_t n, double k, dou
 }
 /* shifted sums over x[0:n]: *s1 += sum(x - k), *s2 += sum((x - k)^2).  With k an element of
  * the same block, the cancellation in s2 - s1^2/n is bounded by a factor n + 1.           */
-static inline void SFX(cbn_shifted_sums)(const T *x, ptrdiff_t n, double k,
+static inline void SFX(cbn_shifted_sums)(const TS *x, ptrdiff_t n, double k,
                                           double *s1, double *s2) {
     double a8[8] = {0}, q8[8] = {0};
     SFX(cbn_shifted_sums8)(x, n, k, a8, q8);
@@ -106,7 +106,7 @@ static inline void SFX(cbn_shifted_sums)(const T *x, ptrdiff_t n, double k,
  * sdyx8 += lanes of g * (x - m) (sdyx8 NULL: only the first); the n % 8 trailing elements are
  * added as one zero-padded vector.  The g lanes are added in the same order with or without
  * sdyx8, so the sums of g agree bit for bit. */
-static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
+static inline void SFX(cbn_sum_dot8)(const TS *dy, const TS *ym, const TS *x, ptrdiff_t n,
                                       double m, double *sdy8, double *sdyx8, const int act) {
     cbn_v8d s0 = cbn_load8_f64(sdy8), s1 = cbn_v8_zero(), p0 = s1, p1 = s1;
     const cbn_v8d mv = cbn_v8_set1(m);
@@ -142,46 +142,46 @@ static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdi
 
 #else /* portable scalar fallback with the same semantics */
 
-static inline double SFX(cbn_sum)(const T *x, ptrdiff_t n) {
+static inline double SFX(cbn_sum)(const TS *x, ptrdiff_t n) {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0; ptrdiff_t i = 0;
-    for (; i + 4 <= n; i += 4) { s0 += x[i]; s1 += x[i + 1]; s2 += x[i + 2]; s3 += x[i + 3]; }
+    for (; i + 4 <= n; i += 4) { s0 += CBN_LD(x[i]); s1 += CBN_LD(x[i + 1]); s2 += CBN_LD(x[i + 2]); s3 += CBN_LD(x[i + 3]); }
     double s = (s0 + s2) + (s1 + s3);
-    for (; i < n; i++) s += (double)x[i];
+    for (; i < n; i++) s += (double)CBN_LD(x[i]);
     return s;
 }
-static inline void SFX(cbn_shifted_sums)(const T *x, ptrdiff_t n, double k,
+static inline void SFX(cbn_shifted_sums)(const TS *x, ptrdiff_t n, double k,
                                           double *s1, double *s2) {
     double a = 0, q = 0;
-    for (ptrdiff_t i = 0; i < n; i++) { double d = (double)x[i] - k; a += d; q += d * d; }
+    for (ptrdiff_t i = 0; i < n; i++) { double d = (double)CBN_LD(x[i]) - k; a += d; q += d * d; }
     *s1 += a; *s2 += q;
 }
-static inline void SFX(cbn_sum_like_dot)(const T *dy, const T *ym, ptrdiff_t n, double *sdy,
+static inline void SFX(cbn_sum_like_dot)(const TS *dy, const TS *ym, ptrdiff_t n, double *sdy,
                                          const int act) {
     double a = 0; for (ptrdiff_t i = 0; i < n; i++) a += SFX(cbn_grad_d)(dy, ym, i, act);
     *sdy += a;
 }
-static inline void SFX(cbn_sum_dot)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
+static inline void SFX(cbn_sum_dot)(const TS *dy, const TS *ym, const TS *x, ptrdiff_t n,
                                      double m, double *sdy, double *sdyx, const int act) {
     double a = 0, b = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)x[i] - m);
+        double g = SFX(cbn_grad_d)(dy, ym, i, act); a += g; b += g * ((double)CBN_LD(x[i]) - m);
     }
     *sdy += a; *sdyx += b;
 }
-static inline void SFX(cbn_shifted_sums8)(const T *x, ptrdiff_t n, double k, double *s1_8,
+static inline void SFX(cbn_shifted_sums8)(const TS *x, ptrdiff_t n, double k, double *s1_8,
                                            double *s2_8) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        double d = (double)x[i] - k;
+        double d = (double)CBN_LD(x[i]) - k;
         s1_8[i % 8] += d;
         s2_8[i % 8] += d * d;
     }
 }
-static inline void SFX(cbn_sum_dot8)(const T *dy, const T *ym, const T *x, ptrdiff_t n,
+static inline void SFX(cbn_sum_dot8)(const TS *dy, const TS *ym, const TS *x, ptrdiff_t n,
                                       double m, double *sdy8, double *sdyx8, const int act) {
     for (ptrdiff_t i = 0; i < n; i++) {
         double g = SFX(cbn_grad_d)(dy, ym, i, act);
         sdy8[i % 8] += g;
-        if (sdyx8) sdyx8[i % 8] += g * ((double)x[i] - m);
+        if (sdyx8) sdyx8[i % 8] += g * ((double)CBN_LD(x[i]) - m);
     }
 }
 

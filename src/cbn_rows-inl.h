@@ -11,24 +11,24 @@
 
 /* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2 */
 static inline void SFX(cbn_col_shifted_sums_rows)(double *restrict s1, double *restrict s2,
-                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                               const double *restrict k, ptrdiff_t w) {
     ptrdiff_t r = 0;
     for (; r + 4 <= rows; r += 4) {
-        const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+        const TS *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
         _Pragma("omp simd")
         for (ptrdiff_t j = 0; j < w; j++) {
-            double d0 = (double)x0[j] - k[j], d1 = (double)x1[j] - k[j];
-            double d2 = (double)x2[j] - k[j], d3 = (double)x3[j] - k[j];
+            double d0 = (double)CBN_LD(x0[j]) - k[j], d1 = (double)CBN_LD(x1[j]) - k[j];
+            double d2 = (double)CBN_LD(x2[j]) - k[j], d3 = (double)CBN_LD(x3[j]) - k[j];
             s1[j] += (d0 + d1) + (d2 + d3);
             s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
         }
     }
     for (; r < rows; r++) {
-        const T *x0 = x + r * ld;
+        const TS *x0 = x + r * ld;
         _Pragma("omp simd")
         for (ptrdiff_t j = 0; j < w; j++) {
-            double d0 = (double)x0[j] - k[j];
+            double d0 = (double)CBN_LD(x0[j]) - k[j];
             s1[j] += d0;
             s2[j] += d0 * d0;
         }
@@ -39,22 +39,22 @@ static inline void SFX(cbn_col_shifted_sums_rows)(double *restrict s1, double *r
  * inlined, so the activation's gradient leaves the loops and every form vectorises).  mk is the
  * activation's saved output (any valid pointer without an activation: it is never read then). */
 static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_act)(
-    double *restrict sdy, double *restrict sdyx, const T *restrict dy, const T *restrict mk,
-    const T *restrict x, ptrdiff_t ld, ptrdiff_t rows, const double *restrict m, ptrdiff_t w,
+    double *restrict sdy, double *restrict sdyx, const TS *restrict dy, const TS *restrict mk,
+    const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows, const double *restrict m, ptrdiff_t w,
     const int act) {
     ptrdiff_t r = 0;
     for (; r + 4 <= rows; r += 4) {
-        const T *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;
-        const T *y0 = mk + r * ld, *y1 = y0 + ld, *y2 = y1 + ld, *y3 = y2 + ld;
+        const TS *g0 = dy + r * ld, *g1 = g0 + ld, *g2 = g1 + ld, *g3 = g2 + ld;
+        const TS *y0 = mk + r * ld, *y1 = y0 + ld, *y2 = y1 + ld, *y3 = y2 + ld;
         if (sdyx) {
-            const T *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+            const TS *x0 = x + r * ld, *x1 = x0 + ld, *x2 = x1 + ld, *x3 = x2 + ld;
             _Pragma("omp simd")
             for (ptrdiff_t j = 0; j < w; j++) {
                 double a0 = CBN_G(act, g0, y0, j), a1 = CBN_G(act, g1, y1, j);
                 double a2 = CBN_G(act, g2, y2, j), a3 = CBN_G(act, g3, y3, j);
                 sdy[j] += (a0 + a1) + (a2 + a3);
-                sdyx[j] += (a0 * ((double)x0[j] - m[j]) + a1 * ((double)x1[j] - m[j]))
-                         + (a2 * ((double)x2[j] - m[j]) + a3 * ((double)x3[j] - m[j]));
+                sdyx[j] += (a0 * ((double)CBN_LD(x0[j]) - m[j]) + a1 * ((double)CBN_LD(x1[j]) - m[j]))
+                         + (a2 * ((double)CBN_LD(x2[j]) - m[j]) + a3 * ((double)CBN_LD(x3[j]) - m[j]));
             }
         } else {
             _Pragma("omp simd")
@@ -66,11 +66,11 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_act)(
         }
     }
     for (; r < rows; r++) {
-        const T *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = mk + r * ld;
+        const TS *g0 = dy + r * ld, *x0 = x + r * ld, *y0 = mk + r * ld;
         for (ptrdiff_t j = 0; j < w; j++) {
             double a0 = CBN_G(act, g0, y0, j);
             sdy[j] += a0;
-            if (sdyx) sdyx[j] += a0 * ((double)x0[j] - m[j]);
+            if (sdyx) sdyx[j] += a0 * ((double)CBN_LD(x0[j]) - m[j]);
         }
     }
 }
@@ -78,10 +78,10 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_sum_dot_rows_act)(
  * through the activation act whose output is ym (cbn_epilogue.h).  The g sum has the same
  * order with or without the dot product (dbias does not depend on `needs`). */
 static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restrict sdyx,
-                                             const T *restrict dy, const T *restrict ym,
-                                             const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                             const TS *restrict dy, const TS *restrict ym,
+                                             const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                              const double *restrict m, ptrdiff_t w, int act) {
-    const T *mk = ym ? ym : dy;
+    const TS *mk = ym ? ym : dy;
     CBN_FOR_ACT(act, SFX(cbn_col_sum_dot_rows_act)(sdy, sdyx, dy, mk, x, ld, rows, m, w, a_));
 }
 
@@ -94,25 +94,25 @@ static inline void SFX(cbn_col_sum_dot_rows)(double *restrict sdy, double *restr
  * disjoint arrays, and in-place work goes to the _inplace variants that take a single array. */
 /* y = act((x - hi) * sc + sh), one instance per activation (always inlined with a constant) */
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_act)(
-    const T *restrict x, T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
+    const TS *restrict x, TS *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
     const T *restrict hi, const T *restrict sc, const T *restrict sh, const int act) {
-    CBN_ROWS_EACH(CBN_AFFINE_AT, y)
+    CBN_ROWS_EACH(CBN_AFFINE_AT, CBN_AFFINE_V, y)
 }
 static inline __attribute__((always_inline)) void SFX(cbn_affine_rows_inplace_act)(
-    T *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
+    TS *restrict y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
     const T *restrict sc, const T *restrict sh, const int act) {
-    const T *x = y;
-    CBN_ROWS_EACH(CBN_AFFINE_AT, y)
+    const TS *x = y;
+    CBN_ROWS_EACH(CBN_AFFINE_AT, CBN_AFFINE_V, y)
 }
 /* dx = g * k1 + (x - hi) * k2 + k3 with g = dy through the activation act whose output is ym */
 static inline __attribute__((always_inline)) void SFX(cbn_dx_rows_any_act)(
-    const T *restrict dy, const T *restrict ym, const T *restrict x, T *restrict dx,
+    const TS *restrict dy, const TS *restrict ym, const TS *restrict x, TS *restrict dx,
     ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w, const T *restrict hi, const T *restrict k1,
     const T *restrict k2, const T *restrict k3, const int act) {
-    CBN_ROWS_EACH(CBN_DX_AT, dx)
+    CBN_ROWS_EACH(CBN_DX_AT, CBN_DX_V, dx)
 }
-static inline void SFX(cbn_dx_rows_any)(const T *restrict dy, const T *restrict ym,
-                                     const T *restrict x, T *restrict dx,
+static inline void SFX(cbn_dx_rows_any)(const TS *restrict dy, const TS *restrict ym,
+                                     const TS *restrict x, TS *restrict dx,
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                      const T *restrict hi, const T *restrict k1,
                                      const T *restrict k2, const T *restrict k3, int act) {
@@ -121,7 +121,7 @@ static inline void SFX(cbn_dx_rows_any)(const T *restrict dy, const T *restrict 
 
 /* y = act((x - hi) * sc + sh) over channels-last rows; in place when x == y (the
  * restrict-qualified forms never see two names for one array). */
-static inline void SFX(cbn_affine_any)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,
+static inline void SFX(cbn_affine_any)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows,
                                         ptrdiff_t w, const T *hi, const T *sc, const T *sh,
                                         int act) {
     if ((const void *)x == (const void *)y)

@@ -64,6 +64,19 @@ cdef extern from "cbn_geometry.h" nogil:
     Geometry cbn_geometry_of(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                              Py_ssize_t itemsize)
 
+cdef extern from "cbn_half.h" nogil:
+    # the 16-bit storage formats: IEEE binary16 and bfloat16 bits, one-field structs
+    ctypedef struct cbn_f16:
+        unsigned short bits
+    ctypedef struct cbn_bf16:
+        unsigned short bits
+    float cbn_f16_to_f32(cbn_f16 h)
+    float cbn_bf16_to_f32(cbn_bf16 h)
+    cbn_f16 cbn_f32_to_f16(float v)
+    cbn_bf16 cbn_f32_to_bf16(float v)
+    cbn_f16 cbn_f64_to_f16(double v)
+    cbn_bf16 cbn_f64_to_bf16(double v)
+
 cdef extern from "cbn_table.h" nogil:
     const char* CBN_TABLE_CAPSULE
     ctypedef struct cbn_kernel_table:
@@ -102,6 +115,40 @@ cdef extern from "cbn_table.h" nogil:
                                 double* dx_out, const Geometry* g, int nt, double n_total,
                                 const double* mean, const double* invstd, const double* w,
                                 const double* sdy, const double* sdyx) noexcept nogil
+        int (*forward_f16)(const cbn_f16* x, cbn_f16* y_out, const Geometry* g, int nt,
+                           double eps, const double* w, const double* b, double* mean_out,
+                           double* var_out, double* invstd_out, int act,
+                           const cbn_post* post) noexcept nogil
+        int (*forward_bf16)(const cbn_bf16* x, cbn_bf16* y_out, const Geometry* g, int nt,
+                            double eps, const double* w, const double* b, double* mean_out,
+                            double* var_out, double* invstd_out, int act,
+                            const cbn_post* post) noexcept nogil
+        int (*moments_f16)(const cbn_f16* x, const Geometry* g, int nt, double* mean_out,
+                           double* m2_out) noexcept nogil
+        int (*moments_bf16)(const cbn_bf16* x, const Geometry* g, int nt, double* mean_out,
+                            double* m2_out) noexcept nogil
+        int (*inference_f16)(const cbn_f16* x, cbn_f16* y_out, const Geometry* g, int nt,
+                             const double* centre, const double* scale, const double* shift,
+                             int act, const cbn_post* post) noexcept nogil
+        int (*inference_bf16)(const cbn_bf16* x, cbn_bf16* y_out, const Geometry* g, int nt,
+                              const double* centre, const double* scale, const double* shift,
+                              int act, const cbn_post* post) noexcept nogil
+        int (*backward_f16)(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x,
+                            cbn_f16* dx_out, const Geometry* g, int nt, const double* mean,
+                            const double* invstd, const double* w, bint with_dot,
+                            double* sdy_out, double* sdyx_out) noexcept nogil
+        int (*backward_bf16)(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x,
+                             cbn_bf16* dx_out, const Geometry* g, int nt, const double* mean,
+                             const double* invstd, const double* w, bint with_dot,
+                             double* sdy_out, double* sdyx_out) noexcept nogil
+        int (*dx_from_sums_f16)(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x,
+                                cbn_f16* dx_out, const Geometry* g, int nt, double n_total,
+                                const double* mean, const double* invstd, const double* w,
+                                const double* sdy, const double* sdyx) noexcept nogil
+        int (*dx_from_sums_bf16)(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x,
+                                 cbn_bf16* dx_out, const Geometry* g, int nt, double n_total,
+                                 const double* mean, const double* invstd, const double* w,
+                                 const double* sdy, const double* sdyx) noexcept nogil
         void (*math_f32)(int fn, const float* x, float* out, float* aux,
                          Py_ssize_t n) noexcept nogil
         void (*math_f64)(int fn, const double* x, double* out, double* aux,

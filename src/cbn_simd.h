@@ -247,23 +247,42 @@ static inline double cbn_hsum8_array(const double *v) {
        h_ < (n) ? h_ : (n); })
 
 /* Helpers of the row loops (cbn_rows-inl.h). */
-/* one column's g = dy[j] through the activation act whose output is q: in the data's own type
+/* one column's g = dy[j] through the activation act whose output is q: in the arithmetic type
  * (mask and data lanes match), then widened */
-#define CBN_G(act, p, q, j) ((double)SFX(cbn_act_grad)((p)[j], (act) ? (q)[j] : 0, act))
-/* BODY for every row, one row at a time, each row's first columns up to an aligned OUT (its
- * output) one by one (CBN_ALIGN_HEAD); j is the column, the argument the element offset */
-#define CBN_ROWS_EACH(BODY, OUT)                                                                 \
+#define CBN_G(act, p, q, j)                                                                      \
+    ((double)SFX(cbn_act_grad)(CBN_LD((p)[j]), (act) ? CBN_LD((q)[j]) : 0, act))
+/* BODY for every row, one row at a time; j is the column, the argument the element offset.
+ * float and double: each row's first columns up to an aligned OUT (its output) one by one
+ * (CBN_ALIGN_HEAD), the rest a loop the compiler vectorises.  The 16-bit formats (whose
+ * conversions GCC does not vectorise): VBODY on native vectors of CBN_TVL columns, the rest
+ * one by one. */
+#define CBN_ROWS_EACH(BODY, VBODY, OUT)                                                          \
     for (ptrdiff_t r = 0; r < rows; r++) {                                                       \
-        const ptrdiff_t h_ = CBN_ALIGN_HEAD((OUT) + r * ld, w);                                  \
-        for (ptrdiff_t j = 0; j < h_; j++) { BODY(r * ld + j) }                                  \
+        ptrdiff_t j0_ = 0;                                                                       \
+        if (CBN_HALF) {                                                                          \
+            for (ptrdiff_t j = 0; j + CBN_TVL <= w; j += CBN_TVL, j0_ = j) { VBODY(r * ld + j) } \
+        } else {                                                                                 \
+            j0_ = CBN_ALIGN_HEAD((OUT) + r * ld, w);                                             \
+            for (ptrdiff_t j = 0; j < j0_; j++) { BODY(r * ld + j) }                             \
+        }                                                                                        \
         _Pragma("omp simd")                                                                      \
-        for (ptrdiff_t j = h_; j < w; j++) { BODY(r * ld + j) }                                  \
+        for (ptrdiff_t j = j0_; j < w; j++) { BODY(r * ld + j) }                                 \
     }
-/* the element bodies of the row loops, for the activation act in scope */
-#define CBN_AFFINE_AT(i) y[i] = SFX(cbn_act)((x[i] - hi[j]) * sc[j] + sh[j], act);
+/* the element bodies of the row loops, for the activation act in scope, one element and one
+ * native vector (VBODY: coefficients loaded at column j) */
+#define CBN_AFFINE_AT(i) y[i] = CBN_ST(SFX(cbn_act)((CBN_LD(x[i]) - hi[j]) * sc[j] + sh[j], act));
+#define CBN_AFFINE_V(i)                                                                          \
+    SFX(cbn_vstore)(y + (i), SFX(cbn_act_v)((SFX(cbn_vload)(x + (i)) - CBN_TLOAD(hi + j))         \
+                                            * CBN_TLOAD(sc + j) + CBN_TLOAD(sh + j), act));
 #define CBN_DX_AT(i)                                                                             \
-    { __typeof__(*dx) g_ = dy[i];                                                                \
-      if (act) g_ = SFX(cbn_act_grad)(g_, ym[i], act);                                           \
-      dx[i] = g_ * k1[j] + (x[i] - hi[j]) * k2[j] + k3[j]; }
+    { T g_ = CBN_LD(dy[i]);                                                                      \
+      if (act) g_ = SFX(cbn_act_grad)(g_, CBN_LD(ym[i]), act);                                   \
+      dx[i] = CBN_ST(g_ * k1[j] + (CBN_LD(x[i]) - hi[j]) * k2[j] + k3[j]); }
+#define CBN_DX_V(i)                                                                              \
+    { CBN_TV g_ = SFX(cbn_vload)(dy + (i));                                                      \
+      if (act) g_ = SFX(cbn_act_grad_v)(g_, SFX(cbn_vload)(ym + (i)), act);                      \
+      SFX(cbn_vstore)(dx + (i), g_ * CBN_TLOAD(k1 + j)                                           \
+                      + (SFX(cbn_vload)(x + (i)) - CBN_TLOAD(hi + j)) * CBN_TLOAD(k2 + j)        \
+                      + CBN_TLOAD(k3 + j)); }
 
 #endif /* CBN_SIMD_H */

@@ -1,12 +1,14 @@
 # Declarations of the C kernels that _kernels.pyx builds on, all included by cbn_kernels.h and
 # compiled into each SIMD level's module; each block names the file that defines its functions
-# (the -inl.h files define every function once for T, as name_f32 and name_f64).  `ym` is the
+# (the -inl.h files define every function once per element type, as name_f32, name_f64,
+# name_f16 and name_bf16).  `ym` is the
 # saved output of the activation `act` (cbn_epilogue.h; NULL without one).
 
-from cbn_shared cimport cbn_post
+from cbn_shared cimport cbn_post, cbn_f16, cbn_bf16
 
 cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
+
 
     # cbn_epilogue-inl.h (the codes, from cbn_epilogue.h: cbn_shared.pxd)
     float cbn_act_grad_f32(float g, float y, int act)
@@ -122,3 +124,92 @@ cdef extern from "cbn_kernels.h" nogil:
                             Py_ssize_t n, Py_ssize_t C, const float* ext, int act)
     void cbn_dx_flat_nt_f64(const double* dy, const double* ym, const double* x, double* dx,
                             Py_ssize_t n, Py_ssize_t C, const double* ext, int act)
+
+    # the same kernels for the 16-bit formats (cbn_kernels.h: float arithmetic, the data widened
+    # and narrowed in registers)
+    double cbn_sum_f16(const cbn_f16* x, Py_ssize_t n)
+    double cbn_sum_bf16(const cbn_bf16* x, Py_ssize_t n)
+    void cbn_shifted_sums_f16(const cbn_f16* x, Py_ssize_t n, double k, double* s1, double* s2)
+    void cbn_shifted_sums_bf16(const cbn_bf16* x, Py_ssize_t n, double k, double* s1, double* s2)
+    void cbn_shifted_sums8_f16(const cbn_f16* x, Py_ssize_t n, double k, double* s1_8,
+                               double* s2_8)
+    void cbn_shifted_sums8_bf16(const cbn_bf16* x, Py_ssize_t n, double k, double* s1_8,
+                               double* s2_8)
+    void cbn_sum_like_dot_f16(const cbn_f16* dy, const cbn_f16* ym, Py_ssize_t n, double* sdy,
+                              int act)
+    void cbn_sum_like_dot_bf16(const cbn_bf16* dy, const cbn_bf16* ym, Py_ssize_t n, double* sdy,
+                              int act)
+    void cbn_sum_dot_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx, int act)
+    void cbn_sum_dot_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, Py_ssize_t n,
+                         double m, double* sdy, double* sdyx, int act)
+    void cbn_sum_dot8_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, Py_ssize_t n,
+                          double m, double* sdy8, double* sdyx8, int act)
+    void cbn_sum_dot8_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, Py_ssize_t n,
+                          double m, double* sdy8, double* sdyx8, int act)
+    void cbn_col_shifted_sums_f16(double* s1, double* s2, const cbn_f16* x, Py_ssize_t ld,
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w, int threads)
+    void cbn_col_shifted_sums_bf16(double* s1, double* s2, const cbn_bf16* x, Py_ssize_t ld,
+                                  Py_ssize_t rows, const double* k, Py_ssize_t w, int threads)
+    void cbn_col_sum_dot_f16(double* sdy, double* sdyx, const cbn_f16* dy, const cbn_f16* ym,
+                             const cbn_f16* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                             Py_ssize_t w, int act, int threads)
+    void cbn_col_sum_dot_bf16(double* sdy, double* sdyx, const cbn_bf16* dy, const cbn_bf16* ym,
+                             const cbn_bf16* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                             Py_ssize_t w, int act, int threads)
+    void cbn_affine_f16(const cbn_f16* x, cbn_f16* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                        const float* hi, const float* sc, const float* sh, int act)
+    void cbn_affine_bf16(const cbn_bf16* x, cbn_bf16* y, Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w,
+                        const float* hi, const float* sc, const float* sh, int act)
+    void cbn_dx_rows_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, cbn_f16* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
+                         const float* k1, const float* k2, const float* k3, int act)
+    void cbn_dx_rows_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
+                         Py_ssize_t ld, Py_ssize_t rows, Py_ssize_t w, const float* hi,
+                         const float* k1, const float* k2, const float* k3, int act)
+    void cbn_post_block_f16(const cbn_post* p, const cbn_f16* s, Py_ssize_t off, cbn_f16* out,
+                            Py_ssize_t n, int stream)
+    void cbn_post_block_bf16(const cbn_post* p, const cbn_bf16* s, Py_ssize_t off, cbn_bf16* out,
+                            Py_ssize_t n, int stream)
+    void cbn_post_runs_f16(const cbn_post* p, const cbn_f16* x, Py_ssize_t off, cbn_f16* out,
+                           Py_ssize_t nruns, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t C,
+                           const float* coef, int stream)
+    void cbn_post_runs_bf16(const cbn_post* p, const cbn_bf16* x, Py_ssize_t off, cbn_bf16* out,
+                           Py_ssize_t nruns, Py_ssize_t n, Py_ssize_t c0, Py_ssize_t C,
+                           const float* coef, int stream)
+    void cbn_post_rows_f16(const cbn_post* p, const cbn_f16* x, Py_ssize_t off, cbn_f16* out,
+                           Py_ssize_t n, Py_ssize_t C, const float* ext, int stream)
+    void cbn_post_rows_bf16(const cbn_post* p, const cbn_bf16* x, Py_ssize_t off, cbn_bf16* out,
+                           Py_ssize_t n, Py_ssize_t C, const float* ext, int stream)
+    void cbn_affine_run_f16(const cbn_f16* x, cbn_f16* y, Py_ssize_t n, float hi, float sc,
+                            float sh, int act)
+    void cbn_affine_run_bf16(const cbn_bf16* x, cbn_bf16* y, Py_ssize_t n, float hi, float sc,
+                            float sh, int act)
+    void cbn_dx_run_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, cbn_f16* dx,
+                        Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_dx_run_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
+                        Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_affine_run_rev_f16(const cbn_f16* x, cbn_f16* y, Py_ssize_t n, float hi, float sc,
+                                float sh, int act)
+    void cbn_affine_run_rev_bf16(const cbn_bf16* x, cbn_bf16* y, Py_ssize_t n, float hi, float sc,
+                                float sh, int act)
+    void cbn_dx_run_rev_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, cbn_f16* dx,
+                            Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_dx_run_rev_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
+                            Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_affine_run_nt_f16(const cbn_f16* x, cbn_f16* y, Py_ssize_t n, float hi, float sc,
+                               float sh, int act)
+    void cbn_affine_run_nt_bf16(const cbn_bf16* x, cbn_bf16* y, Py_ssize_t n, float hi, float sc,
+                               float sh, int act)
+    void cbn_dx_run_nt_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, cbn_f16* dx,
+                           Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_dx_run_nt_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
+                           Py_ssize_t n, float hi, float k1, float k2, float k3, int act)
+    void cbn_affine_flat_nt_f16(const cbn_f16* x, cbn_f16* y, Py_ssize_t n, Py_ssize_t C,
+                                const float* ext, int act)
+    void cbn_affine_flat_nt_bf16(const cbn_bf16* x, cbn_bf16* y, Py_ssize_t n, Py_ssize_t C,
+                                const float* ext, int act)
+    void cbn_dx_flat_nt_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x, cbn_f16* dx,
+                            Py_ssize_t n, Py_ssize_t C, const float* ext, int act)
+    void cbn_dx_flat_nt_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
+                            Py_ssize_t n, Py_ssize_t C, const float* ext, int act)

@@ -4,7 +4,7 @@
  * include guard.  Each pass is written once over a constant activation act (the `_act` bodies,
  * always inlined) and instantiated per activation by CBN_FOR_ACT (cbn_epilogue.h). */
 
-#ifdef CBN_HAVE_NT
+#if defined(CBN_HAVE_NT) && !CBN_HALF
 
 #define CBN_NT_INLINE static inline __attribute__((always_inline))
 
@@ -166,17 +166,19 @@ static inline void SFX(cbn_dx_flat_nt)(const T *restrict dy, const T *restrict y
 #undef CBN_NT_G_S
 #undef CBN_NT_G_V
 
-#else /* no streaming stores on this target: the callers never take these paths */
+#else /* no streaming stores on this target, or a 16-bit format: the callers never take these
+       * paths (the extension of the coefficients is used by the post stage's rows) */
 
-static inline void SFX(cbn_affine_run_nt)(const T *x, T *y, ptrdiff_t n, T hi, T sc, T sh,
+static inline void SFX(cbn_affine_run_nt)(const TS *x, TS *y, ptrdiff_t n, T hi, T sc, T sh,
                                            int act) {
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = SFX(cbn_act)((x[i] - hi) * sc + sh, act);
+    for (ptrdiff_t i = 0; i < n; i++)
+        y[i] = CBN_ST(SFX(cbn_act)((CBN_LD(x[i]) - hi) * sc + sh, act));
 }
-static inline void SFX(cbn_dx_run_nt)(const T *dy, const T *ym, const T *x, T *dx,
+static inline void SFX(cbn_dx_run_nt)(const TS *dy, const TS *ym, const TS *x, TS *dx,
                                        ptrdiff_t n, T hi, T k1, T k2, T k3, int act) {
     for (ptrdiff_t i = 0; i < n; i++) {
-        T g = act ? SFX(cbn_act_grad)(dy[i], ym[i], act) : dy[i];
-        dx[i] = g * k1 + (x[i] - hi) * k2 + k3;
+        T g = act ? SFX(cbn_act_grad)(CBN_LD(dy[i]), CBN_LD(ym[i]), act) : CBN_LD(dy[i]);
+        dx[i] = CBN_ST(g * k1 + (CBN_LD(x[i]) - hi) * k2 + k3);
     }
 }
 static inline void SFX(cbn_nt_extend)(const T *coef, ptrdiff_t C, int k, T *out) {
@@ -184,22 +186,23 @@ static inline void SFX(cbn_nt_extend)(const T *coef, ptrdiff_t C, int k, T *out)
         for (ptrdiff_t j = 0; j < C + CBN_NT_PAD; j++)
             out[v * (C + CBN_NT_PAD) + j] = coef[v * C + j % C];
 }
-static inline void SFX(cbn_affine_flat_nt)(const T *x, T *y, ptrdiff_t n, ptrdiff_t C,
+static inline void SFX(cbn_affine_flat_nt)(const TS *x, TS *y, ptrdiff_t n, ptrdiff_t C,
                                             const T *ext, int act) {
     const ptrdiff_t L = C + CBN_NT_PAD;
     for (ptrdiff_t i = 0; i < n; i++) {
         ptrdiff_t c = i % C;
-        y[i] = SFX(cbn_act)((x[i] - ext[c]) * ext[L + c] + ext[2 * L + c], act);
+        y[i] = CBN_ST(SFX(cbn_act)((CBN_LD(x[i]) - ext[c]) * ext[L + c] + ext[2 * L + c], act));
     }
 }
-static inline void SFX(cbn_dx_flat_nt)(const T *dy, const T *ym, const T *x, T *dx,
+static inline void SFX(cbn_dx_flat_nt)(const TS *dy, const TS *ym, const TS *x, TS *dx,
                                         ptrdiff_t n, ptrdiff_t C, const T *ext, int act) {
     const ptrdiff_t L = C + CBN_NT_PAD;
     for (ptrdiff_t i = 0; i < n; i++) {
         ptrdiff_t c = i % C;
-        T g = act ? SFX(cbn_act_grad)(dy[i], ym[i], act) : dy[i];
-        dx[i] = g * ext[L + c] + (x[i] - ext[c]) * ext[2 * L + c] + ext[3 * L + c];
+        T g = act ? SFX(cbn_act_grad)(CBN_LD(dy[i]), CBN_LD(ym[i]), act) : CBN_LD(dy[i]);
+        dx[i] = CBN_ST(g * ext[L + c] + (CBN_LD(x[i]) - ext[c]) * ext[2 * L + c]
+                       + ext[3 * L + c]);
     }
 }
 
-#endif /* CBN_HAVE_NT */
+#endif /* CBN_HAVE_NT && !CBN_HALF */

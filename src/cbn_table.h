@@ -11,6 +11,7 @@
 
 #include "cbn_plan.h"
 #include "cbn_post.h"
+#include "cbn_half.h"
 
 #define CBN_TABLE_CAPSULE "cbn.kernel_table"
 
@@ -61,6 +62,41 @@ typedef struct {
                             double *dx_out, const cbn_geometry *g, int nt, double n_total,
                             const double *mean, const double *invstd, const double *w,
                             const double *sdy, const double *sdyx);
+
+    /* the same for the 16-bit formats (cbn_half.h): data, output and saved activation output
+     * of the format, float32 arithmetic, float64 statistics */
+    int (*forward_f16)(const cbn_f16 *x, cbn_f16 *y_out, const cbn_geometry *g, int nt,
+                       double eps, const double *w, const double *b, double *mean_out,
+                       double *var_out, double *invstd_out, int act, const cbn_post *post);
+    int (*forward_bf16)(const cbn_bf16 *x, cbn_bf16 *y_out, const cbn_geometry *g, int nt,
+                        double eps, const double *w, const double *b, double *mean_out,
+                        double *var_out, double *invstd_out, int act, const cbn_post *post);
+    int (*moments_f16)(const cbn_f16 *x, const cbn_geometry *g, int nt, double *mean_out,
+                       double *m2_out);
+    int (*moments_bf16)(const cbn_bf16 *x, const cbn_geometry *g, int nt, double *mean_out,
+                        double *m2_out);
+    int (*inference_f16)(const cbn_f16 *x, cbn_f16 *y_out, const cbn_geometry *g, int nt,
+                         const double *centre, const double *scale, const double *shift,
+                         int act, const cbn_post *post);
+    int (*inference_bf16)(const cbn_bf16 *x, cbn_bf16 *y_out, const cbn_geometry *g, int nt,
+                          const double *centre, const double *scale, const double *shift,
+                          int act, const cbn_post *post);
+    int (*backward_f16)(const cbn_f16 *dy, const cbn_f16 *ym, const cbn_f16 *x,
+                        cbn_f16 *dx_out, const cbn_geometry *g, int nt, const double *mean,
+                        const double *invstd, const double *w, int with_dot, double *sdy_out,
+                        double *sdyx_out);
+    int (*backward_bf16)(const cbn_bf16 *dy, const cbn_bf16 *ym, const cbn_bf16 *x,
+                         cbn_bf16 *dx_out, const cbn_geometry *g, int nt, const double *mean,
+                         const double *invstd, const double *w, int with_dot, double *sdy_out,
+                         double *sdyx_out);
+    int (*dx_from_sums_f16)(const cbn_f16 *dy, const cbn_f16 *ym, const cbn_f16 *x,
+                            cbn_f16 *dx_out, const cbn_geometry *g, int nt, double n_total,
+                            const double *mean, const double *invstd, const double *w,
+                            const double *sdy, const double *sdyx);
+    int (*dx_from_sums_bf16)(const cbn_bf16 *dy, const cbn_bf16 *ym, const cbn_bf16 *x,
+                             cbn_bf16 *dx_out, const cbn_geometry *g, int nt, double n_total,
+                             const double *mean, const double *invstd, const double *w,
+                             const double *sdy, const double *sdyx);
 
     /* the post stage's elementary functions over n elements, for the tests: fn 0 e^x, fn 1
      * the normal CDF (aux: its density, or NULL) */

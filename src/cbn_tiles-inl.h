@@ -1,14 +1,15 @@
 /* cbn_tiles-inl.h: the register-tiled channels-last kernels for one element type (see
- * cbn_tiles.h for why and how).  Included once per type by cbn_kernels.h, with T, SFX(name),
- * CBN_TV (the native vector of T) and CBN_TVL (its lanes) defined; no include guard. */
+ * cbn_tiles.h for why and how).  Included once per type by cbn_kernels.h, with TS, T, SFX(name),
+ * CBN_TV (the native vector of T), CBN_TVL (its lanes) and CBN_TLOAD defined; no include
+ * guard. */
 
 #ifdef CBN_VECTOR
 
 /* ---------------------------------------------------------------- column tiles (reductions) */
 static inline void SFX(cbn_col_shifted_sums_stream)(double *restrict s1, double *restrict s2,
-                                                     const T *restrict x, ptrdiff_t ld,
+                                                     const TS *restrict x, ptrdiff_t ld,
                                                      ptrdiff_t rows, const double *restrict k) {
-    const ptrdiff_t rs = CBN_COL_RS(ld, T);
+    const ptrdiff_t rs = CBN_COL_RS(ld, TS);
     const cbn_vd zero = {0};
     cbn_vd kv[CBN_RS_TV], a[CBN_RS_TV], q[CBN_RS_TV];
     CBN_ONE_INIT(one);
@@ -17,7 +18,7 @@ static inline void SFX(cbn_col_shifted_sums_stream)(double *restrict s1, double 
         const ptrdiff_t r1 = r0 + rs < rows ? r0 + rs : rows;
         CBN_RS_EACH(v, a[v] = zero; q[v] = zero;)
         for (ptrdiff_t r = r0; r < r1; r++) {
-            const T *p = x + r * ld;
+            const TS *p = x + r * ld;
             CBN_RS_EACH(v, cbn_vd d = CBN_SUB_ON_FMA(SFX(cbn_loadv)(p + CBN_DL * v), kv[v], one);
                         a[v] += d;
                         q[v] += d * d;)
@@ -29,12 +30,12 @@ static inline void SFX(cbn_col_shifted_sums_stream)(double *restrict s1, double 
 /* s1[j] += sum_r (x[r][j] - k[j]),  s2[j] += sum_r (x[r][j] - k[j])^2; threads: the team
  * running the pass (sets the memory blocks, cbn_tiles.h; not the sums) */
 static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restrict s2,
-                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                               const double *restrict k, ptrdiff_t w,
                                               int threads) {
-    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);
-    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(T), rs, threads);
-    const int pf_ = CBN_COL_PF(ld, T);
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, TS);
+    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(TS), rs, threads);
+    const int pf_ = CBN_COL_PF(ld, TS);
     if (cbn_row_stream_fits(w)) {
         SFX(cbn_col_shifted_sums_stream)(s1, s2, x, ld, rows, k);
         return;
@@ -53,9 +54,9 @@ static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restri
                 const ptrdiff_t r1 = r0 + rs < m1 ? r0 + rs : m1;
                 cbn_vd a[CBN_COL_TV], q[CBN_COL_TV];
                 for (int v = 0; v < CBN_COL_TV; v++) a[v] = q[v] = (cbn_vd){0};
-                const T *p = x + r0 * ld + j;
+                const TS *p = x + r0 * ld + j;
                 for (ptrdiff_t r = r0; r < r1; r++, p += ld) {
-                    CBN_PREFETCH_AHEAD(p, mb * ld, tw * sizeof(T));
+                    CBN_PREFETCH_AHEAD(p, mb * ld, tw * sizeof(TS));
                     for (int v = 0; v < CBN_COL_TV; v++) {
                         cbn_vd d = CBN_SUB_ON_FMA(SFX(cbn_loadv)(p + CBN_DL * v), kv[v], one);
                         a[v] += d;
@@ -80,11 +81,11 @@ static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restri
  * through the activation act whose output is ym (cbn_epilogue.h).  The g sums are added in the
  * same order either way. */
 static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *restrict sdyx,
-                                                const T *restrict dy, const T *restrict ym,
-                                                const T *restrict x, ptrdiff_t ld,
+                                                const TS *restrict dy, const TS *restrict ym,
+                                                const TS *restrict x, ptrdiff_t ld,
                                                 ptrdiff_t rows, const double *restrict m,
                                                 int act) {
-    const ptrdiff_t rs = CBN_COL_RS(ld, T);
+    const ptrdiff_t rs = CBN_COL_RS(ld, TS);
     const cbn_vd zero = {0};
     cbn_vd mv[CBN_RS_TV], a[CBN_RS_TV], b[CBN_RS_TV];
     CBN_ONE_INIT(one);
@@ -102,13 +103,13 @@ static inline void SFX(cbn_col_sum_dot_stream)(double *restrict sdy, double *res
     }
 }
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
-                                         const T *restrict dy, const T *restrict ym,
-                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                         const TS *restrict dy, const TS *restrict ym,
+                                         const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                          const double *restrict m, ptrdiff_t w, int act,
                                          int threads) {
-    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, T);
-    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(T), rs, threads);
-    const int pf_ = CBN_COL_PF(ld, T);
+    const ptrdiff_t tw = CBN_DL * CBN_COL_TV, wt = w / tw * tw, rs = CBN_COL_RS(ld, TS);
+    const ptrdiff_t mb = rs * cbn_col_block_subs(ld, sizeof(TS), rs, threads);
+    const int pf_ = CBN_COL_PF(ld, TS);
     if (cbn_row_stream_fits(w)) {
         SFX(cbn_col_sum_dot_stream)(sdy, sdyx, dy, ym, x, ld, rows, m, act);
         return;
@@ -158,7 +159,7 @@ static inline int SFX(cbn_row_tile_fits)(ptrdiff_t w) {
     return w >= (CBN_TVL) && w <= CBN_ROW_TV * (CBN_TVL);
 }
 /* y = act((x - hi) * sc + sh) */
-static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows,
+static inline void SFX(cbn_affine_tile)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows,
                                          ptrdiff_t w, const T *restrict hi,
                                          const T *restrict sc, const T *restrict sh, int act) {
     const int nv = (int)(w / (CBN_TVL));
@@ -166,9 +167,9 @@ static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_
     for (int v = 0; v < CBN_ROW_TV; v++) {
         H[v] = S[v] = B[v] = (CBN_TV){0}; /* lanes v >= nv are never used (GCC cannot tell) */
         if (v < nv) {
-            H[v] = SFX(cbn_vload)(hi + (CBN_TVL) * v);
-            S[v] = SFX(cbn_vload)(sc + (CBN_TVL) * v);
-            B[v] = SFX(cbn_vload)(sh + (CBN_TVL) * v);
+            H[v] = CBN_TLOAD(hi + (CBN_TVL) * v);
+            S[v] = CBN_TLOAD(sc + (CBN_TVL) * v);
+            B[v] = CBN_TLOAD(sh + (CBN_TVL) * v);
         }
     }
     CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL),
@@ -180,8 +181,8 @@ static inline void SFX(cbn_affine_tile)(const T *x, T *y, ptrdiff_t ld, ptrdiff_
 }
 /* dx = g * k1 + (x - hi) * k2 + k3, g = dy through the activation act whose output is ym; dx
  * aliases none of the inputs */
-static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
-                                     const T *restrict x, T *restrict dx, ptrdiff_t ld,
+static inline void SFX(cbn_dx_tile)(const TS *restrict dy, const TS *restrict ym,
+                                     const TS *restrict x, TS *restrict dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *restrict hi,
                                      const T *restrict k1, const T *restrict k2,
                                      const T *restrict k3, int act) {
@@ -189,10 +190,10 @@ static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
     CBN_TV H[CBN_ROW_TV], K1[CBN_ROW_TV], K2[CBN_ROW_TV], K3[CBN_ROW_TV];
     for (int v = 0; v < CBN_ROW_TV; v++) {
         if (v < nv) {
-            H[v] = SFX(cbn_vload)(hi + (CBN_TVL) * v);
-            K1[v] = SFX(cbn_vload)(k1 + (CBN_TVL) * v);
-            K2[v] = SFX(cbn_vload)(k2 + (CBN_TVL) * v);
-            K3[v] = SFX(cbn_vload)(k3 + (CBN_TVL) * v);
+            H[v] = CBN_TLOAD(hi + (CBN_TVL) * v);
+            K1[v] = CBN_TLOAD(k1 + (CBN_TVL) * v);
+            K2[v] = CBN_TLOAD(k2 + (CBN_TVL) * v);
+            K3[v] = CBN_TLOAD(k3 + (CBN_TVL) * v);
         }
     }
     CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL), CBN_TV g = SFX(cbn_vload)(dy + i);
@@ -204,14 +205,14 @@ static inline void SFX(cbn_dx_tile)(const T *restrict dy, const T *restrict ym,
                            k1 + j, k2 + j, k3 + j, act);
     }
 }
-static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
+static inline void SFX(cbn_affine)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                     const T *hi, const T *sc, const T *sh, int act) {
     if (SFX(cbn_row_tile_fits)(w))
         SFX(cbn_affine_tile)(x, y, ld, rows, w, hi, sc, sh, act);
     else
         SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, act);
 }
-static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,
+static inline void SFX(cbn_dx_rows)(const TS *dy, const TS *ym, const TS *x, TS *dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,
                                      const T *k2, const T *k3, int act) {
     if (SFX(cbn_row_tile_fits)(w))
@@ -223,25 +224,25 @@ static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx,
 #else /* no vector extensions: the row loops are the kernels */
 
 static inline void SFX(cbn_col_shifted_sums)(double *restrict s1, double *restrict s2,
-                                              const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                               const double *restrict k, ptrdiff_t w,
                                               int threads) {
     (void)threads;
     SFX(cbn_col_shifted_sums_rows)(s1, s2, x, ld, rows, k, w);
 }
 static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict sdyx,
-                                         const T *restrict dy, const T *restrict ym,
-                                         const T *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                         const TS *restrict dy, const TS *restrict ym,
+                                         const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                          const double *restrict m, ptrdiff_t w, int act,
                                          int threads) {
     (void)threads;
     SFX(cbn_col_sum_dot_rows)(sdy, sdyx, dy, ym, x, ld, rows, m, w, act);
 }
-static inline void SFX(cbn_affine)(const T *x, T *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
+static inline void SFX(cbn_affine)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                     const T *hi, const T *sc, const T *sh, int act) {
     SFX(cbn_affine_any)(x, y, ld, rows, w, hi, sc, sh, act);
 }
-static inline void SFX(cbn_dx_rows)(const T *dy, const T *ym, const T *x, T *dx, ptrdiff_t ld,
+static inline void SFX(cbn_dx_rows)(const TS *dy, const TS *ym, const TS *x, TS *dx, ptrdiff_t ld,
                                      ptrdiff_t rows, ptrdiff_t w, const T *hi, const T *k1,
                                      const T *k2, const T *k3, int act) {
     SFX(cbn_dx_rows_any)(dy, ym, x, dx, ld, rows, w, hi, k1, k2, k3, act);

@@ -2,7 +2,7 @@
 # Backward: the sums, and dx.
 
 # ------------------------------------------------------------------------------------ backward
-cdef void _segment_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
+cdef void _segment_sums_cm(const elem* dy, const elem* ym, int act, const elem* x,
                            const Geometry* g,
                            Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
@@ -33,7 +33,7 @@ cdef void _segment_sums_cm(const floating* dy, const floating* ym, int act, cons
     sdyx_out[0] = d
 
 
-cdef void _channel_sums_cm(const floating* dy, const floating* ym, int act, const floating* x,
+cdef void _channel_sums_cm(const elem* dy, const elem* ym, int act, const elem* x,
                            const Geometry* g,
                            Py_ssize_t c, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
@@ -47,7 +47,7 @@ cdef void _channel_sums_cm(const floating* dy, const floating* ym, int act, cons
     sdyx_out[0] = d
 
 
-cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, const floating* x,
+cdef void _sums_cm_rows_task(const elem* dy, const elem* ym, int act, const elem* x,
                              const Geometry* g,
                              Py_ssize_t s, Py_ssize_t c0, Py_ssize_t c1, const double* mean,
                              bint with_dot, double* part, double* scratch) noexcept nogil:
@@ -67,20 +67,14 @@ cdef void _sums_cm_rows_task(const floating* dy, const floating* ym, int act, co
     for o in range(r0, r1):
         for j in range(c0, c1):
             off = (o * C + j) * inner
-            if floating is float:
-                cbn_sum_dot8_f32(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0),
-                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
-            else:
-                cbn_sum_dot8_f64(dy + off, _at(ym, off), x + off, inner, mean[j],
-                                 acc_g + 8 * (j - c0),
-                                 acc_d + 8 * (j - c0) if with_dot else NULL, act)
+            _sum_dot8(dy + off, _at(ym, off), x + off, inner, mean[j], acc_g + 8 * (j - c0),
+                      acc_d + 8 * (j - c0) if with_dot else NULL, act)
     for j in range(c0, c1):
         sdy[j] = cbn_hsum8_array(acc_g + 8 * (j - c0))
         sdyx[j] = cbn_hsum8_array(acc_d + 8 * (j - c0))
 
 
-cdef inline void _sums_cl_task(const floating* dy, const floating* ym, int act, const floating* x,
+cdef inline void _sums_cl_task(const elem* dy, const elem* ym, int act, const elem* x,
                                const Geometry* g,
                                Py_ssize_t t, const double* mean, bint with_dot,
                                double* part, int threads) noexcept nogil:
@@ -133,7 +127,7 @@ cdef inline bint _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const doub
     return False
 
 
-cdef int _dx_coefs(const floating* dy, const floating* ym, int act, const floating* x,
+cdef int _dx_coefs(const elem* dy, const elem* ym, int act, const elem* x,
                    const Geometry* g, double n, const double* mean, const double* invstd,
                    const double* w, const double* sdy, const double* sdyx, floating* coef_out,
                    Wide* wd) noexcept nogil:
@@ -150,9 +144,9 @@ cdef int _dx_coefs(const floating* dy, const floating* ym, int act, const floati
     return rc
 
 
-cdef void _backward_channel_fused(const floating* dy, const floating* ym, int act,
-                                  const floating* x,
-                                  floating* dx_out,
+cdef void _backward_channel_fused(const elem* dy, const elem* ym, int act,
+                                  const elem* x,
+                                  elem* dx_out,
                                   const Geometry* g, Py_ssize_t c, const double* mean,
                                   const double* invstd, const double* w, double* sdy_out,
                                   double* sdyx_out, floating* coef, bint stream) noexcept nogil:
@@ -193,13 +187,13 @@ cdef void _sum_segment_partials(const Geometry* g, const double* part, bint by_t
 
 
 cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
-                        floating tag) noexcept nogil:
-    """The backward sums as the plan splits them (CBN_RED_*), into wk.sdy_out, wk.sdyx_out.
-    Returns 0/-1."""
+                        const elem* etag, floating tag) noexcept nogil:
+    """The backward sums as the plan splits them (CBN_RED_*), into wk.sdy_out, wk.sdyx_out;
+    etag has the data's type, tag the arithmetic type.  Returns 0/-1."""
     cdef Py_ssize_t C = g.C, stride = 0
     cdef double* scratch = NULL
     if plan.reduce == CBN_RED_CM_CHANNELS:
-        _run(wk, SUMS_CM_CHANNEL, C, plan.nt, True, NULL, 0, tag)
+        _run(wk, SUMS_CM_CHANNEL, C, plan.nt, True, NULL, 0, etag, tag)
         return 0
     if plan.reduce == CBN_RED_CM_SEGMENTS:
         wk.part = <double*>malloc(2 * plan.ntasks_red * sizeof(double))
@@ -214,11 +208,11 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
         free(scratch)
         return -1
     if plan.reduce == CBN_RED_CM_ROWS:
-        _run(wk, SUMS_CM_ROWS, plan.ntasks_red, plan.nt, True, scratch, stride, tag)
+        _run(wk, SUMS_CM_ROWS, plan.ntasks_red, plan.nt, True, scratch, stride, etag, tag)
     elif plan.reduce == CBN_RED_CM_SEGMENTS:
-        _run(wk, SUMS_CM_SEGMENT, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+        _run(wk, SUMS_CM_SEGMENT, plan.ntasks_red, plan.nt, True, NULL, 0, etag, tag)
     else:
-        _run(wk, SUMS_CL, plan.ntasks_red, plan.nt, True, NULL, 0, tag)
+        _run(wk, SUMS_CL, plan.ntasks_red, plan.nt, True, NULL, 0, etag, tag)
     free(scratch)
     _sum_segment_partials(g, wk.part, plan.reduce == CBN_RED_CM_SEGMENTS, wk.sdy_out,
                           wk.sdyx_out)
@@ -226,19 +220,20 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
     return 0
 
 
-cdef int _backward(const floating* dy, const floating* ym, int act, const floating* x,
-                   floating* dx_out, const Geometry* g, int nt_req, const double* mean,
+cdef int _backward(const elem* dy, const elem* ym, int act, const elem* x,
+                   elem* dx_out, const Geometry* g, int nt_req, const double* mean,
                    const double* invstd, const double* w, bint with_dot, double* sdy_out,
-                   double* sdyx_out) noexcept nogil:
+                   double* sdyx_out, floating tag) noexcept nogil:
     """Backward.  IN dy, x, float64 mean/invstd, w (NULL = 1), and the fused activation act
     with its output ym (cbn_epilogue.h; CBN_ACT_NONE and NULL without one): g, dy through the
     activation, replaces dy.  OUT sdy_out = sum(g) and, if with_dot, sdyx_out =
-    sum(g * (x - mean)); dx_out too unless it is NULL.  Returns 0/-1."""
+    sum(g * (x - mean)); dx_out too unless it is NULL; tag has the arithmetic type.
+    Returns 0/-1."""
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(total, nt_req, cbn_tasks_of(g)),
-        2 * g.n * <Py_ssize_t>sizeof(floating) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
+        2 * g.n * <Py_ssize_t>sizeof(elem) if dx_out != NULL else 0, _rt.fuse_budget_bytes)
     cdef floating* coef = NULL
     cdef Work wk
     cdef Wide wd
@@ -262,11 +257,13 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
     wk.sdy_out = sdy_out
     wk.sdyx_out = sdyx_out
     if plan.fused:  # per channel: the sums, then dx while x and dy are cached
-        wk.stream = _streams(dx_out, dy, x, ym, total, sizeof(floating), g.inner)
-        _run(&wk, BACKWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
+        wk.stream = False
+        if elem is float or elem is double:  # the 16-bit formats never stream
+            wk.stream = _streams(dx_out, dy, x, ym, total, sizeof(elem), g.inner)
+        _run(&wk, BACKWARD_CHANNEL, C, plan.nt, True, NULL, 0, x, tag)
         cbn_free_beside(coef)
         return 0
-    if _backward_sums(&wk, g, &plan, <floating>0) != 0:
+    if _backward_sums(&wk, g, &plan, x, tag) != 0:
         cbn_free_beside(coef)
         return -1
     if dx_out != NULL:
@@ -280,11 +277,12 @@ cdef int _backward(const floating* dy, const floating* ym, int act, const floati
     return rc
 
 
-cdef int _dx_from_sums(const floating* dy, const floating* ym, int act, const floating* x,
-                       floating* dx_out, const Geometry* g, int nt_req, double n_total,
+cdef int _dx_from_sums(const elem* dy, const elem* ym, int act, const elem* x,
+                       elem* dx_out, const Geometry* g, int nt_req, double n_total,
                        const double* mean, const double* invstd, const double* w,
-                       const double* sdy, const double* sdyx) noexcept nogil:
-    """dx from given float64 sums over n_total values per channel (SyncBN); returns 0/-1."""
+                       const double* sdy, const double* sdyx, floating tag) noexcept nogil:
+    """dx from given float64 sums over n_total values per channel (SyncBN); tag has the
+    arithmetic type.  Returns 0/-1."""
     cdef cbn_plan plan = cbn_plan_of(
         g, _threads_for(g.outer * g.C * g.inner, nt_req, cbn_tasks_of(g)), 0, 0)
     cdef floating* coef = <floating*>cbn_alloc_beside(4 * g.C * sizeof(floating), dx_out)

@@ -53,7 +53,7 @@ cdef double _floor(TaskKind kind, const floating* a, const floating* b, floating
     wk.n = n
     wk.nchunks = nt
     wk.part = part
-    _run(&wk, kind, FLOOR_SUM_CHUNKS if kind == FLOOR_SUM else nt, nt, False, NULL, 0,
+    _run(&wk, kind, FLOOR_SUM_CHUNKS if kind == FLOOR_SUM else nt, nt, False, NULL, 0, a,
          <floating>0)
     if kind == FLOOR_SUM:
         for t in range(FLOOR_SUM_CHUNKS):

@@ -44,7 +44,7 @@ cdef inline bint _forward_coef(Py_ssize_t c, Py_ssize_t C, double mean, double m
     return _affine_coef(c, C, mean, scale, shift, coef_out)
 
 
-cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geometry* g,
+cdef void _forward_channel_fused(const elem* x, elem* y_out, const Geometry* g,
                                  Py_ssize_t c, double eps, const double* w, const double* b,
                                  double* mean_out, double* var_out, double* invstd_out,
                                  floating* coef, int act, bint stream,
@@ -70,17 +70,17 @@ cdef void _forward_channel_fused(const floating* x, floating* y_out, const Geome
         cbn_nt_fence()
 
 
-cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_req,
+cdef int _forward(const elem* x, elem* y_out, const Geometry* g, int nt_req,
                   double eps, const double* w, const double* b,
                   double* mean_out, double* var_out, double* invstd_out,
-                  int act, const cbn_post* post) noexcept nogil:
+                  int act, const cbn_post* post, floating tag) noexcept nogil:
     """Training forward.  IN x, w, b (NULL = 1 / 0), the post-operation post (or NULL); OUT
     y_out = act(normalised x) (or post's output) and the per-channel float64 mean, biased var
-    and invstd.  Returns 0, or -1 when out of memory."""
+    and invstd; tag has the arithmetic type.  Returns 0, or -1 when out of memory."""
     cdef Py_ssize_t C = g.C, c
     cdef Py_ssize_t total = g.outer * C * g.inner
     cdef cbn_plan plan = cbn_plan_of(g, _threads_for(total, nt_req, cbn_tasks_of(g)),
-                                     g.n * <Py_ssize_t>sizeof(floating), _rt.fuse_budget_bytes)
+                                     g.n * <Py_ssize_t>sizeof(elem), _rt.fuse_budget_bytes)
     cdef floating* coef = <floating*>cbn_alloc_beside(3 * C * sizeof(floating), y_out)
     cdef double* m2
     cdef double k[3]
@@ -103,15 +103,17 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
         wk.mean_out = mean_out
         wk.var_out = var_out
         wk.invstd_out = invstd_out
-        wk.stream = _streams(y_out, x, NULL, NULL, total, sizeof(floating), g.inner)
-        if post != NULL:
-            wk.stream = (wk.stream and post.res != y_out
-                         and _streams(y_out, x, post.res, NULL, total, sizeof(floating), g.inner))
-        _run(&wk, FORWARD_CHANNEL, C, plan.nt, True, NULL, 0, <floating>0)
+        wk.stream = False
+        if elem is float or elem is double:  # the 16-bit formats never stream
+            wk.stream = _streams(y_out, x, NULL, NULL, total, sizeof(elem), g.inner)
+            if post != NULL:
+                wk.stream = (wk.stream and post.res != y_out
+                             and _streams(y_out, x, post.res, NULL, total, sizeof(elem), g.inner))
+        _run(&wk, FORWARD_CHANNEL, C, plan.nt, True, NULL, 0, x, tag)
         cbn_free_beside(coef)
         return 0
     m2 = <double*>malloc(C * sizeof(double))
-    if m2 == NULL or _moments(x, g, &plan, mean_out, m2) != 0:
+    if m2 == NULL or _moments(x, g, &plan, mean_out, m2, tag) != 0:
         free(m2)
         cbn_free_beside(coef)
         return -1
@@ -132,11 +134,11 @@ cdef int _forward(const floating* x, floating* y_out, const Geometry* g, int nt_
 
 
 # ------------------------------------------------------------------------------------ inference
-cdef int _inference(const floating* x, floating* y_out, const Geometry* g, int nt_req,
+cdef int _inference(const elem* x, elem* y_out, const Geometry* g, int nt_req,
                     const double* centre, const double* scale, const double* shift,
-                    int act, const cbn_post* post) noexcept nogil:
+                    int act, const cbn_post* post, floating tag) noexcept nogil:
     """y = act((x - centre) * scale + shift), one pass, or the post-operation post (or NULL)
-    of that.  IN per-channel float64 centre, scale, shift."""
+    of that.  IN per-channel float64 centre, scale, shift; tag has the arithmetic type."""
     cdef Py_ssize_t C = g.C, c
     cdef int rc
     cdef cbn_plan plan = cbn_plan_of(

@@ -1,24 +1,52 @@
 # Included by _kernels.pyx (compiled per SIMD level; declarations and the fused type there).
-# Point functions of the kernels: the run and column reductions of cbn_kernels.h per element
-# type, the block moments and Chan's merge, the centre split.
+# Point functions of the kernels: element loads and stores, the run and column reductions of
+# cbn_kernels.h per element type, the block moments and Chan's merge, the centre split.
 
 # ------------------------------------------------------------------------------- point functions
-cdef inline double _sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    if floating is float:
+cdef inline double _ld(elem v) noexcept nogil:
+    """An element as float64 (exact)."""
+    if elem is cbn_f16:
+        return cbn_f16_to_f32(v)
+    elif elem is cbn_bf16:
+        return cbn_bf16_to_f32(v)
+    else:
+        return v
+
+
+cdef inline void _st(elem* p, Py_ssize_t i, double v) noexcept nogil:
+    """p[i] = v rounded once to the element type (to nearest, ties to even)."""
+    if elem is cbn_f16:
+        p[i] = cbn_f64_to_f16(v)
+    elif elem is cbn_bf16:
+        p[i] = cbn_f64_to_bf16(v)
+    else:
+        p[i] = <elem>v
+
+
+cdef inline double _sum(const elem* x, Py_ssize_t n) noexcept nogil:
+    if elem is float:
         return cbn_sum_f32(x, n)
-    else:
+    elif elem is double:
         return cbn_sum_f64(x, n)
-
-
-cdef inline void _shifted_sums(const floating* x, Py_ssize_t n, double k, double* s1,
-                               double* s2) noexcept nogil:
-    if floating is float:
-        cbn_shifted_sums_f32(x, n, k, s1, s2)
+    elif elem is cbn_f16:
+        return cbn_sum_f16(x, n)
     else:
+        return cbn_sum_bf16(x, n)
+
+
+cdef inline void _shifted_sums(const elem* x, Py_ssize_t n, double k, double* s1,
+                               double* s2) noexcept nogil:
+    if elem is float:
+        cbn_shifted_sums_f32(x, n, k, s1, s2)
+    elif elem is double:
         cbn_shifted_sums_f64(x, n, k, s1, s2)
+    elif elem is cbn_f16:
+        cbn_shifted_sums_f16(x, n, k, s1, s2)
+    else:
+        cbn_shifted_sums_bf16(x, n, k, s1, s2)
 
 
-cdef inline const floating* _at(const floating* p, Py_ssize_t off) noexcept nogil:
+cdef inline const elem* _at(const elem* p, Py_ssize_t off) noexcept nogil:
     """p + off, keeping NULL (no activation's saved output) as NULL."""
     return p + off if p != NULL else NULL
 
@@ -31,45 +59,85 @@ cdef inline floating _act_grad(floating g, floating y, int act) noexcept nogil:
         return cbn_act_grad_f64(g, y, act)
 
 
-cdef inline void _sum_like_dot(const floating* dy, const floating* ym, int act, Py_ssize_t n,
+cdef inline void _sum_like_dot(const elem* dy, const elem* ym, int act, Py_ssize_t n,
                                double* sdy) noexcept nogil:
     """sdy += sum(g), g = dy through the activation act whose output is ym (cbn_epilogue.h)."""
-    if floating is float:
+    if elem is float:
         cbn_sum_like_dot_f32(dy, ym, n, sdy, act)
-    else:
+    elif elem is double:
         cbn_sum_like_dot_f64(dy, ym, n, sdy, act)
+    elif elem is cbn_f16:
+        cbn_sum_like_dot_f16(dy, ym, n, sdy, act)
+    else:
+        cbn_sum_like_dot_bf16(dy, ym, n, sdy, act)
 
 
-cdef inline void _sum_dot(const floating* dy, const floating* ym, int act, const floating* x,
+cdef inline void _sum_dot(const elem* dy, const elem* ym, int act, const elem* x,
                           Py_ssize_t n,
                           double m, double* sdy, double* sdyx) noexcept nogil:
     """sdy += sum(g), sdyx += sum(g * (x - m)), g as in _sum_like_dot."""
-    if floating is float:
+    if elem is float:
         cbn_sum_dot_f32(dy, ym, x, n, m, sdy, sdyx, act)
-    else:
+    elif elem is double:
         cbn_sum_dot_f64(dy, ym, x, n, m, sdy, sdyx, act)
+    elif elem is cbn_f16:
+        cbn_sum_dot_f16(dy, ym, x, n, m, sdy, sdyx, act)
+    else:
+        cbn_sum_dot_bf16(dy, ym, x, n, m, sdy, sdyx, act)
 
 
-cdef inline void _col_shifted_sums(double* s1, double* s2, const floating* x, Py_ssize_t ld,
+cdef inline void _shifted_sums8(const elem* x, Py_ssize_t n, double k, double* s1_8,
+                                double* s2_8) noexcept nogil:
+    if elem is float:
+        cbn_shifted_sums8_f32(x, n, k, s1_8, s2_8)
+    elif elem is double:
+        cbn_shifted_sums8_f64(x, n, k, s1_8, s2_8)
+    elif elem is cbn_f16:
+        cbn_shifted_sums8_f16(x, n, k, s1_8, s2_8)
+    else:
+        cbn_shifted_sums8_bf16(x, n, k, s1_8, s2_8)
+
+
+cdef inline void _sum_dot8(const elem* dy, const elem* ym, const elem* x, Py_ssize_t n,
+                           double m, double* sdy8, double* sdyx8, int act) noexcept nogil:
+    if elem is float:
+        cbn_sum_dot8_f32(dy, ym, x, n, m, sdy8, sdyx8, act)
+    elif elem is double:
+        cbn_sum_dot8_f64(dy, ym, x, n, m, sdy8, sdyx8, act)
+    elif elem is cbn_f16:
+        cbn_sum_dot8_f16(dy, ym, x, n, m, sdy8, sdyx8, act)
+    else:
+        cbn_sum_dot8_bf16(dy, ym, x, n, m, sdy8, sdyx8, act)
+
+
+cdef inline void _col_shifted_sums(double* s1, double* s2, const elem* x, Py_ssize_t ld,
                                    Py_ssize_t rows, const double* k, Py_ssize_t w,
                                    int threads) noexcept nogil:
     """threads: the pass's team (sets the tiles' memory blocks, never the sums)."""
-    if floating is float:
+    if elem is float:
         cbn_col_shifted_sums_f32(s1, s2, x, ld, rows, k, w, threads)
-    else:
+    elif elem is double:
         cbn_col_shifted_sums_f64(s1, s2, x, ld, rows, k, w, threads)
+    elif elem is cbn_f16:
+        cbn_col_shifted_sums_f16(s1, s2, x, ld, rows, k, w, threads)
+    else:
+        cbn_col_shifted_sums_bf16(s1, s2, x, ld, rows, k, w, threads)
 
 
-cdef inline void _col_sum_dot(double* sdy, double* sdyx, const floating* dy, const floating* ym,
+cdef inline void _col_sum_dot(double* sdy, double* sdyx, const elem* dy, const elem* ym,
                               int act,
-                              const floating* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
+                              const elem* x, Py_ssize_t ld, Py_ssize_t rows, const double* m,
                               Py_ssize_t w, int threads) noexcept nogil:
     """sdyx NULL: only the g sums (g = dy through the activation act whose output is ym);
     threads as in _col_shifted_sums."""
-    if floating is float:
+    if elem is float:
         cbn_col_sum_dot_f32(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
-    else:
+    elif elem is double:
         cbn_col_sum_dot_f64(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
+    elif elem is cbn_f16:
+        cbn_col_sum_dot_f16(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
+    else:
+        cbn_col_sum_dot_bf16(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
 
 
 cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,
@@ -86,7 +154,7 @@ cdef inline void _block_moments(double inv_nb, double k, double kref, double s1,
     m2_out[0] = 0.0 if q < 0.0 else q
 
 
-cdef inline void _block_moments_columns(double inv_nb, const double* k, const floating* kref,
+cdef inline void _block_moments_columns(double inv_nb, const double* k, const elem* kref,
                                         double* s1_mean, double* s2_m2,
                                         Py_ssize_t w) noexcept nogil:
     """_block_moments for w columns, in place: IN/OUT s1 -> mean less kref and s2 -> M2
@@ -96,7 +164,7 @@ cdef inline void _block_moments_columns(double inv_nb, const double* k, const fl
     for j in range(w):
         t = s1_mean[j] * inv_nb
         q = s2_m2[j] - s1_mean[j] * t
-        s1_mean[j] = (k[j] - <double>kref[j]) + t
+        s1_mean[j] = (k[j] - _ld(kref[j])) + t
         s2_m2[j] = 0.0 if q < 0.0 else q
 
 

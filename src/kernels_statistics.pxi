@@ -2,15 +2,15 @@
 # Statistics: per-channel mean and M2 in a decomposition fixed by the shape (ARCHITECTURE.md).
 
 # ------------------------------------------------------------------------------------ statistics
-cdef inline double _channel_ref(const floating* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
+cdef inline double _channel_ref(const elem* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
     """The reference element of channel c: its first element.  Block and segment means are
     kept as offsets from it through every merge and it is added back once at the end, in the
     same way by every code path (so fused and partial paths stay bit-identical).  0 for an
     empty channel, which has no element to read."""
-    return <double>x[c * g.inner] if g.n > 0 else 0.0
+    return _ld(x[c * g.inner]) if g.n > 0 else 0.0
 
 
-cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c,
+cdef void _segment_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
                               Py_ssize_t s, double* cnt_out, double* mean_out,
                               double* m2_out) noexcept nogil:
     """Channel-major: moments of segment s of channel c (IN x, OUT the three scalars; the
@@ -18,7 +18,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
     cdef Py_ssize_t o, o0, o1, i0, i1, length, p
     cdef Py_ssize_t stride = g.C * g.inner
-    cdef const floating* base = x + c * g.inner
+    cdef const elem* base = x + c * g.inner
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb, k
     cdef double kref = _channel_ref(x, g, c)
     for b in range(b0, b1):
@@ -34,7 +34,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
             i0 = 0
             i1 = g.inner
         length = i1 - i0
-        k = <double>base[o0 * stride + i0]
+        k = _ld(base[o0 * stride + i0])
         s1 = 0.0
         q = 0.0
         for o in range(o0, o1):
@@ -47,7 +47,7 @@ cdef void _segment_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     m2_out[0] = m2
 
 
-cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c,
+cdef void _channel_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
                               double* mean_out, double* m2_out) noexcept nogil:
     """Channel-major: moments of the whole channel c, segment by segment, in order."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
@@ -59,7 +59,7 @@ cdef void _channel_moments_cm(const floating* x, const Geometry* g, Py_ssize_t c
     m2_out[0] = m2
 
 
-cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s,
+cdef void _segment_moments_cl(const elem* x, const Geometry* g, Py_ssize_t s,
                               Py_ssize_t chunk, double* mean_out, double* m2_out,
                               double* scratch, int threads) noexcept nogil:
     """Channels-last: moments of segment s over the channel chunk; OUT mean_out/m2_out are the
@@ -81,7 +81,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
         r1 = min(r0 + g.rows_per_block, g.outer)
         nb = <double>(r1 - r0)
         for j in range(w):
-            bk[j] = <double>x[r0 * g.C + c0 + j]
+            bk[j] = _ld(x[r0 * g.C + c0 + j])
             bmean[j] = 0.0
             bm2[j] = 0.0
         _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w, threads)
@@ -90,7 +90,7 @@ cdef void _segment_moments_cl(const floating* x, const Geometry* g, Py_ssize_t s
         cnt = cnt + nb
 
 
-cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t s,
+cdef void _moments_cm_rows_task(const elem* x, const Geometry* g, Py_ssize_t s,
                                 Py_ssize_t c0, Py_ssize_t c1, double* part,
                                 double* scratch) noexcept nogil:
     """Channel-major with runs shorter than a block (pieces == 1, the only path for such runs):
@@ -108,7 +108,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
     cdef double* s1 = scratch + w        # 8 lanes per channel
     cdef double* s2 = scratch + 9 * w    # 8 lanes per channel
     cdef double cnt = 0.0, cnt_c, nb, bm, bq
-    cdef const floating* row
+    cdef const elem* row
     for j in range(w):
         mean[j] = 0.0
         m2[j] = 0.0
@@ -117,16 +117,13 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
         o1 = min(o0 + g.rows_per_block, g.outer)
         row = x + (o0 * C + c0) * inner
         for j in range(w):
-            k[j] = <double>row[j * inner]
+            k[j] = _ld(row[j * inner])
         for j in range(16 * w):
             s1[j] = 0.0
         for o in range(o0, o1):
             row = x + (o * C + c0) * inner
             for j in range(w):
-                if floating is float:
-                    cbn_shifted_sums8_f32(row + j * inner, inner, k[j], s1 + 8 * j, s2 + 8 * j)
-                else:
-                    cbn_shifted_sums8_f64(row + j * inner, inner, k[j], s1 + 8 * j, s2 + 8 * j)
+                _shifted_sums8(row + j * inner, inner, k[j], s1 + 8 * j, s2 + 8 * j)
         nb = <double>((o1 - o0) * inner)
         for j in range(w):
             _block_moments(1.0 / nb, k[j], _channel_ref(x, g, c0 + j),
@@ -136,7 +133,7 @@ cdef void _moments_cm_rows_task(const floating* x, const Geometry* g, Py_ssize_t
         cnt = cnt + nb
 
 
-cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize_t t,
+cdef inline void _moments_cl_task(const elem* x, const Geometry* g, Py_ssize_t t,
                                   double* part, double* scratch, int threads) noexcept nogil:
     cdef Py_ssize_t s = t // g.ncol_chunks, chunk = t % g.ncol_chunks
     cdef Py_ssize_t j = chunk * g.col_width
@@ -144,7 +141,7 @@ cdef inline void _moments_cl_task(const floating* x, const Geometry* g, Py_ssize
                         &part[g.nseg * g.C + s * g.C + j], scratch, threads)
 
 
-cdef void _merge_segment_partials(const floating* x, const Geometry* g, const double* part,
+cdef void _merge_segment_partials(const elem* x, const Geometry* g, const double* part,
                                   bint columns, double* mean_out, double* m2_out) noexcept nogil:
     """Per-channel moments from the (nseg, C) partials of the rows tasks (columns: all channels
     share the segment counts, merged as vectors), in segment order, exactly as a
@@ -173,10 +170,10 @@ cdef void _merge_segment_partials(const floating* x, const Geometry* g, const do
         mean_out[c] = _channel_ref(x, g, c) + mean_out[c]
 
 
-cdef int _moments(const floating* x, const Geometry* g, const cbn_plan* plan,
-                  double* mean_out, double* m2_out) noexcept nogil:
+cdef int _moments(const elem* x, const Geometry* g, const cbn_plan* plan,
+                  double* mean_out, double* m2_out, floating tag) noexcept nogil:
     """Per-channel mean and M2 (float64) of x, into OUT arrays of length C, as the plan splits
-    them (CBN_RED_*).  Returns 0, or -1 if out of memory."""
+    them (CBN_RED_*); tag has the op's arithmetic type.  Returns 0, or -1 if out of memory."""
     cdef Py_ssize_t C = g.C, c, s, t, stride = 0
     cdef double* scratch = NULL
     cdef double cnt
@@ -189,13 +186,13 @@ cdef int _moments(const floating* x, const Geometry* g, const cbn_plan* plan,
     wk.m2_out = m2_out
     wk.part = NULL
     if plan.reduce == CBN_RED_CM_CHANNELS:  # bit-identical to the partials paths
-        _run(&wk, MOMENTS_CM_CHANNEL, C, nt, True, NULL, 0, <floating>0)
+        _run(&wk, MOMENTS_CM_CHANNEL, C, nt, True, NULL, 0, x, tag)
         return 0
     if plan.reduce == CBN_RED_CM_SEGMENTS:  # few channels, many threads
         wk.part = <double*>malloc(3 * plan.ntasks_red * sizeof(double))
         if wk.part == NULL:
             return -1
-        _run(&wk, MOMENTS_CM_SEGMENT, plan.ntasks_red, nt, True, NULL, 0, <floating>0)
+        _run(&wk, MOMENTS_CM_SEGMENT, plan.ntasks_red, nt, True, NULL, 0, x, tag)
         for c in range(C):
             cnt = 0.0
             mean_out[c] = 0.0
@@ -218,7 +215,7 @@ cdef int _moments(const floating* x, const Geometry* g, const cbn_plan* plan,
         free(scratch)
         return -1
     _run(&wk, MOMENTS_CM_ROWS if plan.reduce == CBN_RED_CM_ROWS else MOMENTS_CL,
-         plan.ntasks_red, nt, True, scratch, stride, <floating>0)
+         plan.ntasks_red, nt, True, scratch, stride, x, tag)
     free(scratch)
     _merge_segment_partials(x, g, wk.part, plan.reduce == CBN_RED_CL, mean_out, m2_out)
     free(wk.part)

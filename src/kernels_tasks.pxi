@@ -3,17 +3,18 @@
 
 # ------------------------------------------------------------------------------------ the tasks
 cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
-                floating tag) noexcept nogil:
+                const elem* etag, floating ftag) noexcept nogil:
     """Task t of one kind (_run): every kind of work the kernels split between threads."""
     cdef const Geometry* g = wk.g
-    cdef const floating* x = <const floating*>wk.x
-    cdef const floating* dy = <const floating*>wk.dy
-    cdef const floating* ym = <const floating*>wk.ym
-    cdef floating* out = <floating*>wk.out
     cdef floating* coef = <floating*>wk.coef
+    cdef const elem* x = <const elem*>wk.x
+    cdef const elem* dy = <const elem*>wk.dy
+    cdef const elem* ym = <const elem*>wk.ym
+    cdef elem* out = <elem*>wk.out
     cdef Py_ssize_t nt, nruns, nch, cw
     if kind == FLOOR_SCALE or kind == FLOOR_TRIAD or kind == FLOOR_SUM:
-        _floor_task(wk, kind, t, x)
+        if elem is float or elem is double:  # the floor runs on float32 and float64 only
+            _floor_task(wk, kind, t, x)
         return
     nt = wk.plan.nt
     nruns = g.outer * g.C
@@ -31,14 +32,14 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _moments_cl_task(x, g, t, wk.part, scratch, wk.plan.nt)
     elif ((kind == NORMALIZE_SHARE or kind == NORMALIZE_PIECE or kind == NORMALIZE_ROWS)
           and wk.post != NULL):
-        _post_task(wk, kind, t, x)
+        _post_task(wk, kind, t, x, coef)
     elif kind == NORMALIZE_SHARE:
         _normalize_runs(x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt, wk.act,
                         wk.stream, wk.rev)
     elif kind == NORMALIZE_PIECE:
         _normalize_piece(x, out, g, coef, t // nt, t % nt, nt, wk.act, wk.stream)
     elif kind == NORMALIZE_ROWS:
-        _normalize_rows_task(wk, t, x)
+        _normalize_rows_task(wk, t, x, coef)
     elif kind == FORWARD_CHANNEL:
         _forward_channel_fused(x, out, g, t, wk.eps, wk.w, wk.b, wk.mean_out, wk.var_out,
                                wk.invstd_out, coef, wk.act, wk.stream, wk.post)
@@ -59,7 +60,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
     elif kind == DX_PIECE:
         _dx_piece(dy, ym, wk.act, x, out, g, coef, t // nt, t % nt, nt, wk.stream)
     elif kind == DX_ROWS:
-        _dx_rows_task(wk, t, dy)
+        _dx_rows_task(wk, t, dy, coef)
     elif kind == BACKWARD_CHANNEL:
         _backward_channel_fused(dy, ym, wk.act, x, out, g, t, wk.mean, wk.invstd, wk.w,
                                 wk.sdy_out, wk.sdyx_out, coef, wk.stream)

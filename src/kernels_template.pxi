@@ -75,19 +75,23 @@ cdef enum TaskKind:
 
 
 cdef void _run(const Work* wk, TaskKind kind, Py_ssize_t ntasks, int nt, bint dynamic,
-               double* scratch, Py_ssize_t stride, floating tag) noexcept nogil:
+               double* scratch, Py_ssize_t stride, const elem* etag,
+               floating ftag) noexcept nogil:
     """Tasks 0 <= t < ntasks of one kind, on nt threads (schedule dynamic or static).  The
-    element type of the op is that of tag."""
+    type of the op's data is that of etag (any pointer of that type, never read), the type of
+    its coefficients that of ftag."""
     cdef Py_ssize_t t
     if nt <= 1:
         cbn_note_team(_rt)
         for t in range(ntasks):
-            _task(wk, kind, t, scratch, tag)
+            _task(wk, kind, t, scratch, etag, ftag)
     elif dynamic:
         for t in prange(ntasks, num_threads=nt, schedule='dynamic'):
             cbn_note_team(_rt)
-            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, tag)
+            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, etag,
+                  ftag)
     else:
         for t in prange(ntasks, num_threads=nt, schedule='static'):
             cbn_note_team(_rt)
-            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, tag)
+            _task(wk, kind, t, scratch + threadid() * stride if scratch != NULL else NULL, etag,
+                  ftag)

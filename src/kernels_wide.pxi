@@ -110,37 +110,41 @@ cdef enum:
     _WIDE_CHUNK = 256  # elements of the float64 path's buffer of bn(x)
 
 
-cdef void _wide_affine_channel(const floating* x, floating* dst, bint packed,
+cdef void _wide_affine_channel(const elem* x, elem* dst, bint packed,
                                const Geometry* g, Py_ssize_t c, const double* k, int act,
                                const cbn_post* post) noexcept nogil:
     """Channel c of y = act((x - k[0]) * k[1] + k[2]) (or the post-operation post of it), the
     affine map in float64: into dst at x's offsets, or packed (element o * inner + j of the
-    channel at dst[o * inner + j])."""
-    cdef floating s[_WIDE_CHUNK]
+    channel at dst[o * inner + j]).  bn(x) is rounded to the data's type before the epilogue
+    (for a 16-bit format, before a post-operation too: one more rounding than the float32
+    arithmetic of its other channels, in this edge case only)."""
+    cdef elem s[_WIDE_CHUNK]
     cdef Py_ssize_t o, j, m, i, off, C = g.C, n = g.inner
-    cdef floating* d
+    cdef elem* d
     for o in range(g.outer):
         off = (o * C + c) * n
         j = 0
         while j < n:
             m = min(<Py_ssize_t>_WIDE_CHUNK, n - j)
             for i in range(m):
-                s[i] = <floating>((<double>x[off + j + i] - k[0]) * k[1] + k[2])
+                _st(s, i, (_ld(x[off + j + i]) - k[0]) * k[1] + k[2])
             d = dst + (o * n + j if packed else off + j)
             if post != NULL:
-                if floating is float:
-                    cbn_post_block_f32(post, s, off + j, d, m, False)
+                _post_block(post, s, off + j, d, m, False)
+            else:  # the identity affine map, then the pass's epilogue
+                if elem is float:
+                    cbn_affine_run_f32(s, d, m, 0.0, 1.0, -0.0, act)
+                elif elem is double:
+                    cbn_affine_run_f64(s, d, m, 0.0, 1.0, -0.0, act)
+                elif elem is cbn_f16:
+                    cbn_affine_run_f16(s, d, m, 0.0, 1.0, -0.0, act)
                 else:
-                    cbn_post_block_f64(post, s, off + j, d, m, False)
-            elif floating is float:  # the identity affine map, then the pass's epilogue
-                cbn_affine_run_f32(s, d, m, 0.0, 1.0, -0.0, act)
-            else:
-                cbn_affine_run_f64(s, d, m, 0.0, 1.0, -0.0, act)
+                    cbn_affine_run_bf16(s, d, m, 0.0, 1.0, -0.0, act)
             j += m
 
 
-cdef void _wide_dx_channel(const floating* dy, const floating* ym, int act,
-                           const floating* x, floating* dst, bint packed, const Geometry* g,
+cdef void _wide_dx_channel(const elem* dy, const elem* ym, int act,
+                           const elem* x, elem* dst, bint packed, const Geometry* g,
                            Py_ssize_t c, const double* k) noexcept nogil:
     """Channel c of dx = g * k[1] + (x - k[0]) * k[2] + k[3] in float64, g = dy through the
     activation act whose output is ym; placed as in _wide_affine_channel."""
@@ -149,28 +153,27 @@ cdef void _wide_dx_channel(const floating* dy, const floating* ym, int act,
     for o in range(g.outer):
         for j in range(n):
             i = (o * C + c) * n + j
-            gr = <double>dy[i]
-            if act != CBN_ACT_NONE and not (ym[i] > 0):  # as cbn_act_grad: NaN in y gives 0
+            gr = _ld(dy[i])
+            if act != CBN_ACT_NONE and not (_ld(ym[i]) > 0):  # as cbn_act_grad: NaN in y gives 0
                 gr = 0.0
-            dst[o * n + j if packed else i] = <floating>(gr * k[1] + (<double>x[i] - k[0]) * k[2]
-                                                         + k[3])
+            _st(dst, o * n + j if packed else i, gr * k[1] + (_ld(x[i]) - k[0]) * k[2] + k[3])
 
 
-cdef floating* _wide_buffer(const Geometry* g, Wide* wd, floating tag) noexcept nogil:
-    """The packed buffer of the wide channels' outputs (wd.packed), or NULL when out of
-    memory."""
-    wd.packed = malloc(wd.n * g.outer * g.inner * sizeof(floating))
-    return <floating*>wd.packed
+cdef elem* _wide_buffer(const Geometry* g, Wide* wd, const elem* tag) noexcept nogil:
+    """The packed buffer of the wide channels' outputs (wd.packed; of tag's type), or NULL
+    when out of memory."""
+    wd.packed = malloc(wd.n * g.outer * g.inner * sizeof(elem))
+    return <elem*>wd.packed
 
 
-cdef int _wide_affine(const floating* x, const Geometry* g, Wide* wd, int act,
+cdef int _wide_affine(const elem* x, const Geometry* g, Wide* wd, int act,
                       const cbn_post* post) noexcept nogil:
     """The wide channels' outputs, packed (wd.packed; none without wide channels).  0/-1."""
     cdef Py_ssize_t q, per = g.outer * g.inner
-    cdef floating* packed
+    cdef elem* packed
     if wd.n == 0:
         return 0
-    packed = _wide_buffer(g, wd, <floating>0)
+    packed = _wide_buffer(g, wd, x)
     if packed == NULL:
         return -1
     for q in range(wd.n):
@@ -178,14 +181,14 @@ cdef int _wide_affine(const floating* x, const Geometry* g, Wide* wd, int act,
     return 0
 
 
-cdef int _wide_dx(const floating* dy, const floating* ym, int act, const floating* x,
+cdef int _wide_dx(const elem* dy, const elem* ym, int act, const elem* x,
                   const Geometry* g, Wide* wd) noexcept nogil:
     """The wide channels' dx, packed as in _wide_affine.  0/-1."""
     cdef Py_ssize_t q, per = g.outer * g.inner
-    cdef floating* packed
+    cdef elem* packed
     if wd.n == 0:
         return 0
-    packed = _wide_buffer(g, wd, <floating>0)
+    packed = _wide_buffer(g, wd, x)
     if packed == NULL:
         return -1
     for q in range(wd.n):
@@ -193,10 +196,10 @@ cdef int _wide_dx(const floating* dy, const floating* ym, int act, const floatin
     return 0
 
 
-cdef void _wide_finish(floating* out, const Geometry* g, Wide* wd) noexcept nogil:
+cdef void _wide_finish(elem* out, const Geometry* g, Wide* wd) noexcept nogil:
     """Copy the packed outputs of the wide channels (if computed) into place, then free wd."""
     cdef Py_ssize_t q, o, j, c, C = g.C, n = g.inner, per = g.outer * g.inner
-    cdef const floating* packed = <const floating*>wd.packed
+    cdef const elem* packed = <const elem*>wd.packed
     if packed != NULL:
         for q in range(wd.n):
             c = wd.chan[q]

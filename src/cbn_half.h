@@ -1,0 +1,194 @@
+/* cbn_half.h: the 16-bit storage formats -- IEEE binary16 (NumPy's float16) and bfloat16
+ * (ml_dtypes.bfloat16) -- and their conversions to and from float32, one element at a time and
+ * on the native vectors of cbn_simd.h.
+ *
+ * Half-precision data is a storage format here, not an arithmetic type: the kernels widen each
+ * load to float32 in registers, compute in float32 (statistics in float64, as for float32
+ * data) and narrow each store.  The element types are one-field structs rather than uint16_t
+ * so that a kernel which reads x[i] without converting it does not compile.
+ *
+ * Conversions, all exact where the value is representable:
+ *   widening      exact for every value (subnormals included; NaN stays NaN, its payload kept);
+ *   narrowing     round to nearest, ties to even, as NumPy's and ml_dtypes' casts: overflow
+ *                 gives +-inf, results below the normal range are rounded subnormals (never
+ *                 flushed), NaN stays NaN (binary16: F16C keeps the payload's high bits and sets
+ *                 the quiet bit, the portable path gives 0x7e00 with the sign; bfloat16: 0x7fc0
+ *                 with the sign, exactly as ml_dtypes).
+ * binary16 uses F16C (vcvtph2ps / vcvtps2ph, in every x86-64-v3 and v4 CPU) where the target
+ * has it, and a portable integer path otherwise (the baseline level; any other architecture);
+ * bfloat16 is a shift on the way in and an integer rounding on the way out at every level (a
+ * few integer operations per vector, next to a memory-bound pass).  The portable binary16 paths
+ * use float32 arithmetic on subnormal values, so they assume the process has not enabled
+ * denormals-are-zero (as every float kernel here does).  tests/kernels/test_half.py checks all
+ * 65,536 values of each format in and sampled float32 bit patterns at every rounding boundary
+ * out, at every SIMD level, against NumPy and ml_dtypes. */
+#ifndef CBN_HALF_H
+#define CBN_HALF_H
+
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+typedef struct { uint16_t bits; } cbn_f16;
+typedef struct { uint16_t bits; } cbn_bf16;
+
+static inline uint32_t cbn_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float cbn_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---------------------------------------------------------------- scalars */
+/* The portable binary16 forms (also the reference of the vector forms below).  Widening: the
+ * exponent and mantissa shifted into place give the value times 2^-112 as a float32 (a float32
+ * subnormal for a binary16 subnormal), so one exact multiplication rebiases both. */
+static inline float cbn_f16_to_f32_portable(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu;
+    if (em >= 0x7c00u) return cbn_bits_f32(sign | 0x7f800000u | (em & 0x3ffu) << 13);
+    return cbn_bits_f32(sign | cbn_f32_bits(cbn_bits_f32(em << 13) * 0x1p112f));
+}
+/* Narrowing (after F. Giesen's float_to_half_fast3_rtne): below 2^-14 one float32 addition of
+ * 0.5 rounds to binary16's subnormal spacing 2^-24 (ties to even, in the default rounding
+ * mode); above it, an integer rounding of the mantissa, whose carry runs into the exponent (and
+ * to infinity from 65520 up). */
+static inline uint16_t cbn_f32_to_f16_portable(float f) {
+    uint32_t u = cbn_f32_bits(f);
+    const uint32_t sign = u & 0x80000000u;
+    uint32_t o;
+    u ^= sign;
+    if (u >= 0x47800000u) {                       /* >= 2^16, inf or NaN */
+        o = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (u < 0x38800000u) {                 /* below 2^-14: subnormal or zero */
+        o = cbn_f32_bits(cbn_bits_f32(u) + 0.5f) - 0x3f000000u;
+    } else {
+        const uint32_t odd = (u >> 13) & 1u;
+        o = (u + 0xc8000fffu + odd) >> 13;        /* rebias by (15 - 127) << 23, round */
+    }
+    return (uint16_t)(o | sign >> 16);
+}
+
+static inline float cbn_f16_to_f32(cbn_f16 h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h.bits);
+#else
+    return cbn_f16_to_f32_portable(h.bits);
+#endif
+}
+static inline cbn_f16 cbn_f32_to_f16(float f) {
+    cbn_f16 h;
+#if defined(__F16C__)
+    h.bits = (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    h.bits = cbn_f32_to_f16_portable(f);
+#endif
+    return h;
+}
+static inline float cbn_bf16_to_f32(cbn_bf16 h) { return cbn_bits_f32((uint32_t)h.bits << 16); }
+static inline cbn_bf16 cbn_f32_to_bf16(float f) {
+    const uint32_t u = cbn_f32_bits(f);
+    cbn_bf16 h;
+    h.bits = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16 & 0x8000u) | 0x7fc0u)
+                                             : (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+    return h;
+}
+
+/* A float64 rounded once to a 16-bit format (the wide channels' float64 path): rounded to odd in
+ * float32 first -- the float32 neighbour toward zero, its last bit set when inexact -- so the
+ * second rounding equals the direct one (float32 keeps at least 2 more bits than either
+ * format, subnormals included). */
+static inline float cbn_f64_to_f32_odd(double v) {
+    float f = (float)v;
+    if (v == v && (double)f != v) {
+        uint32_t u = cbn_f32_bits(f);
+        if (v > 0 ? (double)f > v : (double)f < v) u -= 1; /* rounded away from zero */
+        f = cbn_bits_f32(u | 1u);
+    }
+    return f;
+}
+static inline cbn_f16 cbn_f64_to_f16(double v) { return cbn_f32_to_f16(cbn_f64_to_f32_odd(v)); }
+static inline cbn_bf16 cbn_f64_to_bf16(double v) { return cbn_f32_to_bf16(cbn_f64_to_f32_odd(v)); }
+
+/* ---------------------------------------------------------------- vectors */
+#ifdef CBN_VECTOR
+/* CBN_VB / 4 elements of 16 bits (the lanes of one native float vector), and 8 of them */
+typedef uint16_t cbn_vh __attribute__((vector_size(CBN_VB / 2)));
+typedef unsigned int cbn_vu __attribute__((vector_size(CBN_VB)));
+#define CBN_HL (CBN_VB / 4)
+
+static inline cbn_vh cbn_vh_load(const void *p) {
+    cbn_vh v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void cbn_vh_store(void *p, cbn_vh v) { memcpy(p, &v, sizeof v); }
+/* a where the comparison c holds, else b (C has no vector ?:) */
+#define CBN_VU_SEL(c, a, b) (((cbn_vu)(c) & (a)) | (~(cbn_vu)(c) & (b)))
+
+/* bfloat16: the bits shifted in; out, the rounding of cbn_f32_to_bf16 lane by lane */
+static inline cbn_vf cbn_vwiden_bf16(const cbn_bf16 *p) {
+    return (cbn_vf)(__builtin_convertvector(cbn_vh_load(p), cbn_vu) << 16);
+}
+static inline void cbn_vnarrow_bf16(cbn_bf16 *p, cbn_vf v) {
+    const cbn_vu u = (cbn_vu)v, a = u & 0x7fffffffu;
+    const cbn_vu r = (u + 0x7fffu + (u >> 16 & 1u)) >> 16;
+    const cbn_vu q = (u >> 16 & 0x8000u) | 0x7fc0u;
+    cbn_vh_store(p, __builtin_convertvector(CBN_VU_SEL(a > 0x7f800000u, q, r), cbn_vh));
+}
+
+/* binary16 */
+static inline cbn_vf cbn_vwiden_f16(const cbn_f16 *p) {
+#if defined(__AVX512F__)
+    return (cbn_vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
+#elif defined(__AVX__) && defined(__F16C__)
+    return (cbn_vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+#else
+    const cbn_vu em = __builtin_convertvector(cbn_vh_load(p), cbn_vu), sign = (em & 0x8000u) << 16;
+    const cbn_vu e = em & 0x7fffu;
+    const cbn_vu fin = (cbn_vu)((cbn_vf)(e << 13) * 0x1p112f);
+    const cbn_vu nan = 0x7f800000u | (e & 0x3ffu) << 13;
+    return (cbn_vf)(sign | (CBN_VU_SEL(e >= 0x7c00u, nan, fin)));
+#endif
+}
+static inline void cbn_vnarrow_f16(cbn_f16 *p, cbn_vf v) {
+#if defined(__AVX512F__)
+    _mm256_storeu_si256((__m256i *)(void *)p,
+                        _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__AVX__) && defined(__F16C__)
+    _mm_storeu_si128((__m128i *)(void *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    const cbn_vu u0 = (cbn_vu)v, sign = u0 & 0x80000000u, u = u0 ^ sign;
+    const cbn_vu big = CBN_VU_SEL(u > 0x7f800000u, (cbn_vu){0} + 0x7e00u, (cbn_vu){0} + 0x7c00u);
+    const cbn_vu sub = (cbn_vu)((cbn_vf)u + 0.5f) - 0x3f000000u;
+    const cbn_vu nrm = (u + 0xc8000fffu + (u >> 13 & 1u)) >> 13;
+    const cbn_vu o = CBN_VU_SEL(u >= 0x47800000u, big, CBN_VU_SEL(u < 0x38800000u, sub, nrm));
+    cbn_vh_store(p, __builtin_convertvector(o | sign >> 16, cbn_vh));
+#endif
+}
+
+/* 8 and 4 elements as float32 (for the float64 sums of the reductions, 8 lanes at a time) */
+#if defined(__AVX2__) && defined(__F16C__)
+static inline __m256 cbn_w8_f16(const cbn_f16 *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+static inline __m128 cbn_w4_f16(const cbn_f16 *p) {
+    return _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(const void *)p));
+}
+static inline __m256 cbn_w8_bf16(const cbn_bf16 *p) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline __m128 cbn_w4_bf16(const cbn_bf16 *p) {
+    const __m128i h = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
+}
+#endif
+#endif /* CBN_VECTOR */
+
+#endif /* CBN_HALF_H */
