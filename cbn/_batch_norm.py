@@ -9,7 +9,6 @@ fast path computes with.
 
 import numpy as np
 
-from . import _half
 from ._atomic import deferred_interrupt
 from . import _validation as v
 from ._dispatch import kernels as _k
@@ -154,7 +153,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
                            code if post else -1, slope, residual)
     if result is not None:
         return result
-    x, axis = v.check_input(x, axis, allow_half=True)
+    x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -171,12 +170,11 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     mean = np.empty(C, _F64)
     var = np.empty(C, _F64)
     invstd = np.empty(C, _F64)
-    kern = _half if xk.dtype == _F16 else _k
     # a call that changes the caller's arrays does it all or not at all (Ctrl-C; ~9 us, so
     # only then)
     with deferred_interrupt(running_mean is not None or running_var is not None
                             or out is not None):
-        kern.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
+        _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
                            0 if post else code, post_act=code if post else -1, slope=slope,
                            residual=rk)
         _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
@@ -259,7 +257,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
                         0 if post else code, code if post else -1, slope, residual)
     if y is not None:
         return y
-    x, axis = v.check_input(x, axis, allow_half=True)
+    x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)
@@ -273,8 +271,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
-        kern = _half if xk.dtype == _F16 else _k
-        kern.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, 0 if post else code,
+        _k.inference(xk, yk, outer, C, inner, rm, scale, shift, nt, 0 if post else code,
                        post_act=code if post else -1, slope=slope, residual=rk)
     return v.finish_output(yk, y, out, copy_back, perm)
 
@@ -405,8 +402,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         result = _fast_backward(dy, x, mean, invstd, weight, axis, num_threads, out, y)
         if result is not None:
             return result
-    x, axis = v.check_input(x, axis, allow_half=True)
-    dy = v.kernel_dtype(dy, "dy", allow_half=True)
+    x, axis = v.check_input(x, axis)
+    dy = v.kernel_dtype(dy, "dy")
     v.check_like(dy, x.shape, x.dtype, "dy")
     need_dx, need_dw, need_db = v.check_needs(needs)
     nt = v.check_threads(num_threads)
@@ -415,7 +412,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     dyk = v.view_like(dy, perm)
     yk = None
     if relu:
-        y = v.kernel_dtype(y, "y", allow_half=True)
+        y = v.kernel_dtype(y, "y")
         v.check_like(y, x.shape, x.dtype, "y")
         yk = v.view_like(y, perm)
     mu = v.as_f64(mean, "mean", C)
@@ -431,8 +428,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     sdy = np.empty(C, _F64)
     sdyx = np.empty(C, _F64)
     if xk.size:
-        kern = _half if xk.dtype == _F16 else _k
-        kern.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, yk)
+        _k.backward(dyk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt, yk)
     else:
         sdy.fill(0.0)
         sdyx.fill(0.0)
@@ -450,7 +446,7 @@ def _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, i
     (:func:`~cbn._validation.from_output`), else x through the forward's own coefficients
     (mean, invstd * weight, bias: the same bits as the forward's z) plus the residual ``rk``."""
     if v.from_output(activation, slope):
-        y = v.kernel_dtype(y, "y", allow_half=True)
+        y = v.kernel_dtype(y, "y")
         v.check_like(y, x.shape, x.dtype, "y")
         src, centre, scale, shift, res, direct = (v.view_like(y, perm), np.zeros(C),
                                                   np.ones(C), np.zeros(C), None, True)
@@ -458,8 +454,7 @@ def _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, i
         shift = np.zeros(C) if bias is None else v.as_f64(bias, "bias", C)
         src, centre, scale, res, direct = xk, mu, iv if w is None else iv * w, rk, False
     if xk.size:
-        kern = _half if xk.dtype == _F16 else _k
-        kern.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+        _k.inference(src, gk, outer, C, inner, centre, scale, shift, nt, post_act=code,
                        slope=slope, residual=res, dy=dyk, direct=direct)
 
 
@@ -468,8 +463,8 @@ def _activation_gradient(dy, x, mean, invstd, weight, bias, residual, y, activat
     """``dy * act'(z)`` (shape of x): the gradient at the fused activation's input, for the
     chunked and sharded backward passes (cbn.dask)."""
     code, slope = v.check_epilogue(activation, negative_slope)
-    x, axis = v.check_input(x, axis, allow_half=True)
-    dy = v.kernel_dtype(dy, "dy", allow_half=True)
+    x, axis = v.check_input(x, axis)
+    dy = v.kernel_dtype(dy, "dy")
     v.check_like(dy, x.shape, x.dtype, "dy")
     if activation is None:
         return dy
@@ -491,8 +486,8 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
                     needs, activation, code, slope, dresidual_out):
     """batch_norm_backward through the post-operation stage: g = dy * act'(z) first (into
     dresidual or a temporary), then the plain backward of g."""
-    x, axis = v.check_input(x, axis, allow_half=True)
-    dy = v.kernel_dtype(dy, "dy", allow_half=True)
+    x, axis = v.check_input(x, axis)
+    dy = v.kernel_dtype(dy, "dy")
     v.check_like(dy, x.shape, x.dtype, "dy")
     need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(activation, y, residual,
                                                                          needs, slope)
@@ -520,7 +515,6 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
         gk, dres = v.like_kernel(xk, perm, x.shape)
     else:
         gk, dres = (np.empty_like(xk) if need_dx or need_dw or need_db else None), None
-    kern = _half if xk.dtype == _F16 else _k
     dweight = dbias = None
     # dresidual_out and out: both written or neither (Ctrl-C)
     with deferred_interrupt(out is not None or dresidual_out is not None):
@@ -533,7 +527,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
             sdy = np.zeros(C, _F64)
             sdyx = np.zeros(C, _F64)
             if xk.size:
-                kern.backward(gk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt,
+                _k.backward(gk, xk, dxk, outer, C, inner, mu, iv, w, need_dw, sdy, sdyx, nt,
                               None)
             if need_dx:
                 dx = v.finish_output(dxk, dx, out, copy_back, perm)

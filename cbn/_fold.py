@@ -14,7 +14,6 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _half
 from . import _validation as v
 from ._dispatch import kernels as _k
 
@@ -254,7 +253,7 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
     """``(x - centre) * scale + shift`` per channel through the inference kernel; ``post`` =
     ``(code, slope, residual, dy)``: through the post-operation stage instead (``act(. +
     residual)``, or with ``dy`` the gradient ``dy * act'(. + residual)``)."""
-    x, axis = v.check_input(x, axis, name, allow_half=True)
+    x, axis = v.check_input(x, axis, name)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     if C != scale.shape[0]:
@@ -264,21 +263,19 @@ def _apply_affine(x: Any, centre: np.ndarray, scale: np.ndarray, shift: np.ndarr
     if post is None:
         yk, y, copy_back = v.output_for(out, x, xk, perm)
         if xk.size:
-            kern = _half if xk.dtype == v.F16 else _k
-            kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
+            _k.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, relu)
         return v.finish_output(yk, y, out, copy_back, perm)
     code, slope, residual, dy = post
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
     dyk = None
     if dy is not None:
-        dy = v.kernel_dtype(dy, "dy", allow_half=True)
+        dy = v.kernel_dtype(dy, "dy")
         v.check_like(dy, x.shape, x.dtype, "dy")
         dyk = v.view_like(dy, perm)
     yk, y, copy_back = v.output_for(out, x, xk, perm,
                                     inputs=tuple(a for a in (rk, dyk) if a is not None))
     if xk.size:
-        kern = _half if xk.dtype == v.F16 else _k
-        kern.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, post_act=code,
+        _k.inference(xk, yk, outer, C, inner, centre, scale, shift, nt, post_act=code,
                        slope=slope, residual=rk, dy=dyk)
     return v.finish_output(yk, y, out, copy_back, perm)
 

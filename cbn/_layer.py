@@ -247,7 +247,7 @@ class BatchNorm:
 
     # ------------------------------------------------------------------ forward / backward
     def _check_channels(self, x: Any) -> np.ndarray:
-        x, axis = v.check_input(x, self.axis, allow_half=True)
+        x, axis = v.check_input(x, self.axis)
         if x.shape[axis] != self.num_features:
             raise ValueError(
                 f"input has {x.shape[axis]} channels on axis {self.axis} (shape {x.shape}) but "

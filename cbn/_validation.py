@@ -35,23 +35,35 @@ F32 = np.dtype(np.float32)
 F64 = np.dtype(np.float64)
 
 
-def check_float_dtype(dt, name="x", allow_half=False):
-    """``dt`` must be a kernel dtype: float32/float64, and float16 if ``allow_half`` (any byte
-    order)."""
-    if not (dt.kind == "f" and dt.itemsize in ((2, 4, 8) if allow_half else (4, 8))):
-        expected = "a float16, float32 or float64" if allow_half else "a float32 or float64"
-        raise TypeError(f"{name} must be {expected} array, got dtype {dt}")
+def is_bfloat16(dt):
+    """Whether ``dt`` is ``ml_dtypes.bfloat16`` (NumPy has no bfloat16 of its own; ml_dtypes
+    registers one as a user dtype, so it is recognised by its scalar type)."""
+    t = dt.type
+    return (dt.kind == "V" and dt.itemsize == 2 and t.__name__ == "bfloat16"
+            and t.__module__ == "ml_dtypes")
 
 
-def kernel_dtype(x, name="x", allow_half=False):
-    """Return ``x`` as an ndarray of a kernel dtype (float32/float64, and float16 if
-    ``allow_half``), in native byte order."""
+def check_float_dtype(dt, name="x"):
+    """``dt`` must be a kernel dtype: float16, bfloat16 (ml_dtypes), float32 or float64 (any
+    byte order)."""
+    if dt.kind == "f" and dt.itemsize in (2, 4, 8):
+        return
+    if is_bfloat16(dt):
+        _core.note_bfloat16(dt.num)  # the entries take it from now on
+        return
+    raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got dtype "
+                    f"{dt}")
+
+
+def kernel_dtype(x, name="x"):
+    """Return ``x`` as an ndarray of a kernel dtype (float16, bfloat16, float32, float64), in
+    native byte order."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     dt = x.dtype
     if dt is F32 or dt is F64:
         return x
-    check_float_dtype(dt, name, allow_half)
+    check_float_dtype(dt, name)
     if dt.byteorder not in ("=", "|") and dt != dt.newbyteorder("="):
         return x.astype(dt.newbyteorder("="))
     return x
@@ -73,9 +85,9 @@ def check_axis(axis, ndim, name="axis"):
 check_ndim = _core.check_ndim
 
 
-def check_input(x, axis, name="x", allow_half=False):
+def check_input(x, axis, name="x"):
     """Validate ``x`` and its channel axis; return ``(x, axis)`` with axis normalised."""
-    x = kernel_dtype(x, name, allow_half)
+    x = kernel_dtype(x, name)
     check_ndim(x.shape, name)
     return x, check_axis(axis, x.ndim)
 

@@ -255,12 +255,46 @@ def last_streamed(bint reset=False):
 # arguments: C-contiguous arrays of one float type, per-channel arrays of length C as float64
 # C-contiguous (or None), and (outer, C, inner) matching x.
 
-cdef inline int _check_kernel_arrays(cnp.ndarray x, object a=None, object b=None) except -1:
-    """The entries dispatch on float32 vs float64: anything else must never reach a kernel
-    (it would be read with the wrong element size)."""
+# The type number NumPy gave ml_dtypes.bfloat16 (a user dtype: known once one is seen, see
+# note_bfloat16), or -1.
+cdef int _BF16_NUM = -1
+
+
+def note_bfloat16(int type_num):
+    """Record the type number of ml_dtypes.bfloat16 (cbn/_validation.py, when it first meets
+    one): the entries then take bfloat16 arrays."""
+    global _BF16_NUM
+    _BF16_NUM = type_num
+
+
+cdef enum:
+    _F32 = 0
+    _F64 = 1
+    _F16 = 2
+    _BF16 = 3
+
+
+cdef inline int _format_of(cnp.ndarray x) noexcept:
+    """The element type of an entry's data: _F32, _F64, _F16, _BF16, or -1 (none of them)."""
     cdef int t = cnp.PyArray_TYPE(x)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"cbn kernels take float32 or float64 arrays, got {x.dtype}")
+    if t == cnp.NPY_FLOAT32:
+        return _F32
+    if t == cnp.NPY_FLOAT64:
+        return _F64
+    if t == cnp.NPY_FLOAT16:
+        return _F16
+    if t == _BF16_NUM and t >= 0:
+        return _BF16
+    return -1
+
+
+cdef inline int _check_kernel_arrays(cnp.ndarray x, object a=None, object b=None) except -1:
+    """The entries dispatch on the element type (_format_of): anything else must never reach a
+    kernel (it would be read with the wrong element size)."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if _format_of(x) < 0:
+        raise TypeError(f"cbn kernels take float16, bfloat16, float32 or float64 arrays, "
+                        f"got {x.dtype}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(x):
         raise ValueError("cbn kernels take C-contiguous arrays")
     for other in (a, b):
@@ -334,15 +368,22 @@ def forward_train(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t
         _post_of(&post, x, post_act, slope, residual, None)
         pp = &post
         act = CBN_ACT_NONE
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _T.forward_f32(<const float*>cnp.PyArray_DATA(x), <float*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, act, pp)
-    else:
-        with nogil:
-            rc = _T.forward_f64(<const double*>cnp.PyArray_DATA(x),
-                                <double*>cnp.PyArray_DATA(y_out),
-                                &g, num_threads, eps, w, b, mo, vo, io, act, pp)
+    cdef int f = _format_of(x)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef void* yp = cnp.PyArray_DATA(y_out)
+    with nogil:
+        if f == _F32:
+            rc = _T.forward_f32(<const float*>xp, <float*>yp, &g, num_threads, eps, w, b, mo,
+                                vo, io, act, pp)
+        elif f == _F64:
+            rc = _T.forward_f64(<const double*>xp, <double*>yp, &g, num_threads, eps, w, b, mo,
+                                vo, io, act, pp)
+        elif f == _F16:
+            rc = _T.forward_f16(<const cbn_f16*>xp, <cbn_f16*>yp, &g, num_threads, eps, w, b,
+                                mo, vo, io, act, pp)
+        else:
+            rc = _T.forward_bf16(<const cbn_bf16*>xp, <cbn_bf16*>yp, &g, num_threads, eps, w, b,
+                                 mo, vo, io, act, pp)
     _check_rc(rc)
 
 
@@ -356,12 +397,17 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
     cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
     cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _T.moments_f32(<const float*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
-    else:
-        with nogil:
-            rc = _T.moments_f64(<const double*>cnp.PyArray_DATA(x), &g, nt, mo, qo)
+    cdef int f = _format_of(x)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    with nogil:
+        if f == _F32:
+            rc = _T.moments_f32(<const float*>xp, &g, nt, mo, qo)
+        elif f == _F64:
+            rc = _T.moments_f64(<const double*>xp, &g, nt, mo, qo)
+        elif f == _F16:
+            rc = _T.moments_f16(<const cbn_f16*>xp, &g, nt, mo, qo)
+        else:
+            rc = _T.moments_bf16(<const cbn_bf16*>xp, &g, nt, mo, qo)
     _check_rc(rc)
 
 
@@ -389,16 +435,22 @@ def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
         _post_of(&post, x, post_act, slope, residual, dy, direct)
         pp = &post
         act = CBN_ACT_NONE
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _T.inference_f32(<const float*>cnp.PyArray_DATA(x),
-                                  <float*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, act, pp)
-    else:
-        with nogil:
-            rc = _T.inference_f64(<const double*>cnp.PyArray_DATA(x),
-                                  <double*>cnp.PyArray_DATA(y_out),
-                                  &g, num_threads, ce, sc, sh, act, pp)
+    cdef int f = _format_of(x)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef void* yp = cnp.PyArray_DATA(y_out)
+    with nogil:
+        if f == _F32:
+            rc = _T.inference_f32(<const float*>xp, <float*>yp, &g, num_threads, ce, sc, sh, act,
+                                  pp)
+        elif f == _F64:
+            rc = _T.inference_f64(<const double*>xp, <double*>yp, &g, num_threads, ce, sc, sh,
+                                  act, pp)
+        elif f == _F16:
+            rc = _T.inference_f16(<const cbn_f16*>xp, <cbn_f16*>yp, &g, num_threads, ce, sc, sh,
+                                  act, pp)
+        else:
+            rc = _T.inference_bf16(<const cbn_bf16*>xp, <cbn_bf16*>yp, &g, num_threads, ce, sc,
+                                   sh, act, pp)
     _check_rc(rc)
 
 
@@ -411,6 +463,8 @@ def math_eval(str name, cnp.ndarray x):
     names = ("exp", "normal", "silu", "sigmoid")
     if name not in names:
         raise ValueError(f"name must be one of {names}, got {name!r}")
+    if _format_of(x) > _F64:
+        raise TypeError(f"math_eval takes float32 or float64 arrays, got {x.dtype}")
     cdef int fn = names.index(name)
     cdef bint pair = fn in (1, 3)
     cdef cnp.ndarray out = np.empty_like(x)
@@ -446,16 +500,23 @@ def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_
     cdef int rc
     if dxp != NULL:
         with_dot = True
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _T.backward_f32(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
-                                 <const float*>cnp.PyArray_DATA(x), <float*>dxp, &g, num_threads,
-                                 mu, iv, w, with_dot, a, d)
-    else:
-        with nogil:
-            rc = _T.backward_f64(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
-                                 <const double*>cnp.PyArray_DATA(x), <double*>dxp, &g, num_threads,
-                                 mu, iv, w, with_dot, a, d)
+    cdef int f = _format_of(x)
+    cdef const void* dyp = cnp.PyArray_DATA(dy)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    with nogil:
+        if f == _F32:
+            rc = _T.backward_f32(<const float*>dyp, <const float*>ym, <const float*>xp,
+                                 <float*>dxp, &g, num_threads, mu, iv, w, with_dot, a, d)
+        elif f == _F64:
+            rc = _T.backward_f64(<const double*>dyp, <const double*>ym, <const double*>xp,
+                                 <double*>dxp, &g, num_threads, mu, iv, w, with_dot, a, d)
+        elif f == _F16:
+            rc = _T.backward_f16(<const cbn_f16*>dyp, <const cbn_f16*>ym, <const cbn_f16*>xp,
+                                 <cbn_f16*>dxp, &g, num_threads, mu, iv, w, with_dot, a, d)
+        else:
+            rc = _T.backward_bf16(<const cbn_bf16*>dyp, <const cbn_bf16*>ym,
+                                  <const cbn_bf16*>xp, <cbn_bf16*>dxp, &g, num_threads, mu, iv,
+                                  w, with_dot, a, d)
     _check_rc(rc)
 
 
@@ -477,18 +538,25 @@ def backward_dx_from_sums(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx_out, Py_
     cdef int nt = num_threads
     cdef const void* ym = NULL if y_mask is None else cnp.PyArray_DATA(<cnp.ndarray>y_mask)
     cdef int rc
-    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
-        with nogil:
-            rc = _T.dx_from_sums_f32(<const float*>cnp.PyArray_DATA(dy), <const float*>ym,
-                                     <const float*>cnp.PyArray_DATA(x),
-                                     <float*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
-                                     a, d)
-    else:
-        with nogil:
-            rc = _T.dx_from_sums_f64(<const double*>cnp.PyArray_DATA(dy), <const double*>ym,
-                                     <const double*>cnp.PyArray_DATA(x),
-                                     <double*>cnp.PyArray_DATA(dx_out), &g, nt, n_total, mu, iv, w,
-                                     a, d)
+    cdef int f = _format_of(x)
+    cdef const void* dyp = cnp.PyArray_DATA(dy)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef void* dxp = cnp.PyArray_DATA(dx_out)
+    with nogil:
+        if f == _F32:
+            rc = _T.dx_from_sums_f32(<const float*>dyp, <const float*>ym, <const float*>xp,
+                                     <float*>dxp, &g, nt, n_total, mu, iv, w, a, d)
+        elif f == _F64:
+            rc = _T.dx_from_sums_f64(<const double*>dyp, <const double*>ym, <const double*>xp,
+                                     <double*>dxp, &g, nt, n_total, mu, iv, w, a, d)
+        elif f == _F16:
+            rc = _T.dx_from_sums_f16(<const cbn_f16*>dyp, <const cbn_f16*>ym,
+                                     <const cbn_f16*>xp, <cbn_f16*>dxp, &g, nt, n_total, mu, iv,
+                                     w, a, d)
+        else:
+            rc = _T.dx_from_sums_bf16(<const cbn_bf16*>dyp, <const cbn_bf16*>ym,
+                                      <const cbn_bf16*>xp, <cbn_bf16*>dxp, &g, nt, n_total, mu,
+                                      iv, w, a, d)
     _check_rc(rc)
 
 
@@ -849,10 +917,12 @@ cdef cnp.dtype _F32_DTYPE = cnp.PyArray_DescrFromType(cnp.NPY_FLOAT32)
 
 cdef inline cnp.dtype _gradient_dtype(cnp.dtype x_dtype, object weight_dtype):
     """Rule: dweight and dbias take the dtype of weight when there is one (``weight_dtype`` not
-    None), else of x; float16 becomes float32 (sums of float16 gradients overflow past
-    65504)."""
+    None), else of x; float16 and bfloat16 become float32 (sums of float16 gradients overflow
+    past 65504; bfloat16 sums keep 8 bits)."""
     cdef cnp.dtype d = x_dtype if weight_dtype is None else <cnp.dtype?>weight_dtype
-    return _F32_DTYPE if d.type_num == cnp.NPY_FLOAT16 else d
+    if d.type_num == cnp.NPY_FLOAT16 or (d.type_num == _BF16_NUM and _BF16_NUM >= 0):
+        return _F32_DTYPE
+    return d
 
 
 cdef inline object _as_gradient(cnp.ndarray sums, cnp.dtype dt):

@@ -161,8 +161,10 @@ static inline __attribute__((always_inline)) void SFX(cbn_post_body)(
 #else
     (void)stream;
 #endif
-    if (i == 0) { /* plain stores: the elements before an aligned out first (CBN_ALIGN_HEAD) */
-        const ptrdiff_t h = CBN_ALIGN_HEAD(out, n);
+    if (i == 0) { /* plain stores: the elements before an aligned out first (CBN_ALIGN_HEAD;
+                   * a 16-bit format stores CBN_TVL elements, half a native vector) */
+        const ptrdiff_t h = CBN_HALF ? CBN_ALIGN_HEAD_TO(out, n, CBN_VB / 2)
+                                     : CBN_ALIGN_HEAD(out, n);
         if (h > 0) {
             SFX(cbn_pv_store_n)(out, SFX(cbn_post_at)(s, r, dy, 0, h, mode, act, has_r, from,
                                                       slope, src), h);

@@ -585,7 +585,7 @@ MESSAGES = [
     "y (the forward output) is required with activation='relu'",
     "must be finite everywhere",
     "must be an integer, got bool",
-    "must be {expected} array",
+    "must be a float16, bfloat16, float32 or float64 array",
 ]
 
 

@@ -20,7 +20,7 @@ C3 = np.ones(3)
                                  np.ones((4, 3), np.complex64), np.ones((4, 3), np.int8)])
 @pytest.mark.parametrize("fn", ["forward", "inference", "batch_norm", "backward"])
 def test_non_float_x_is_a_type_error(bad, fn):
-    with pytest.raises(TypeError, match="x must be a float16, float32 or float64 array"):
+    with pytest.raises(TypeError, match="x must be a float16, bfloat16, float32 or float64 array"):
         if fn == "forward":
             cbn.batch_norm_forward(bad)
         elif fn == "inference":
@@ -208,7 +208,7 @@ def _bad_layer_calls():
         ("layer: 1-d x", lambda: cbn.BatchNorm(3)(np.ones(3, np.float32)),
          ValueError, "x must have at least 2 dimensions"),
         ("layer eval: non-float x", lambda: cbn.BatchNorm(3).eval()(np.ones((2, 3), np.int32)),
-         TypeError, "x must be a (float16, )?float32 or float64"),
+         TypeError, "x must be a float16, bfloat16, float32 or float64"),
         ("layer eval: wrong C", lambda: cbn.BatchNorm(4).eval()(x),
          ValueError, "num_features=4"),
         ("layer: out of the wrong shape", lambda: cbn.BatchNorm(3)(x, out=np.empty((4, 3))),
@@ -218,7 +218,7 @@ def _bad_layer_calls():
         ("layer: axis out of range for x", lambda: cbn.BatchNorm(3, axis=3)(x),
          ValueError, "axis=3"),
         ("frozen: non-float dy", lambda: cbn.FrozenBatchNorm(C3, C3).backward(X_VARIED.astype(int)),
-         TypeError, "dy must be a (float16, )?float32 or float64"),
+         TypeError, "dy must be a float16, bfloat16, float32 or float64"),
         ("frozen: dy of wrong C", lambda: cbn.FrozenBatchNorm(C3, C3).backward(np.ones((2, 4))),
          ValueError, "num_features=3"),
         ("frozen: 1-d x", lambda: cbn.FrozenBatchNorm(C3, C3)(np.ones(3)),
@@ -256,7 +256,7 @@ def _bad_layer_calls():
         ("merge_moments: m2 of wrong length", lambda: cbn.merge_moments((2, C3, np.ones(4))),
          ValueError, r"parts\[0\]\.m2 must have shape \(3,\)"),
         ("normalize: non-float x", lambda: cbn.normalize(X_VARIED.astype(int), C3, C3),
-         TypeError, "x must be a (float16, )?float32 or float64"),
+         TypeError, "x must be a float16, bfloat16, float32 or float64"),
         ("normalize: 1-d x", lambda: cbn.normalize(np.ones(3), C3, C3),
          ValueError, "x must have at least 2 dimensions"),
         ("normalize: non-float bias", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(3, int)),
@@ -268,9 +268,9 @@ def _bad_layer_calls():
         ("normalize: out of the wrong shape", lambda: cbn.normalize(x, C3, C3, out=x[:2]),
          ValueError, "out must have shape"),
         ("backward_reduce: non-float x", lambda: cbn.backward_reduce(dy, X_VARIED.astype(int), C3),
-         TypeError, "x must be a (float16, )?float32 or float64"),
+         TypeError, "x must be a float16, bfloat16, float32 or float64"),
         ("backward_reduce: non-float dy", lambda: cbn.backward_reduce(X_VARIED.astype(int), x, C3),
-         TypeError, "dy must be a (float16, )?float32 or float64"),
+         TypeError, "dy must be a float16, bfloat16, float32 or float64"),
         ("backward_reduce: non-float mean", lambda: cbn.backward_reduce(dy, x, np.zeros(3, int)),
          TypeError, "mean must be a floating-point"),
         ("backward_elemt: weight of wrong length",

@@ -205,7 +205,7 @@ def test_merge_validation():
 
 
 def test_moments_validation():
-    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+    with pytest.raises(TypeError, match="x must be a float16, bfloat16, float32 or float64"):
         cbn.moments(np.arange(12).reshape(4, 3))
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         cbn.moments(np.zeros(4))
