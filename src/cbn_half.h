@@ -17,7 +17,8 @@
  * binary16 uses F16C (vcvtph2ps / vcvtps2ph, in every x86-64-v3 and v4 CPU) where the target
  * has it, and a portable integer path otherwise (the baseline level; any other architecture);
  * bfloat16 is a shift on the way in and an integer rounding on the way out at every level (a
- * few integer operations per vector, next to a memory-bound pass).  The portable binary16 paths
+ * few integer operations per vector, next to a memory-bound pass).  Not AVX512_BF16's
+ * vcvtneps2bf16: it flushes subnormal inputs and outputs to zero, where ml_dtypes keeps them.  The portable binary16 paths
  * use float32 arithmetic on subnormal values, so they assume the process has not enabled
  * denormals-are-zero (as every float kernel here does).  tests/kernels/test_half.py checks all
  * 65,536 values of each format in and sampled float32 bit patterns at every rounding boundary
@@ -131,15 +132,38 @@ static inline void cbn_vh_store(void *p, cbn_vh v) { memcpy(p, &v, sizeof v); }
 /* a where the comparison c holds, else b (C has no vector ?:) */
 #define CBN_VU_SEL(c, a, b) (((cbn_vu)(c) & (a)) | (~(cbn_vu)(c) & (b)))
 
-/* bfloat16: the bits shifted in; out, the rounding of cbn_f32_to_bf16 lane by lane */
+/* bfloat16: the bits shifted in; out, the rounding of cbn_f32_to_bf16 lane by lane.  Written
+ * with intrinsics where there are some: GCC 12 splits the generic forms' 16-bit <-> 32-bit
+ * conversions into halves and shuffles (in L2, one thread: bfloat16 inference 0.23 ns per
+ * element against binary16's 0.10). */
 static inline cbn_vf cbn_vwiden_bf16(const cbn_bf16 *p) {
+#if defined(__AVX512F__)
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    return (cbn_vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+#elif defined(__AVX2__)
+    const __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    return (cbn_vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+#else
     return (cbn_vf)(__builtin_convertvector(cbn_vh_load(p), cbn_vu) << 16);
+#endif
 }
 static inline void cbn_vnarrow_bf16(cbn_bf16 *p, cbn_vf v) {
-    const cbn_vu u = (cbn_vu)v, a = u & 0x7fffffffu;
+    const cbn_vu u = (cbn_vu)v;
     const cbn_vu r = (u + 0x7fffu + (u >> 16 & 1u)) >> 16;
     const cbn_vu q = (u >> 16 & 0x8000u) | 0x7fc0u;
+#if defined(__AVX512F__)
+    const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    const __m512i o = _mm512_mask_mov_epi32((__m512i)r, nan, (__m512i)q);
+    _mm256_storeu_si256((__m256i *)(void *)p, _mm512_cvtepi32_epi16(o));
+#elif defined(__AVX2__)
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
+    const __m256i o = _mm256_blendv_epi8((__m256i)r, (__m256i)q, nan);
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(o, o), 0x08); /* lanes 0, 2 */
+    _mm_storeu_si128((__m128i *)(void *)p, _mm256_castsi256_si128(w));
+#else
+    const cbn_vu a = u & 0x7fffffffu;
     cbn_vh_store(p, __builtin_convertvector(CBN_VU_SEL(a > 0x7f800000u, q, r), cbn_vh));
+#endif
 }
 
 /* binary16 */
