@@ -43,6 +43,11 @@ def is_bfloat16(dt):
             and t.__module__ == "ml_dtypes")
 
 
+def is_float_dtype(dt):
+    """A floating-point dtype: NumPy's, or ml_dtypes.bfloat16."""
+    return dt.kind == "f" or is_bfloat16(dt)
+
+
 def check_float_dtype(dt, name="x"):
     """``dt`` must be a kernel dtype: float16, bfloat16 (ml_dtypes), float32 or float64 (any
     byte order)."""
@@ -182,7 +187,7 @@ def channel_vector(a, name, C, *, writeable=False):
             raise TypeError(
                 f"{name} must be a numpy.ndarray (it is updated in place), got {type(a).__name__}")
         a = np.asarray(a)
-    if a.dtype.kind != "f":
+    if not is_float_dtype(a.dtype):
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     if a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) to match the channel axis, got {a.shape}")
@@ -375,7 +380,7 @@ def residual_view(residual, x, xk, perm, name="residual"):
     to x's dtype (a copy only when its dtype or layout differs)."""
     if not isinstance(residual, np.ndarray):
         residual = np.asarray(residual)
-    if residual.dtype.kind != "f":
+    if not is_float_dtype(residual.dtype):
         raise TypeError(f"{name} must be a floating-point array, got dtype {residual.dtype}")
     check_like(residual, x.shape, None, name)
     if residual.dtype != xk.dtype:

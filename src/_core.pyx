@@ -479,6 +479,23 @@ def math_eval(str name, cnp.ndarray x):
     return (out, aux) if pair else out
 
 
+def half_convert(cnp.ndarray src, str fmt, bint narrow):
+    """The bound level's conversions of a 16-bit format (fmt "float16" or "bfloat16"), for the
+    accuracy tests: narrow, a C-contiguous float32 array to the format's bits (uint16); else
+    the format's bits (a C-contiguous uint16 array) widened to float32; flat arrays out."""
+    _bound()
+    if fmt not in ("float16", "bfloat16"):
+        raise ValueError(f"fmt must be 'float16' or 'bfloat16', got {fmt!r}")
+    want = cnp.NPY_FLOAT32 if narrow else cnp.NPY_UINT16
+    if cnp.PyArray_TYPE(src) != want or not cnp.PyArray_IS_C_CONTIGUOUS(src):
+        raise TypeError("half_convert takes a C-contiguous " +
+                        ("float32" if narrow else "uint16") + " array")
+    cdef cnp.ndarray dst = np.empty(cnp.PyArray_SIZE(src), np.uint16 if narrow else np.float32)
+    _T.half_convert(0 if fmt == "float16" else 1, narrow, cnp.PyArray_DATA(src),
+                    cnp.PyArray_DATA(dst), cnp.PyArray_SIZE(src))
+    return dst
+
+
 def backward(cnp.ndarray dy, cnp.ndarray x, object dx_out, Py_ssize_t outer, Py_ssize_t C,
              Py_ssize_t inner, cnp.ndarray mean, cnp.ndarray invstd, object weight,
              bint with_dot, cnp.ndarray sdy_out, cnp.ndarray sdyx_out, int num_threads,

@@ -254,6 +254,7 @@ _TABLE.moments_bf16 = _moments_bf16
 _TABLE.inference_bf16 = _inference_bf16
 _TABLE.backward_bf16 = _backward_bf16
 _TABLE.dx_from_sums_bf16 = _dx_from_sums_bf16
+_TABLE.half_convert = cbn_half_convert
 _TABLE.math_f32 = _math_entry[float]
 _TABLE.math_f64 = _math_entry[double]
 _TABLE.floor_scale_f32 = _floor_scale[float]

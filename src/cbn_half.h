@@ -215,4 +215,32 @@ static inline __m128 cbn_w4_bf16(const cbn_bf16 *p) {
 #endif
 #endif /* CBN_VECTOR */
 
+/* For the tests (cbn._core.half_convert): n elements of format fmt (0 binary16, 1 bfloat16)
+ * widened to float32 (narrow 0), or float32 narrowed to the format (narrow 1), through the
+ * vector forms the kernels use and the scalar forms for the n % CBN_HL last ones. */
+static inline void cbn_half_convert(int fmt, int narrow, const void *src, void *dst,
+                                    ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CBN_VECTOR
+    for (; i + CBN_HL <= n; i += CBN_HL) {
+        if (narrow) {
+            cbn_vf v;
+            memcpy(&v, (const float *)src + i, sizeof v);
+            if (fmt == 0) cbn_vnarrow_f16((cbn_f16 *)dst + i, v);
+            else cbn_vnarrow_bf16((cbn_bf16 *)dst + i, v);
+        } else {
+            const cbn_vf v = fmt == 0 ? cbn_vwiden_f16((const cbn_f16 *)src + i)
+                                      : cbn_vwiden_bf16((const cbn_bf16 *)src + i);
+            memcpy((float *)dst + i, &v, sizeof v);
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        if (narrow && fmt == 0) ((cbn_f16 *)dst)[i] = cbn_f32_to_f16(((const float *)src)[i]);
+        else if (narrow) ((cbn_bf16 *)dst)[i] = cbn_f32_to_bf16(((const float *)src)[i]);
+        else if (fmt == 0) ((float *)dst)[i] = cbn_f16_to_f32(((const cbn_f16 *)src)[i]);
+        else ((float *)dst)[i] = cbn_bf16_to_f32(((const cbn_bf16 *)src)[i]);
+    }
+}
+
 #endif /* CBN_HALF_H */

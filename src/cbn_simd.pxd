@@ -14,6 +14,9 @@ cdef extern from "cbn_kernels.h" nogil:
     float cbn_act_grad_f32(float g, float y, int act)
     double cbn_act_grad_f64(double g, double y, int act)
 
+    # cbn_half.h: the 16-bit formats' conversions (for the tests)
+    void cbn_half_convert(int fmt, int narrow, const void* src, void* dst, Py_ssize_t n)
+
     # cbn_simd.h: work buffers
     double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)
     void* cbn_alloc_beside(size_t nbytes, const void* out)

@@ -138,3 +138,114 @@ def test_float16_matches_torch_running_stats():
     np.testing.assert_allclose(y.astype(np.float32), ty.numpy().astype(np.float32), atol=4e-3)
     np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- both 16-bit formats
+def _formats():
+    out = [np.float16]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return out
+    return out + [ml_dtypes.bfloat16]
+
+
+FORMATS = _formats()
+FORMAT_IDS = [np.dtype(d).name for d in FORMATS]
+
+
+def _eps(dt):
+    return 2.0 ** -10 if np.dtype(dt) == np.float16 else 2.0 ** -7
+
+
+def _close(actual, expected, dt):
+    """Within one rounding to the format (half its ulp, taken as eps * |expected| with the
+    ulp of the format's smallest normal below it), plus float32 arithmetic."""
+    expected = np.asarray(expected, np.float64)
+    tol = _eps(dt) * np.maximum(np.abs(expected), 2.0 ** -14) + 1e-5 * (1 + np.abs(expected))
+    err = np.abs(actual.astype(np.float64) - expected)
+    assert np.all(err <= tol), float((err - tol).max())
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+def test_every_entry_and_building_block_takes_both_formats(rng, dt):
+    """One rule everywhere: the functions, the building blocks (moments, normalize,
+    backward_reduce, backward_elemt), the layers in every mode and cbn.dask take float16 and
+    bfloat16 data, with outputs of the data's format and float64 statistics."""
+    shape, axis = (6, 5, 9, 11), 1
+    x, dy, w, b = make_case(rng, shape, axis, np.float64)
+    x, dy = x.astype(dt), dy.astype(dt)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    e = ref.batch_norm_forward(x64, w, b, axis=axis)
+    m = cbn.moments(x, axis=axis)
+    np.testing.assert_allclose(m.mean, e.mean, rtol=1e-13, atol=1e-13)
+    y = cbn.normalize(x, m.mean, m.invstd(), w, b, axis=axis)
+    assert y.dtype == x.dtype
+    _close(y, e.out, dt)
+    s = cbn.backward_reduce(dy, x, m.mean, axis=axis)
+    ge = ref.batch_norm_backward(dy64, x64, e.mean, e.invstd, w, axis=axis)
+    np.testing.assert_allclose(s.sum_dy, ge.dbias, rtol=1e-9, atol=1e-9)
+    dx = cbn.backward_elemt(dy, x, m.mean, m.invstd(), w, s.sum_dy, s.sum_dy_xmu, m.count,
+                            axis=axis)
+    assert dx.dtype == x.dtype
+    _close(dx, ge.dx, dt)
+    bn = cbn.BatchNorm(5)
+    assert bn(x).dtype == x.dtype
+    assert bn.backward(dy).dtype == x.dtype and bn.grad_weight.dtype == np.float32
+    bn.eval()
+    assert bn(x).dtype == x.dtype and bn.backward(dy).dtype == x.dtype  # eval-mode backward
+    frozen = cbn.FrozenBatchNorm(np.ones(5), np.zeros(5), activation="relu")
+    yr = frozen(x)
+    g = frozen.backward(dy, y=yr)
+    assert g.dtype == x.dtype
+    np.testing.assert_array_equal(g.astype(np.float64), np.where(yr.astype(np.float64) > 0,
+                                                                 dy64, 0.0))
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+    xd = da.from_array(x, chunks=(3, 5, 9, 11))
+    fd = cd.batch_norm_forward(xd, w, b, axis=axis)
+    out = fd.out.compute()
+    assert out.dtype == x.dtype
+    _close(out, e.out, dt)
+    np.testing.assert_allclose(np.asarray(fd.mean), e.mean, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("shape,axis", CASES)
+def test_both_formats_forward_inference_backward(rng, dt, shape, axis):
+    x, dy, w, b = make_case(rng, shape, axis, np.float64)
+    x, dy = x.astype(dt), dy.astype(dt)
+    x64 = x.astype(np.float64)
+    f = cbn.batch_norm_forward(x, w, b, axis=axis)
+    e = ref.batch_norm_forward(x64, w, b, axis=axis)
+    assert f.out.dtype == x.dtype
+    _close(f.out, e.out, dt)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, w, axis=axis)
+    ge = ref.batch_norm_backward(dy.astype(np.float64), x64, f.mean, f.invstd, w, axis=axis)
+    _close(g.dx, ge.dx, dt)
+    np.testing.assert_allclose(g.dweight, ge.dweight, rtol=1e-6, atol=1e-5)
+
+
+def test_bfloat16_matches_torch_bfloat16_batch_norm():
+    """torch's CPU batch norm on bfloat16 input with float32 parameters: float32 arithmetic,
+    bfloat16 output -- at most one bfloat16 rounding apart."""
+    torch = pytest.importorskip("torch")
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((8, 16, 12, 12)) * 2 + 1).astype(np.float32)
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    rm, rv = np.zeros(16, np.float32), np.ones(16, np.float32)
+    xb = x.astype(bf16)
+    xt = torch.from_numpy(xb.astype(np.float32)).to(torch.bfloat16)
+    trm, trv = torch.zeros(16), torch.ones(16)
+    for training in (True, False):
+        y = cbn.batch_norm(xb, rm, rv, w, b, training=training, momentum=0.1)
+        ty = torch.nn.functional.batch_norm(xt, trm, trv, torch.from_numpy(w),
+                                            torch.from_numpy(b), training=training,
+                                            momentum=0.1)
+        assert y.dtype == bf16
+        want = ty.float().numpy()
+        np.testing.assert_allclose(y.astype(np.float32), want,
+                                   atol=2 ** -7 * 2, rtol=2 ** -7)
+        np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5)
