@@ -30,6 +30,14 @@ def import_torch():
     return torch
 
 
+def _tensor(torch, arr):
+    """``torch.from_numpy``, also for ml_dtypes' bfloat16 (as torch.bfloat16, sharing
+    memory)."""
+    if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # ml_dtypes.bfloat16
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
+
+
 def _torch_layout(torch, arr, axis):
     """A torch view of ``arr`` with the channel at dim 1, sharing memory (None if impossible).
 
@@ -38,7 +46,7 @@ def _torch_layout(torch, arr, axis):
     a = axis % arr.ndim
     if a == 0:
         return None
-    t = torch.from_numpy(arr)
+    t = _tensor(torch, arr)
     if a == 1:
         return t
     rest = [i for i in range(1, arr.ndim) if i != a]
@@ -57,7 +65,7 @@ def _inference_calls(case, d, nt, torch, out=None):
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
         F = torch.nn.functional
-        trm, trv, tw, tb = (torch.from_numpy(a) for a in (rm, rv, w, b))
+        trm, trv, tw, tb = (_tensor(torch, a) for a in (rm, rv, w, b))
         calls["torch"] = lambda: F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM, EPS)
     return calls
 
@@ -85,7 +93,7 @@ def _frozen_calls(case, d, nt, torch, out=None):
         return np.add(tmp, b, out=tmp)
     calls = {"cbn": lambda: layer(d.x, out=y), "numpy": numpy_frozen}
     if torch is not None:
-        xt, ta, tb = torch.from_numpy(d.x), torch.from_numpy(a), torch.from_numpy(b)
+        xt, ta, tb = _tensor(torch, d.x), _tensor(torch, a), _tensor(torch, b)
         calls["torch"] = lambda: torch.addcmul(tb, xt, ta)
     return calls
 
@@ -105,8 +113,8 @@ def _forward_calls(case, d, nt, torch, out=None):
     xt = None if torch is None else _torch_layout(torch, d.x, case.axis)
     if xt is not None:
         F = torch.nn.functional
-        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
-        tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+        trm, trv = _tensor(torch, d.running_mean.copy()), _tensor(torch, d.running_var.copy())
+        tw, tb = _tensor(torch, w), _tensor(torch, b)
         calls["torch"] = lambda: F.batch_norm(xt, trm, trv, tw, tb, True, MOMENTUM, EPS)
     return calls
 
@@ -125,8 +133,8 @@ def _backward_calls(case, d, nt, torch, out=None):
     if xt is not None:
         aten = torch.ops.aten
         dyt = _torch_layout(torch, d.dy, case.axis)
-        tw, tb = torch.from_numpy(w), torch.from_numpy(d.bias)
-        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        tw, tb = _tensor(torch, w), _tensor(torch, d.bias)
+        trm, trv = _tensor(torch, d.running_mean.copy()), _tensor(torch, d.running_var.copy())
         _, save_mean, save_invstd = aten.native_batch_norm(xt, tw, tb, trm, trv, True,
                                                            MOMENTUM, EPS)
         mask = [True, True, True]
@@ -154,7 +162,7 @@ def _fused_inference_calls(activation, residual):
             F = torch.nn.functional
             act = getattr(F, activation)
             rt = _torch_layout(torch, d.residual, case.axis)
-            trm, trv, tw, tb = (torch.from_numpy(a) for a in (rm, rv, w, b))
+            trm, trv, tw, tb = (_tensor(torch, a) for a in (rm, rv, w, b))
             if residual:
                 calls["torch"] = lambda: act(F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM,
                                                           EPS) + rt)
@@ -183,8 +191,8 @@ def _forward_add_relu_calls(case, d, nt, torch, out=None):
     if xt is not None:
         F = torch.nn.functional
         rt = _torch_layout(torch, r, case.axis)
-        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
-        tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+        trm, trv = _tensor(torch, d.running_mean.copy()), _tensor(torch, d.running_var.copy())
+        tw, tb = _tensor(torch, w), _tensor(torch, b)
         calls["torch"] = lambda: F.relu(F.batch_norm(xt, trm, trv, tw, tb, True, MOMENTUM, EPS)
                                         + rt)
     return calls
@@ -208,8 +216,8 @@ def _backward_add_relu_calls(case, d, nt, torch, out=None):
     if xt is not None:
         aten = torch.ops.aten
         dyt, yt = _torch_layout(torch, d.dy, case.axis), _torch_layout(torch, y, case.axis)
-        tw, tb = torch.from_numpy(w), torch.from_numpy(d.bias)
-        trm, trv = torch.from_numpy(d.running_mean.copy()), torch.from_numpy(d.running_var.copy())
+        tw, tb = _tensor(torch, w), _tensor(torch, d.bias)
+        trm, trv = _tensor(torch, d.running_mean.copy()), _tensor(torch, d.running_var.copy())
         _, save_mean, save_invstd = aten.native_batch_norm(xt, tw, tb, trm, trv, True,
                                                            MOMENTUM, EPS)
         mask = [True, True, True]

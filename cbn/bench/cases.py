@@ -20,8 +20,31 @@ ARRAYS = {"forward": 2, "backward": 3, "inference": 2, "frozen": 2, "inference_a
 def applies(op, case):
     """Whether ``op`` is timed on ``case``: the fused ops on float32 cases only."""
     return op not in FUSED_OPS or case.dtype == "float32"
-#: The dtypes a case can have.
-DTYPES = ("float32", "float64")
+#: The dtypes a case can have: the 16-bit formats (``bfloat16`` needs ml_dtypes) on
+#: :data:`HALF_SHAPES` only, with float32 parameters and statistics (as torch runs them).
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: The dtypes of the default case list (``bfloat16`` left out when ml_dtypes is missing).
+DEFAULT_DTYPES = DTYPES
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def numpy_dtype(name):
+    """The NumPy dtype of a case's dtype name (``bfloat16``: ml_dtypes'; ImportError without
+    it)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def available(name):
+    """Whether a dtype can run here (``bfloat16`` needs ml_dtypes)."""
+    try:
+        numpy_dtype(name)
+    except ImportError:
+        return False
+    return True
 
 #: (shape, channel axis) of the full case list: NCHW, 2-D NC, tiny, and channels-last NHWC.
 SHAPES = (
@@ -36,6 +59,8 @@ SHAPES = (
 #: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, in-cache NCHW (for the
 #: thread-scaling table), 2-D NC, tiny, channels-last.
 QUICK_SHAPES = (0, 1, 3, 5, 6)
+#: Indices into :data:`SHAPES` of the 16-bit cases: big NCHW, 2-D NC, channels-last.
+HALF_SHAPES = (0, 3, 6)
 
 
 @dataclass(frozen=True)
@@ -47,7 +72,7 @@ class Case:
     shape : tuple of int
         Shape of ``x``.
     dtype : str
-        ``"float32"`` or ``"float64"``.
+        One of :data:`DTYPES`.
     axis : int
         The channel axis (``-1`` for channels-last).
     """
@@ -59,7 +84,7 @@ class Case:
     @property
     def nbytes(self):
         """Bytes of one array of this case (``x``)."""
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * numpy_dtype(self.dtype).itemsize
 
     @property
     def channel_axis(self):
@@ -82,22 +107,30 @@ class Case:
         return f"{self.shape_label} {self.dtype} axis={self.axis}"
 
 
-def default_cases(quick=False, dtypes=DTYPES):
+def default_cases(quick=False, dtypes=DEFAULT_DTYPES):
     """The benchmark's case list.
 
     Parameters
     ----------
     quick : bool, default False
         Only the shapes :data:`QUICK_SHAPES`.
-    dtypes : sequence of str, default ``("float32", "float64")``
-        The dtypes to include.
+    dtypes : sequence of str, default :data:`DEFAULT_DTYPES`
+        The dtypes to include; the 16-bit formats on :data:`HALF_SHAPES` only, and those that
+        cannot run here (``bfloat16`` without ml_dtypes) left out.
 
     Returns
     -------
     list of Case
     """
-    shapes = [SHAPES[i] for i in QUICK_SHAPES] if quick else list(SHAPES)
-    return [Case(tuple(shape), dtype, axis) for dtype in dtypes for shape, axis in shapes]
+    picked = QUICK_SHAPES if quick else range(len(SHAPES))
+    out = []
+    for dtype in dtypes:
+        if not available(dtype):
+            continue
+        for i in picked:
+            if dtype not in HALF_DTYPES or i in HALF_SHAPES:
+                out.append(Case(tuple(SHAPES[i][0]), dtype, SHAPES[i][1]))
+    return out
 
 
 @dataclass
@@ -114,16 +147,22 @@ class CaseData:
 
 
 def make_data(case, seed=0):
-    """Random inputs for ``case`` (normal data and residual, weight near 1, running var 1)."""
+    """Random inputs for ``case`` (normal data and residual, weight near 1, running var 1;
+    the parameters and statistics of a 16-bit case in float32)."""
     rng = np.random.default_rng(seed)
-    dt = np.dtype(case.dtype)
+    dt = numpy_dtype(case.dtype)
+    pt = np.dtype(np.float32) if case.dtype in HALF_DTYPES else dt
     C = case.channels
+
+    def data():
+        return rng.standard_normal(case.shape, dtype=np.float32).astype(dt) \
+            if case.dtype in HALF_DTYPES else rng.standard_normal(case.shape, dtype=dt)
     return CaseData(
-        x=rng.standard_normal(case.shape, dtype=dt),
-        dy=rng.standard_normal(case.shape, dtype=dt),
-        weight=rng.uniform(0.5, 1.5, C).astype(dt),
-        bias=rng.standard_normal(C).astype(dt),
-        running_mean=np.zeros(C, dt),
-        running_var=np.ones(C, dt),
-        residual=rng.standard_normal(case.shape, dtype=dt),
+        x=data(),
+        dy=data(),
+        weight=rng.uniform(0.5, 1.5, C).astype(pt),
+        bias=rng.standard_normal(C).astype(pt),
+        running_mean=np.zeros(C, pt),
+        running_var=np.ones(C, pt),
+        residual=data(),
     )

@@ -55,8 +55,9 @@ def add_arguments(parser):
     parser.add_argument("--ops", type=_csv_of(OPS), default=OPS, metavar="LIST",
                         help="comma-separated ops (default: all, " + ",".join(OPS) + ")")
     parser.add_argument("--dtypes", type=_csv_of(DTYPES), default=None, metavar="LIST",
-                        help="comma-separated dtypes (default: float32,float64; "
-                             "--quick: float32)")
+                        help="comma-separated dtypes (default: all of " + ",".join(DTYPES) +
+                             ", the 16-bit ones on three shapes, bfloat16 if ml_dtypes is "
+                             "installed; --quick: float32)")
     parser.add_argument("--repeats", type=_positive_int, default=None, metavar="K",
                         help="rounds per timing, best kept (default: 7; --quick: 3)")
     parser.add_argument("--no-torch", action="store_true", help="do not time torch")

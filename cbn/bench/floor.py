@@ -20,15 +20,21 @@ def floor_kernels():
     return kernels, kernels.floor_variant()
 
 
+def _as_streamable(a):
+    """A flat float32/float64 view of ``a``'s bytes: a 16-bit case's arrays are streamed as
+    float32 (the floor moves bytes; an odd last element is left out)."""
+    flat = a.reshape(-1)
+    if flat.dtype.itemsize == 2:
+        flat = flat[: flat.size // 2 * 2].view(np.float32)
+    return flat
+
+
 def floor_call(op, d, scratch, nt):
     """The streaming-kernel callable that moves the bytes of ``op`` (kernels from
     :func:`floor_kernels`)."""
     k, _ = floor_kernels()
 
-    x = d.x.reshape(-1)
-    dy = d.dy.reshape(-1)
-    r = d.residual.reshape(-1)
-    out = scratch.reshape(-1)
+    x, dy, r, out = (_as_streamable(a) for a in (d.x, d.dy, d.residual, scratch))
     if op in ("inference", "frozen", "inference_silu"):  # read x, write y
         return lambda: k.stream_scale(x, out, nt)
     if op == "forward":  # read x; read x, write y

@@ -169,7 +169,8 @@ def numba_calls(op, case, d, nt, eps, momentum):
     dbias)`` (backward, with the statistics of ``d.x``).
     """
     got = _numba_kernels()
-    if got is None or op not in ("inference", "frozen", "forward", "backward"):
+    if (got is None or op not in ("inference", "frozen", "forward", "backward")
+            or d.x.dtype.itemsize == 2):  # numba has no float16/bfloat16 arithmetic on the CPU
         return None
     numba, k = got
     numba.set_num_threads(max(1, min(nt, numba.config.NUMBA_NUM_THREADS)))
@@ -220,7 +221,8 @@ def onnxruntime_call(op, case, d, nt, eps):
     """ONNX Runtime's BatchNormalization for inference (and the frozen layer) on channel axis
     1 (None otherwise, or when onnxruntime is missing)."""
     got = import_onnxruntime()
-    if got is None or op not in ("inference", "frozen") or case.axis % d.x.ndim != 1:
+    if (got is None or op not in ("inference", "frozen") or case.axis % d.x.ndim != 1
+            or d.x.dtype.itemsize == 2):  # float32 and float64 models only
         return None
     ort, onnx = got
     from onnx import TensorProto, helper, numpy_helper

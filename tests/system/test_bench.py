@@ -19,6 +19,8 @@ import pytest
 from cbn import bench as _bench
 from cbn._dispatch import kernels as k
 from cbn.bench import Case, Result, Settings
+from cbn.bench import cases as _bench_cases
+from cbn.bench.calls import import_torch
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -139,9 +141,27 @@ def test_summary_warns_when_many_rows_are_noisy(n_noisy, warns):
     assert ("unreliable" in _bench.format_summary(s)) == warns
 
 
+def test_16_bit_cases_run_with_float32_parameters_and_torch():
+    """A 16-bit case: data of the format, parameters in float32; every implementation runs
+    and the floor streams the same bytes."""
+    case = Case((4, 8, 16, 16), "float16", 1)
+    d = _bench_cases.make_data(case)
+    assert d.x.dtype == np.float16 and d.weight.dtype == np.float32
+    for op in ("forward", "backward", "inference", "frozen"):
+        calls = _bench.make_calls(op, case, d, 1, torch=import_torch())
+        for name, call in calls.items():
+            call()
+        assert "numba" not in calls and "onnxruntime" not in calls
+
+
 def test_default_cases():
     full = _bench.default_cases()
-    assert len(full) == 14 and {c.dtype for c in full} == {"float32", "float64"}
+    wide = [c for c in full if c.dtype in ("float32", "float64")]
+    assert len(wide) == 14
+    halves = [c for c in full if c.dtype in ("float16", "bfloat16")]
+    assert {c.shape for c in halves} == {(32, 64, 56, 56), (4096, 1024), (32, 56, 56, 64)}
+    assert "float16" in {c.dtype for c in halves}
+    assert ("bfloat16" in {c.dtype for c in halves}) == _bench_cases.available("bfloat16")
     assert Case((32, 56, 56, 64), "float32", -1) in full
     quick = _bench.default_cases(quick=True, dtypes=("float32",))
     assert len(quick) == 5 and any(c.axis == -1 for c in quick)
@@ -200,7 +220,7 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path)
 
 
 @pytest.mark.parametrize("argv", [["--ops", "forward,sideways"], ["--threads", "0"],
-                                  ["--dtypes", "float16"], ["--repeats", "x"]])
+                                  ["--dtypes", "float8"], ["--repeats", "x"]])
 def test_bad_options_are_rejected(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(argv)
