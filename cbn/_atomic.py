@@ -1,9 +1,9 @@
 """Ctrl-C and the calls that change state.
 
 Python raises a pending KeyboardInterrupt when a C call returns (and at other points between
-bytecodes), so a call whose changes are several Python statements -- a chunk loop over a
-float16 array written in place, a kernel followed by the running-statistic update, a result
-copied back from a temporary -- could stop between them and leave them half done.  The fast
+bytecodes), so a call whose changes are several Python statements -- a kernel followed by
+the running-statistic update, a result copied back from a temporary, two outputs of a fused
+backward -- could stop between them and leave them half done.  The fast
 paths do everything in one C call and need nothing; the other paths run their changes inside
 ``deferred_interrupt``, which holds a SIGINT back until the block ends.  It costs two handler
 swaps through the C module behind :mod:`signal` (``_signal``; ``signal.signal`` converts

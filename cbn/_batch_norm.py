@@ -62,9 +62,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
 
     Parameters
     ----------
-    x : ndarray of float16, float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
-        with float64 statistics).
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (the 16-bit formats are computed
+        in float32 as they load, with float64 statistics; bfloat16 is ``ml_dtypes.bfloat16``).
     weight, bias : array_like of shape (C,), optional
         Affine parameters gamma and beta, any float dtype; None means 1 and 0.
     eps : float, default 1e-5
@@ -195,9 +195,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
     Parameters
     ----------
-    x : ndarray of float16, float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
-        with float64 statistics).
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (the 16-bit formats are computed
+        in float32 as they load, with float64 statistics; bfloat16 is ``ml_dtypes.bfloat16``).
     running_mean, running_var : array_like of shape (C,)
         The statistics to normalize with (any float dtype); ``running_var`` must be >= 0.
     weight, bias : array_like of shape (C,), optional
@@ -291,7 +291,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     ----------
     dy : ndarray
         Gradient of the loss with respect to the forward output; shape and dtype of ``x``.
-    x : ndarray of float16, float32 or float64
+    x : ndarray of float16, bfloat16, float32 or float64
         The forward input.
     mean, invstd : array_like of shape (C,)
         The statistics saved by :func:`batch_norm_forward`.
@@ -339,8 +339,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     BackwardResult or FusedBackwardResult
         ``(dx, dweight, dbias)``, and ``(dx, dweight, dbias, dresidual)`` when a residual is
         given; ``dweight`` and ``dbias`` have the dtype of ``weight`` when it is given, else
-        that of ``x``, except that float16 becomes float32 (sums of float16 gradients
-        overflow past 65504).
+        that of ``x``, except that float16 and bfloat16 become float32 (sums of float16
+        gradients overflow past 65504; bfloat16 keeps 8 bits).
 
     Raises
     ------
@@ -549,9 +549,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
 
     Parameters
     ----------
-    x : ndarray of float16, float32 or float64, ndim >= 2
-        The input, with the channel dimension at ``axis`` (float16 is computed in float32,
-        with float64 statistics).
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
+        The input, with the channel dimension at ``axis`` (the 16-bit formats are computed
+        in float32 as they load, with float64 statistics; bfloat16 is ``ml_dtypes.bfloat16``).
     running_mean, running_var : ndarray of shape (C,), optional
         Running statistics; required when ``training`` is False, updated in place otherwise.
     weight, bias : array_like of shape (C,), optional

@@ -490,7 +490,7 @@ class FrozenBatchNorm:
 
         Parameters
         ----------
-        x : ndarray of float32 or float64, ndim >= 2
+        x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``self.axis``.
         residual : array_like, optional
             Added before the activation (shape of ``x``, cast to its dtype).
@@ -527,7 +527,7 @@ class FrozenBatchNorm:
 
         Parameters
         ----------
-        dy : ndarray of float32 or float64
+        dy : ndarray of float16, bfloat16, float32 or float64
             Gradient of the loss with respect to the output.
         out : ndarray, optional
             Where to write ``dx``; may be ``dy`` itself.

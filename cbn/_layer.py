@@ -84,7 +84,7 @@ class BatchNorm:
         The channel axis of the inputs (-1 for channels-last).
     dtype : dtype, default float32
         Dtype of the parameters and running statistics (float32 or float64).  Inputs may be
-        float32 or float64 independently of it; the output has the input's dtype.
+        float16, bfloat16, float32 or float64 independently of it; the output has the input's dtype.
     convention : {"torch", "keras", "onnx"}, default "torch"
         How the running statistics are updated.  ``"torch"`` stores the *unbiased* batch
         variance ``var * n / (n - 1)``; ``"keras"`` and ``"onnx"`` store the *biased* one.
@@ -268,7 +268,7 @@ class BatchNorm:
 
         Parameters
         ----------
-        x : ndarray of float16, float32 or float64, ndim >= 2
+        x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
             The input, with ``num_features`` channels at ``axis``.
         residual : array_like, optional
             Added before the activation, in the same pass: ``act(bn(x) + residual)`` (a

@@ -152,7 +152,7 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
         The input, with the channel dimension at ``axis``.  May have 0 values per channel.
     axis : int, default 1
         The channel axis (negative counts from the end; -1 for channels-last).
@@ -316,7 +316,7 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
 
     Parameters
     ----------
-    x : ndarray of float32 or float64, ndim >= 2
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
         The input (e.g. the local shard), with the channel dimension at ``axis``.
     mean, invstd : array_like of shape (C,)
         The statistics, e.g. ``m.mean`` and ``m.invstd(eps)`` of a :class:`Moments` ``m``.
@@ -409,7 +409,7 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
     ----------
     dy : ndarray
         Gradient of the loss with respect to the forward output; shape and dtype of ``x``.
-    x : ndarray of float32 or float64, ndim >= 2
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
         The forward input (the local shard).
     mean : array_like of shape (C,)
         The *global* batch mean used in the forward pass.
@@ -469,7 +469,7 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     ----------
     dy : ndarray
         Gradient with respect to the forward output (local shard); shape and dtype of ``x``.
-    x : ndarray of float32 or float64, ndim >= 2
+    x : ndarray of float16, bfloat16, float32 or float64, ndim >= 2
         The forward input (local shard).
     mean, invstd : array_like of shape (C,)
         The global statistics used in the forward pass.

@@ -197,7 +197,8 @@ def channel_vector(a, name, C, *, writeable=False):
 
 
 #: ``gradient_dtype(x_dtype, weight)``: dtype of dweight and dbias, that of ``weight`` when
-#: given, else of ``x``; float32 in place of float16, whose sums overflow past 65504.
+#: given, else of ``x``; float32 in place of float16 and bfloat16 (float16 sums overflow past
+#: 65504).
 gradient_dtype = _core.gradient_dtype
 
 

@@ -199,7 +199,7 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64, ndim >= 2
+    x : dask.array.Array of float16, bfloat16, float32 or float64, ndim >= 2
         The input, chunked along any axes except ``axis`` (the channel axis must be a single
         chunk).
     weight, bias : array_like of shape (C,), optional
@@ -312,7 +312,7 @@ def batch_norm_inference(x: "_da.Array", running_mean: ArrayLike, running_var: A
 
     Parameters
     ----------
-    x : dask.array.Array of float32 or float64, ndim >= 2
+    x : dask.array.Array of float16, bfloat16, float32 or float64, ndim >= 2
         The input.  Unlike the training functions, any chunking works here, including along
         the channel axis.
     running_mean, running_var : array_like of shape (C,)
@@ -388,7 +388,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     dy : dask.array.Array
         Gradient with respect to the forward output; shape and dtype of ``x`` (rechunked to
         the chunks of ``x`` if they differ).
-    x : dask.array.Array of float32 or float64
+    x : dask.array.Array of float16, bfloat16, float32 or float64
         The forward input; the channel axis must be a single chunk.
     mean, invstd : array_like of shape (C,)
         The statistics returned by :func:`batch_norm_forward`.
