@@ -53,6 +53,7 @@ def batch_norm(
     activation: _Activation = ...,
     residual: Optional[npt.ArrayLike] = ...,
     negative_slope: Optional[float] = ...,
+    convention: Literal["torch", "keras", "onnx", "flax"] = ...,
 ) -> _Array: ...
 def batch_norm_forward(
     x: npt.ArrayLike,
@@ -70,6 +71,7 @@ def batch_norm_forward(
     activation: _Activation = ...,
     residual: Optional[npt.ArrayLike] = ...,
     negative_slope: Optional[float] = ...,
+    convention: Literal["torch", "keras", "onnx", "flax"] = ...,
 ) -> ForwardResult: ...
 @overload
 def batch_norm_backward(

@@ -10,6 +10,7 @@ fast path computes with.
 import numpy as np
 
 from ._atomic import deferred_interrupt
+from . import _conventions as conv
 from . import _validation as v
 from ._dispatch import kernels as _k
 from ._types import BackwardResult, ForwardResult, FusedBackwardResult
@@ -48,9 +49,9 @@ def _epilogue(activation, negative_slope, residual):
 
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
-                       skip_nonfinite=False, activation=None, residual=None,
-                       negative_slope=None):
+                       running_var=None, momentum=conv.DEFAULT, axis=1, out=None,
+                       num_threads=None, skip_nonfinite=False, activation=None, residual=None,
+                       negative_slope=None, convention="torch"):
     """Training-mode batch normalization forward pass with the batch statistics.
 
     Computes ``out = (x - mean) * invstd * weight + bias`` per channel, where ``mean`` and the
@@ -58,7 +59,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     ``invstd = 1 / sqrt(var + eps)``.  If running statistics are given they are updated in place
     as in :func:`torch.nn.functional.batch_norm`:
     ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance
-    ``var * n / (n - 1)`` for ``running_var``.
+    ``var * n / (n - 1)`` for ``running_var`` -- or by another framework's rule
+    (``convention``).
 
     Parameters
     ----------
@@ -71,8 +73,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         Added to the variance; finite and > 0.
     running_mean, running_var : ndarray of shape (C,), optional
         Updated in place in their own dtype when given (both or either).
-    momentum : float, default 0.1
-        Weight of the batch statistics in the running-stat update, in [0, 1].
+    momentum : float, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx, 0.99 flax)
+        The running-stat update factor, in [0, 1], in the convention's meaning: torch's is
+        the weight of the batch statistics, the others' the weight of the running value.
     axis : int, default 1
         The channel axis (negative counts from the end; -1 for channels-last).
     out : ndarray, optional
@@ -97,6 +100,13 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     negative_slope : float, optional
         The slope of ``"leaky_relu"`` for negative inputs (default 0.01); an error with any
         other activation.
+    convention : {"torch", "keras", "onnx", "flax"}, default "torch"
+        The framework whose running-statistics rule applies: ``"torch"``
+        ``running = (1 - momentum) * running + momentum * batch`` with the unbiased batch
+        variance; ``"keras"``, ``"onnx"`` (ONNX Runtime's training mode) and ``"flax"``
+        ``running = momentum * running + (1 - momentum) * batch`` with the biased one.  The
+        output and the returned statistics are the same in all (``eps`` stays as given:
+        Keras's layers default to 1e-3).
 
     Returns
     -------
@@ -148,11 +158,16 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     if skip_nonfinite is not False and skip_nonfinite is not True:  # "no" must not skip
         skip_nonfinite = v.check_flag(skip_nonfinite, "skip_nonfinite")
     code, slope, post = _epilogue(activation, negative_slope, residual)
-    result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
-                           num_threads, out, skip_nonfinite, 0 if post else code,
-                           code if post else -1, slope, residual)
-    if result is not None:
-        return result
+    if convention != "torch":
+        conv.check_convention(convention)
+    if momentum is conv.DEFAULT:
+        momentum = conv.DEFAULT_MOMENTUM[convention]
+    if convention == "torch":
+        result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                               num_threads, out, skip_nonfinite, 0 if post else code,
+                               code if post else -1, slope, residual)
+        if result is not None:
+            return result
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -160,7 +175,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     outer, C, inner = v.geometry(xk.shape, ak)
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
-    momentum = v.check_running_stats(running_mean, running_var, momentum, C)
+    momentum = conv.update_factor(
+        convention, v.check_running_stats(running_mean, running_var, momentum, C))
     n = outer * inner
     v.check_batch_count(n, x.shape)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
@@ -177,7 +193,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         _k.forward_train(xk, yk, outer, C, inner, w, b, eps, mean, var, invstd, nt,
                            0 if post else code, post_act=code if post else -1, slope=slope,
                            residual=rk)
-        _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite)
+        _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite,
+                          conv.stores_unbiased(convention))
         y = v.finish_output(yk, y, out, copy_back, perm)
     return ForwardResult(y, mean, invstd)
 
@@ -539,8 +556,9 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, axis=1, out=None, num_threads=None,
-               skip_nonfinite=False, activation=None, residual=None, negative_slope=None):
+               momentum=conv.DEFAULT, eps=1e-5, *, axis=1, out=None, num_threads=None,
+               skip_nonfinite=False, activation=None, residual=None, negative_slope=None,
+               convention="torch"):
     """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     In training mode (``training=True``) the input is normalized with the batch mean and
@@ -558,8 +576,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         Affine parameters; None means 1 and 0.
     training : bool, default False
         Use (and update with) batch statistics.
-    momentum : float, default 0.1
-        Running-stat update weight, in [0, 1].
+    momentum : float, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx, 0.99 flax)
+        Running-stat update factor, in [0, 1], in the convention's meaning (see
+        ``convention``).
     eps : float, default 1e-5
         Added to the variance; finite and > 0.
     axis : int, default 1
@@ -583,6 +602,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     negative_slope : float, optional
         The slope of ``"leaky_relu"`` for negative inputs (default 0.01); an error with any
         other activation.
+    convention : {"torch", "keras", "onnx", "flax"}, default "torch"
+        The running-statistics rule of training mode (see :func:`batch_norm_forward`).
 
     Returns
     -------
@@ -630,8 +651,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,
             skip_nonfinite=skip_nonfinite, activation=activation, residual=residual,
-            negative_slope=negative_slope,
+            negative_slope=negative_slope, convention=convention,
         ).out
+    conv.check_convention(convention)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required when training=False")
     return batch_norm_inference(x, running_mean, running_var, weight, bias, eps=eps, axis=axis,

@@ -407,6 +407,40 @@ class FrozenBatchNorm:
                                  activation, negative_slope)
 
     @classmethod
+    def from_onnx(cls, model: Any, node: Optional[str] = None, *,
+                  num_threads: Optional[int] = None) -> "FrozenBatchNorm":
+        """The inference transform of a ``BatchNormalization`` node of an ONNX model.
+
+        Parameters
+        ----------
+        model : onnx.ModelProto or path-like
+            The model (``onnx`` must be installed: ``pip install onnx``).
+        node : str, optional
+            The node's name; None takes the model's only BatchNormalization node.
+        num_threads : int, optional
+            OpenMP threads for the kernel.
+
+        Returns
+        -------
+        FrozenBatchNorm
+            ``(x - input_mean) / sqrt(input_var + epsilon) * scale + B`` on channel axis 1, as
+            ONNX defines the node, with ``epsilon`` the float32 value the model stores.
+
+        Raises
+        ------
+        ImportError
+            Without ``onnx``.
+        ValueError
+            If the model has no such node (or several, and ``node`` is None), or the node's
+            parameters are not constants of the model.
+        """
+        from ._onnx import read_node
+
+        p = read_node(model, node)
+        return cls.from_stats(p["input_mean"], p["input_var"], p["scale"], p["B"],
+                              p["epsilon"], axis=1, num_threads=num_threads)
+
+    @classmethod
     def from_layer(cls, layer: Any) -> "FrozenBatchNorm":
         """A frozen copy of a :class:`cbn.BatchNorm`'s evaluation-mode transform.
 

@@ -2,7 +2,8 @@
 
 Pure Python on top of :func:`cbn.batch_norm_forward`, :func:`cbn.batch_norm_backward` and
 :func:`cbn.batch_norm_inference`.  The running-statistics update follows one of three
-framework conventions (``"torch"``, ``"keras"``, ``"onnx"``).
+framework conventions (``"torch"``, ``"keras"``, ``"onnx"``, ``"flax"``: cbn/_conventions.py),
+whose names its state dicts also speak.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from . import _conventions as conv
 from . import _validation as v
 from ._batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from ._dispatch import kernels as _k
@@ -21,19 +23,9 @@ from ._fold import FrozenBatchNorm, ResidualGradients, _apply_affine
 __all__ = ["BatchNorm", "IncompatibleKeys"]
 
 _F64 = v.F64
-_CONVENTIONS = ("torch", "keras", "onnx")
-
-
-class _Default:
-    """Sentinel: the convention's default momentum."""
-
-    def __repr__(self) -> str:
-        return "<convention default>"
-
-
-_DEFAULT_MOMENTUM: Any = _Default()
+_DEFAULT_MOMENTUM: Any = conv.DEFAULT
 #: Default ``momentum`` of each convention (in that convention's own meaning).
-DEFAULT_MOMENTUM = {"torch": 0.1, "keras": 0.99, "onnx": 0.9}
+DEFAULT_MOMENTUM = conv.DEFAULT_MOMENTUM
 
 
 class IncompatibleKeys(NamedTuple):
@@ -66,10 +58,12 @@ class BatchNorm:
         Number of channels C.
     eps : float, default 1e-5
         Added to the variance; finite and > 0.
-    momentum : float or None, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx)
+    momentum : float or None, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx,
+        0.99 flax)
         Running-statistics update factor, in [0, 1], in the meaning of ``convention``:
         ``"torch"``: ``running = (1 - momentum) * running + momentum * batch``;
-        ``"keras"`` / ``"onnx"``: ``running = momentum * running + (1 - momentum) * batch``.
+        ``"keras"`` / ``"onnx"`` / ``"flax"``:
+        ``running = momentum * running + (1 - momentum) * batch``.
         None gives the cumulative moving average over all training batches (the batch weight is
         ``1 / num_batches_tracked``), as in torch.
     affine : bool, default True
@@ -85,10 +79,12 @@ class BatchNorm:
     dtype : dtype, default float32
         Dtype of the parameters and running statistics (float32 or float64).  Inputs may be
         float16, bfloat16, float32 or float64 independently of it; the output has the input's dtype.
-    convention : {"torch", "keras", "onnx"}, default "torch"
+    convention : {"torch", "keras", "onnx", "flax"}, default "torch"
         How the running statistics are updated.  ``"torch"`` stores the *unbiased* batch
-        variance ``var * n / (n - 1)``; ``"keras"`` and ``"onnx"`` store the *biased* one.
-        The normalization itself is the same in all three.
+        variance ``var * n / (n - 1)``; the others store the *biased* one.  The
+        normalization itself is the same in all.  Keras's ``trainable=False`` and flax's
+        ``use_running_average=True`` are :meth:`eval` (the running statistics in every
+        call; :meth:`backward` then gives the gradient of that fixed affine map).
     num_threads : int, optional
         OpenMP threads for the kernels; None uses ``omp_get_max_threads()``.
     activation : {None, "relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"}
@@ -150,10 +146,7 @@ class BatchNorm:
                 f"num_features must be a positive integer, got {type(num_features).__name__}")
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if not isinstance(convention, str) or convention not in _CONVENTIONS:
-            raise ValueError(
-                f"convention must be one of {', '.join(map(repr, _CONVENTIONS))}, "
-                f"got {convention!r}")
+        conv.check_convention(convention)
         if momentum is _DEFAULT_MOMENTUM:
             momentum = DEFAULT_MOMENTUM[convention]
         elif momentum is not None:
@@ -258,9 +251,7 @@ class BatchNorm:
         """The batch weight of this training step's running update (after counting it)."""
         if self.momentum is None:
             return 1.0 / float(self.num_batches_tracked + 1)
-        if self.convention == "torch":
-            return self.momentum
-        return 1.0 - self.momentum
+        return conv.update_factor(self.convention, self.momentum)
 
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
                 out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -347,7 +338,7 @@ class BatchNorm:
             n = x.size // self.num_features
             if n == 0:  # an empty batch leaves the statistics alone (as in torch)
                 momentum = None
-            elif self.convention != "torch":  # keras / onnx: the biased variance, no cancellation
+            elif not conv.stores_unbiased(self.convention):  # the biased variance, no cancellation
                 bv = bv * ((n - 1.0) / n)
         saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual, act)
         _k.commit_step(self, saved, self.running_mean, self.running_var, bm, bv, momentum,
@@ -503,55 +494,83 @@ class BatchNorm:
             keys += ["running_mean", "running_var", "num_batches_tracked"]
         return keys
 
-    def state_dict(self) -> dict:
-        """The parameters and buffers under torch's keys, as NumPy copies.
+    def state_dict(self, convention: Optional[str] = None) -> dict:
+        """The parameters and buffers under a framework's names, as NumPy copies.
+
+        Parameters
+        ----------
+        convention : {None, "torch", "keras", "onnx", "flax"}, default None
+            Whose names: None and ``"torch"`` give torch's (whatever the layer's own
+            convention: the names torch's and cbn's ``load_state_dict`` take); ``"keras"``
+            ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``; ``"onnx"`` ``scale``,
+            ``B``, ``input_mean``, ``input_var`` (the BatchNormalization node's inputs);
+            ``"flax"`` ``scale``, ``bias``, ``mean``, ``var``.  Only torch has a
+            ``num_batches_tracked``.
 
         Returns
         -------
         dict of str to ndarray
             ``weight``, ``bias`` (when ``affine``), ``running_mean``, ``running_var`` and
             ``num_batches_tracked`` (int64, shape (); when ``track_running_stats``), in torch's
-            order.  ``torch.nn.BatchNorm2d.load_state_dict({k: torch.from_numpy(v) ...})``
-            accepts it.
-        """
-        return {k: getattr(self, k).copy() for k in self._state_keys()}
+            order, under the convention's names.
+            ``torch.nn.BatchNorm2d.load_state_dict({k: torch.from_numpy(v) ...})`` accepts the
+            torch form.
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True
-                        ) -> IncompatibleKeys:
+        Raises
+        ------
+        ValueError
+            On an unknown ``convention``.
+        """
+        names = conv.NAMES[conv.check_convention("torch" if convention is None else convention)]
+        return {names[k]: getattr(self, k).copy() for k in self._state_keys() if k in names}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        convention: Optional[str] = None) -> IncompatibleKeys:
         """Copy parameters and buffers from ``state_dict`` into the layer's arrays.
 
         A torch ``state_dict`` converted with ``{k: v.numpy() for k, v in sd.items()}`` (or
-        holding CPU tensors) loads directly.  Values are cast into the existing arrays' dtype;
-        nothing is changed unless every check passes.
+        holding CPU tensors) loads directly, and so do Keras's, ONNX's and flax's names (flax's
+        ``{"params": ..., "batch_stats": ...}`` too).  Values are cast into the existing
+        arrays' dtype; nothing is changed unless every check passes.
 
         Parameters
         ----------
         state_dict : mapping of str to array_like
-            Keys as returned by :meth:`state_dict`.  A missing ``num_batches_tracked`` is
-            accepted and leaves the counter unchanged, as torch does for state dicts without
-            version metadata.
+            Keys as returned by :meth:`state_dict` for one convention.  A missing
+            ``num_batches_tracked`` is accepted and leaves the counter unchanged, as torch does
+            for state dicts without version metadata.
         strict : bool, default True
             Raise on missing or unexpected keys; when False they are skipped and reported.
+        convention : {None, "torch", "keras", "onnx", "flax"}, default None
+            Whose names the keys are; None detects it from the keys (the convention naming most
+            of them; an error names the keys when several conventions name as many).
 
         Returns
         -------
         IncompatibleKeys
-            ``(missing_keys, unexpected_keys)``.
+            ``(missing_keys, unexpected_keys)``, in the convention's names.
 
         Raises
         ------
         KeyError
             With ``strict``, on missing or unexpected keys (all are named).
         ValueError
-            If a value has the wrong shape (also when not ``strict``).
+            If a value has the wrong shape (also when not ``strict``), or the convention cannot
+            be told from the keys.
         TypeError
             If a value cannot be cast to the layer's dtype (e.g. a float counter).
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         own = self._state_keys()
-        missing = [k for k in own if k not in state_dict and k != "num_batches_tracked"]
-        unexpected = [k for k in state_dict if k not in own]
+        state = conv.flatten(state_dict)
+        if convention is None:
+            convention = conv.detect(state)
+        names = conv.NAMES[conv.check_convention(convention)]
+        theirs = [names[k] for k in own if k in names]
+        missing = [names[k] for k in own
+                   if k in names and names[k] not in state and k != "num_batches_tracked"]
+        unexpected = [k for k in state if k not in theirs]
         if strict and (missing or unexpected):
             parts = []
             if missing:
@@ -560,24 +579,27 @@ class BatchNorm:
                 parts.append("unexpected key(s): " + ", ".join(map(repr, unexpected)))
             raise KeyError(f"Error(s) in loading state_dict for {type(self).__name__}: "
                            + "; ".join(parts)
-                           + f" (this layer has keys {own})")
+                           + f" (this layer has keys {theirs}, convention {convention!r})")
         staged = []
         for k in own:
-            if k not in state_dict:
+            if k not in names or names[k] not in state:
                 continue
             dst = getattr(self, k)
-            val = state_dict[k]
+            val = state[names[k]]
             if hasattr(val, "detach") and hasattr(val, "cpu"):  # a torch tensor
                 val = val.detach().cpu().numpy()
             src = np.asarray(val)
             if src.shape != dst.shape:
-                raise ValueError(
-                    f"size mismatch for {k!r}: expected shape {dst.shape}, got {src.shape}")
-            if not np.can_cast(src.dtype, dst.dtype, "same_kind"):
-                raise TypeError(f"cannot load {k!r} of dtype {src.dtype} into {dst.dtype}")
+                raise ValueError(f"size mismatch for {names[k]!r}: expected shape {dst.shape}, "
+                                 f"got {src.shape}")
+            if not np.can_cast(src.dtype, dst.dtype, "same_kind") and not v.is_bfloat16(
+                    src.dtype):
+                raise TypeError(f"cannot load {names[k]!r} of dtype {src.dtype} into "
+                                f"{dst.dtype}")
             staged.append((dst, src))
         for dst, src in staged:
-            np.copyto(dst, src, casting="same_kind")
+            np.copyto(dst, src.astype(dst.dtype) if v.is_bfloat16(src.dtype) else src,
+                      casting="same_kind")
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ conversions
@@ -644,6 +666,77 @@ class BatchNorm:
             sd["bias"] = arrs[i]
         layer.load_state_dict(sd, strict=False)
         return layer
+
+    def to_keras(self) -> list:
+        """Keras ``BatchNormalization.set_weights()``'s list: the inverse of :meth:`from_keras`.
+
+        Returns
+        -------
+        list of ndarray
+            ``[gamma, beta, moving_mean, moving_variance]`` (copies), ``gamma`` left out
+            without ``weight`` and ``beta`` without ``bias`` (Keras's ``scale=False`` and
+            ``center=False``).  The variance is the running one as kept: a torch-convention
+            layer's, updated with the unbiased batch variance, serves Keras's inference as it
+            is.
+
+        Raises
+        ------
+        ValueError
+            If the layer has no running statistics (Keras's layer always has them).
+        """
+        if not self.track_running_stats:
+            raise ValueError("a layer without running statistics has no Keras weights")
+        out = [] if self.weight is None else [self.weight.copy()]
+        if self.bias is not None:
+            out.append(self.bias.copy())
+        return out + [self.running_mean.copy(), self.running_var.copy()]
+
+    @classmethod
+    def from_onnx(cls, model: Any, node: Optional[str] = None, *,
+                  dtype: Optional[DTypeLike] = None,
+                  num_threads: Optional[int] = None) -> "BatchNorm":
+        """A layer from a ``BatchNormalization`` node of an ONNX model.
+
+        Parameters
+        ----------
+        model : onnx.ModelProto or path-like
+            The model (``onnx`` must be installed: ``pip install onnx``).
+        node : str, optional
+            The node's name; None takes the model's only BatchNormalization node.
+        dtype : dtype, optional
+            Dtype of the layer; default that of the node's ``input_mean`` when it is
+            float32/float64, else float32.
+        num_threads : int, optional
+            OpenMP threads for the kernels.
+
+        Returns
+        -------
+        BatchNorm
+            With ``convention="onnx"``, channel axis 1, ``scale``, ``B``, ``input_mean`` and
+            ``input_var`` loaded, and ``eps`` and ``momentum`` the float32 values the model
+            stores (ONNX's defaults 1e-5 and 0.9 when absent).  In the node's mode: evaluation
+            for ``training_mode=0`` (the default: inference with the stored statistics, as
+            ONNX Runtime runs it), training for ``training_mode=1``.
+
+        Raises
+        ------
+        ImportError
+            Without ``onnx``.
+        ValueError
+            If the model has no such node (or several, and ``node`` is None), or the node's
+            parameters are not constants of the model.
+        """
+        from ._onnx import read_node
+
+        p = read_node(model, node)
+        mm = p["input_mean"]
+        if dtype is None:
+            dtype = mm.dtype if mm.dtype in (v.F32, v.F64) else np.float32
+        layer = cls(mm.shape[0], eps=p["epsilon"], momentum=p["momentum"], axis=1,
+                    dtype=dtype, convention="onnx", num_threads=num_threads)
+        layer.load_state_dict({k: p[k] for k in ("scale", "B", "input_mean", "input_var")},
+                              convention="onnx")
+        return layer.train(p["training"])
 
     def freeze(self) -> FrozenBatchNorm:
         """A :class:`FrozenBatchNorm` computing this layer's evaluation-mode transform.

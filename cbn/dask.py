@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _conventions as conv
 from . import _validation as v
 from ._batch_norm import batch_norm_inference as _np_inference
 from ._batch_norm import _activation_gradient
@@ -186,11 +187,12 @@ def _normalize_block(block, residual=None, *, axis, mean, scale, shift, nt, post
 def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
                        bias: Optional[ArrayLike] = None, *, eps: float = 1e-5,
                        running_mean: Optional[np.ndarray] = None,
-                       running_var: Optional[np.ndarray] = None, momentum: float = 0.1,
+                       running_var: Optional[np.ndarray] = None, momentum: Any = conv.DEFAULT,
                        axis: int = 1, num_threads: Optional[int] = 1,
                        split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
                        residual: Optional["_da.Array"] = None,
-                       negative_slope: Optional[float] = None) -> ForwardResult:
+                       negative_slope: Optional[float] = None,
+                       convention: str = "torch") -> ForwardResult:
     """Training-mode batch normalization of a Dask array, with exact batch statistics.
 
     The statistics are those of the whole array (all chunks), computed eagerly by per-chunk
@@ -207,10 +209,10 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     eps : float, default 1e-5
         Added to the variance; finite and > 0.
     running_mean, running_var : ndarray of shape (C,), optional
-        NumPy arrays updated in place as in :func:`cbn.batch_norm_forward` (unbiased variance
-        for ``running_var``).  The update happens in this call.
-    momentum : float, default 0.1
-        Weight of the batch statistics in the running-stat update, in [0, 1].
+        NumPy arrays updated in place as in :func:`cbn.batch_norm_forward` (by the rule of
+        ``convention``).  The update happens in this call.
+    momentum : float, default: the convention's (0.1 torch, 0.99 keras, 0.9 onnx, 0.99 flax)
+        The running-stat update factor, in [0, 1], in the convention's meaning.
     axis : int, default 1
         The channel axis (negative counts from the end).
     num_threads : int or None, default 1
@@ -221,6 +223,8 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     activation, residual, negative_slope : optional
         ``out = activation(bn(x) + residual)`` chunk by chunk in the same pass, as in
         :func:`cbn.batch_norm_forward`; ``residual`` a Dask array shaped like ``x``.
+    convention : {"torch", "keras", "onnx", "flax"}, default "torch"
+        The running-statistics rule, as in :func:`cbn.batch_norm_forward`.
 
     Returns
     -------
@@ -231,7 +235,8 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     Raises
     ------
     TypeError
-        If ``x`` is not a float32/float64 Dask array or a parameter is not floating point.
+        If ``x`` is not a float16/bfloat16/float32/float64 Dask array or a parameter is not
+        floating point.
     ValueError
         If the channel axis is chunked (use ``x.rechunk({axis: -1})``), on a bad axis or
         shape, ``eps <= 0``, ``momentum`` outside [0, 1], a read-only running statistic, or a
@@ -252,7 +257,11 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     C = x.shape[a]
     w = None if weight is None else v.as_f64(weight, "weight", C)
     b = None if bias is None else v.as_f64(bias, "bias", C)
-    momentum = v.check_running_stats(running_mean, running_var, momentum, C)
+    conv.check_convention(convention)
+    if momentum is conv.DEFAULT:
+        momentum = conv.DEFAULT_MOMENTUM[convention]
+    momentum = conv.update_factor(
+        convention, v.check_running_stats(running_mean, running_var, momentum, C))
     shape_known = not any(math.isnan(s) for s in x.shape)
     if shape_known:
         n = math.prod(s for i, s in enumerate(x.shape) if i != a)
@@ -273,7 +282,8 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
                         shift=shift, nt=nt, post=post, dtype=x.dtype, meta=_meta(x),
                         token="cbn-normalize")
     # the in-memory function's update: float64, rounded once to each statistic's dtype
-    _k.update_running(running_mean, running_var, mean, var, n, momentum, False)
+    _k.update_running(running_mean, running_var, mean, var, n, momentum, False,
+                      conv.stores_unbiased(convention))
     return ForwardResult(out, mean, invstd)
 
 
