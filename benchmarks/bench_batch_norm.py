@@ -290,3 +290,73 @@ class PeakMemBatchNorm:
     def peakmem_inference(self, shape, dtype, num_threads, impl):
         """Inference."""
         self.calls.inference()
+
+
+class TimeHalfPrecision:
+    """The 16-bit formats: float16 (and bfloat16 with ml_dtypes) data with float32 parameters
+    and statistics, cbn against torch's CPU batch norm on the same format, at 2 threads, on
+    the big NCHW shape, the NC shape and channels-last."""
+
+    params = [["32x64x56x56", "4096x1024", "32x56x56x64-nhwc"], ["float16", "bfloat16"],
+              ["cbn", "torch"]]
+    param_names = ["shape", "dtype", "impl"]
+    repeat = (2, 5, 4.0)
+    warmup_time = 0.05
+    timeout = 120
+
+    def setup(self, shape, dtype, impl):
+        """Draw float32 inputs, round them to the format; warm up."""
+        if dtype == "bfloat16":
+            try:
+                import ml_dtypes
+            except ImportError:
+                raise NotImplementedError("bfloat16 needs ml_dtypes") from None
+            dt = np.dtype(ml_dtypes.bfloat16)
+        else:
+            dt = np.dtype(np.float16)
+        shp, axis = SHAPES[shape]
+        d = make_inputs(shp, "float32", axis)
+        x, dy = d["x"].astype(dt), d["dy"].astype(dt)
+        w, b, rm, rv = (d[k] for k in ("weight", "bias", "running_mean", "running_var"))
+        _, mean, invstd = cbn.batch_norm_forward(x, w, b, eps=EPS, axis=axis)
+        if impl == "torch":
+            import_torch()
+            torch.set_num_threads(2)
+            tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+
+            def tensor(a):
+                return torch.from_numpy(a.astype(np.float32)).to(tdt)
+            xt = tensor(x) if axis == 1 else tensor(x).permute(0, 3, 1, 2)
+            dyt = tensor(dy) if axis == 1 else tensor(dy).permute(0, 3, 1, 2)
+            tw, tb, trm, trv = (torch.from_numpy(a) for a in (w, b, rm, rv))
+            sm = torch.from_numpy(np.asarray(mean, np.float32))
+            si = torch.from_numpy(np.asarray(invstd, np.float32))
+            F, aten = torch.nn.functional, torch.ops.aten
+            self.forward = lambda: F.batch_norm(xt, trm.clone(), trv.clone(), tw, tb, True,
+                                                MOMENTUM, EPS)
+            self.backward = lambda: aten.native_batch_norm_backward(
+                dyt, xt, tw, trm, trv, sm, si, True, EPS, [True, True, True])
+            self.inference = lambda: F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM, EPS)
+        else:
+            y = np.empty_like(x)
+            rmc, rvc = rm.copy(), rv.copy()
+            self.forward = lambda: cbn.batch_norm_forward(
+                x, w, b, eps=EPS, running_mean=rmc, running_var=rvc, momentum=MOMENTUM,
+                axis=axis, out=y, num_threads=2)
+            self.backward = lambda: cbn.batch_norm_backward(dy, x, mean, invstd, w, axis=axis,
+                                                            out=y, num_threads=2)
+            self.inference = lambda: cbn.batch_norm_inference(x, rm, rv, w, b, eps=EPS,
+                                                              axis=axis, out=y, num_threads=2)
+        self.inference()
+
+    def time_forward(self, shape, dtype, impl):
+        """Training forward pass."""
+        self.forward()
+
+    def time_backward(self, shape, dtype, impl):
+        """Backward pass: dx, dweight and dbias."""
+        self.backward()
+
+    def time_inference(self, shape, dtype, impl):
+        """Inference with the running statistics."""
+        self.inference()
