@@ -71,8 +71,11 @@ def check_convention(convention, name="convention"):
 
 def update_factor(convention, momentum):
     """The weight of the batch in the running update, ``momentum`` read in ``convention``'s
-    meaning (torch weighs the batch, the others the running value)."""
-    return momentum if convention == "torch" else 1.0 - momentum
+    meaning (torch weighs the batch, the others the running value); None (no running
+    statistics to update, so no momentum to read) stays None."""
+    if momentum is None or convention == "torch":
+        return momentum
+    return 1.0 - momentum
 
 
 def stores_unbiased(convention):
@@ -95,16 +98,23 @@ def flatten(state):
     return dict(state)
 
 
+def _meaning(convention, keys):
+    """What each key names in ``convention``: key -> cbn's name (None: not one of its)."""
+    back = {theirs: ours for ours, theirs in NAMES[convention].items()}
+    return {k: back.get(k) for k in keys}
+
+
 def detect(keys):
     """The convention whose names ``keys`` use: the one naming most of them (keys no convention
     names, and names of arrays a layer lacks, are the loader's unexpected keys).  torch when
-    none names any; a ValueError naming the keys when several name as many
-    (``convention=`` decides)."""
+    none names any.  Conventions that name as many but mean the same by every key (``scale``
+    is ONNX's and flax's weight alike) are one answer, the first in :data:`CONVENTIONS`; a
+    ValueError names the keys when they would load differently (``convention=`` decides)."""
     keys = set(keys)
     score = {c: len(keys & set(NAMES[c].values())) for c in CONVENTIONS}
     best = max(score.values())
     fits = [c for c in CONVENTIONS if score[c] == best]
-    if best == 0 or len(fits) == 1:
+    if best == 0 or all(_meaning(c, keys) == _meaning(fits[0], keys) for c in fits):
         return fits[0]
-    raise ValueError(f"the keys {sorted(keys)} are names of the conventions {fits} alike: pass "
-                     f"convention= to choose")
+    raise ValueError(f"the keys {sorted(keys)} are names of the conventions {fits}, which would "
+                     f"load them differently: pass convention= to choose")

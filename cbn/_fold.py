@@ -431,12 +431,16 @@ class FrozenBatchNorm:
         ImportError
             Without ``onnx``.
         ValueError
-            If the model has no such node (or several, and ``node`` is None), or the node's
-            parameters are not constants of the model.
+            If the model has no such node (or several, and ``node`` is None), the node's
+            parameters are not constants of the model, or the node is in training mode.
         """
         from ._onnx import read_node
 
         p = read_node(model, node)
+        if p["training"]:
+            raise ValueError(f"node {p['name']!r} has training_mode=1 (it normalizes with the "
+                             f"batch statistics): a FrozenBatchNorm applies the stored ones; "
+                             f"use cbn.BatchNorm.from_onnx")
         return cls.from_stats(p["input_mean"], p["input_var"], p["scale"], p["B"],
                               p["epsilon"], axis=1, num_threads=num_threads)
 

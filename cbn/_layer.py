@@ -184,6 +184,7 @@ class BatchNorm:
         self.grad_bias: Optional[np.ndarray] = None
         self._saved: Optional[tuple] = None
         self._lock = threading.Lock()
+        self._keras_scale = True  # Keras's scale flag: False for from_keras(scale=False)
 
     # ------------------------------------------------------------------ modes and state
     def train(self, mode: bool = True) -> "BatchNorm":
@@ -592,14 +593,13 @@ class BatchNorm:
             if src.shape != dst.shape:
                 raise ValueError(f"size mismatch for {names[k]!r}: expected shape {dst.shape}, "
                                  f"got {src.shape}")
-            if not np.can_cast(src.dtype, dst.dtype, "same_kind") and not v.is_bfloat16(
-                    src.dtype):
+            bf16 = v.is_bfloat16(src.dtype) and dst.dtype.kind == "f"
+            if not (np.can_cast(src.dtype, dst.dtype, "same_kind") or bf16):
                 raise TypeError(f"cannot load {names[k]!r} of dtype {src.dtype} into "
                                 f"{dst.dtype}")
-            staged.append((dst, src))
+            staged.append((dst, src.astype(dst.dtype) if bf16 else src))
         for dst, src in staged:
-            np.copyto(dst, src.astype(dst.dtype) if v.is_bfloat16(src.dtype) else src,
-                      casting="same_kind")
+            np.copyto(dst, src, casting="same_kind")
         return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ conversions
@@ -665,6 +665,7 @@ class BatchNorm:
         if center:
             sd["bias"] = arrs[i]
         layer.load_state_dict(sd, strict=False)
+        layer._keras_scale = bool(scale)
         return layer
 
     def to_keras(self) -> list:
@@ -674,10 +675,10 @@ class BatchNorm:
         -------
         list of ndarray
             ``[gamma, beta, moving_mean, moving_variance]`` (copies), ``gamma`` left out
-            without ``weight`` and ``beta`` without ``bias`` (Keras's ``scale=False`` and
-            ``center=False``).  The variance is the running one as kept: a torch-convention
-            layer's, updated with the unbiased batch variance, serves Keras's inference as it
-            is.
+            without ``weight`` or for a layer :meth:`from_keras` made with ``scale=False``
+            (whose weight is fixed at 1), ``beta`` without ``bias`` (Keras's ``center=False``).
+            The variance is the running one as kept: a torch-convention layer's, updated with
+            the unbiased batch variance, serves Keras's inference as it is.
 
         Raises
         ------
@@ -686,7 +687,8 @@ class BatchNorm:
         """
         if not self.track_running_stats:
             raise ValueError("a layer without running statistics has no Keras weights")
-        out = [] if self.weight is None else [self.weight.copy()]
+        out = [self.weight.copy()] if self.weight is not None and getattr(
+            self, "_keras_scale", True) else []
         if self.bias is not None:
             out.append(self.bias.copy())
         return out + [self.running_mean.copy(), self.running_var.copy()]

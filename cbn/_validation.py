@@ -39,8 +39,11 @@ def is_bfloat16(dt):
     """Whether ``dt`` is ``ml_dtypes.bfloat16`` (NumPy has no bfloat16 of its own; ml_dtypes
     registers one as a user dtype, so it is recognised by its scalar type)."""
     t = dt.type
-    return (dt.kind == "V" and dt.itemsize == 2 and t.__name__ == "bfloat16"
-            and t.__module__ == "ml_dtypes")
+    if (dt.kind == "V" and dt.itemsize == 2 and t.__name__ == "bfloat16"
+            and t.__module__ == "ml_dtypes"):
+        _core.note_bfloat16(dt.num)  # the entries and the gradient-dtype rule take it now
+        return True
+    return False
 
 
 def is_float_dtype(dt):
@@ -54,7 +57,6 @@ def check_float_dtype(dt, name="x"):
     if dt.kind == "f" and dt.itemsize in (2, 4, 8):
         return
     if is_bfloat16(dt):
-        _core.note_bfloat16(dt.num)  # the entries take it from now on
         return
     raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got dtype "
                     f"{dt}")

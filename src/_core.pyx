@@ -3,7 +3,7 @@
 """The compile-once half of cbn's kernels: entries, fast paths, running statistics, tuning.
 
 Everything here is compiled once, for the baseline target: the Python-facing entries that the
-Python layer (cbn/_batch_norm.py, cbn/_moments.py, cbn/_half.py) calls, the argument rules (the
+Python layer (cbn/_batch_norm.py, cbn/_moments.py, cbn/_fold.py) calls, the argument rules (the
 one home of every value rule, shared formula and error message, used by the fast paths and,
 through def wrappers, by cbn/_validation.py), the fast paths, the running-statistic update, the
 info and test hooks, the one runtime (tuning settings, probes, fork-safety flags) and the
@@ -936,8 +936,13 @@ cdef inline cnp.dtype _gradient_dtype(cnp.dtype x_dtype, object weight_dtype):
     """Rule: dweight and dbias take the dtype of weight when there is one (``weight_dtype`` not
     None), else of x; float16 and bfloat16 become float32 (sums of float16 gradients overflow
     past 65504; bfloat16 sums keep 8 bits)."""
+    global _BF16_NUM
     cdef cnp.dtype d = x_dtype if weight_dtype is None else <cnp.dtype?>weight_dtype
     if d.type_num == cnp.NPY_FLOAT16 or (d.type_num == _BF16_NUM and _BF16_NUM >= 0):
+        return _F32_DTYPE
+    if (d.type_num >= 256 and d.itemsize == 2 and d.kind == b"V"  # 256: NPY_USERDEF
+            and d.type.__name__ == "bfloat16" and d.type.__module__ == "ml_dtypes"):
+        _BF16_NUM = d.type_num  # ml_dtypes.bfloat16 (a weight seen before any bfloat16 x)
         return _F32_DTYPE
     return d
 

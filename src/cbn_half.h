@@ -20,7 +20,8 @@
  * few integer operations per vector, next to a memory-bound pass).  Not AVX512_BF16's
  * vcvtneps2bf16: it flushes subnormal inputs and outputs to zero, where ml_dtypes keeps them.  The portable binary16 paths
  * use float32 arithmetic on subnormal values, so they assume the process has not enabled
- * denormals-are-zero (as every float kernel here does).  tests/kernels/test_half.py checks all
+ * denormals-are-zero (as every float kernel here does).  tests/kernels/test_half_conversions.py
+ * checks all
  * 65,536 values of each format in and sampled float32 bit patterns at every rounding boundary
  * out, at every SIMD level, against NumPy and ml_dtypes. */
 #ifndef CBN_HALF_H

@@ -5,13 +5,16 @@ import sys
 
 from ._runtime import resolve_threads
 from .busy import busy_reason
-from .cases import DTYPES, OPS, default_cases
+from .cases import DTYPES, OPS, available, default_cases
 from .outputs import PLOT_ERROR, plot_speedups, require_matplotlib, write_json
 from .progress import ProgressBar
 from .report import environment, format_report
 from .runner import run_benchmark
 from .scaling import run_scaling, scaling_pairs
 from .timing import FULL, QUICK, Settings
+
+#: The error of ``--dtypes bfloat16`` without ml_dtypes.
+BF16_ERROR = '--dtypes bfloat16 needs ml_dtypes: pip install "cbn[bf16]"'
 
 
 def _csv_of(choices):
@@ -112,7 +115,8 @@ def run(args, cases=None, out=None):
     Returns
     -------
     int
-        Exit code: 0 on success, 2 when ``--plot`` is asked for without matplotlib.
+        Exit code: 0 on success, 2 when ``--plot`` is asked for without matplotlib or
+        ``--dtypes bfloat16`` without ml_dtypes.
     """
     out = out if out is not None else sys.stdout
     plt = None
@@ -122,6 +126,9 @@ def run(args, cases=None, out=None):
             print(PLOT_ERROR, file=sys.stderr)
             return 2
     if cases is None:
+        if args.dtypes and "bfloat16" in args.dtypes and not available("bfloat16"):
+            print(BF16_ERROR, file=sys.stderr)
+            return 2
         dtypes = args.dtypes or (("float32",) if args.quick else DTYPES)
         cases = default_cases(quick=args.quick, dtypes=dtypes)
     settings = _settings_for(args)

@@ -249,3 +249,18 @@ def test_bfloat16_matches_torch_bfloat16_batch_norm():
                                    atol=2 ** -7 * 2, rtol=2 ** -7)
         np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-5)
+
+
+def test_bfloat16_weight_gives_float32_gradients_in_a_fresh_process():
+    """The gradient-dtype rule knows bfloat16 from a weight too, before any bfloat16 data."""
+    pytest.importorskip("ml_dtypes")
+    import subprocess
+    import sys
+    code = ("import numpy as np, ml_dtypes, cbn\n"
+            "x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)\n"
+            "f = cbn.batch_norm_forward(x)\n"
+            "w = np.ones(3, ml_dtypes.bfloat16)\n"
+            "print(cbn.batch_norm_backward(x, x, f.mean, f.invstd, w).dweight.dtype)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "float32"

@@ -55,6 +55,16 @@ def test_functional_running_statistics_follow_the_convention(rng, convention, mo
     np.testing.assert_allclose(rv, want_v, rtol=1e-13)
 
 
+def test_momentum_is_not_read_without_running_statistics():
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    for convention in conv.CONVENTIONS:  # torch's rule: momentum applies to the update only
+        f = cbn.batch_norm_forward(x, momentum=None, convention=convention)
+        np.testing.assert_array_equal(f.out, cbn.batch_norm_forward(x).out)
+        with pytest.raises(ValueError, match="momentum"):
+            cbn.batch_norm_forward(x, running_mean=np.zeros(3), momentum=1.5,
+                                   convention=convention)
+
+
 def test_functional_convention_is_checked():
     x = np.ones((2, 3))
     for call in (lambda: cbn.batch_norm_forward(x, convention="tf"),
@@ -104,8 +114,17 @@ def test_flax_nested_variables_load():
 
 def test_state_dict_errors_name_the_keys():
     bn = cbn.BatchNorm(3)
-    with pytest.raises(ValueError, match=r"\['scale'\].*\['onnx', 'flax'\].*convention="):
-        bn.load_state_dict({"scale": np.ones(3)})  # ONNX's and flax's name alike
+    with pytest.raises(ValueError, match=r"\['B', 'bias'\].*would load them differently.*"
+                                         r"convention="):
+        bn.load_state_dict({"B": np.ones(3), "bias": np.ones(3)})  # ONNX's B, or torch's bias
+    # names that several conventions share, meaning the same array, are no ambiguity
+    bn.load_state_dict({"scale": np.full(3, 3.0)}, strict=False)  # ONNX's and flax's weight
+    assert (bn.weight == 3).all()
+    bn.load_state_dict({"bias": np.full(3, 4.0)}, strict=False)  # torch's and flax's bias
+    assert (bn.bias == 4).all()
+    with pytest.raises(TypeError, match="num_batches_tracked"):
+        bf16 = pytest.importorskip("ml_dtypes").bfloat16
+        bn.load_state_dict({"num_batches_tracked": np.array(3, bf16)}, strict=False)
     keras = _trained().state_dict(convention="keras")
     with pytest.raises(KeyError, match="missing key.*'moving_variance'.*convention 'keras'"):
         bn.load_state_dict({k: v for k, v in keras.items() if k != "moving_variance"})
@@ -128,12 +147,9 @@ def test_to_keras_is_the_inverse_of_from_keras(center, scale):
                                                         rng.random(4) + 0.5]
     layer = cbn.BatchNorm.from_keras(weights, center=center, scale=scale)
     back = layer.to_keras()
-    if scale or not center:
-        assert len(back) == len(weights)
-        for got, want in zip(back, weights):
-            np.testing.assert_allclose(got, want.astype(np.float32))
-    else:  # scale=False with center: a weight fixed at 1 comes back as gamma
-        np.testing.assert_array_equal(back[0], np.ones(4, np.float32))
+    assert len(back) == len(weights)  # scale=False: the fixed weight is no gamma
+    for got, want in zip(back, weights):
+        np.testing.assert_allclose(got, want.astype(np.float32))
     with pytest.raises(ValueError, match="running statistics"):
         cbn.BatchNorm(4, track_running_stats=False).to_keras()
 
@@ -262,3 +278,5 @@ def test_from_onnx_errors():
         cbn.BatchNorm.from_onnx(dynamic)
     with pytest.raises(TypeError, match="onnx.ModelProto or a path"):
         cbn.BatchNorm.from_onnx(42)
+    with pytest.raises(ValueError, match="training_mode=1.*BatchNorm.from_onnx"):
+        cbn.FrozenBatchNorm.from_onnx(_onnx_model(3, training=True))

@@ -108,7 +108,7 @@ print(hits, bad)
     "fused_backward"])
 def test_ctrl_c_leaves_a_call_done_or_not_done(mode):
     """SIGINT at 20 points of an in-place training forward (C fast path, Python path of a
-    Fortran-order array, float16's chunk loop) or of a layer's step (forward: statistics,
+    Fortran-order array, a float16 array through its native kernels) or of a layer's step (forward: statistics,
     counter, saved input; backward: both parameter gradients) or of a fused backward writing
     out and dresidual_out: afterwards the state is either
     untouched or fully updated, never in between."""

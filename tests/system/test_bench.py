@@ -388,3 +388,10 @@ def test_stream_kernels_check_their_arrays():
     k.stream_scale(a, out, 1)
     np.testing.assert_array_equal(out, 3.0)
     assert k.stream_sum(a, 2) == 100.0
+
+
+def test_bfloat16_without_ml_dtypes_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # makes `import ml_dtypes` fail
+    assert _bench.run(parse(["--dtypes", "bfloat16"]), out=io.StringIO()) == 2
+    assert 'needs ml_dtypes: pip install "cbn[bf16]"' in capsys.readouterr().err
+    assert all(c.dtype != "bfloat16" for c in _bench.default_cases())
