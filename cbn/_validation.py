@@ -62,11 +62,23 @@ def check_float_dtype(dt, name="x"):
                     f"{dt}")
 
 
+def check_not_masked(x, name):
+    """A ``numpy.ma.MaskedArray`` is refused: its masked values would enter the statistics
+    (``np.asarray`` drops the mask), a silently wrong result."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray: cbn has no masked statistics yet and would "
+            f"include the masked values; pass {name}.filled(value) or {name}.data to say what "
+            f"they are, or select the valid positions first")
+
+
 def kernel_dtype(x, name="x"):
     """Return ``x`` as an ndarray of a kernel dtype (float16, bfloat16, float32, float64), in
-    native byte order."""
+    native byte order; a MaskedArray is a TypeError (:func:`check_not_masked`)."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
+    elif type(x) is not np.ndarray:
+        check_not_masked(x, name)
     dt = x.dtype
     if dt is F32 or dt is F64:
         return x
@@ -383,6 +395,7 @@ def residual_view(residual, x, xk, perm, name="residual"):
     to x's dtype (a copy only when its dtype or layout differs)."""
     if not isinstance(residual, np.ndarray):
         residual = np.asarray(residual)
+    check_not_masked(residual, name)
     if not is_float_dtype(residual.dtype):
         raise TypeError(f"{name} must be a floating-point array, got dtype {residual.dtype}")
     check_like(residual, x.shape, None, name)

@@ -417,3 +417,23 @@ def test_frozen_from_stats_nonfinite_names_the_argument(arg):
     kw[arg] = np.array([1.0, np.nan if arg != "running_mean" else np.inf, 1.0])
     with pytest.raises(ValueError, match=arg):
         cbn.FrozenBatchNorm.from_stats(**kw)
+
+
+def test_masked_arrays_are_refused_not_silently_unmasked():
+    """np.asarray drops a MaskedArray's mask: a masked outlier would enter the statistics
+    (mean 62499.8 instead of -0.25 in the issue's example).  Every entry refuses one."""
+    x = np.ma.masked_array(np.array([[1.0, -1.5], [-2.0, 1e6], [0.0, 1.0], [0.0, 0.5]]),
+                           mask=[[0, 0], [0, 1], [0, 0], [0, 0]])
+    frozen = cbn.FrozenBatchNorm.from_stats(np.zeros(2), np.ones(2))
+    calls = {
+        "x": [lambda: cbn.batch_norm_forward(x), lambda: cbn.moments(x),
+              lambda: cbn.batch_norm_inference(x, np.zeros(2), np.ones(2)),
+              lambda: cbn.normalize(x, np.zeros(2), np.ones(2)), lambda: frozen(x),
+              lambda: cbn.BatchNorm(2, dtype=np.float64)(x)],
+        "dy": [lambda: cbn.batch_norm_backward(x, x.data, np.zeros(2), np.ones(2))],
+        "residual": [lambda: cbn.batch_norm_forward(x.data, residual=x)],
+    }
+    for name, fns in calls.items():
+        for call in fns:
+            with pytest.raises(TypeError, match=f"{name} is a numpy.ma.MaskedArray"):
+                call()
