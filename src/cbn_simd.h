@@ -261,7 +261,10 @@ static inline double cbn_hsum8_array(const double *v) {
     for (ptrdiff_t r = 0; r < rows; r++) {                                                       \
         ptrdiff_t j0_ = 0;                                                                       \
         if (CBN_HALF) {                                                                          \
-            for (ptrdiff_t j = 0; j + CBN_TVL <= w; j += CBN_TVL, j0_ = j) { VBODY(r * ld + j) } \
+            for (; j0_ + CBN_TVL <= w; j0_ += CBN_TVL) {                                         \
+                const ptrdiff_t j = j0_;                                                         \
+                VBODY(r * ld + j)                                                                \
+            }                                                                                    \
         } else {                                                                                 \
             j0_ = CBN_ALIGN_HEAD((OUT) + r * ld, w);                                             \
             for (ptrdiff_t j = 0; j < j0_; j++) { BODY(r * ld + j) }                             \
