@@ -101,3 +101,17 @@ __all__ = [
     "fold_into_conv",
     "fold_into_linear",
 ]
+
+
+def __getattr__(name):
+    """``cbn.dask`` without ``import cbn.dask`` (PEP 562): the submodule is imported on first
+    access; without Dask installed that access is an ImportError saying how to get it."""
+    if name == "dask":
+        import importlib
+        import importlib.util
+
+        if importlib.util.find_spec("dask") is None:
+            raise ImportError("cbn.dask needs Dask: pip install \"cbn[dask]\" (installs "
+                              "dask[array] and distributed)")
+        return importlib.import_module(".dask", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@ from typing import Literal, Optional, Sequence, Tuple, Union, overload
 import numpy as np
 import numpy.typing as npt
 
+from . import dask as dask
 from . import reference as reference
 from ._fold import (
     FoldedAffine as FoldedAffine,

@@ -23,6 +23,9 @@ from ._fold import FrozenBatchNorm, ResidualGradients, _apply_affine
 __all__ = ["BatchNorm", "IncompatibleKeys"]
 
 _F64 = v.F64
+#: The attributes validated and converted on assignment (BatchNorm.__setattr__).
+_ARRAY_ATTRS = frozenset({"weight", "bias", "running_mean", "running_var", "grad_weight",
+                          "grad_bias", "num_batches_tracked"})
 _DEFAULT_MOMENTUM: Any = conv.DEFAULT
 #: Default ``momentum`` of each convention (in that convention's own meaning).
 DEFAULT_MOMENTUM = conv.DEFAULT_MOMENTUM
@@ -185,6 +188,43 @@ class BatchNorm:
         self._saved: Optional[tuple] = None
         self._lock = threading.Lock()
         self._keras_scale = True  # Keras's scale flag: False for from_keras(scale=False)
+
+    # ------------------------------------------------------------------ array attributes
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a parameter, a statistic, a gradient or the counter validates and
+        converts it (``bn.weight = [1., 2., 3.]`` stores a float array of the layer's dtype;
+        a wrong shape or a non-numeric value is an error), so the layer's arrays stay arrays
+        of shape (C,) (the counter an integer scalar array).  A float ndarray of shape (C,), or
+        an integer 0-d one for the counter, is kept as given (the layer then updates that
+        array); None removes the array."""
+        if name in _ARRAY_ATTRS and "dtype" in self.__dict__:
+            value = self._checked_array(name, value)
+        object.__setattr__(self, name, value)
+
+    def _checked_array(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        if name == "num_batches_tracked":
+            a = np.asarray(value)
+            if a.shape != () or a.dtype.kind not in "iu":
+                raise TypeError(f"num_batches_tracked must be an integer scalar, got "
+                                f"{a.dtype} of shape {a.shape}")
+            # an integer array is kept (the step counts in it, or refuses a read-only one)
+            return value if isinstance(value, np.ndarray) else np.array(a, np.int64)
+        C = self.num_features
+        if (isinstance(value, np.ndarray) and type(value) is np.ndarray
+                and v.is_float_dtype(value.dtype) and value.shape == (C,)):
+            return value
+        a = np.asarray(value)
+        if a.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},) to match num_features, got "
+                             f"{a.shape}")
+        if not (v.is_float_dtype(a.dtype) or a.dtype.kind in "iu"):
+            raise TypeError(f"{name} must be a float array of shape ({C},), got dtype "
+                            f"{a.dtype}")
+        return np.array(a, self.dtype)
 
     # ------------------------------------------------------------------ modes and state
     def train(self, mode: bool = True) -> "BatchNorm":

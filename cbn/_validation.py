@@ -59,7 +59,7 @@ def check_float_dtype(dt, name="x"):
     if is_bfloat16(dt):
         return
     raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 array, got dtype "
-                    f"{dt}")
+                    f"{dt} (convert it first, e.g. {name}.astype(np.float32))")
 
 
 def check_not_masked(x, name):
@@ -192,8 +192,10 @@ geometry = _core.geometry
 
 
 def channel_vector(a, name, C, *, writeable=False):
-    """Validate a per-channel array: a float ndarray of shape (C,).  Returns it as given.
-    ``writeable``: the array is updated in place, so it must be a writeable ndarray."""
+    """Validate a per-channel array: an ndarray of shape (C,), of a float dtype -- or of an
+    integer dtype when it is only read (the callers convert it as NumPy would, to float64).
+    Returns it as given.  ``writeable``: the array is updated in place, so it must be a
+    writeable float ndarray."""
     if a is None:
         raise TypeError(f"{name} must be an array of shape ({C},), got None")
     if not isinstance(a, np.ndarray):
@@ -201,7 +203,7 @@ def channel_vector(a, name, C, *, writeable=False):
             raise TypeError(
                 f"{name} must be a numpy.ndarray (it is updated in place), got {type(a).__name__}")
         a = np.asarray(a)
-    if not is_float_dtype(a.dtype):
+    if not (is_float_dtype(a.dtype) or (not writeable and a.dtype.kind in "iu")):
         raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
     if a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) to match the channel axis, got {a.shape}")

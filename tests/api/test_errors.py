@@ -52,7 +52,10 @@ def test_parameter_shape_and_dtype(name):
     with pytest.raises(ValueError, match=rf"{name} must have shape \(3,\)"):
         cbn.batch_norm_forward(X, **{name: np.ones(4)})
     with pytest.raises(TypeError, match=f"{name} must be a floating-point array"):
-        cbn.batch_norm_forward(X, **{name: np.ones(3, np.int32)})
+        cbn.batch_norm_forward(X, **{name: np.ones(3, np.complex64)})
+    # integer array-likes are read as NumPy converts them (a read-only parameter)
+    ints = cbn.batch_norm_forward(X, **{name: [1, 2, 3]}).out
+    np.testing.assert_array_equal(ints, cbn.batch_norm_forward(X, **{name: [1.0, 2.0, 3.0]}).out)
 
 
 @pytest.mark.parametrize("name", ["running_mean", "running_var"])
@@ -223,7 +226,7 @@ def _bad_layer_calls():
          ValueError, "num_features=3"),
         ("frozen: 1-d x", lambda: cbn.FrozenBatchNorm(C3, C3)(np.ones(3)),
          ValueError, "x must have at least 2 dimensions"),
-        ("frozen: non-float scale", lambda: cbn.FrozenBatchNorm(np.ones(3, int), C3),
+        ("frozen: non-float scale", lambda: cbn.FrozenBatchNorm(np.ones(3, complex), C3),
          TypeError, "scale must be a floating-point"),
         ("frozen: out of the wrong dtype",
          lambda: cbn.FrozenBatchNorm(C3, C3)(x, out=np.empty(x.shape)),
@@ -232,7 +235,7 @@ def _bad_layer_calls():
          lambda: cbn.FrozenBatchNorm.from_stats(np.zeros((3, 1)), C3),
          ValueError, "running_mean must be a vector"),
         ("frozen.from_stats: non-float running_var",
-         lambda: cbn.FrozenBatchNorm.from_stats(np.zeros(3), np.ones(3, int)),
+         lambda: cbn.FrozenBatchNorm.from_stats(np.zeros(3), np.ones(3, complex)),
          TypeError, "running_var must be a floating-point"),
         ("frozen.from_stats: negative running_var",
          lambda: cbn.FrozenBatchNorm.from_stats(np.zeros(3), -C3),
@@ -247,7 +250,7 @@ def _bad_layer_calls():
         ("moments: num_threads not an integer", lambda: cbn.moments(x, num_threads=1.5),
          TypeError, "num_threads"),
         ("merge_moments: non-float mean",
-         lambda: cbn.merge_moments((2, np.zeros(3, int), np.zeros(3))),
+         lambda: cbn.merge_moments((2, np.zeros(3, complex), np.zeros(3))),
          TypeError, r"parts\[0\]\.mean must be a floating-point"),
         ("merge_moments: 2-d mean", lambda: cbn.merge_moments((2, np.zeros((3, 1)), C3)),
          ValueError, r"parts\[0\]\.mean must be a 1-d array"),
@@ -259,7 +262,7 @@ def _bad_layer_calls():
          TypeError, "x must be a float16, bfloat16, float32 or float64"),
         ("normalize: 1-d x", lambda: cbn.normalize(np.ones(3), C3, C3),
          ValueError, "x must have at least 2 dimensions"),
-        ("normalize: non-float bias", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(3, int)),
+        ("normalize: non-float bias", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(3, complex)),
          TypeError, "bias must be a floating-point"),
         ("normalize: bias of wrong length", lambda: cbn.normalize(x, C3, C3, bias=np.zeros(4)),
          ValueError, r"bias must have shape \(3,\)"),
@@ -271,13 +274,13 @@ def _bad_layer_calls():
          TypeError, "x must be a float16, bfloat16, float32 or float64"),
         ("backward_reduce: non-float dy", lambda: cbn.backward_reduce(X_VARIED.astype(int), x, C3),
          TypeError, "dy must be a float16, bfloat16, float32 or float64"),
-        ("backward_reduce: non-float mean", lambda: cbn.backward_reduce(dy, x, np.zeros(3, int)),
+        ("backward_reduce: non-float mean", lambda: cbn.backward_reduce(dy, x, np.zeros(3, complex)),
          TypeError, "mean must be a floating-point"),
         ("backward_elemt: weight of wrong length",
          lambda: cbn.backward_elemt(dy, x, C3, C3, np.ones(4), C3, C3, 8),
          ValueError, r"weight must have shape \(3,\)"),
         ("backward_elemt: non-float sum_dy",
-         lambda: cbn.backward_elemt(dy, x, C3, C3, None, np.zeros(3, int), C3, 8),
+         lambda: cbn.backward_elemt(dy, x, C3, C3, None, np.zeros(3, complex), C3, 8),
          TypeError, "sum_dy must be a floating-point"),
         ("backward_elemt: bool count",
          lambda: cbn.backward_elemt(dy, x, C3, C3, None, C3, C3, True),
@@ -437,3 +440,60 @@ def test_masked_arrays_are_refused_not_silently_unmasked():
         for call in fns:
             with pytest.raises(TypeError, match=f"{name} is a numpy.ma.MaskedArray"):
                 call()
+
+
+def test_integer_statistics_are_read_but_not_updated_in_place():
+    rm, rv = np.zeros(3, np.int64), np.ones(3, np.int64)
+    y = cbn.batch_norm_inference(X, rm, rv)  # read only: converted as NumPy would
+    np.testing.assert_array_equal(y, cbn.batch_norm_inference(X, rm.astype(float),
+                                                              rv.astype(float)))
+    with pytest.raises(TypeError, match="running_mean must be a floating-point array"):
+        cbn.batch_norm_forward(X, running_mean=rm)  # updated in place: must stay float
+
+
+def test_a_non_float_x_suggests_the_conversion():
+    with pytest.raises(TypeError, match=r"got dtype int64 \(convert it first, e\.g\. "
+                                        r"x\.astype\(np\.float32\)\)"):
+        cbn.batch_norm_forward(np.ones((4, 3), np.int64))
+
+
+def test_layer_array_attributes_are_validated_on_assignment():
+    bn = cbn.BatchNorm(3)
+    bn.weight = [1.0, 2.0, 3.0]  # a list becomes the layer's float array
+    assert isinstance(bn.weight, np.ndarray) and bn.weight.dtype == np.float32
+    bn.weight -= 0.5
+    assert list(bn.state_dict()["weight"]) == [0.5, 1.5, 2.5]
+    bn.bias = [1, 2, 3]  # integers convert
+    assert bn.bias.dtype == np.float32
+    mine = np.zeros(3)
+    bn.running_mean = mine  # a float ndarray of the right shape is kept: updated in place
+    bn(np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32))
+    assert bn.running_mean is mine and (mine != 0).all()
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        bn.weight = [1.0, 2.0]
+    with pytest.raises(TypeError, match="running_var must be a float array"):
+        bn.running_var = ["a", "b", "c"]
+    with pytest.raises(TypeError, match="num_batches_tracked must be an integer scalar"):
+        bn.num_batches_tracked = 1.5
+    bn.num_batches_tracked = 7
+    assert bn.num_batches_tracked.dtype == np.int64 and int(bn.num_batches_tracked) == 7
+    bn.grad_weight = None  # None still removes an array
+
+
+def test_cbn_dask_is_a_lazy_submodule(monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+    code = "import cbn; print(cbn.dask.__name__)"
+    if importlib.util.find_spec("dask") is not None:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert out == "cbn.dask"
+    blocked = ("import sys; sys.modules['dask'] = None\n"
+               "import cbn\n"
+               "try:\n    cbn.dask\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
+                         check=True).stdout
+    assert 'pip install "cbn[dask]"' in out
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cbn.nope

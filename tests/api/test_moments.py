@@ -201,7 +201,7 @@ def test_merge_validation():
     with pytest.raises(TypeError, match=r"parts\[0\]\.count"):
         cbn.merge_moments((1.5, m.mean, m.m2))
     with pytest.raises(TypeError, match=r"parts\[0\]\.m2"):
-        cbn.merge_moments((4, m.mean, np.arange(3)))
+        cbn.merge_moments((4, m.mean, np.arange(3) * 1j))
 
 
 def test_moments_validation():
@@ -264,7 +264,7 @@ def test_normalize_validation():
     with pytest.raises(ValueError, match="invstd must have shape"):
         cbn.normalize(x, np.zeros(3), np.ones(4))
     with pytest.raises(TypeError, match="weight"):
-        cbn.normalize(x, np.zeros(3), np.ones(3), weight=np.arange(3))
+        cbn.normalize(x, np.zeros(3), np.ones(3), weight=np.arange(3) * 1j)
     with pytest.raises(TypeError, match="out must have dtype"):
         cbn.normalize(x, np.zeros(3), np.ones(3), out=np.zeros(x.shape))
 

@@ -111,7 +111,7 @@ def test_fold_errors():
     with pytest.raises(ValueError, match="eps"):
         cbn.fold(np.zeros(2), np.ones(2), eps=-1)
     with pytest.raises(TypeError, match="running_mean"):
-        cbn.fold(np.zeros(2, int), np.ones(2))
+        cbn.fold(np.zeros(2, complex), np.ones(2))
 
 
 # ------------------------------------------------------------------- conv / linear vs NumPy
