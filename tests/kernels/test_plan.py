@@ -14,6 +14,9 @@ import cbn
 from cbn import _dispatch
 
 K = _dispatch.kernels
+#: Plans for a team of two: a serial build (-Dopenmp=disabled) plans for one thread.
+needs_team = pytest.mark.skipif(K.max_threads() < 2, reason="needs an OpenMP team of 2 "
+                                "(a serial build plans for one thread)")
 F32, F64 = np.float32, np.float64
 
 
@@ -27,6 +30,7 @@ def test_plan_is_a_pure_function(op):
     assert all(_plan((8, 64, 40, 40), op=op) == first for _ in range(3))
 
 
+@needs_team
 def test_short_channel_major_runs_are_reduced_in_memory_order():
     p = _plan((8, 256, 14, 14))
     assert (p["reduce"], p["elementwise"], p["fused"]) == ("cm_rows", "cm_shares", False)
@@ -35,12 +39,14 @@ def test_short_channel_major_runs_are_reduced_in_memory_order():
     assert p["channel_ranges"] * p["channel_range_width"] >= 256
 
 
+@needs_team
 def test_few_long_channels_split_into_segments_and_pieces():
     p = _plan((1, 1, 70001), threads=2, op="backward")
     assert p["reduce"] == "cm_segments" and p["reduce_tasks"] == p["segments"] > 1
     assert p["elementwise"] == "cm_pieces" and p["elementwise_tasks"] == 2
 
 
+@needs_team
 def test_long_runs_fuse_exactly_when_a_channel_fits_the_budget():
     budget = K.tuning()["fuse_budget_bytes"]
     block = K.tuning()["block_bytes"] // 4  # float32 elements per block

@@ -100,6 +100,7 @@ def test_streamed_equals_plain(rng, threshold, shape, axis, dtype, relu):
 LARGE = [((2, 8, 9000), 1), ((4, 64, 300), 1), ((70000, 3), -1), ((300, 260), -1)]
 
 
+@pytest.mark.skipif(K.max_threads() < 2, reason="needs an OpenMP team of 2")
 @pytest.mark.parametrize("shape,axis", LARGE)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_streamed_equals_plain_threaded(rng, threshold, shape, axis, dtype):

@@ -17,6 +17,8 @@ from cbn._dispatch import kernels as k
 # ============================================================================== OpenMP teams
 
 
+@pytest.mark.skipif(os.environ.get("CBN_SERIAL_BUILD") == "1" and not cbn.config()["openmp"],
+                    reason="a serial build on purpose (CBN_SERIAL_BUILD=1, -Dopenmp=disabled)")
 def test_openmp_is_built_in_and_threads_are_really_used():
     cfg = cbn.config()
     assert cfg["openmp"], "our builds must have OpenMP (meson found no OpenMP?)"
