@@ -487,9 +487,9 @@ class BatchNorm:
         if need_b:
             db = db.astype(self.dtype, copy=False)
             gb = db.copy() if gb is None else gb + db
-        # both gradients in one statement with no call in it: Ctrl-C (raised after calls)
-        # finds them both accumulated or neither
-        self.grad_weight, self.grad_bias = gw, gb
+        # both gradients in one C call (dict.update; not the validating __setattr__, whose
+        # Python frames Ctrl-C could stop between them): both accumulated or neither
+        self.__dict__.update(grad_weight=gw, grad_bias=gb)
         return dx if dres is None else ResidualGradients(dx, dres)
 
     def _gradient_at_activation(self, dy: Any, x: Optional[np.ndarray],

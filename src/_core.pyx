@@ -17,6 +17,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from libc.math cimport sqrt, isfinite
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
+from cpython.object cimport PyObject_GenericSetAttr
 cimport numpy as cnp
 
 from cbn_shared cimport *
@@ -1116,8 +1117,10 @@ def commit_step(layer, saved, running_mean, running_var, mean, var, momentum, co
         (<cnp.int64_t*>cnp.PyArray_DATA(<cnp.ndarray>counter))[0] += 1
     elif counter is not None:  # a counter the user replaced: as `+= 1` treats it
         counter += 1
-        layer.num_batches_tracked = counter
-    layer._saved = saved
+        PyObject_GenericSetAttr(layer, "num_batches_tracked", counter)
+    # object's own setattr: a class __setattr__ written in Python (the layer's validates its
+    # arrays) would run bytecode here, where Ctrl-C could stop the step half done
+    PyObject_GenericSetAttr(layer, "_saved", saved)
 
 
 # ------------------------------------------------------------------------------------ fast paths
