@@ -633,11 +633,10 @@ class BatchNorm:
             if src.shape != dst.shape:
                 raise ValueError(f"size mismatch for {names[k]!r}: expected shape {dst.shape}, "
                                  f"got {src.shape}")
-            bf16 = v.is_bfloat16(src.dtype) and dst.dtype.kind == "f"
-            if not (np.can_cast(src.dtype, dst.dtype, "same_kind") or bf16):
+            if not np.can_cast(src.dtype, dst.dtype, "same_kind"):
                 raise TypeError(f"cannot load {names[k]!r} of dtype {src.dtype} into "
                                 f"{dst.dtype}")
-            staged.append((dst, src.astype(dst.dtype) if bf16 else src))
+            staged.append((dst, src))
         for dst, src in staged:
             np.copyto(dst, src, casting="same_kind")
         return IncompatibleKeys(missing, unexpected)

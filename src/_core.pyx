@@ -936,14 +936,11 @@ cdef cnp.dtype _F32_DTYPE = cnp.PyArray_DescrFromType(cnp.NPY_FLOAT32)
 cdef inline cnp.dtype _gradient_dtype(cnp.dtype x_dtype, object weight_dtype):
     """Rule: dweight and dbias take the dtype of weight when there is one (``weight_dtype`` not
     None), else of x; float16 and bfloat16 become float32 (sums of float16 gradients overflow
-    past 65504; bfloat16 sums keep 8 bits)."""
-    global _BF16_NUM
+    past 65504; bfloat16 sums keep 8 bits).  bfloat16 is known by _BF16_NUM: the Python route
+    validates x and weight (cbn/_validation.py, is_bfloat16 notes it) before this rule, and the
+    fast paths take no bfloat16."""
     cdef cnp.dtype d = x_dtype if weight_dtype is None else <cnp.dtype?>weight_dtype
     if d.type_num == cnp.NPY_FLOAT16 or (d.type_num == _BF16_NUM and _BF16_NUM >= 0):
-        return _F32_DTYPE
-    if (d.type_num >= 256 and d.itemsize == 2 and d.kind == b"V"  # 256: NPY_USERDEF
-            and d.type.__name__ == "bfloat16" and d.type.__module__ == "ml_dtypes"):
-        _BF16_NUM = d.type_num  # ml_dtypes.bfloat16 (a weight seen before any bfloat16 x)
         return _F32_DTYPE
     return d
 
