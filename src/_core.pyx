@@ -412,6 +412,61 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     _check_rc(rc)
 
 
+def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ssize_t C,
+                     Py_ssize_t inner, cnp.ndarray sw_out, cnp.ndarray mean_out,
+                     cnp.ndarray m2_out, int num_threads):
+    """Per-channel float64 weight sum, mean and M2 over the elements the weights select.
+
+    ``weights``: C-contiguous bool (a mask), float32 or float64, of ``outer * inner`` elements
+    (one per position, shared by the channels) or ``outer * C * inner`` (one per element),
+    finite and >= 0 (cbn/_masked.py checks them)."""
+    _bound()
+    _check_kernel_arrays(x)
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef cbn_weights w
+    cdef int t = cnp.PyArray_TYPE(weights)
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(weights)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(weights):
+        raise ValueError("cbn._core.weighted_moments: weights must be C-contiguous")
+    if t == cnp.NPY_BOOL:
+        w.kind = CBN_W_MASK
+    elif t == cnp.NPY_FLOAT32:
+        w.kind = CBN_W_F32
+    elif t == cnp.NPY_FLOAT64:
+        w.kind = CBN_W_F64
+    else:
+        raise TypeError(f"cbn._core.weighted_moments: weights of dtype {weights.dtype}")
+    if size == outer * inner:
+        w.row = inner
+        w.chan = 0
+    elif size == outer * C * inner:
+        w.row = C * inner
+        w.chan = inner
+    else:
+        raise ValueError("cbn._core.weighted_moments: weights of the wrong size")
+    for a in (sw_out, mean_out, m2_out):
+        if cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(<cnp.ndarray>a) != C:
+            raise ValueError("cbn._core.weighted_moments: outputs must be float64 of length C")
+    w.p = cnp.PyArray_DATA(weights)
+    cdef double* so = <double*>cnp.PyArray_DATA(sw_out)
+    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
+    cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
+    cdef int nt = num_threads
+    cdef int rc
+    cdef int f = _format_of(x)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    with nogil:
+        if f == _F32:
+            rc = _T.wmoments_f32(<const float*>xp, &w, &g, nt, so, mo, qo)
+        elif f == _F64:
+            rc = _T.wmoments_f64(<const double*>xp, &w, &g, nt, so, mo, qo)
+        elif f == _F16:
+            rc = _T.wmoments_f16(<const cbn_f16*>xp, &w, &g, nt, so, mo, qo)
+        else:
+            rc = _T.wmoments_bf16(<const cbn_bf16*>xp, &w, &g, nt, so, mo, qo)
+    _check_rc(rc)
+
+
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
               int num_threads, int act=CBN_ACT_NONE, int post_act=-1, double slope=0.0,

@@ -48,6 +48,7 @@ include "kernels_post.pxi"
 include "kernels_wide.pxi"
 include "kernels_forward.pxi"
 include "kernels_backward.pxi"
+include "kernels_masked.pxi"
 include "kernels_floor.pxi"
 include "kernels_tasks.pxi"
 
@@ -210,6 +211,26 @@ cdef int _dx_from_sums_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf
                          sdy, sdyx, <float>0)
 
 
+cdef int _wmoments_f32(const float* x, const cbn_weights* w, const Geometry* g, int nt,
+                      double* sw_out, double* mean_out, double* m2_out) noexcept nogil:
+    return _weighted_moments(x, g, w, nt, sw_out, mean_out, m2_out, <float>0)
+
+
+cdef int _wmoments_f64(const double* x, const cbn_weights* w, const Geometry* g, int nt,
+                      double* sw_out, double* mean_out, double* m2_out) noexcept nogil:
+    return _weighted_moments(x, g, w, nt, sw_out, mean_out, m2_out, <double>0)
+
+
+cdef int _wmoments_f16(const cbn_f16* x, const cbn_weights* w, const Geometry* g, int nt,
+                      double* sw_out, double* mean_out, double* m2_out) noexcept nogil:
+    return _weighted_moments(x, g, w, nt, sw_out, mean_out, m2_out, <float>0)
+
+
+cdef int _wmoments_bf16(const cbn_bf16* x, const cbn_weights* w, const Geometry* g, int nt,
+                      double* sw_out, double* mean_out, double* m2_out) noexcept nogil:
+    return _weighted_moments(x, g, w, nt, sw_out, mean_out, m2_out, <float>0)
+
+
 cdef void _math_entry(int fn, const floating* x, floating* out, floating* aux,
                       Py_ssize_t n) noexcept nogil:
     if floating is float:
@@ -254,6 +275,10 @@ _TABLE.moments_bf16 = _moments_bf16
 _TABLE.inference_bf16 = _inference_bf16
 _TABLE.backward_bf16 = _backward_bf16
 _TABLE.dx_from_sums_bf16 = _dx_from_sums_bf16
+_TABLE.wmoments_f32 = _wmoments_f32
+_TABLE.wmoments_f64 = _wmoments_f64
+_TABLE.wmoments_f16 = _wmoments_f16
+_TABLE.wmoments_bf16 = _wmoments_bf16
 _TABLE.half_convert = cbn_half_convert
 _TABLE.math_f32 = _math_entry[float]
 _TABLE.math_f64 = _math_entry[double]

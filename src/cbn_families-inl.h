@@ -11,6 +11,7 @@
 #include "cbn_runs-inl.h"    /* channel-major runs, up and down */
 #include "cbn_math-inl.h"    /* exp and the normal CDF on vectors */
 #include "cbn_post-inl.h"    /* the post-operation stage (residual, any activation) */
+#include "cbn_masked-inl.h"  /* masked and weighted statistics */
 #undef T
 #undef TS
 #undef CBN_LD

@@ -28,6 +28,7 @@
 #include "cbn_epilogue.h" /* the activations */
 #include "cbn_post.h"     /* the post-operation stage */
 #include "cbn_half.h"     /* the 16-bit storage formats */
+#include "cbn_weights.h"  /* masks and weights of the masked statistics */
 
 #define T float
 #define TS float

@@ -77,6 +77,21 @@ cdef extern from "cbn_half.h" nogil:
     cbn_f16 cbn_f64_to_f16(double v)
     cbn_bf16 cbn_f64_to_bf16(double v)
 
+cdef extern from "cbn_weights.h" nogil:
+    # the mask or weights of the masked statistics, viewed like the data (cbn_weights.h)
+    enum:
+        CBN_W_MASK
+        CBN_W_F32
+        CBN_W_F64
+    ctypedef struct cbn_weights:
+        const void* p
+        int kind
+        Py_ssize_t row
+        Py_ssize_t chan
+    double cbn_w_at(const cbn_weights* w, Py_ssize_t i)
+    void cbn_w_first_max(const cbn_weights* w, Py_ssize_t i, Py_ssize_t n, double* best,
+                         Py_ssize_t* at)
+
 cdef extern from "cbn_table.h" nogil:
     const char* CBN_TABLE_CAPSULE
     ctypedef struct cbn_kernel_table:
@@ -127,6 +142,15 @@ cdef extern from "cbn_table.h" nogil:
                            double* m2_out) noexcept nogil
         int (*moments_bf16)(const cbn_bf16* x, const Geometry* g, int nt, double* mean_out,
                             double* m2_out) noexcept nogil
+        int (*wmoments_f32)(const float* x, const cbn_weights* w, const Geometry* g, int nt,
+                            double* sw_out, double* mean_out, double* m2_out) noexcept nogil
+        int (*wmoments_f64)(const double* x, const cbn_weights* w, const Geometry* g, int nt,
+                            double* sw_out, double* mean_out, double* m2_out) noexcept nogil
+        int (*wmoments_f16)(const cbn_f16* x, const cbn_weights* w, const Geometry* g, int nt,
+                            double* sw_out, double* mean_out, double* m2_out) noexcept nogil
+        int (*wmoments_bf16)(const cbn_bf16* x, const cbn_weights* w, const Geometry* g,
+                             int nt, double* sw_out, double* mean_out,
+                             double* m2_out) noexcept nogil
         int (*inference_f16)(const cbn_f16* x, cbn_f16* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
                              int act, const cbn_post* post) noexcept nogil

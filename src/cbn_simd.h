@@ -180,6 +180,34 @@ static inline cbn_v8d cbn_load8_tail_f64(const double *p, int k) {
     return cbn_load8_f64(b);
 #endif
 }
+/* 8 mask bytes (0 or 1) as float64 lanes, and the first k < 8 of them zero-padded */
+static inline cbn_v8d cbn_load8_u8(const unsigned char *p) {
+    cbn_v8d r;
+#if defined(__AVX512F__)
+    r.h[0] = (cbn_vd)_mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)));
+#elif defined(__AVX2__)
+    const __m256i i32 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+    r.h[0] = (cbn_vd)_mm256_cvtepi32_pd(_mm256_castsi256_si128(i32));
+    r.h[1] = (cbn_vd)_mm256_cvtepi32_pd(_mm256_extracti128_si256(i32, 1));
+#else
+    CBN_V8_EACH(u) for (int l = 0; l < CBN_DL; l++) r.h[u][l] = (double)p[u * CBN_DL + l];
+#endif
+    return r;
+}
+static inline cbn_v8d cbn_load8_tail_u8(const unsigned char *p, int k) {
+    unsigned char b[8] = {0};
+    for (int l = 0; l < k; l++) b[l] = p[l];
+    return cbn_load8_u8(b);
+}
+/* v where w > 0, +0.0 elsewhere (a masked lane's NaN or Inf never enters a sum) */
+static inline cbn_v8d cbn_v8_where_pos(cbn_v8d v, cbn_v8d w) {
+    CBN_V8_EACH(u) v.h[u] = (cbn_vd)((cbn_vl)v.h[u] & (cbn_vl)(w.h[u] > 0.0));
+    return v;
+}
+static inline cbn_v8d cbn_v8_mul(cbn_v8d a, cbn_v8d b) {
+    CBN_V8_EACH(u) a.h[u] *= b.h[u];
+    return a;
+}
 /* v with lanes >= k set to +0.0 (whatever they held: x - k of a zero padding is -k) */
 static inline cbn_v8d cbn_v8_first(cbn_v8d v, int k) {
     CBN_V8_EACH(u) {

@@ -4,7 +4,7 @@
 # name_f16 and name_bf16).  `ym` is the
 # saved output of the activation `act` (cbn_epilogue.h; NULL without one).
 
-from cbn_shared cimport cbn_post, cbn_f16, cbn_bf16
+from cbn_shared cimport cbn_post, cbn_f16, cbn_bf16, cbn_weights
 
 cdef extern from "cbn_kernels.h" nogil:
     const char* CBN_VARIANT
@@ -216,3 +216,29 @@ cdef extern from "cbn_kernels.h" nogil:
                             Py_ssize_t n, Py_ssize_t C, const float* ext, int act)
     void cbn_dx_flat_nt_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x, cbn_bf16* dx,
                             Py_ssize_t n, Py_ssize_t C, const float* ext, int act)
+
+    # cbn_masked-inl.h: masked and weighted statistics
+    void cbn_wsums8_f32(const float* x, const cbn_weights* w, Py_ssize_t at, Py_ssize_t n,
+                       double k, double* s0_8, double* s1_8, double* s2_8)
+    void cbn_col_wsums_f32(double* s0, double* s1, double* s2, const float* x,
+                          const cbn_weights* w, Py_ssize_t at, const double* k, Py_ssize_t n)
+    void cbn_col_wsums_row_f32(double* s1, double* s2, const float* x, const double* k,
+                              Py_ssize_t n, double wr)
+    void cbn_wsums8_f64(const double* x, const cbn_weights* w, Py_ssize_t at, Py_ssize_t n,
+                       double k, double* s0_8, double* s1_8, double* s2_8)
+    void cbn_col_wsums_f64(double* s0, double* s1, double* s2, const double* x,
+                          const cbn_weights* w, Py_ssize_t at, const double* k, Py_ssize_t n)
+    void cbn_col_wsums_row_f64(double* s1, double* s2, const double* x, const double* k,
+                              Py_ssize_t n, double wr)
+    void cbn_wsums8_f16(const cbn_f16* x, const cbn_weights* w, Py_ssize_t at, Py_ssize_t n,
+                       double k, double* s0_8, double* s1_8, double* s2_8)
+    void cbn_col_wsums_f16(double* s0, double* s1, double* s2, const cbn_f16* x,
+                          const cbn_weights* w, Py_ssize_t at, const double* k, Py_ssize_t n)
+    void cbn_col_wsums_row_f16(double* s1, double* s2, const cbn_f16* x, const double* k,
+                              Py_ssize_t n, double wr)
+    void cbn_wsums8_bf16(const cbn_bf16* x, const cbn_weights* w, Py_ssize_t at, Py_ssize_t n,
+                       double k, double* s0_8, double* s1_8, double* s2_8)
+    void cbn_col_wsums_bf16(double* s0, double* s1, double* s2, const cbn_bf16* x,
+                          const cbn_weights* w, Py_ssize_t at, const double* k, Py_ssize_t n)
+    void cbn_col_wsums_row_bf16(double* s1, double* s2, const cbn_bf16* x, const double* k,
+                              Py_ssize_t n, double wr)

@@ -12,6 +12,7 @@
 #include "cbn_plan.h"
 #include "cbn_post.h"
 #include "cbn_half.h"
+#include "cbn_weights.h"
 
 #define CBN_TABLE_CAPSULE "cbn.kernel_table"
 
@@ -97,6 +98,17 @@ typedef struct {
                              cbn_bf16 *dx_out, const cbn_geometry *g, int nt, double n_total,
                              const double *mean, const double *invstd, const double *w,
                              const double *sdy, const double *sdyx);
+
+    /* masked and weighted statistics: per-channel weight sum, mean and M2 over the elements
+     * the mask or weights w select (cbn_weights.h; mean and M2 0 where the sum is 0) */
+    int (*wmoments_f32)(const float *x, const cbn_weights *w, const cbn_geometry *g, int nt,
+                        double *sw_out, double *mean_out, double *m2_out);
+    int (*wmoments_f64)(const double *x, const cbn_weights *w, const cbn_geometry *g, int nt,
+                        double *sw_out, double *mean_out, double *m2_out);
+    int (*wmoments_f16)(const cbn_f16 *x, const cbn_weights *w, const cbn_geometry *g, int nt,
+                        double *sw_out, double *mean_out, double *m2_out);
+    int (*wmoments_bf16)(const cbn_bf16 *x, const cbn_weights *w, const cbn_geometry *g,
+                         int nt, double *sw_out, double *mean_out, double *m2_out);
 
     /* the post stage's elementary functions over n elements, for the tests: fn 0 e^x, fn 1
      * the normal CDF (aux: its density, or NULL) */

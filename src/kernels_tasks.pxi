@@ -16,6 +16,9 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         if elem is float or elem is double:  # the floor runs on float32 and float64 only
             _floor_task(wk, kind, t, x)
         return
+    if kind == WMOMENTS:
+        _wmoments_task(wk, t, scratch, x)
+        return
     nt = wk.plan.nt
     nruns = g.outer * g.C
     nch = wk.plan.nch

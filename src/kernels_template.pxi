@@ -34,6 +34,7 @@ cdef struct Work:
     void* coef           # per-channel coefficients of the element-wise pass
     const void* ext      # their extension for streaming stores (channels-last), or NULL
     const cbn_post* post # the post-operation stage (kernels_post.pxi), or NULL
+    const cbn_weights* wts  # the masked statistics' mask or weights (kernels_masked.pxi)
     int act
     bint stream, rev, with_dot
     double eps
@@ -69,6 +70,7 @@ cdef enum TaskKind:
     DX_PIECE
     DX_ROWS
     BACKWARD_CHANNEL
+    WMOMENTS
     FLOOR_SCALE
     FLOOR_TRIAD
     FLOOR_SUM
