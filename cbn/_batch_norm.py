@@ -11,6 +11,7 @@ import numpy as np
 
 from ._atomic import deferred_interrupt
 from . import _conventions as conv
+from . import _masked as M
 from . import _validation as v
 from ._dispatch import kernels as _k
 from ._types import BackwardResult, ForwardResult, FusedBackwardResult
@@ -51,7 +52,8 @@ def _epilogue(activation, negative_slope, residual):
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=conv.DEFAULT, axis=1, out=None,
                        num_threads=None, skip_nonfinite=False, activation=None, residual=None,
-                       negative_slope=None, convention="torch"):
+                       negative_slope=None, convention="torch", mask=None, sample_weight=None,
+                       masked_output="normalize"):
     """Training-mode batch normalization forward pass with the batch statistics.
 
     Computes ``out = (x - mean) * invstd * weight + bias`` per channel, where ``mean`` and the
@@ -107,6 +109,20 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         ``running = momentum * running + (1 - momentum) * batch`` with the biased one.  The
         output and the returned statistics are the same in all (``eps`` stays as given:
         Keras's layers default to 1e-3).
+    mask : array_like of bool, optional
+        The positions the statistics are taken over (True: counts; e.g. the valid steps of
+        padded sequences).  Shape: ``x``'s without the channel axis (one per position, e.g.
+        (N, T) for (N, T, C) with ``axis=-1``, (N, H, W) for NCHW), ``x``'s own (one per
+        element: channels may count different elements), or broadcastable to one of them.
+        Masked elements are never read into the statistics (NaN there is harmless).
+    sample_weight : array_like, optional
+        Non-negative finite weights of the same shapes instead of a mask (frequency weights:
+        ``mean = sum(w x) / sum(w)``, ``var = sum(w (x - mean)^2) / sum(w)``, and the unbiased
+        running variance ``var * W / (W - 1)`` with ``W = sum(w)``); not with ``mask``.
+    masked_output : {"normalize", "zero", "keep"}, default "normalize"
+        With a mask or weights, the output at positions of weight 0: normalized with the
+        masked statistics like every other position (as Keras does), 0, or ``x`` unchanged
+        (no activation either).
 
     Returns
     -------
@@ -141,6 +157,12 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     NaN and Inf in ``x`` propagate to the outputs, mean and invstd of their own channel only;
     other channels are unaffected.
 
+    With ``mask`` or ``sample_weight``, training needs a weight sum above 1 in every channel
+    (the rule of one value per channel); with ``skip_nonfinite=True`` a channel of weight sum
+    0 is allowed, gets NaN statistics (NaN outputs with ``masked_output="normalize"``) and
+    keeps its running statistics.  The statistics keep the unmasked accuracy and
+    thread-count independence.
+
     An empty batch (a zero-length axis other than the channel axis) is not an error: ``out`` is
     empty, ``mean`` and ``invstd`` are NaN and the running statistics are left unchanged, as
     ``torch.nn.functional.batch_norm`` leaves them.
@@ -162,6 +184,13 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         conv.check_convention(convention)
     if momentum is conv.DEFAULT:
         momentum = conv.DEFAULT_MOMENTUM[convention]
+    if mask is not None or sample_weight is not None:
+        return _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                               out, num_threads, skip_nonfinite, code, slope, post, residual,
+                               convention, mask, sample_weight, masked_output)
+    if masked_output != "normalize":
+        M.check_masked_output(masked_output)
+        raise ValueError("masked_output applies with mask= or sample_weight=")
     if convention == "torch":
         result = _fast_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
                                num_threads, out, skip_nonfinite, 0 if post else code,
@@ -196,6 +225,52 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         _k.update_running(running_mean, running_var, mean, var, n, momentum, skip_nonfinite,
                           conv.stores_unbiased(convention))
         y = v.finish_output(yk, y, out, copy_back, perm)
+    return ForwardResult(y, mean, invstd)
+
+
+def _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, out,
+                    num_threads, skip_nonfinite, code, slope, post, residual, convention, mask,
+                    sample_weight, masked_output):
+    """batch_norm_forward with a mask or weights (cbn/_masked.py): the masked statistics,
+    then the element-wise pass with them, then the padding option."""
+    x, axis = v.check_input(x, axis)
+    eps = v.check_eps(eps)
+    nt = v.check_threads(num_threads)
+    masked_output = M.check_masked_output(masked_output)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    b = None if bias is None else v.as_f64(bias, "bias", C)
+    momentum = conv.update_factor(
+        convention, v.check_running_stats(running_mean, running_var, momentum, C))
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    # "keep" reads x after the pass: an output over x goes through a fresh array
+    via_copy = masked_output == "keep" and out is not None and np.may_share_memory(out, x)
+    target = None if via_copy else out
+    if via_copy:
+        v.output_for(out, x, xk, perm)  # out's own checks
+    yk, y, copy_back = v.output_for(target, x, xk, perm, inputs=() if rk is None else (rk,))
+    if outer * inner == 0:
+        return _empty_stats(C, v.finish_output(yk, y, target, copy_back, perm))
+    sw, mean, m2 = M.moments_of(xk, wts, outer, C, inner, nt)
+    M.check_training_weights(sw, wts, skip_nonfinite)
+    mean, var, var_unbiased = M.statistics(sw, mean, m2)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if w is None else invstd * w
+    shift = np.zeros(C, _F64) if b is None else b
+    with deferred_interrupt(running_mean is not None or running_var is not None
+                            or out is not None):
+        _k.inference(xk, yk, outer, C, inner, mean, scale, shift, nt, 0 if post else code,
+                     post_act=code if post else -1, slope=slope, residual=rk)
+        M.finish_padding(yk, xk, wts, masked_output, outer, C, inner)
+        _k.update_running(running_mean, running_var, mean,
+                          var_unbiased if conv.stores_unbiased(convention) else var, 0,
+                          momentum, skip_nonfinite, False)
+        y = v.finish_output(yk, y, target, copy_back, perm)
+        if via_copy:
+            np.copyto(out, y)
+            y = out
     return ForwardResult(y, mean, invstd)
 
 
@@ -295,7 +370,8 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
                         needs=_ALL_GRADIENTS, activation=None, y=None, bias=v.UNSET,
-                        residual=None, negative_slope=None, dresidual_out=None):
+                        residual=None, negative_slope=None, dresidual_out=None, mask=None,
+                        sample_weight=None, masked_output="normalize"):
     """Exact gradients of the training forward pass.
 
     With ``xhat = (x - mean) * invstd`` and ``n`` values per channel::
@@ -397,6 +473,13 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     code, slope, post = _epilogue(activation, negative_slope, residual)
     if residual is None and dresidual_out is not None:
         raise ValueError("dresidual_out is only used with a residual")
+    if mask is not None or sample_weight is not None:
+        return _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
+                                num_threads, needs, activation, code, slope, dresidual_out,
+                                mask, sample_weight, masked_output)
+    if masked_output != "normalize":
+        M.check_masked_output(masked_output)
+        raise ValueError("masked_output applies with mask= or sample_weight=")
     if post:
         bias = v.check_bias_given(bias, activation, slope)
         from_y = v.from_output(activation, slope)
@@ -555,10 +638,85 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
     return FusedBackwardResult(dx, dweight, dbias, dres)
 
 
+def _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, num_threads,
+                     needs, activation, code, slope, dresidual_out, mask, sample_weight,
+                     masked_output):
+    """batch_norm_backward of a masked or weighted forward (cbn/_masked.py): g = dy through
+    the activation (and 0 at the padding for "zero"/"keep"), its two sums over every
+    position, then dx = a g - w (b + d (x - mean)) with the element's weight w."""
+    x, axis = v.check_input(x, axis)
+    dy = v.kernel_dtype(dy, "dy")
+    v.check_like(dy, x.shape, x.dtype, "dy")
+    masked_output = M.check_masked_output(masked_output)
+    if activation is not None or residual is not None:
+        need_dx, need_dw, need_db, need_dres = v.check_fused_gradient_inputs(
+            activation, y, residual, needs, slope)
+        bias = v.check_bias_given(bias, activation, slope) if activation is not None else None
+    else:
+        if (needs is not _ALL_GRADIENTS and not isinstance(needs, (str, bytes))
+                and hasattr(needs, "__len__") and len(needs) == 4):
+            needs = v.check_needs4(needs, None)[:3]
+        need_dx, need_dw, need_db = v.check_needs(needs)
+        need_dres = False
+    nt = v.check_threads(num_threads)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    dyk = v.view_like(dy, perm)
+    wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    grad_dtype = v.gradient_dtype(x.dtype, weight)
+    dxk = dx = None
+    copy_back = copy_g = False
+    if need_dx:
+        dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
+    # g, the gradient at the normalization's output: a temporary (or dresidual_out) when it
+    # differs from dy
+    gk, dres = dyk, None
+    if need_dres and dresidual_out is not None:
+        if np.may_share_memory(dresidual_out, x) or (
+                need_dx and out is not None and np.may_share_memory(dresidual_out, out)):
+            raise ValueError("dresidual_out must not overlap x or out")
+        gk, dres, copy_g = v.output_for(dresidual_out, x, xk, perm, name="dresidual_out",
+                                        inputs=(dyk,))
+    elif activation is not None or masked_output != "normalize" or need_dres:
+        gk, dres = v.like_kernel(xk, perm, x.shape)
+    if gk is not dyk and activation is None:
+        np.copyto(gk, dyk)
+    padding = wts.padding
+    with deferred_interrupt(out is not None or dresidual_out is not None):
+        if activation is not None:
+            _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner,
+                           mu, iv, w, bias, rk, nt)
+        if masked_output != "normalize" and gk.size:
+            np.copyto(gk.reshape(outer, C, inner), 0, where=padding)
+        sdy = np.zeros(C, _F64)
+        sdyx = np.zeros(C, _F64)
+        if xk.size and (need_dx or need_dw or need_db):
+            _k.backward(gk, xk, None, outer, C, inner, mu, iv, w, True, sdy, sdyx, nt, None)
+        if need_dx:
+            if xk.size:
+                total = np.broadcast_to(wts.k.sum(axis=(0, 2), dtype=_F64), (C,))
+                a, b, d, centre = M.dx_coefficients(total, sdy, sdyx, mu, iv, w, masked_output)
+                _k.weighted_dx(gk, xk, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
+                if masked_output == "keep":
+                    np.copyto(dxk.reshape(outer, C, inner), dyk.reshape(outer, C, inner),
+                              where=padding)
+            dx = v.finish_output(dxk, dx, out, copy_back, perm)
+        if need_dres:
+            dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
+    dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
+    if residual is None:
+        return BackwardResult(dx, dweight, dbias)
+    return FusedBackwardResult(dx, dweight, dbias, dres if need_dres else None)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=conv.DEFAULT, eps=1e-5, *, axis=1, out=None, num_threads=None,
                skip_nonfinite=False, activation=None, residual=None, negative_slope=None,
-               convention="torch"):
+               convention="torch", mask=None, sample_weight=None, masked_output="normalize"):
     """Batch normalization with the semantics of ``torch.nn.functional.batch_norm``.
 
     In training mode (``training=True``) the input is normalized with the batch mean and
@@ -604,6 +762,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
         other activation.
     convention : {"torch", "keras", "onnx", "flax"}, default "torch"
         The running-statistics rule of training mode (see :func:`batch_norm_forward`).
+    mask, sample_weight, masked_output : optional
+        Training only: statistics over the positions a mask or weights select, and the output
+        at the others (see :func:`batch_norm_forward`).  Evaluation mode uses the running
+        statistics for every position and refuses them.
 
     Returns
     -------
@@ -651,8 +813,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             x, weight, bias, eps=eps, running_mean=running_mean, running_var=running_var,
             momentum=momentum, axis=axis, out=out, num_threads=num_threads,
             skip_nonfinite=skip_nonfinite, activation=activation, residual=residual,
-            negative_slope=negative_slope, convention=convention,
+            negative_slope=negative_slope, convention=convention, mask=mask,
+            sample_weight=sample_weight, masked_output=masked_output,
         ).out
+    if mask is not None or sample_weight is not None or masked_output != "normalize":
+        raise ValueError("mask, sample_weight and masked_output apply in training mode only: "
+                         "evaluation normalizes every position with the running statistics")
     conv.check_convention(convention)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required when training=False")

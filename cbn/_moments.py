@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Optional, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _masked as M
 from . import _validation as v
 from ._batch_norm import _gradient_pass
 from ._dispatch import kernels as _k
@@ -52,8 +53,10 @@ class Moments(NamedTuple):
 
     Attributes
     ----------
-    count : int
-        Number of values per channel (the product of all non-channel dimensions).
+    count : int or ndarray of float64, shape (C,)
+        Number of values per channel (the product of all non-channel dimensions); for the
+        moments of a mask or weights (:func:`moments` with ``mask=`` or ``sample_weight=``),
+        the per-channel weight sums.
     mean : ndarray of float64, shape (C,)
         Per-channel mean (0 when ``count`` is 0).
     m2 : ndarray of float64, shape (C,)
@@ -81,8 +84,12 @@ class Moments(NamedTuple):
         Returns
         -------
         ndarray of float64, shape (C,)
-            The variance; NaN everywhere when ``count <= ddof``.
+            The variance; NaN where ``count <= ddof``.
         """
+        if isinstance(self.count, np.ndarray):  # per-channel weight sums
+            d = np.asarray(self.count, _F64) - operator.index(ddof)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(d > 0, np.asarray(self.m2, dtype=_F64) / d, np.nan)
         d = self.count - operator.index(ddof)
         if d <= 0:
             return np.full(np.shape(self.m2), np.nan)
@@ -147,7 +154,9 @@ def _check_count(count, name="count"):
 
 # ------------------------------------------------------------------------------------ moments
 
-def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -> Moments:
+def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None,
+            mask: Optional[ArrayLike] = None,
+            sample_weight: Optional[ArrayLike] = None) -> Moments:
     """Exact per-channel count, mean and M2 of ``x`` (a shard of a batch).
 
     Parameters
@@ -158,13 +167,21 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -
         The channel axis (negative counts from the end; -1 for channels-last).
     num_threads : int, optional
         OpenMP threads; None uses ``omp_get_max_threads()``.
+    mask : array_like of bool, optional
+        Only the positions (or elements) where it is True count; shapes as in
+        :func:`cbn.batch_norm_forward`.
+    sample_weight : array_like, optional
+        Non-negative finite frequency weights instead of a mask: ``mean = sum(w x) / W``,
+        ``m2 = sum(w (x - mean)^2)`` with ``W = sum(w)``.
 
     Returns
     -------
     Moments
         ``(count, mean, m2)`` with ``count`` the number of values per channel and float64
         ``mean`` and ``m2`` (sum of squared deviations) of shape (C,).  For an empty shard
-        they are ``(0, zeros, zeros)``, the neutral element of :func:`merge_moments`.
+        they are ``(0, zeros, zeros)``, the neutral element of :func:`merge_moments`.  With a
+        mask or weights, ``count`` is the float64 array of per-channel weight sums (counts
+        for a mask), and a channel of weight 0 has mean and m2 0.
 
     Raises
     ------
@@ -186,8 +203,11 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None) -
     """
     x, axis = v.check_input(x, axis)
     nt = v.check_threads(num_threads)
-    xk, ak, _ = v.kernel_view(x, axis)
+    xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
+    if mask is not None or sample_weight is not None:
+        wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+        return Moments(*M.moments_of(xk, wts, outer, C, inner, nt))
     mean = np.zeros(C, _F64)
     m2 = np.zeros(C, _F64)
     if xk.size:
@@ -206,7 +226,10 @@ def _as_part(p, i, C):
                 f"parts[{i}] must be a Moments or a (count, mean, m2) tuple, "
                 f"got {type(p).__name__}"
             ) from None
-    count = _check_count(count, f"parts[{i}].count")
+    if isinstance(count, np.ndarray) and count.ndim == 1:  # per-channel weight sums
+        count = _check_weight_sums(count, f"parts[{i}].count")
+    else:
+        count = _check_count(count, f"parts[{i}].count")
     if C is None:
         mean_a = np.asarray(mean)
         if mean_a.ndim != 1:
@@ -214,13 +237,27 @@ def _as_part(p, i, C):
         C = mean_a.shape[0]
     mean = v.as_f64(mean, f"parts[{i}].mean", C)
     m2 = v.as_f64(m2, f"parts[{i}].m2", C)
+    if isinstance(count, np.ndarray) and count.shape != (C,):
+        raise ValueError(f"parts[{i}].count must have shape ({C},) like the means, got "
+                         f"{count.shape}")
     return count, mean, m2, C
+
+
+def _check_weight_sums(count, name):
+    if count.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be numbers, got dtype {count.dtype}")
+    count = count.astype(_F64)
+    if not (np.isfinite(count).all() and (count >= 0).all()):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return count
 
 
 def _merge2(a, b):
     """Chan et al.: the moments of the union of two disjoint parts (new arrays)."""
     na, ma, qa = a
     nb, mb, qb = b
+    if isinstance(na, np.ndarray) or isinstance(nb, np.ndarray):
+        return _merge2_weighted(a, b)
     if nb == 0:
         return a
     if na == 0:
@@ -230,6 +267,24 @@ def _merge2(a, b):
     delta = mb - ma
     mean = ma + delta * f
     m2 = (qa + qb) + delta * delta * (na * f)
+    return (n, mean, m2)
+
+
+def _merge2_weighted(a, b):
+    """_merge2 with per-channel counts (weight sums): a channel empty in one part takes the
+    other's moments as they are, as the scalar form does."""
+    na, ma, qa = a
+    nb, mb, qb = b
+    na = np.broadcast_to(np.asarray(na, _F64), ma.shape)
+    nb = np.broadcast_to(np.asarray(nb, _F64), mb.shape)
+    n = na + nb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = nb / n
+        delta = mb - ma
+        mean = ma + delta * f
+        m2 = (qa + qb) + delta * delta * (na * f)
+    mean = np.where(nb == 0, ma, np.where(na == 0, mb, mean))
+    m2 = np.where(nb == 0, qa, np.where(na == 0, qb, m2))
     return (n, mean, m2)
 
 
@@ -259,7 +314,9 @@ def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> M
     Parameters
     ----------
     *parts : Moments or (count, mean, m2) tuples
-        At least one.  All must have the same number of channels C.  Parts with ``count`` 0
+        At least one.  All must have the same number of channels C.  A count may be an
+        array of per-channel weight sums (the moments of a mask or weights), mixed freely with
+        integer counts; the result's count is then such an array.  Parts with ``count`` 0
         are ignored (their ``mean`` and ``m2`` are not read beyond validation, so NaN there
         is harmless).
 
@@ -292,12 +349,15 @@ def merge_moments(*parts: Union[Moments, Tuple[int, ArrayLike, ArrayLike]]) -> M
     for i, p in enumerate(parts):
         count, mean, m2, C = _as_part(p, i, C)
         norm.append((count, mean, m2))
-    live = [p for p in norm if p[0] > 0]
+    weighted = any(isinstance(p[0], np.ndarray) for p in norm)
+    live = [p for p in norm if np.any(p[0] > 0)]
     if not live:
-        return Moments(0, np.zeros(C, _F64), np.zeros(C, _F64))
+        return Moments(np.zeros(C, _F64) if weighted else 0, np.zeros(C, _F64),
+                       np.zeros(C, _F64))
     n, mean, m2 = _merge_tree(live)
     # always hand out fresh arrays (a single live part would otherwise alias the caller's)
-    return Moments(int(n), np.array(mean, dtype=_F64), np.array(m2, dtype=_F64))
+    n = np.array(np.broadcast_to(n, (C,)), dtype=_F64) if weighted else int(n)
+    return Moments(n, np.array(mean, dtype=_F64), np.array(m2, dtype=_F64))
 
 
 # ------------------------------------------------------------------------------------ forward

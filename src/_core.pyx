@@ -412,22 +412,15 @@ def moments(cnp.ndarray x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     _check_rc(rc)
 
 
-def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ssize_t C,
-                     Py_ssize_t inner, cnp.ndarray sw_out, cnp.ndarray mean_out,
-                     cnp.ndarray m2_out, int num_threads):
-    """Per-channel float64 weight sum, mean and M2 over the elements the weights select.
-
-    ``weights``: C-contiguous bool (a mask), float32 or float64, of ``outer * inner`` elements
-    (one per position, shared by the channels) or ``outer * C * inner`` (one per element),
-    finite and >= 0 (cbn/_masked.py checks them)."""
-    _bound()
-    _check_kernel_arrays(x)
-    cdef Geometry g = _geom_of(x, outer, C, inner)
-    cdef cbn_weights w
+cdef int _weights_of(cnp.ndarray weights, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                     cbn_weights* w) except -1:
+    """OUT w: the kernels' view of a mask or weights -- C-contiguous bool (a mask), float32
+    or float64, of ``outer * inner`` elements (one per position, shared by the channels) or
+    ``outer * C * inner`` (one per element), finite and >= 0 (cbn/_masked.py checks them)."""
     cdef int t = cnp.PyArray_TYPE(weights)
     cdef Py_ssize_t size = cnp.PyArray_SIZE(weights)
     if not cnp.PyArray_IS_C_CONTIGUOUS(weights):
-        raise ValueError("cbn._core.weighted_moments: weights must be C-contiguous")
+        raise ValueError("cbn._core: weights must be C-contiguous")
     if t == cnp.NPY_BOOL:
         w.kind = CBN_W_MASK
     elif t == cnp.NPY_FLOAT32:
@@ -435,7 +428,7 @@ def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ss
     elif t == cnp.NPY_FLOAT64:
         w.kind = CBN_W_F64
     else:
-        raise TypeError(f"cbn._core.weighted_moments: weights of dtype {weights.dtype}")
+        raise TypeError(f"cbn._core: weights of dtype {weights.dtype}")
     if size == outer * inner:
         w.row = inner
         w.chan = 0
@@ -443,14 +436,32 @@ def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ss
         w.row = C * inner
         w.chan = inner
     else:
-        raise ValueError("cbn._core.weighted_moments: weights of the wrong size")
-    for a in (sw_out, mean_out, m2_out):
-        if cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_FLOAT64 or cnp.PyArray_SIZE(<cnp.ndarray>a) != C:
-            raise ValueError("cbn._core.weighted_moments: outputs must be float64 of length C")
+        raise ValueError("cbn._core: weights of the wrong size")
     w.p = cnp.PyArray_DATA(weights)
-    cdef double* so = <double*>cnp.PyArray_DATA(sw_out)
-    cdef double* mo = <double*>cnp.PyArray_DATA(mean_out)
-    cdef double* qo = <double*>cnp.PyArray_DATA(m2_out)
+    return 0
+
+
+cdef inline const double* _c_vector(object a, Py_ssize_t C) except NULL:
+    if (cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_FLOAT64
+            or cnp.PyArray_SIZE(<cnp.ndarray>a) != C
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)):
+        raise ValueError("cbn._core: per-channel vectors must be float64 of length C")
+    return <const double*>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ssize_t C,
+                     Py_ssize_t inner, cnp.ndarray sw_out, cnp.ndarray mean_out,
+                     cnp.ndarray m2_out, int num_threads):
+    """Per-channel float64 weight sum, mean and M2 over the elements the weights select
+    (_weights_of: their layout)."""
+    _bound()
+    _check_kernel_arrays(x)
+    cdef Geometry g = _geom_of(x, outer, C, inner)
+    cdef cbn_weights w
+    _weights_of(weights, outer, C, inner, &w)
+    cdef double* so = <double*>_c_vector(sw_out, C)
+    cdef double* mo = <double*>_c_vector(mean_out, C)
+    cdef double* qo = <double*>_c_vector(m2_out, C)
     cdef int nt = num_threads
     cdef int rc
     cdef int f = _format_of(x)
@@ -464,6 +475,43 @@ def weighted_moments(cnp.ndarray x, cnp.ndarray weights, Py_ssize_t outer, Py_ss
             rc = _T.wmoments_f16(<const cbn_f16*>xp, &w, &g, nt, so, mo, qo)
         else:
             rc = _T.wmoments_bf16(<const cbn_bf16*>xp, &w, &g, nt, so, mo, qo)
+    _check_rc(rc)
+
+
+def weighted_dx(cnp.ndarray g, cnp.ndarray x, cnp.ndarray weights, cnp.ndarray dx_out,
+                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, a, b, d, mean,
+                int num_threads):
+    """The masked backward's dx pass: dx_out = a g - w (b + d (x - mean)) per channel, with
+    the weight w of each element (_weights_of) and float64 vectors a, b, d, mean; g, x and
+    dx_out of one dtype and shape (dx_out may be g)."""
+    _bound()
+    _check_kernel_arrays(x, g, dx_out)
+    cdef Geometry geo = _geom_of(x, outer, C, inner)
+    cdef cbn_weights w
+    _weights_of(weights, outer, C, inner, &w)
+    cdef const double* ap = _c_vector(a, C)
+    cdef const double* bp = _c_vector(b, C)
+    cdef const double* dp = _c_vector(d, C)
+    cdef const double* mp = _c_vector(mean, C)
+    cdef int nt = num_threads
+    cdef int rc
+    cdef int f = _format_of(x)
+    cdef const void* xp = cnp.PyArray_DATA(x)
+    cdef const void* gp = cnp.PyArray_DATA(g)
+    cdef void* op = cnp.PyArray_DATA(dx_out)
+    with nogil:
+        if f == _F32:
+            rc = _T.wdx_f32(<const float*>gp, <const float*>xp, &w, &geo, <float*>op, nt,
+                            ap, bp, dp, mp)
+        elif f == _F64:
+            rc = _T.wdx_f64(<const double*>gp, <const double*>xp, &w, &geo, <double*>op, nt,
+                            ap, bp, dp, mp)
+        elif f == _F16:
+            rc = _T.wdx_f16(<const cbn_f16*>gp, <const cbn_f16*>xp, &w, &geo, <cbn_f16*>op,
+                            nt, ap, bp, dp, mp)
+        else:
+            rc = _T.wdx_bf16(<const cbn_bf16*>gp, <const cbn_bf16*>xp, &w, &geo,
+                             <cbn_bf16*>op, nt, ap, bp, dp, mp)
     _check_rc(rc)
 
 

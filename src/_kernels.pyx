@@ -231,6 +231,30 @@ cdef int _wmoments_bf16(const cbn_bf16* x, const cbn_weights* w, const Geometry*
     return _weighted_moments(x, g, w, nt, sw_out, mean_out, m2_out, <float>0)
 
 
+cdef int _wdx_f32(const float* g, const float* x, const cbn_weights* w, const Geometry* geo,
+                 float* dx_out, int nt, const double* a, const double* b, const double* d,
+                 const double* mean) noexcept nogil:
+    return _weighted_dx(g, x, geo, w, dx_out, nt, a, b, d, mean, <float>0)
+
+
+cdef int _wdx_f64(const double* g, const double* x, const cbn_weights* w, const Geometry* geo,
+                 double* dx_out, int nt, const double* a, const double* b, const double* d,
+                 const double* mean) noexcept nogil:
+    return _weighted_dx(g, x, geo, w, dx_out, nt, a, b, d, mean, <double>0)
+
+
+cdef int _wdx_f16(const cbn_f16* g, const cbn_f16* x, const cbn_weights* w, const Geometry* geo,
+                 cbn_f16* dx_out, int nt, const double* a, const double* b, const double* d,
+                 const double* mean) noexcept nogil:
+    return _weighted_dx(g, x, geo, w, dx_out, nt, a, b, d, mean, <float>0)
+
+
+cdef int _wdx_bf16(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, const Geometry* geo,
+                 cbn_bf16* dx_out, int nt, const double* a, const double* b, const double* d,
+                 const double* mean) noexcept nogil:
+    return _weighted_dx(g, x, geo, w, dx_out, nt, a, b, d, mean, <float>0)
+
+
 cdef void _math_entry(int fn, const floating* x, floating* out, floating* aux,
                       Py_ssize_t n) noexcept nogil:
     if floating is float:
@@ -279,6 +303,10 @@ _TABLE.wmoments_f32 = _wmoments_f32
 _TABLE.wmoments_f64 = _wmoments_f64
 _TABLE.wmoments_f16 = _wmoments_f16
 _TABLE.wmoments_bf16 = _wmoments_bf16
+_TABLE.wdx_f32 = _wdx_f32
+_TABLE.wdx_f64 = _wdx_f64
+_TABLE.wdx_f16 = _wdx_f16
+_TABLE.wdx_bf16 = _wdx_bf16
 _TABLE.half_convert = cbn_half_convert
 _TABLE.math_f32 = _math_entry[float]
 _TABLE.math_f64 = _math_entry[double]

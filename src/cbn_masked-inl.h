@@ -103,3 +103,63 @@ static inline void SFX(cbn_col_wsums)(double *s0, double *s1, double *s2, const 
     else
         SFX(cbn_col_wsums_w64)(s0, s1, s2, x, (const double *)w->p + at, k, n);
 }
+
+/* The dx pass of the masked backward: dx = a g - w (b + d (x - hi)), with per-channel
+ * coefficients a, b, d and centre hi in T (hi the mean rounded to T; b carries the rest of the
+ * mean, so x - hi keeps the digits of data with large offsets), w the element's weight.
+ * One channel-major run (scalar coefficients) or one channels-last row (coefficient vectors;
+ * one weight for the row, or one per element).  g and dx may be the same array. */
+#define CBN_WDX_RUN_DEF(NAME, WT)                                                                  \
+    static inline void SFX(NAME)(const TS *g, const TS *x, const WT *wp, TS *dx, ptrdiff_t n,    \
+                                 T a, T b, T d, T hi) {                                            \
+        for (ptrdiff_t i = 0; i < n; i++) {                                                        \
+            T wi = (T)wp[i];                                                                       \
+            dx[i] = CBN_ST(a * CBN_LD(g[i]) - wi * (b + d * (CBN_LD(x[i]) - hi)));                 \
+        }                                                                                          \
+    }
+CBN_WDX_RUN_DEF(cbn_wdx_run_u8, unsigned char)
+CBN_WDX_RUN_DEF(cbn_wdx_run_w32, float)
+CBN_WDX_RUN_DEF(cbn_wdx_run_w64, double)
+
+#define CBN_WDX_ROW_DEF(NAME, WT)                                                                  \
+    static inline void SFX(NAME)(const TS *g, const TS *x, const WT *wp, TS *dx, ptrdiff_t n,    \
+                                 const T *a, const T *b, const T *d, const T *hi) {                \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                        \
+            T wj = (T)wp[j];                                                                       \
+            dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - wj * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j])));     \
+        }                                                                                          \
+    }
+CBN_WDX_ROW_DEF(cbn_wdx_row_u8, unsigned char)
+CBN_WDX_ROW_DEF(cbn_wdx_row_w32, float)
+CBN_WDX_ROW_DEF(cbn_wdx_row_w64, double)
+
+/* a channels-last row with one weight wr for the whole row */
+static inline void SFX(cbn_wdx_row1)(const TS *g, const TS *x, TS *dx, ptrdiff_t n, const T *a,
+                                     const T *b, const T *d, const T *hi, T wr) {
+    for (ptrdiff_t j = 0; j < n; j++)
+        dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - wr * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j])));
+}
+
+/* the run and row forms for any weight kind, for the tasks (kernels_masked.pxi); at: the
+ * index of the first weight */
+static inline void SFX(cbn_wdx_run)(const TS *g, const TS *x, const cbn_weights *w,
+                                    ptrdiff_t at, TS *dx, ptrdiff_t n, T a, T b, T d, T hi) {
+    if (w->kind == CBN_W_MASK)
+        SFX(cbn_wdx_run_u8)(g, x, (const unsigned char *)w->p + at, dx, n, a, b, d, hi);
+    else if (w->kind == CBN_W_F32)
+        SFX(cbn_wdx_run_w32)(g, x, (const float *)w->p + at, dx, n, a, b, d, hi);
+    else
+        SFX(cbn_wdx_run_w64)(g, x, (const double *)w->p + at, dx, n, a, b, d, hi);
+}
+static inline void SFX(cbn_wdx_row)(const TS *g, const TS *x, const cbn_weights *w,
+                                    ptrdiff_t at, TS *dx, ptrdiff_t n, const T *a, const T *b,
+                                    const T *d, const T *hi) {
+    if (w->chan == 0)
+        SFX(cbn_wdx_row1)(g, x, dx, n, a, b, d, hi, (T)cbn_w_at(w, at));
+    else if (w->kind == CBN_W_MASK)
+        SFX(cbn_wdx_row_u8)(g, x, (const unsigned char *)w->p + at, dx, n, a, b, d, hi);
+    else if (w->kind == CBN_W_F32)
+        SFX(cbn_wdx_row_w32)(g, x, (const float *)w->p + at, dx, n, a, b, d, hi);
+    else
+        SFX(cbn_wdx_row_w64)(g, x, (const double *)w->p + at, dx, n, a, b, d, hi);
+}

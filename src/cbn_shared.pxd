@@ -151,6 +151,18 @@ cdef extern from "cbn_table.h" nogil:
         int (*wmoments_bf16)(const cbn_bf16* x, const cbn_weights* w, const Geometry* g,
                              int nt, double* sw_out, double* mean_out,
                              double* m2_out) noexcept nogil
+        int (*wdx_f32)(const float* g, const float* x, const cbn_weights* w, const Geometry* geo,
+                       float* dx_out, int nt, const double* a, const double* b, const double* d,
+                       const double* mean) noexcept nogil
+        int (*wdx_f64)(const double* g, const double* x, const cbn_weights* w, const Geometry* geo,
+                       double* dx_out, int nt, const double* a, const double* b, const double* d,
+                       const double* mean) noexcept nogil
+        int (*wdx_f16)(const cbn_f16* g, const cbn_f16* x, const cbn_weights* w, const Geometry* geo,
+                       cbn_f16* dx_out, int nt, const double* a, const double* b, const double* d,
+                       const double* mean) noexcept nogil
+        int (*wdx_bf16)(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, const Geometry* geo,
+                       cbn_bf16* dx_out, int nt, const double* a, const double* b, const double* d,
+                       const double* mean) noexcept nogil
         int (*inference_f16)(const cbn_f16* x, cbn_f16* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
                              int act, const cbn_post* post) noexcept nogil

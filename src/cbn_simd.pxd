@@ -242,3 +242,23 @@ cdef extern from "cbn_kernels.h" nogil:
                           const cbn_weights* w, Py_ssize_t at, const double* k, Py_ssize_t n)
     void cbn_col_wsums_row_bf16(double* s1, double* s2, const cbn_bf16* x, const double* k,
                               Py_ssize_t n, double wr)
+    void cbn_wdx_run_f32(const float* g, const float* x, const cbn_weights* w, Py_ssize_t at,
+                        float* dx, Py_ssize_t n, float a, float b, float d, float hi)
+    void cbn_wdx_row_f32(const float* g, const float* x, const cbn_weights* w, Py_ssize_t at,
+                        float* dx, Py_ssize_t n, const float* a, const float* b, const float* d,
+                        const float* hi)
+    void cbn_wdx_run_f64(const double* g, const double* x, const cbn_weights* w, Py_ssize_t at,
+                        double* dx, Py_ssize_t n, double a, double b, double d, double hi)
+    void cbn_wdx_row_f64(const double* g, const double* x, const cbn_weights* w, Py_ssize_t at,
+                        double* dx, Py_ssize_t n, const double* a, const double* b, const double* d,
+                        const double* hi)
+    void cbn_wdx_run_f16(const cbn_f16* g, const cbn_f16* x, const cbn_weights* w, Py_ssize_t at,
+                        cbn_f16* dx, Py_ssize_t n, float a, float b, float d, float hi)
+    void cbn_wdx_row_f16(const cbn_f16* g, const cbn_f16* x, const cbn_weights* w, Py_ssize_t at,
+                        cbn_f16* dx, Py_ssize_t n, const float* a, const float* b, const float* d,
+                        const float* hi)
+    void cbn_wdx_run_bf16(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, Py_ssize_t at,
+                        cbn_bf16* dx, Py_ssize_t n, float a, float b, float d, float hi)
+    void cbn_wdx_row_bf16(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, Py_ssize_t at,
+                        cbn_bf16* dx, Py_ssize_t n, const float* a, const float* b, const float* d,
+                        const float* hi)

@@ -110,6 +110,21 @@ typedef struct {
     int (*wmoments_bf16)(const cbn_bf16 *x, const cbn_weights *w, const cbn_geometry *g,
                          int nt, double *sw_out, double *mean_out, double *m2_out);
 
+    /* the masked backward's dx: dx = a g - w (b + d (x - mean)) per channel, w the element's
+     * weight (float64 coefficient vectors of length C) */
+    int (*wdx_f32)(const float *g, const float *x, const cbn_weights *w, const cbn_geometry *geo,
+                   float *dx_out, int nt, const double *a, const double *b, const double *d,
+                   const double *mean);
+    int (*wdx_f64)(const double *g, const double *x, const cbn_weights *w, const cbn_geometry *geo,
+                   double *dx_out, int nt, const double *a, const double *b, const double *d,
+                   const double *mean);
+    int (*wdx_f16)(const cbn_f16 *g, const cbn_f16 *x, const cbn_weights *w, const cbn_geometry *geo,
+                   cbn_f16 *dx_out, int nt, const double *a, const double *b, const double *d,
+                   const double *mean);
+    int (*wdx_bf16)(const cbn_bf16 *g, const cbn_bf16 *x, const cbn_weights *w, const cbn_geometry *geo,
+                   cbn_bf16 *dx_out, int nt, const double *a, const double *b, const double *d,
+                   const double *mean);
+
     /* the post stage's elementary functions over n elements, for the tests: fn 0 e^x, fn 1
      * the normal CDF (aux: its density, or NULL) */
     void (*math_f32)(int fn, const float *x, float *out, float *aux, ptrdiff_t n);

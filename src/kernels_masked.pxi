@@ -313,3 +313,87 @@ cdef int _weighted_moments(const elem* x, const Geometry* g, const cbn_weights* 
     free(kref)
     free(wk.part)
     return 0
+
+
+# ------------------------------------------------------------------------- the masked dx pass
+cdef inline void _wdx_run(const elem* g, const elem* x, const cbn_weights* w, Py_ssize_t at,
+                          elem* dx, Py_ssize_t n, floating a, floating b, floating d,
+                          floating hi) noexcept nogil:
+    if elem is float:
+        cbn_wdx_run_f32(g, x, w, at, dx, n, <float>a, <float>b, <float>d, <float>hi)
+    elif elem is double:
+        cbn_wdx_run_f64(g, x, w, at, dx, n, <double>a, <double>b, <double>d, <double>hi)
+    elif elem is cbn_f16:
+        cbn_wdx_run_f16(g, x, w, at, dx, n, <float>a, <float>b, <float>d, <float>hi)
+    else:
+        cbn_wdx_run_bf16(g, x, w, at, dx, n, <float>a, <float>b, <float>d, <float>hi)
+
+
+cdef inline void _wdx_row(const elem* g, const elem* x, const cbn_weights* w, Py_ssize_t at,
+                          elem* dx, Py_ssize_t n, const floating* coef) noexcept nogil:
+    """coef: the four coefficient vectors a, b, d, hi of C values each, one after the other."""
+    cdef Py_ssize_t C = n
+    if elem is float:
+        cbn_wdx_row_f32(g, x, w, at, dx, n, <const float*>coef, <const float*>coef + C,
+                        <const float*>coef + 2 * C, <const float*>coef + 3 * C)
+    elif elem is double:
+        cbn_wdx_row_f64(g, x, w, at, dx, n, <const double*>coef, <const double*>coef + C,
+                        <const double*>coef + 2 * C, <const double*>coef + 3 * C)
+    elif elem is cbn_f16:
+        cbn_wdx_row_f16(g, x, w, at, dx, n, <const float*>coef, <const float*>coef + C,
+                        <const float*>coef + 2 * C, <const float*>coef + 3 * C)
+    else:
+        cbn_wdx_row_bf16(g, x, w, at, dx, n, <const float*>coef, <const float*>coef + C,
+                         <const float*>coef + 2 * C, <const float*>coef + 3 * C)
+
+
+cdef void _wdx_task(const Work* wk, Py_ssize_t t, const elem* g, const elem* x, elem* dx,
+                    const floating* coef) noexcept nogil:
+    """Rows [t * outer / ntasks, (t + 1) * outer / ntasks) of the masked dx pass (wk.nchunks:
+    the number of tasks)."""
+    cdef const Geometry* geo = wk.g
+    cdef const cbn_weights* w = wk.wts
+    cdef Py_ssize_t C = geo.C, inner = geo.inner, o, c, base
+    cdef Py_ssize_t o0 = t * geo.outer // wk.nchunks, o1 = (t + 1) * geo.outer // wk.nchunks
+    for o in range(o0, o1):
+        if inner == 1:
+            _wdx_row(g + o * C, x + o * C, w, o * w.row, dx + o * C, C, coef)
+            continue
+        for c in range(C):
+            base = (o * C + c) * inner
+            _wdx_run(g + base, x + base, w, o * w.row + c * w.chan, dx + base, inner,
+                     coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c])
+
+
+cdef int _weighted_dx(const elem* g, const elem* x, const Geometry* geo, const cbn_weights* w,
+                      elem* dx_out, int nt_req, const double* a, const double* b,
+                      const double* d, const double* mean, floating tag) noexcept nogil:
+    """dx_out = a g - w (b + d (x - mean)) per channel (float64 coefficient vectors of length
+    C, converted here to the arithmetic type with the mean split into hi + lo).  Returns 0, or
+    -1 if out of memory."""
+    cdef Py_ssize_t C = geo.C, c
+    cdef floating hi
+    cdef floating* coef = <floating*>malloc((4 * C if C > 0 else 1) * sizeof(floating))
+    cdef cbn_plan plan
+    cdef Work wk
+    cdef int nt = _threads_for(geo.outer * C * geo.inner, nt_req, geo.outer)
+    if coef == NULL:
+        return -1
+    for c in range(C):
+        hi = <floating>mean[c]
+        coef[c] = <floating>a[c]
+        coef[C + c] = <floating>(b[c] - d[c] * (mean[c] - <double>hi))
+        coef[2 * C + c] = <floating>d[c]
+        coef[3 * C + c] = hi
+    plan.nt = nt
+    wk.g = geo
+    wk.plan = &plan
+    wk.x = x
+    wk.dy = g
+    wk.out = dx_out
+    wk.coef = coef
+    wk.wts = w
+    wk.nchunks = max(1, min(geo.outer, 4 * nt))
+    _run(&wk, WDX, wk.nchunks, nt, False, NULL, 0, x, tag)
+    free(coef)
+    return 0

@@ -19,6 +19,9 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
     if kind == WMOMENTS:
         _wmoments_task(wk, t, scratch, x)
         return
+    if kind == WDX:
+        _wdx_task(wk, t, dy, x, out, coef)
+        return
     nt = wk.plan.nt
     nruns = g.outer * g.C
     nch = wk.plan.nch

@@ -71,6 +71,7 @@ cdef enum TaskKind:
     DX_ROWS
     BACKWARD_CHANNEL
     WMOMENTS
+    WDX
     FLOOR_SCALE
     FLOOR_TRIAD
     FLOOR_SUM

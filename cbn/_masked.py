@@ -1,0 +1,212 @@
+"""Masked and weighted batch normalization: statistics over the positions a mask or weights
+select (padded sequences, invalid pixels, weighted samples).
+
+Semantics (frequency weights; a boolean mask is the weights 0 and 1):
+
+* statistics of channel ``c`` over the elements of positive weight ``w``:
+  ``W = sum(w)``, ``mean = sum(w x) / W``, the biased ``var = sum(w (x - mean)^2) / W`` that
+  normalizes, and ``var * W / (W - 1)`` for the unbiased running variance;
+* the output, by ``masked_output``: ``"normalize"`` (default, as Keras) normalizes every
+  position with those statistics; ``"zero"`` leaves 0 where the weight is 0; ``"keep"`` leaves
+  ``x`` there;
+* the backward pass is the exact gradient of that forward (``_backward`` below).
+
+The statistics kernel (src/kernels_masked.pxi) keeps the promises of the unmasked one: float64
+sums shifted per block, Chan's merge with the weight sums as counts, the same bound on
+cancellation, bit-identical for any thread count.  Elements of weight 0 are never read into a
+statistic, so NaN or Inf in padding is harmless.  This module is the Python layer: it checks
+the mask or weights and lays them out like the kernel's view of ``x``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _validation as v
+from ._dispatch import kernels as _k
+
+_F64 = v.F64
+
+#: the values of ``masked_output``
+MASKED_OUTPUTS = ("normalize", "zero", "keep")
+
+
+class Weights(NamedTuple):
+    """A mask or weights in the kernel's layout.
+
+    ``k``: C-contiguous, shape ``(outer, 1, inner)`` (one per position, shared by the
+    channels) or ``(outer, C, inner)`` (one per element), bool or float32/float64;
+    ``name``: the argument it came from; ``padding``: bool array of the same shape, True where
+    the weight is 0 (broadcasts against the kernel view of ``x``, reshaped (outer, C, inner)).
+    """
+
+    k: np.ndarray
+    name: str
+
+    @property
+    def padding(self) -> np.ndarray:
+        return ~self.k if self.k.dtype == np.bool_ else self.k == 0
+
+
+
+def check_masked_output(masked_output):
+    """``masked_output`` is one of :data:`MASKED_OUTPUTS`."""
+    if not isinstance(masked_output, str) or masked_output not in MASKED_OUTPUTS:
+        raise ValueError(f"masked_output must be one of {', '.join(map(repr, MASKED_OUTPUTS))}"
+                         f", got {masked_output!r}")
+    return masked_output
+
+
+def _as_array(a, name):
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: pass a plain array")
+    try:
+        return np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}") from e
+
+
+def _checked_values(mask, sample_weight, x_dtype):
+    """The mask (bool) or weights (float32/float64, finite, >= 0) as an array, and its name."""
+    if mask is not None and sample_weight is not None:
+        raise ValueError("pass mask or sample_weight, not both (a mask is the sample weights "
+                         "0 and 1; multiply them first if both apply)")
+    if mask is not None:
+        m = _as_array(mask, "mask")
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True where a position counts), got "
+                            f"dtype {m.dtype}; pass mask.astype(bool), or sample_weight= for "
+                            f"weights")
+        return m, "mask"
+    w = _as_array(sample_weight, "sample_weight")
+    if w.dtype == np.bool_:
+        raise TypeError("sample_weight must be numbers, got a boolean array: pass it as mask=")
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"sample_weight must be a real float or integer array, got dtype "
+                        f"{w.dtype}")
+    w = w.astype(np.float32 if w.dtype == np.float32 and x_dtype != _F64 else _F64,
+                 copy=False)
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight must be finite (found NaN or Inf)")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be >= 0 (found a negative weight)")
+    return w, "sample_weight"
+
+
+def weights_for(mask, sample_weight, x, axis, xk, perm):
+    """The mask or weights of a call (x, its channel axis, and its kernel view xk = x
+    transposed by perm, or a C copy when perm is None) as a :class:`Weights`, or None when
+    neither is given.
+
+    Shapes: x's shape without the channel axis (one weight per position, e.g. (N, T) for
+    (N, T, C) with axis=-1 or (N, H, W) for NCHW), x's full shape (one per element), or
+    anything broadcastable to one of them: an array of x's ndim is matched against x's shape,
+    a smaller one against the positions.
+    """
+    if mask is None and sample_weight is None:
+        return None
+    w, name = _checked_values(mask, sample_weight, x.dtype)
+    positions = x.shape[:axis] + x.shape[axis + 1:]
+    per_position = x.shape[:axis] + (1,) + x.shape[axis + 1:]
+    try:
+        if w.ndim == x.ndim:
+            full = np.broadcast_shapes(w.shape, x.shape) == x.shape
+            if not full:
+                raise ValueError
+            if w.shape[axis] == 1:  # the same for every channel: one weight per position
+                wb = np.broadcast_to(w, per_position)
+            else:
+                wb = np.broadcast_to(w, x.shape)
+        elif w.ndim < x.ndim:
+            if np.broadcast_shapes(w.shape, positions) != positions:
+                raise ValueError
+            wb = np.expand_dims(np.broadcast_to(w, positions), axis)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {w.shape} fits neither the positions of x {positions} (x's shape "
+            f"{x.shape} without the channel axis {axis}) nor x's shape; it must be one of "
+            f"them, or broadcastable to one") from None
+    ak = axis
+    if perm is not None:
+        wb = wb.transpose(perm)
+        ak = perm.index(axis)
+    outer = int(np.prod(xk.shape[:ak], dtype=np.int64))
+    inner = int(np.prod(xk.shape[ak + 1:], dtype=np.int64))
+    return Weights(np.ascontiguousarray(wb).reshape(outer, wb.shape[ak], inner), name)
+
+
+def moments_of(xk, wts, outer, C, inner, nt):
+    """``(W, mean, M2)``: float64 per-channel weight sums, means and sums of weighted squared
+    deviations of the kernel view xk over the weights wts (mean and M2 0 where W is 0)."""
+    sw = np.zeros(C, _F64)
+    mean = np.zeros(C, _F64)
+    m2 = np.zeros(C, _F64)
+    if xk.size:
+        _k.weighted_moments(xk, wts.k, outer, C, inner, sw, mean, m2, nt)
+    return sw, mean, m2
+
+
+def check_training_weights(sw, wts, skip_nonfinite):
+    """Training needs a weight sum above 1 in every channel (the rule of one value per channel;
+    the unbiased variance divides by W - 1).  With ``skip_nonfinite`` a channel of weight 0 is
+    allowed: its statistics are NaN and its running statistics stay as they were."""
+    bad = ~(sw > 1.0)
+    if skip_nonfinite:
+        bad &= sw != 0.0
+    if bad.any():
+        c = np.flatnonzero(bad)
+        what = "selects" if wts.name == "mask" else "gives a weight sum of"
+        vals = ", ".join(f"{sw[i]:g}" for i in c[:4])
+        raise ValueError(
+            f"Expected more than 1 value per channel when training: the {wts.name} {what} "
+            f"{vals} in channel(s) {c[:4].tolist()}{' ...' if c.size > 4 else ''} (more than "
+            f"1 is needed{'' if skip_nonfinite else '; skip_nonfinite=True lets a channel of weight 0 keep its running statistics'})")
+
+
+def statistics(sw, mean, m2):
+    """The biased variance ``M2 / W`` and the unbiased ``M2 / (W - 1)``; mean, and both
+    variances, NaN where ``W`` is 0."""
+    empty = sw == 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = m2 / sw
+        var_unbiased = m2 / (sw - 1.0)
+    mean = np.where(empty, np.nan, mean)
+    var[empty] = np.nan
+    var_unbiased[empty] = np.nan
+    return mean, var, var_unbiased
+
+
+def finish_padding(yk, xk, wts, masked_output, outer, C, inner):
+    """The output option at the positions of weight 0: 0 ("zero") or x ("keep")."""
+    if masked_output == "normalize" or yk.size == 0:
+        return
+    y3 = yk.reshape(outer, C, inner)
+    if masked_output == "zero":
+        np.copyto(y3, 0, where=wts.padding)
+    else:
+        np.copyto(y3, xk.reshape(outer, C, inner), where=wts.padding)
+
+
+def dx_coefficients(total, sdy, sdyx, mean, invstd, weight, masked_output):
+    """The per-channel coefficients of the masked dx pass ``dx = a g - w (b + d (x - centre))``
+    from the weight sums ``total`` = W and the sums ``sdy = sum(g)``, ``sdyx = sum(g (x -
+    mean))`` over every position: ``a = weight * invstd``, ``b = a sdy / W``,
+    ``d = a invstd^2 sdyx / W``.  A channel of weight 0 (allowed with skip_nonfinite) has NaN
+    statistics; with the padding zeroed or kept its output did not depend on x, so its
+    coefficients are 0."""
+    a = invstd if weight is None else invstd * weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = a * sdy / total
+        d = a * invstd * invstd * sdyx / total
+    centre = np.array(mean, dtype=_F64)
+    if masked_output != "normalize":
+        empty = total == 0.0
+        if empty.any():
+            a, b, d = (np.where(empty, 0.0, t) for t in (a, b, d))
+            centre[empty] = 0.0
+    return (np.ascontiguousarray(a, _F64), np.ascontiguousarray(b, _F64),
+            np.ascontiguousarray(d, _F64), centre)
