@@ -426,6 +426,18 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     dresidual_out : ndarray, optional
         Where to write ``dresidual`` (shape and dtype of ``x``; it must not overlap ``x`` or
         ``out``).
+    mask, sample_weight, masked_output : optional
+        Those of a masked or weighted forward (:func:`batch_norm_forward`): the exact
+        gradient of that forward.  With ``W = sum(w)`` per channel and ``g`` the gradient at
+        the normalization's output (``dy`` through the activation; 0 where the weight is 0
+        when ``masked_output`` is "zero" or "keep")::
+
+            dbias   = sum(g)                 (over every position)
+            dweight = sum(g * xhat)
+            dx      = weight * invstd * (g - w / W * (dbias + xhat * dweight))
+
+        so a position of weight 0 gets ``dx`` through the normalization without entering the
+        statistics ("normalize"), ``dx = 0`` ("zero"), or ``dx = dy`` ("keep").
 
     Returns
     -------

@@ -162,7 +162,7 @@ def check_training_weights(sw, wts, skip_nonfinite):
         what = "selects" if wts.name == "mask" else "gives a weight sum of"
         vals = ", ".join(f"{sw[i]:g}" for i in c[:4])
         raise ValueError(
-            f"Expected more than 1 value per channel when training: the {wts.name} {what} "
+            f"{_k.BATCH_COUNT_MESSAGE}: the {wts.name} {what} "
             f"{vals} in channel(s) {c[:4].tolist()}{' ...' if c.size > 4 else ''} (more than "
             f"1 is needed{'' if skip_nonfinite else '; skip_nonfinite=True lets a channel of weight 0 keep its running statistics'})")
 

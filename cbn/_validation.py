@@ -64,12 +64,13 @@ def check_float_dtype(dt, name="x"):
 
 def check_not_masked(x, name):
     """A ``numpy.ma.MaskedArray`` is refused: its masked values would enter the statistics
-    (``np.asarray`` drops the mask), a silently wrong result."""
+    (``np.asarray`` drops the mask), a silently wrong result; the message names ``mask=``,
+    whose True is the opposite of numpy.ma's (True: the value counts)."""
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(
-            f"{name} is a numpy.ma.MaskedArray: cbn has no masked statistics yet and would "
-            f"include the masked values; pass {name}.filled(value) or {name}.data to say what "
-            f"they are, or select the valid positions first")
+            f"{name} is a numpy.ma.MaskedArray, whose mask cbn would not see: pass "
+            f"{name}.data with mask=~numpy.ma.getmaskarray({name}) (cbn's mask is True where a "
+            f"value counts, numpy.ma's where it is hidden), or {name}.filled(value)")
 
 
 def kernel_dtype(x, name="x"):

@@ -13,7 +13,7 @@ import numpy as np
 from ._types import BackwardResult, ForwardResult, FusedBackwardResult
 
 __all__ = ["batch_norm", "batch_norm_forward", "batch_norm_backward", "batch_norm_inference",
-           "activation", "activation_gradient"]
+           "activation", "activation_gradient", "sample_weights"]
 
 _ERFC = np.frompyfunc(math.erfc, 1, 1)
 _GELU_K = math.sqrt(2.0 / math.pi)
@@ -112,20 +112,55 @@ def _axes(x, axis):
     return reduce_axes, tuple(bshape), x.shape[axis]
 
 
+def sample_weights(x, axis=1, mask=None, sample_weight=None):
+    """The weights of a masked or weighted call as an array of ``x``'s shape (float64; None
+    without either): a mask is the weights 0 and 1; an array of ``x``'s ndim broadcasts to
+    ``x``'s shape, a smaller one to the positions (``x``'s shape without the channel axis)."""
+    if mask is None and sample_weight is None:
+        return None
+    w = np.asarray(mask if mask is not None else sample_weight, dtype=np.float64)
+    x = np.asarray(x)
+    axis = axis % x.ndim
+    if w.ndim < x.ndim:
+        positions = x.shape[:axis] + x.shape[axis + 1:]
+        w = np.expand_dims(np.broadcast_to(w, positions), axis)
+    return np.broadcast_to(w, x.shape)
+
+
+def _weighted_stats(x, wf, red):
+    """Weight sums, means and biased variances of x over red with the weights wf (elements of
+    weight 0 excluded, whatever their value)."""
+    xs = np.where(wf > 0, x, 0)
+    total = wf.sum(axis=red)
+    mean = (wf * xs).sum(axis=red) / total
+    shape = [1] * x.ndim
+    c = [i for i in range(x.ndim) if i not in red][0]
+    shape[c] = x.shape[c]
+    d = np.where(wf > 0, x - mean.reshape(shape), 0)
+    return total, mean, (wf * d * d).sum(axis=red) / total
+
+
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None,
                        running_var=None, momentum=0.1, axis=1, out=None, num_threads=None,
                        skip_nonfinite=False, activation=None, residual=None,
-                       negative_slope=None):
+                       negative_slope=None, mask=None, sample_weight=None,
+                       masked_output="normalize"):
     """Training forward: ``(x - mean) / sqrt(var + eps) * weight + bias`` with batch statistics.
 
     Parameters and returns as :func:`cbn.batch_norm_forward`; the running statistics are
-    updated in place with the unbiased variance.
+    updated in place with the unbiased variance.  With ``mask`` or ``sample_weight`` the
+    statistics are the weighted ones (:func:`sample_weights`), and ``masked_output`` sets the
+    output where the weight is 0.
     """
     x = np.asarray(x)
     red, bshape, C = _axes(x, axis)
     n = x.size // C if C else 0
-    mean = x.mean(axis=red)
-    var = x.var(axis=red)
+    wf = sample_weights(x, axis, mask, sample_weight)
+    if wf is None:
+        mean = x.mean(axis=red)
+        var = x.var(axis=red)
+    else:
+        n, mean, var = _weighted_stats(x, wf, red)
     invstd = 1.0 / np.sqrt(var + eps)
     y = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
     if weight is not None:
@@ -140,7 +175,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
                                     (1 - momentum) * running_var + momentum * var * n / (n - 1))
     if residual is not None:
         y = y + np.asarray(residual)
-    y = _activate(y, activation, negative_slope).astype(x.dtype, copy=False)
+    y = _activate(y, activation, negative_slope)
+    if wf is not None and masked_output != "normalize":
+        y = np.where(wf == 0, 0 if masked_output == "zero" else x, y)
+    y = y.astype(x.dtype, copy=False)
     if out is not None:
         out[...] = y
         y = out
@@ -153,14 +191,15 @@ def _activate(y, name, negative_slope):
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, num_threads=None,
                         needs=(True, True, True), activation=None, y=None, bias=None,
-                        residual=None, negative_slope=None):
+                        residual=None, negative_slope=None, mask=None, sample_weight=None,
+                        masked_output="normalize"):
     """Gradients of the training forward: see :func:`cbn.batch_norm_backward`.  With an
     activation, ``dy`` is first taken through its derivative at ``z``: ``y`` itself for
     relu, relu6 and leaky_relu with a slope >= 0 (their derivative is that of their output),
     else ``z = bn(x) + residual`` recomputed; with a residual the result has ``dresidual`` (that
     gradient) as a fourth item."""
     x = np.asarray(x)
-    dy = np.asarray(dy)
+    dy = user_dy = np.asarray(dy)
     red, bshape, C = _axes(x, axis)
     slope = 0.01 if negative_slope is None else negative_slope
     if activation in ("relu", "relu6") or (activation == "leaky_relu" and slope >= 0):
@@ -174,6 +213,10 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
         if residual is not None:
             z = z + np.asarray(residual)
         dy = activation_gradient(dy, z, activation, slope).astype(dy.dtype)
+    wf = sample_weights(x, axis, mask, sample_weight)
+    if wf is not None:
+        return _masked_backward(dy, user_dy, x, mean, invstd, weight, axis, out, needs, wf,
+                                masked_output, residual)
     if residual is not None:
         result = batch_norm_backward(dy, x, mean, invstd, weight, axis=axis, out=out,
                                      needs=tuple(needs)[:3])
@@ -196,6 +239,42 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     gdt = x.dtype if weight is None else np.asarray(weight).dtype
     return BackwardResult(dx, dweight.astype(gdt) if needs[1] else None,
                           dbias.astype(gdt) if needs[2] else None)
+
+
+def _masked_backward(g, dy, x, mean, invstd, weight, axis, out, needs, wf, masked_output,
+                     residual):
+    """The gradient of the masked forward: with W = sum(w) per channel and g the gradient at
+    the normalization's output (0 at the padding for "zero" and "keep"),
+    ``dx = weight * invstd * (g - w / W * (sum(g) + xhat * sum(g * xhat)))``, plus ``dy``
+    itself at the padding for "keep"; ``dweight = sum(g * xhat)``, ``dbias = sum(g)``."""
+    red, bshape, C = _axes(x, axis)
+    if masked_output != "normalize":
+        g = np.where(wf == 0, 0, g)
+    total = wf.sum(axis=red).reshape(bshape)
+    mean = np.asarray(mean).reshape(bshape)
+    invstd = np.asarray(invstd).reshape(bshape)
+    wt = 1.0 if weight is None else np.asarray(weight).reshape(bshape)
+    xhat = (x - mean) * invstd
+    dbias = g.sum(axis=red)
+    dweight = (g * xhat).sum(axis=red)
+    dx = None
+    if needs[0]:
+        dx = wt * invstd * (g - wf / total * (dbias.reshape(bshape)
+                                              + xhat * dweight.reshape(bshape)))
+        if masked_output == "keep":
+            dx = np.where(wf == 0, dy, dx)
+        elif masked_output == "zero":
+            dx = np.where(wf == 0, 0, dx)  # a channel of weight 0: its output is constant
+        dx = dx.astype(x.dtype, copy=False)
+        if out is not None:
+            out[...] = dx
+            dx = out
+    gdt = x.dtype if weight is None else np.asarray(weight).dtype
+    result = BackwardResult(dx, dweight.astype(gdt) if needs[1] else None,
+                            dbias.astype(gdt) if needs[2] else None)
+    if residual is None:
+        return result
+    return FusedBackwardResult(*result, g if len(needs) < 4 or needs[3] else None)
 
 
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *, eps=1e-5,

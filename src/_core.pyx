@@ -942,12 +942,16 @@ cdef inline bint _batch_count_ok(Py_ssize_t n) noexcept nogil:
     return n != 1
 
 
+#: the rule's message, also raised by the masked statistics (cbn/_masked.py)
+BATCH_COUNT_MESSAGE = "Expected more than 1 value per channel when training"
+
+
 def check_batch_count(n, shape=None):
     """The batch-count rule for the Python route: raises its ValueError when ``n`` (values per
     channel) is 1; ``shape``, when known, is named in the message."""
     if not _batch_count_ok(_clamped(PyNumber_Index(n))):
         got = f"got input size {tuple(shape)}" if shape is not None else f"got {n}"
-        raise ValueError(f"Expected more than 1 value per channel when training, {got}")
+        raise ValueError(f"{BATCH_COUNT_MESSAGE}, {got}")
 
 
 # -- inference statistics and scale

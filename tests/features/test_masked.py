@@ -1,0 +1,321 @@
+"""Masked and weighted statistics (#18): moments, forward, backward and running statistics over
+the positions a mask or weights select, against the float64 reference (itself checked by
+finite differences), on every layout, dtype, SIMD level and thread count."""
+
+import numpy as np
+import pytest
+
+import cbn
+from cbn import reference as ref
+
+# (shape, axis) covering every path of the kernels: channel-major rows of short runs, runs
+# split into pieces, channels-last rows (one block and several), a middle axis, NC
+LAYOUTS = [((6, 5, 7, 9), 1), ((16, 3, 3000), 1), ((2, 3, 40000), 1), ((64, 20, 300), -1),
+           ((3000, 37), 1), ((3, 4, 5), 2), ((40, 6, 1), 1)]
+DTYPES = [np.float64, np.float32, np.float16]
+
+
+def _positions(shape, axis):
+    axis %= len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+def _weights(rng, shape, axis, kind, per_element, p0=0.3):
+    """A mask (kind "mask") or float weights with zeros, of the positions' or the full shape."""
+    s = shape if per_element else _positions(shape, axis)
+    if kind == "mask":
+        return rng.random(s) >= p0
+    w = rng.random(s) * 3
+    w[rng.random(s) < p0] = 0
+    return w.astype(np.float32 if kind == "float32" else np.float64)
+
+
+def _kw(kind, w):
+    return {"mask": w} if kind == "mask" else {"sample_weight": w}
+
+
+def _data(rng, shape, dtype, offset=0.0):
+    return (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("kind", ["mask", "float32", "float64"])
+@pytest.mark.parametrize("per_element", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_moments_match_the_reference_and_ignore_padding(rng, shape, axis, kind, per_element,
+                                                        dtype):
+    x = _data(rng, shape, dtype, 10.0)
+    w = _weights(rng, shape, axis, kind, per_element)
+    wf = ref.sample_weights(x, axis, **_kw(kind, w))
+    poisoned = x.copy()
+    poisoned[wf == 0] = np.nan  # padding is never read into a statistic
+    m = cbn.moments(poisoned, axis=axis, **_kw(kind, w))
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    x64 = x.astype(np.float64)
+    total = wf.sum(axis=red)
+    mean = (wf * x64).sum(axis=red) / total
+    m2 = (wf * (x64 - np.expand_dims(mean, red)) ** 2).sum(axis=red)
+    np.testing.assert_allclose(m.count, total, rtol=1e-13)
+    np.testing.assert_allclose(m.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(m.m2, m2, rtol=1e-10)
+    assert m.count.dtype == np.float64 and m.count.shape == (shape[axis],)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("per_element", [False, True])
+def test_results_are_the_same_for_any_thread_count_and_level(rng, level, shape, axis,
+                                                              per_element):
+    x = _data(rng, shape, np.float32, 3.0)
+    for kind in ("mask", "float64"):
+        kw = _kw(kind, _weights(rng, shape, axis, kind, per_element))
+        one = cbn.moments(x, axis=axis, num_threads=1, **kw)
+        two = cbn.moments(x, axis=axis, num_threads=2, **kw)
+        for a, b in zip(one, two):
+            assert np.array_equal(a, b)
+        f1 = cbn.batch_norm_forward(x, axis=axis, num_threads=1, **kw)
+        f2 = cbn.batch_norm_forward(x, axis=axis, num_threads=2, **kw)
+        assert np.array_equal(f1.out, f2.out) and np.array_equal(f1.invstd, f2.invstd)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 5, 7, 9), 1), ((2, 3, 40000), 1),
+                                        ((3000, 37), 1)])
+def test_a_mask_is_the_weights_zero_and_one(rng, shape, axis):
+    """Bit-identical where the kernels share a loop (channel-major runs: the products by 1 are
+    exact and the lanes the same); channels-last rows round alike up to FMA contraction."""
+    x = _data(rng, shape, np.float32)
+    for per_element in (False, True):
+        m = _weights(rng, shape, axis, "mask", per_element)
+        a = cbn.moments(x, axis=axis, mask=m)
+        b = cbn.moments(x, axis=axis, sample_weight=m.astype(np.float64))
+        exact = shape[axis % len(shape)] != shape[-1]
+        for p, q in zip(a, b):
+            if exact:
+                assert np.array_equal(p, q)
+            else:
+                np.testing.assert_allclose(p, q, rtol=1e-14)
+
+
+@pytest.mark.parametrize("axis,shape", [(1, (16, 4, 4096)), (-1, (512, 64, 8)),
+                                        (1, (4096, 8))])
+def test_float32_with_a_huge_offset_keeps_the_variance(rng, axis, shape):
+    """The unmasked promise: |mean| / std = 1e6 in float32, variance within 1e-6."""
+    x = (1e6 + rng.standard_normal(shape)).astype(np.float32)
+    w = _weights(rng, shape, axis, "float64", False)
+    m = cbn.moments(x, axis=axis, sample_weight=w)
+    wf = ref.sample_weights(x, axis, sample_weight=w)
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    x64 = x.astype(np.float64)
+    mean = (wf * x64).sum(axis=red) / wf.sum(axis=red)
+    var = (wf * (x64 - np.expand_dims(mean, red)) ** 2).sum(axis=red) / wf.sum(axis=red)
+    np.testing.assert_allclose(m.m2 / m.count, var, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 5, 7, 9), 1), ((64, 20, 30), -1), ((300, 7), 1),
+                                        ((2, 3, 40000), 1)])
+@pytest.mark.parametrize("kind", ["mask", "float64"])
+@pytest.mark.parametrize("per_element", [False, True])
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+def test_forward_and_backward_match_the_reference(rng, shape, axis, kind, per_element,
+                                                  masked_output):
+    x = _data(rng, shape, np.float64, 5.0)
+    dy = rng.standard_normal(shape)
+    C = shape[axis]
+    wt, bs = rng.random(C) + 0.5, rng.standard_normal(C)
+    kw = dict(_kw(kind, _weights(rng, shape, axis, kind, per_element)),
+              masked_output=masked_output, axis=axis)
+    rm, rv = rng.standard_normal(C), rng.random(C) + 0.5
+    rm_ref, rv_ref = rm.copy(), rv.copy()
+    f = cbn.batch_norm_forward(x, wt, bs, running_mean=rm, running_var=rv, **kw)
+    r = ref.batch_norm_forward(x, wt, bs, running_mean=rm_ref, running_var=rv_ref, **kw)
+    np.testing.assert_allclose(f.out, r.out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f.mean, r.mean, rtol=1e-12)
+    np.testing.assert_allclose(f.invstd, r.invstd, rtol=1e-12)
+    np.testing.assert_allclose(rm, rm_ref, rtol=1e-12)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-12)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, **kw)
+    gr = ref.batch_norm_backward(dy, x, f.mean, f.invstd, wt, **kw)
+    for a, b in zip(g, gr):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+@pytest.mark.parametrize("activation,residual", [(None, False), ("relu", False),
+                                                 ("silu", True)])
+def test_the_reference_gradient_is_the_derivative_of_the_forward(rng, masked_output,
+                                                                 activation, residual):
+    """Central differences of sum(dy * forward(x)) (float64), per element."""
+    shape, axis = (5, 3, 4), 1
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    w = rng.random((5, 4)) * 2
+    w[0, 0] = w[2, 1] = 0
+    wt, bs = rng.random(3) + 0.5, rng.standard_normal(3)
+    res = rng.standard_normal(shape) if residual else None
+    kw = dict(sample_weight=w, masked_output=masked_output, activation=activation,
+              residual=res)
+
+    def loss(z):
+        return float((ref.batch_norm_forward(z, wt, bs, **kw).out * dy).sum())
+
+    f = ref.batch_norm_forward(x, wt, bs, **kw)
+    y = f.out if activation == "relu" else None  # relu's derivative is read from its output
+    g = ref.batch_norm_backward(dy, x, f.mean, f.invstd, wt, y=y, bias=bs, **kw)
+    fast = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, y=y, bias=bs, **kw)
+    h = 1e-6
+    num = np.empty(shape)
+    for i in np.ndindex(shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        num[i] = (loss(up) - loss(down)) / (2 * h)
+    np.testing.assert_allclose(g.dx, num, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.dx, g.dx, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[1:], g[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("shape,axis", [((8, 16, 12, 12), 1), ((32, 50, 64), -1)])
+def test_lower_precision_inputs(rng, dtype, shape, axis):
+    x = _data(rng, shape, dtype, 1.0)
+    dy = rng.standard_normal(shape).astype(dtype)
+    m = _weights(rng, shape, axis, "mask", False)
+    for mo in ("normalize", "zero", "keep"):
+        f = cbn.batch_norm_forward(x, axis=axis, mask=m, masked_output=mo)
+        r = ref.batch_norm_forward(x.astype(np.float64), axis=axis, mask=m, masked_output=mo)
+        assert f.out.dtype == dtype
+        tol = 2e-3 if dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(f.out, r.out, rtol=tol, atol=tol)
+        g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, axis=axis, mask=m,
+                                    masked_output=mo)
+        gr = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), f.mean,
+                                     f.invstd, axis=axis, mask=m, masked_output=mo)
+        assert g.dx.dtype == dtype
+        np.testing.assert_allclose(g.dx, gr.dx, rtol=tol * 4, atol=tol * 4)
+
+
+def test_layouts_and_broadcast_masks(rng):
+    """Fortran order, a strided view and a mask broadcast from (N, 1) over (N, T)."""
+    x = _data(rng, (8, 10, 6), np.float64)
+    m = rng.random((8, 1)) < 0.6
+    m[0] = True
+    expect = ref.batch_norm_forward(x, axis=-1, mask=np.broadcast_to(m, (8, 10)))
+    for xv in (x, np.asfortranarray(x), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):
+        got = cbn.batch_norm_forward(xv, axis=-1, mask=m)
+        np.testing.assert_allclose(got.out, expect.out, rtol=1e-12, atol=1e-13)
+    full = rng.random((8, 10, 6)) < 0.5
+    got = cbn.batch_norm_forward(np.asfortranarray(x), axis=-1, mask=full)
+    np.testing.assert_allclose(got.out, ref.batch_norm_forward(x, axis=-1, mask=full).out,
+                               rtol=1e-12, atol=1e-13)
+    # a per-element mask the same for every channel gives the per-position statistics
+    same = np.broadcast_to(m[:, :, None], (8, 10, 6))
+    np.testing.assert_allclose(cbn.batch_norm_forward(x, axis=-1, mask=same).out,
+                               cbn.batch_norm_forward(x, axis=-1, mask=m).out, rtol=1e-13,
+                               atol=1e-14)
+
+
+def test_out_in_place_and_keep(rng):
+    x = _data(rng, (4, 3, 50), np.float32)
+    m = rng.random((4, 50)) < 0.5
+    expect = cbn.batch_norm_forward(x, mask=m, masked_output="keep").out
+    buf = x.copy()
+    got = cbn.batch_norm_forward(buf, mask=m, masked_output="keep", out=buf).out
+    assert got is buf
+    np.testing.assert_array_equal(got, expect)
+
+
+def test_merge_of_masked_shards_is_the_whole(rng):
+    x = _data(rng, (30, 4, 20), np.float32, 100.0)
+    w = _weights(rng, x.shape, 1, "float64", True)
+    whole = cbn.moments(x, sample_weight=w)
+    parts = [cbn.moments(x[i:i + 7], sample_weight=w[i:i + 7]) for i in range(0, 30, 7)]
+    merged = cbn.merge_moments(*parts)
+    np.testing.assert_allclose(merged.count, whole.count, rtol=1e-14)
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-14)
+    np.testing.assert_allclose(merged.m2, whole.m2, rtol=1e-12)
+    # an unmasked shard (an integer count) merges with masked ones
+    mixed = cbn.merge_moments(cbn.moments(x[:5]), cbn.moments(x[5:], mask=np.ones((25, 20), bool)))
+    np.testing.assert_allclose(mixed.mean, cbn.moments(x).mean, rtol=1e-14)
+    np.testing.assert_allclose(mixed.var(1), cbn.moments(x).var(1), rtol=1e-12)
+
+
+def test_a_channel_without_weight(rng):
+    x = _data(rng, (6, 3, 10), np.float64)
+    m = np.ones(x.shape, bool)
+    m[:, 1] = False
+    rm, rv = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="more than 1 value per channel.*channel\\(s\\) \\[1\\]"):
+        cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, mask=m)
+    assert np.array_equal(rm, np.zeros(3)) and np.array_equal(rv, np.ones(3))
+    f = cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, mask=m, skip_nonfinite=True,
+                               masked_output="zero")
+    assert np.isnan(f.mean[1]) and rm[1] == 0 and rv[1] == 1 and rm[0] != 0
+    assert np.all(f.out[:, 1] == 0)
+    g = cbn.batch_norm_backward(np.ones_like(x), x, f.mean, f.invstd, mask=m,
+                                masked_output="zero")
+    assert np.all(g.dx[:, 1] == 0) and np.isfinite(g.dx).all()
+    one = np.zeros((6, 10), bool)
+    one[0, 0] = True
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        cbn.batch_norm_forward(x, mask=one)
+    with pytest.raises(ValueError, match="weight sum of 0.5"):
+        cbn.batch_norm_forward(x, sample_weight=np.full((6, 10), 0.5 / 60))
+
+
+@pytest.mark.parametrize("bad,kw,err,match", [
+    ("shape", dict(mask=np.ones((6, 9), bool)), ValueError, "mask of shape \\(6, 9\\) fits neither"),
+    ("dtype", dict(mask=np.ones((6, 10), np.int8)), TypeError, "mask must be a boolean array"),
+    ("negative", dict(sample_weight=-np.ones((6, 10))), ValueError, "must be >= 0"),
+    ("nan", dict(sample_weight=np.full((6, 10), np.nan)), ValueError, "must be finite"),
+    ("bool weights", dict(sample_weight=np.ones((6, 10), bool)), TypeError, "pass it as mask="),
+    ("both", dict(mask=np.ones((6, 10), bool), sample_weight=np.ones((6, 10))), ValueError,
+     "not both"),
+    ("option", dict(mask=np.ones((6, 10), bool), masked_output="pad"), ValueError,
+     "masked_output must be one of"),
+    ("option alone", dict(masked_output="zero"), ValueError, "applies with mask="),
+])
+def test_bad_masks_are_clear_errors_and_change_nothing(rng, bad, kw, err, match):
+    x = _data(rng, (6, 3, 10), np.float64)
+    rm, rv = np.zeros(3), np.ones(3)
+    keep = x.copy()
+    with pytest.raises(err, match=match):
+        cbn.batch_norm_forward(x, running_mean=rm, running_var=rv, out=x, **kw)
+    assert np.array_equal(x, keep) and np.array_equal(rm, np.zeros(3))
+    with pytest.raises(err, match=match):
+        cbn.batch_norm_backward(x, x, np.zeros(3), np.ones(3), **kw)
+
+
+def test_evaluation_mode_and_masked_arrays_refuse_a_mask(rng):
+    x = _data(rng, (6, 3, 10), np.float64)
+    with pytest.raises(ValueError, match="training mode only"):
+        cbn.batch_norm(x, np.zeros(3), np.ones(3), training=False,
+                       mask=np.ones((6, 10), bool))
+    ma = np.ma.masked_array(x, mask=x > 1)
+    with pytest.raises(TypeError, match="mask="):
+        cbn.batch_norm_forward(ma)
+
+
+def test_against_torch_autograd(rng):
+    """torch has no masked batch norm: the weighted one composed of its ops, in float64."""
+    torch = pytest.importorskip("torch")
+    x = _data(rng, (7, 4, 9), np.float64, 3.0)
+    dy = rng.standard_normal(x.shape)
+    w = rng.random((7, 9))
+    w[w < 0.3] = 0
+    wt, bs = rng.random(4) + 0.5, rng.standard_normal(4)
+    xt = torch.tensor(x, requires_grad=True)
+    wtt = torch.tensor(wt, requires_grad=True)
+    bst = torch.tensor(bs, requires_grad=True)
+    ww = torch.tensor(w)[:, None, :]
+    total = ww.sum() * torch.ones(4, dtype=torch.float64)
+    mean = (ww * xt).sum((0, 2)) / total
+    var = (ww * (xt - mean[None, :, None]) ** 2).sum((0, 2)) / total
+    y = ((xt - mean[None, :, None]) / torch.sqrt(var[None, :, None] + 1e-5)
+         * wtt[None, :, None] + bst[None, :, None])
+    y.backward(torch.tensor(dy))
+    f = cbn.batch_norm_forward(x, wt, bs, sample_weight=w)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, sample_weight=w)
+    np.testing.assert_allclose(f.out, y.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(g.dweight, wtt.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(g.dbias, bst.grad.numpy(), rtol=1e-10)
