@@ -263,7 +263,7 @@ def _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, a
                             or out is not None):
         _k.inference(xk, yk, outer, C, inner, mean, scale, shift, nt, 0 if post else code,
                      post_act=code if post else -1, slope=slope, residual=rk)
-        M.finish_padding(yk, xk, wts, masked_output, outer, C, inner)
+        M.finish_padding(yk, xk, wts, masked_output, outer, C, inner, nt)
         _k.update_running(running_mean, running_var, mean,
                           var_unbiased if conv.stores_unbiased(convention) else var, 0,
                           momentum, skip_nonfinite, False)
@@ -697,13 +697,12 @@ def _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, 
         gk, dres = v.like_kernel(xk, perm, x.shape)
     if gk is not dyk and activation is None:
         np.copyto(gk, dyk)
-    padding = wts.padding
     with deferred_interrupt(out is not None or dresidual_out is not None):
         if activation is not None:
             _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner,
                            mu, iv, w, bias, rk, nt)
-        if masked_output != "normalize" and gk.size:
-            np.copyto(gk.reshape(outer, C, inner), 0, where=padding)
+        if masked_output != "normalize":
+            M.fill_padding(gk, None, wts, outer, C, inner, nt)
         sdy = np.zeros(C, _F64)
         sdyx = np.zeros(C, _F64)
         if xk.size and (need_dx or need_dw or need_db):
@@ -714,8 +713,7 @@ def _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, 
                 a, b, d, centre = M.dx_coefficients(total, sdy, sdyx, mu, iv, w, masked_output)
                 _k.weighted_dx(gk, xk, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
                 if masked_output == "keep":
-                    np.copyto(dxk.reshape(outer, C, inner), dyk.reshape(outer, C, inner),
-                              where=padding)
+                    M.fill_padding(dxk, dyk, wts, outer, C, inner, nt)
             dx = v.finish_output(dxk, dx, out, copy_back, perm)
         if need_dres:
             dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)

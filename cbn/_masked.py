@@ -38,16 +38,11 @@ class Weights(NamedTuple):
 
     ``k``: C-contiguous, shape ``(outer, 1, inner)`` (one per position, shared by the
     channels) or ``(outer, C, inner)`` (one per element), bool or float32/float64;
-    ``name``: the argument it came from; ``padding``: bool array of the same shape, True where
-    the weight is 0 (broadcasts against the kernel view of ``x``, reshaped (outer, C, inner)).
+    ``name``: the argument it came from.
     """
 
     k: np.ndarray
     name: str
-
-    @property
-    def padding(self) -> np.ndarray:
-        return ~self.k if self.k.dtype == np.bool_ else self.k == 0
 
 
 
@@ -180,15 +175,18 @@ def statistics(sw, mean, m2):
     return mean, var, var_unbiased
 
 
-def finish_padding(yk, xk, wts, masked_output, outer, C, inner):
-    """The output option at the positions of weight 0: 0 ("zero") or x ("keep")."""
+def finish_padding(yk, xk, wts, masked_output, outer, C, inner, nt):
+    """The output option at the positions of weight 0: 0 ("zero") or x ("keep"), written
+    there only (src/kernels_masked.pxi)."""
     if masked_output == "normalize" or yk.size == 0:
         return
-    y3 = yk.reshape(outer, C, inner)
-    if masked_output == "zero":
-        np.copyto(y3, 0, where=wts.padding)
-    else:
-        np.copyto(y3, xk.reshape(outer, C, inner), where=wts.padding)
+    fill_padding(yk, xk if masked_output == "keep" else None, wts, outer, C, inner, nt)
+
+
+def fill_padding(yk, src, wts, outer, C, inner, nt):
+    """yk = src (0 when src is None) wherever the weight is 0, in place."""
+    if yk.size:
+        _k.fill_padding(yk, src, wts.k, outer, C, inner, nt)
 
 
 def dx_coefficients(total, sdy, sdyx, mean, invstd, weight, masked_output):

@@ -515,6 +515,30 @@ def weighted_dx(cnp.ndarray g, cnp.ndarray x, cnp.ndarray weights, cnp.ndarray d
     _check_rc(rc)
 
 
+def fill_padding(cnp.ndarray y, object src, cnp.ndarray weights, Py_ssize_t outer,
+                 Py_ssize_t C, Py_ssize_t inner, int num_threads):
+    """y = src (0 when src is None) wherever the weight is 0 (_weights_of), in place; src of
+    y's dtype and shape."""
+    _bound()
+    _check_kernel_arrays(y, src)
+    cdef Geometry g = _geom_of(y, outer, C, inner)
+    cdef cbn_weights w
+    _weights_of(weights, outer, C, inner, &w)
+    cdef int nt = num_threads
+    cdef int f = _format_of(y)
+    cdef void* yp = cnp.PyArray_DATA(y)
+    cdef const void* sp = NULL if src is None else cnp.PyArray_DATA(<cnp.ndarray>src)
+    with nogil:
+        if f == _F32:
+            _T.pad_f32(<float*>yp, <const float*>sp, &g, &w, nt)
+        elif f == _F64:
+            _T.pad_f64(<double*>yp, <const double*>sp, &g, &w, nt)
+        elif f == _F16:
+            _T.pad_f16(<cbn_f16*>yp, <const cbn_f16*>sp, &g, &w, nt)
+        else:
+            _T.pad_bf16(<cbn_bf16*>yp, <const cbn_bf16*>sp, &g, &w, nt)
+
+
 def inference(cnp.ndarray x, cnp.ndarray y_out, Py_ssize_t outer, Py_ssize_t C,
               Py_ssize_t inner, cnp.ndarray centre, cnp.ndarray scale, cnp.ndarray shift,
               int num_threads, int act=CBN_ACT_NONE, int post_act=-1, double slope=0.0,

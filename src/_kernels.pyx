@@ -255,6 +255,26 @@ cdef int _wdx_bf16(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, c
     return _weighted_dx(g, x, geo, w, dx_out, nt, a, b, d, mean, <float>0)
 
 
+cdef int _pad_f32(float* y, const float* src, const Geometry* g, const cbn_weights* w,
+                 int nt) noexcept nogil:
+    return _fill_padding(y, src, g, w, nt, <float>0)
+
+
+cdef int _pad_f64(double* y, const double* src, const Geometry* g, const cbn_weights* w,
+                 int nt) noexcept nogil:
+    return _fill_padding(y, src, g, w, nt, <double>0)
+
+
+cdef int _pad_f16(cbn_f16* y, const cbn_f16* src, const Geometry* g, const cbn_weights* w,
+                 int nt) noexcept nogil:
+    return _fill_padding(y, src, g, w, nt, <float>0)
+
+
+cdef int _pad_bf16(cbn_bf16* y, const cbn_bf16* src, const Geometry* g, const cbn_weights* w,
+                 int nt) noexcept nogil:
+    return _fill_padding(y, src, g, w, nt, <float>0)
+
+
 cdef void _math_entry(int fn, const floating* x, floating* out, floating* aux,
                       Py_ssize_t n) noexcept nogil:
     if floating is float:
@@ -307,6 +327,10 @@ _TABLE.wdx_f32 = _wdx_f32
 _TABLE.wdx_f64 = _wdx_f64
 _TABLE.wdx_f16 = _wdx_f16
 _TABLE.wdx_bf16 = _wdx_bf16
+_TABLE.pad_f32 = _pad_f32
+_TABLE.pad_f64 = _pad_f64
+_TABLE.pad_f16 = _pad_f16
+_TABLE.pad_bf16 = _pad_bf16
 _TABLE.half_convert = cbn_half_convert
 _TABLE.math_f32 = _math_entry[float]
 _TABLE.math_f64 = _math_entry[double]

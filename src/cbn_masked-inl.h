@@ -163,3 +163,26 @@ static inline void SFX(cbn_wdx_row)(const TS *g, const TS *x, const cbn_weights 
     else
         SFX(cbn_wdx_row_w64)(g, x, (const double *)w->p + at, dx, n, a, b, d, hi);
 }
+
+/* The padding option of a masked output: y = src (or 0 when src is NULL) wherever the weight
+ * is 0, over a run of n elements whose weights are contiguous from index at; y is left
+ * untouched elsewhere (a mask is read 8 bytes at a time, and 8 selected bytes are skipped). */
+static inline void SFX(cbn_pad_run)(TS *y, const TS *src, const cbn_weights *w, ptrdiff_t at,
+                                    ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    if (w->kind == CBN_W_MASK) {
+        const unsigned char *m = (const unsigned char *)w->p + at;
+        for (; i + 8 <= n; i += 8) {
+            unsigned long long b;
+            memcpy(&b, m + i, 8);
+            if (b == 0x0101010101010101ULL) continue;
+            for (int l = 0; l < 8; l++)
+                if (!m[i + l]) y[i + l] = src ? src[i + l] : CBN_ST((T)0);
+        }
+        for (; i < n; i++)
+            if (!m[i]) y[i] = src ? src[i] : CBN_ST((T)0);
+        return;
+    }
+    for (; i < n; i++)
+        if (cbn_w_at(w, at + i) == 0.0) y[i] = src ? src[i] : CBN_ST((T)0);
+}

@@ -163,6 +163,14 @@ cdef extern from "cbn_table.h" nogil:
         int (*wdx_bf16)(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, const Geometry* geo,
                        cbn_bf16* dx_out, int nt, const double* a, const double* b, const double* d,
                        const double* mean) noexcept nogil
+        int (*pad_f32)(float* y, const float* src, const Geometry* g, const cbn_weights* w,
+                       int nt) noexcept nogil
+        int (*pad_f64)(double* y, const double* src, const Geometry* g, const cbn_weights* w,
+                       int nt) noexcept nogil
+        int (*pad_f16)(cbn_f16* y, const cbn_f16* src, const Geometry* g, const cbn_weights* w,
+                       int nt) noexcept nogil
+        int (*pad_bf16)(cbn_bf16* y, const cbn_bf16* src, const Geometry* g, const cbn_weights* w,
+                       int nt) noexcept nogil
         int (*inference_f16)(const cbn_f16* x, cbn_f16* y_out, const Geometry* g, int nt,
                              const double* centre, const double* scale, const double* shift,
                              int act, const cbn_post* post) noexcept nogil

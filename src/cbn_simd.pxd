@@ -262,3 +262,11 @@ cdef extern from "cbn_kernels.h" nogil:
     void cbn_wdx_row_bf16(const cbn_bf16* g, const cbn_bf16* x, const cbn_weights* w, Py_ssize_t at,
                         cbn_bf16* dx, Py_ssize_t n, const float* a, const float* b, const float* d,
                         const float* hi)
+    void cbn_pad_run_f32(float* y, const float* src, const cbn_weights* w, Py_ssize_t at,
+                        Py_ssize_t n)
+    void cbn_pad_run_f64(double* y, const double* src, const cbn_weights* w, Py_ssize_t at,
+                        Py_ssize_t n)
+    void cbn_pad_run_f16(cbn_f16* y, const cbn_f16* src, const cbn_weights* w, Py_ssize_t at,
+                        Py_ssize_t n)
+    void cbn_pad_run_bf16(cbn_bf16* y, const cbn_bf16* src, const cbn_weights* w, Py_ssize_t at,
+                        Py_ssize_t n)

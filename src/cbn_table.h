@@ -125,6 +125,12 @@ typedef struct {
                    cbn_bf16 *dx_out, int nt, const double *a, const double *b, const double *d,
                    const double *mean);
 
+    /* a masked output's padding: y = src (0 when src is NULL) wherever the weight is 0 */
+    int (*pad_f32)(float *y, const float *src, const cbn_geometry *g, const cbn_weights *w, int nt);
+    int (*pad_f64)(double *y, const double *src, const cbn_geometry *g, const cbn_weights *w, int nt);
+    int (*pad_f16)(cbn_f16 *y, const cbn_f16 *src, const cbn_geometry *g, const cbn_weights *w, int nt);
+    int (*pad_bf16)(cbn_bf16 *y, const cbn_bf16 *src, const cbn_geometry *g, const cbn_weights *w, int nt);
+
     /* the post stage's elementary functions over n elements, for the tests: fn 0 e^x, fn 1
      * the normal CDF (aux: its density, or NULL) */
     void (*math_f32)(int fn, const float *x, float *out, float *aux, ptrdiff_t n);

@@ -397,3 +397,60 @@ cdef int _weighted_dx(const elem* g, const elem* x, const Geometry* geo, const c
     _run(&wk, WDX, wk.nchunks, nt, False, NULL, 0, x, tag)
     free(coef)
     return 0
+
+
+# ------------------------------------------------------------------------------ the padding
+cdef inline void _pad_run(elem* y, const elem* src, const cbn_weights* w, Py_ssize_t at,
+                          Py_ssize_t n) noexcept nogil:
+    if elem is float:
+        cbn_pad_run_f32(y, src, w, at, n)
+    elif elem is double:
+        cbn_pad_run_f64(y, src, w, at, n)
+    elif elem is cbn_f16:
+        cbn_pad_run_f16(y, src, w, at, n)
+    else:
+        cbn_pad_run_bf16(y, src, w, at, n)
+
+
+cdef void _pad_task(const Work* wk, Py_ssize_t t, const elem* src, elem* y) noexcept nogil:
+    """Rows [t * outer / ntasks, (t + 1) * outer / ntasks) of the padding fill."""
+    cdef const Geometry* g = wk.g
+    cdef const cbn_weights* w = wk.wts
+    cdef Py_ssize_t C = g.C, inner = g.inner, o, c, base, j
+    cdef Py_ssize_t o0 = t * g.outer // wk.nchunks, o1 = (t + 1) * g.outer // wk.nchunks
+    for o in range(o0, o1):
+        if inner == 1 and w.chan == 0:  # one weight for the row
+            if cbn_w_at(w, o * w.row) == 0.0:
+                for j in range(C):
+                    y[o * C + j] = src[o * C + j] if src != NULL else _zero(y)
+            continue
+        if inner == 1:
+            _pad_run(y + o * C, _at(src, o * C), w, o * w.row, C)
+            continue
+        for c in range(C):
+            base = (o * C + c) * inner
+            _pad_run(y + base, _at(src, base), w, o * w.row + c * w.chan, inner)
+
+
+cdef inline elem _zero(elem* tag) noexcept nogil:
+    """+0 of the element type."""
+    cdef elem z
+    _st(&z, 0, 0.0)
+    return z
+
+
+cdef int _fill_padding(elem* y, const elem* src, const Geometry* g, const cbn_weights* w,
+                       int nt_req, floating tag) noexcept nogil:
+    """y = src (0 when src is NULL) wherever the weight is 0; returns 0."""
+    cdef cbn_plan plan
+    cdef Work wk
+    cdef int nt = _threads_for(g.outer * g.C * g.inner, nt_req, g.outer)
+    plan.nt = nt
+    wk.g = g
+    wk.plan = &plan
+    wk.x = src
+    wk.out = y
+    wk.wts = w
+    wk.nchunks = max(1, min(g.outer, 4 * nt))
+    _run(&wk, WPAD, wk.nchunks, nt, False, NULL, 0, y, tag)
+    return 0

@@ -22,6 +22,9 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
     if kind == WDX:
         _wdx_task(wk, t, dy, x, out, coef)
         return
+    if kind == WPAD:
+        _pad_task(wk, t, x, out)
+        return
     nt = wk.plan.nt
     nruns = g.outer * g.C
     nch = wk.plan.nch

@@ -72,6 +72,7 @@ cdef enum TaskKind:
     BACKWARD_CHANNEL
     WMOMENTS
     WDX
+    WPAD
     FLOOR_SCALE
     FLOOR_TRIAD
     FLOOR_SUM
