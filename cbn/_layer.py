@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _conventions as conv
+from . import _masked as M
 from . import _validation as v
 from ._batch_norm import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from ._dispatch import kernels as _k
@@ -295,7 +296,9 @@ class BatchNorm:
         return conv.update_factor(self.convention, self.momentum)
 
     def forward(self, x: ArrayLike, *, residual: Optional[ArrayLike] = None,
-                out: Optional[np.ndarray] = None) -> np.ndarray:
+                out: Optional[np.ndarray] = None, mask: Optional[ArrayLike] = None,
+                sample_weight: Optional[ArrayLike] = None,
+                masked_output: str = "normalize") -> np.ndarray:
         """Normalize ``x``; in training mode also update the running statistics.
 
         Parameters
@@ -311,6 +314,15 @@ class BatchNorm:
             Where to write the result: same shape and dtype as ``x``.  It may be ``x`` itself
             only in evaluation mode with running statistics, and :meth:`backward` then gives
             ``dx`` only (with affine parameters it raises, as the input is gone).
+        mask, sample_weight : array_like, optional
+            Training mode: the batch statistics (and the running statistics' update) are over
+            the positions the mask or weights select, as in :func:`cbn.batch_norm_forward`
+            (shapes: ``x``'s without the channel axis, ``x``'s own, or broadcastable).
+            Evaluation mode with running statistics, as Keras: they do not change the
+            statistics, only ``masked_output`` applies.  Kept for :meth:`backward`.
+        masked_output : {"normalize", "zero", "keep"}, default "normalize"
+            With a mask or weights, the output where the weight is 0: normalized like the
+            rest, 0, or ``x`` unchanged.
 
         Returns
         -------
@@ -327,6 +339,13 @@ class BatchNorm:
         """
         x = self._check_channels(x)
         nt = self.num_threads
+        masked = None
+        if mask is not None or sample_weight is not None:
+            masked = dict(mask=mask, sample_weight=sample_weight,
+                          masked_output=M.check_masked_output(masked_output))
+        elif masked_output != "normalize":
+            M.check_masked_output(masked_output)
+            raise ValueError("masked_output applies with mask= or sample_weight=")
         # the activation of this call, kept for backward (attributes may change later)
         act = ((None, 0, 0.0) if self.activation is None and self.negative_slope is None
                else (self.activation, *v.check_epilogue(self.activation, self.negative_slope)))
@@ -339,28 +358,38 @@ class BatchNorm:
                              f"{self.activation!r} (backward recomputes from it)")
         use_running = not self.training and self.track_running_stats
         if use_running:
+            padding = None
+            if masked is not None:
+                padding = M.padding_of(x, self.axis, mask, sample_weight)
+                if masked["masked_output"] == "keep" and out is not None and np.may_share_memory(out, x):
+                    raise ValueError("out must not overlap x with masked_output='keep'")
             y = batch_norm_inference(x, self.running_mean, self.running_var, self.weight,
                                      self.bias, eps=self.eps, axis=self.axis, out=out,
                                      num_threads=nt, **post)
+            if padding is not None and masked["masked_output"] != "normalize":
+                np.copyto(y, 0 if masked["masked_output"] == "zero" else x, where=padding)
+                masked["padding"] = padding
             # out=x overwrites the input: dx is still available, parameter gradients are not
             kept = None if out is not None and np.may_share_memory(out, x) else x
             with self._lock:
                 self._saved = ("eval", kept, x.shape, x.dtype, self._saved_output(y, act),
-                               residual, act)
+                               residual, masked, act)
             return y
         if out is not None and np.may_share_memory(out, x):
             raise ValueError("out must not overlap x in training mode (backward needs x)")
         with self._lock:  # one training step at a time: statistics, counter, saved input
-            return self._train_step(x, out, nt, post, act, residual)
+            return self._train_step(x, out, nt, post, act, residual, masked)
 
     def _train_step(self, x: np.ndarray, out: Optional[np.ndarray], nt: Optional[int],
-                    post: dict, act: tuple, residual: Any) -> np.ndarray:
+                    post: dict, act: tuple, residual: Any,
+                    masked: Optional[dict] = None) -> np.ndarray:
         """The training-mode forward (or evaluation without running statistics), under the
         layer's lock."""
         update = self.training and self.track_running_stats
+        kw = {} if masked is None else masked
         if not update:
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, axis=self.axis,
-                                   out=out, num_threads=nt, **post)
+                                   out=out, num_threads=nt, **post, **kw)
             bm = bv = momentum = None
         else:
             # The batch mean and unbiased variance var * n / (n - 1) go to float64 scratch
@@ -373,15 +402,22 @@ class BatchNorm:
                                   self.num_features)
             bm = np.zeros(self.num_features, _F64)
             bv = np.zeros(self.num_features, _F64)
+            unbiased = conv.stores_unbiased(self.convention)
+            if masked is not None:  # the batch statistics themselves, in the layer's variance
+                kw = dict(masked, convention="torch" if unbiased else "keras",
+                          momentum=1.0 if unbiased else 0.0)
+            else:
+                kw = dict(momentum=1.0)
             r = batch_norm_forward(x, self.weight, self.bias, eps=self.eps, running_mean=bm,
-                                   running_var=bv, momentum=1.0, axis=self.axis, out=out,
-                                   num_threads=nt, **post)
+                                   running_var=bv, axis=self.axis, out=out,
+                                   num_threads=nt, **post, **kw)
             n = x.size // self.num_features
             if n == 0:  # an empty batch leaves the statistics alone (as in torch)
                 momentum = None
-            elif not conv.stores_unbiased(self.convention):  # the biased variance, no cancellation
+            elif not unbiased and masked is None:  # the biased variance, no cancellation
                 bv = bv * ((n - 1.0) / n)
-        saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual, act)
+        saved = ("train", x, r.mean, r.invstd, self._saved_output(r.out, act), residual,
+                 masked, act)
         _k.commit_step(self, saved, self.running_mean, self.running_var, bm, bv, momentum,
                        self.num_batches_tracked if update else None)
         return r.out
@@ -441,18 +477,19 @@ class BatchNorm:
         act = self._saved[-1]
         smooth = act[0] is not None and not v.from_output(act[0], act[2])
         if self._saved[0] == "train":
-            _, x, mean, invstd, y, residual, _ = self._saved
+            _, x, mean, invstd, y, residual, masked, _ = self._saved
             if x.size == 0:  # empty batch: the saved statistics are NaN; torch gives zeros
                 mean = invstd = np.zeros(self.num_features, _F64)
             kw = dict(activation=act[0], negative_slope=act[2] if act[0] == "leaky_relu" else
-                      None, residual=residual, y=y, bias=self.bias if smooth else None)
+                      None, residual=residual, y=y, bias=self.bias if smooth else None,
+                      **(masked or {}))
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
                                     num_threads=nt, needs=(True, need_p, need_b), **kw)
             dx, dw, db = r[:3]
             if residual is not None:
                 dres = r[3]
         else:
-            _, x, shape, dtype, y, residual, _ = self._saved
+            _, x, shape, dtype, y, residual, masked, _ = self._saved
             dy = v.kernel_dtype(dy, "dy")
             v.check_like(dy, shape, dtype, "dy")
             if x is None and (need_p or need_b or smooth):
@@ -466,6 +503,9 @@ class BatchNorm:
             invstd = 1.0 / np.sqrt(rv + self.eps)
             user_dy = dy
             dy = self._gradient_at_activation(dy, x, y, residual, scale, act)
+            padding = None if masked is None else masked.get("padding")
+            if padding is not None:  # "zero" / "keep": the padding's output did not depend on x
+                dy = np.where(padding, 0, dy).astype(dtype, copy=False)
             dres = dy if residual is not None else None
             # dx may overwrite the activation's gradient, our own temporary: one full-size
             # array besides the outputs at most
@@ -480,6 +520,8 @@ class BatchNorm:
             scale = invstd if self.weight is None else invstd * self.weight
             dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
                                out, v.check_threads(nt), "dy")
+            if padding is not None and masked["masked_output"] == "keep":
+                np.copyto(dx, user_dy, where=padding)
         gw, gb = self.grad_weight, self.grad_bias
         if need_p:
             dw = dw.astype(self.dtype, copy=False)

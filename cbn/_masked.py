@@ -208,3 +208,13 @@ def dx_coefficients(total, sdy, sdyx, mean, invstd, weight, masked_output):
             centre[empty] = 0.0
     return (np.ascontiguousarray(a, _F64), np.ascontiguousarray(b, _F64),
             np.ascontiguousarray(d, _F64), centre)
+
+
+def padding_of(x, axis, mask=None, sample_weight=None):
+    """A boolean array broadcastable to ``x`` (same ndim), True where the weight is 0: the
+    padding of an evaluation-mode layer call (NumPy; the training passes use the kernels)."""
+    x = np.asarray(x)
+    axis = v.check_axis(axis, x.ndim)
+    k = weights_for(mask, sample_weight, x, axis, x, None).k  # the shape rules, in x's order
+    k = k.reshape(x.shape[:axis] + (k.shape[1],) + x.shape[axis + 1:])
+    return ~k if k.dtype == np.bool_ else k == 0

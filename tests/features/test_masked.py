@@ -319,3 +319,85 @@ def test_against_torch_autograd(rng):
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(g.dweight, wtt.grad.numpy(), rtol=1e-10)
     np.testing.assert_allclose(g.dbias, bst.grad.numpy(), rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------ the layer
+@pytest.mark.parametrize("convention", ["torch", "keras"])
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+@pytest.mark.parametrize("kind", ["mask", "float64"])
+def test_layer_training_steps(rng, convention, masked_output, kind):
+    """Two training steps and backward, against the functional reference; the mask is kept
+    for backward."""
+    shape, axis = (8, 10, 4), -1
+    bn = cbn.BatchNorm(4, axis=axis, convention=convention, dtype=np.float64)
+    bn.weight[:] = rng.random(4) + 0.5
+    rm, rv = np.zeros(4), np.ones(4)
+    momentum = 0.1 if convention == "torch" else 0.01  # the torch-semantics factor
+    for step in range(2):
+        x = _data(rng, shape, np.float64, 2.0)
+        dy = rng.standard_normal(shape)
+        kw = dict(_kw(kind, _weights(rng, shape, axis, kind, False)), masked_output=masked_output)
+        y = bn(x, **kw)
+        r = ref.batch_norm_forward(x, bn.weight, bn.bias, axis=axis, **kw)
+        np.testing.assert_allclose(y, r.out, rtol=1e-12, atol=1e-13)
+        wf = ref.sample_weights(x, axis, **{k: a for k, a in kw.items() if k != "masked_output"})
+        total, mean, var = ref._weighted_stats(x, wf, (0, 1))
+        batch_var = var * total / (total - 1) if convention == "torch" else var
+        rm = (1 - momentum) * rm + momentum * mean
+        rv = (1 - momentum) * rv + momentum * batch_var
+        np.testing.assert_allclose(bn.running_mean, rm, rtol=1e-12)
+        np.testing.assert_allclose(bn.running_var, rv, rtol=1e-12)
+        bn.zero_grad()
+        dx = bn.backward(dy)
+        g = ref.batch_norm_backward(dy, x, r.mean, r.invstd, bn.weight, axis=axis, **kw)
+        np.testing.assert_allclose(dx, g.dx, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.grad_weight, g.dweight, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bn.grad_bias, g.dbias, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+def test_layer_evaluation_with_a_mask(rng, masked_output):
+    """Evaluation mode with running statistics: the mask does not change the statistics (as
+    Keras); masked_output still applies, and backward is the gradient of that output."""
+    x = _data(rng, (6, 3, 5), np.float64)
+    dy = rng.standard_normal(x.shape)
+    m = rng.random((6, 5)) < 0.6
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    bn.running_mean[:] = rng.standard_normal(3)
+    bn.running_var[:] = rng.random(3) + 0.5
+    bn.weight[:] = rng.random(3) + 0.5
+    bn.eval()
+    plain = cbn.batch_norm_inference(x, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    pad = ~m[:, None, :]
+    expect = np.where(pad, {"normalize": plain, "zero": 0.0, "keep": x}[masked_output], plain)
+    np.testing.assert_allclose(bn(x, mask=m, masked_output=masked_output), expect, rtol=1e-14)
+    dx = bn.backward(dy)
+    scale = (bn.weight / np.sqrt(bn.running_var + bn.eps))[None, :, None]
+    g = dy if masked_output == "normalize" else np.where(pad, 0.0, dy)
+    want = g * scale if masked_output != "keep" else np.where(pad, dy, g * scale)
+    np.testing.assert_allclose(dx, want, rtol=1e-13)
+    xhat = (x - bn.running_mean[None, :, None]) / np.sqrt(bn.running_var + bn.eps)[None, :, None]
+    np.testing.assert_allclose(bn.grad_weight, (g * xhat).sum((0, 2)), rtol=1e-12)
+
+
+def test_layer_matches_keras_with_a_mask(rng):
+    """Keras 3's BatchNormalization(mask=...) on a padded (N, T, C) batch, several training
+    steps: outputs and moving statistics (Keras divides by sum(mask) + 1e-7: float32
+    tolerance)."""
+    import os
+    os.environ.setdefault("KERAS_BACKEND", "numpy")  # Keras 3 on NumPy (it imports jax)
+    keras = pytest.importorskip("keras")
+    N, T, C = 8, 12, 5
+    kl = keras.layers.BatchNormalization(epsilon=1e-3)
+    bn = cbn.BatchNorm(C, axis=-1, convention="keras", eps=1e-3)
+    for step in range(3):
+        x = _data(rng, (N, T, C), np.float32, 1.5)
+        lengths = rng.integers(2, T + 1, N)
+        m = np.arange(T)[None, :] < lengths[:, None]
+        x[~m] = 1e4  # padding values far off: they must not enter the statistics
+        yk = np.asarray(kl(x, training=True, mask=m))
+        y = bn(x, mask=m)
+        np.testing.assert_allclose(y, yk, rtol=1e-4, atol=1e-4)  # padding normalized too
+        np.testing.assert_allclose(bn.running_mean, np.asarray(kl.moving_mean), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(bn.running_var, np.asarray(kl.moving_variance), rtol=1e-5)
