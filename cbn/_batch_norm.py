@@ -254,7 +254,7 @@ def _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, a
     if outer * inner == 0:
         return _empty_stats(C, v.finish_output(yk, y, target, copy_back, perm))
     sw, mean, m2 = M.moments_of(xk, wts, outer, C, inner, nt)
-    M.check_training_weights(sw, wts, skip_nonfinite)
+    M.check_training_weights(sw, wts.name, skip_nonfinite)
     mean, var, var_unbiased = M.statistics(sw, mean, m2)
     invstd = 1.0 / np.sqrt(var + eps)
     scale = invstd if w is None else invstd * w

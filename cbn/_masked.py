@@ -145,7 +145,7 @@ def moments_of(xk, wts, outer, C, inner, nt):
     return sw, mean, m2
 
 
-def check_training_weights(sw, wts, skip_nonfinite):
+def check_training_weights(sw, name, skip_nonfinite=False):
     """Training needs a weight sum above 1 in every channel (the rule of one value per channel;
     the unbiased variance divides by W - 1).  With ``skip_nonfinite`` a channel of weight 0 is
     allowed: its statistics are NaN and its running statistics stay as they were."""
@@ -154,10 +154,10 @@ def check_training_weights(sw, wts, skip_nonfinite):
         bad &= sw != 0.0
     if bad.any():
         c = np.flatnonzero(bad)
-        what = "selects" if wts.name == "mask" else "gives a weight sum of"
+        what = "selects" if name == "mask" else "gives a weight sum of"
         vals = ", ".join(f"{sw[i]:g}" for i in c[:4])
         raise ValueError(
-            f"{_k.BATCH_COUNT_MESSAGE}: the {wts.name} {what} "
+            f"{_k.BATCH_COUNT_MESSAGE}: the {name} {what} "
             f"{vals} in channel(s) {c[:4].tolist()}{' ...' if c.size > 4 else ''} (more than "
             f"1 is needed{'' if skip_nonfinite else '; skip_nonfinite=True lets a channel of weight 0 keep its running statistics'})")
 

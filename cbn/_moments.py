@@ -462,7 +462,9 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
                     y: Optional[ArrayLike] = None, invstd: Optional[ArrayLike] = None,
                     weight: Optional[ArrayLike] = None, bias: Any = v.UNSET,
                     residual: Optional[ArrayLike] = None,
-                    negative_slope: Optional[float] = None) -> BackwardSums:
+                    negative_slope: Optional[float] = None, mask: Optional[ArrayLike] = None,
+                    sample_weight: Optional[ArrayLike] = None,
+                    masked_output: str = "normalize") -> BackwardSums:
     """Local per-channel sums for a sharded backward pass (torch's ``batch_norm_backward_reduce``).
 
     Parameters
@@ -486,6 +488,10 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
         ``residual``.  ``g`` itself is the residual's
         gradient: ``cbn.batch_norm_backward(..., needs=(False, False, False, True))`` gives
         it locally (no all-reduce needed).
+    mask, sample_weight, masked_output : optional
+        Those of a masked forward: with ``masked_output`` "zero" or "keep" the sums leave out
+        the positions of weight 0 (their output did not depend on the statistics); with
+        "normalize" every position counts, as without a mask.
 
     Returns
     -------
@@ -507,8 +513,14 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
     mu = v.as_f64(mean, "mean", C)
-    gk = _gradient_at_activation(v.view_like(dy, perm), x, xk, perm, outer, C, inner, mu, invstd,
+    wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+    masked_output = M.check_masked_output(masked_output)
+    dyk = v.view_like(dy, perm)
+    gk = _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, invstd,
                                  weight, bias, y, residual, activation, negative_slope, nt)
+    if wts is not None and masked_output != "normalize":
+        gk = np.array(gk, copy=True) if gk is dyk else gk
+        M.fill_padding(gk, None, wts, outer, C, inner, nt)
     return _backward_sums(gk, xk, outer, C, inner, mu, True, nt)
 
 
@@ -518,7 +530,9 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
                    num_threads: Optional[int] = None, activation: Optional[str] = None,
                    y: Optional[ArrayLike] = None, bias: Any = v.UNSET,
                    residual: Optional[ArrayLike] = None,
-                   negative_slope: Optional[float] = None) -> np.ndarray:
+                   negative_slope: Optional[float] = None, mask: Optional[ArrayLike] = None,
+                   sample_weight: Optional[ArrayLike] = None,
+                   masked_output: str = "normalize") -> np.ndarray:
     """``dx`` of a shard from the all-reduced sums (torch's ``batch_norm_backward_elemt``).
 
     With ``n = count`` values per channel in the whole batch::
@@ -548,6 +562,11 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     activation, y, bias, residual, negative_slope : optional
         The fused activation of the forward, as in :func:`backward_reduce` (whose sums must
         then have been taken with the same arguments).
+    mask, sample_weight, masked_output : optional
+        Those of a masked forward (the local shard's): ``count`` is then the per-channel
+        weight sum of the whole batch (``merge_moments(...).count``), and
+        ``dx = weight * invstd * (g - w / W * (sum_dy + (x - mean) * invstd**2 * sum_dy_xmu))``
+        with each element's weight ``w`` (see :func:`cbn.batch_norm_backward`).
 
     Returns
     -------
@@ -568,6 +587,10 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     x, axis = v.check_input(x, axis)
     dy = _check_dy(dy, x)
     nt = v.check_threads(num_threads)
+    if mask is not None or sample_weight is not None:
+        return _masked_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, count, axis, out,
+                             nt, activation, y, bias, residual, negative_slope, mask,
+                             sample_weight, masked_output)
     n_total = _check_count(count)
     xk, ak, perm = v.kernel_view(x, axis)
     outer, C, inner = v.geometry(xk.shape, ak)
@@ -588,4 +611,40 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
     if xk.size:
         _k.backward_dx_from_sums(gk, xk, dxk, outer, C, inner, mu, iv, w, a, d,
                                  float(n_total), nt)
+    return v.finish_output(dxk, dx, out, copy_back, perm)
+
+
+def _masked_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, count, axis, out, nt,
+                  activation, y, bias, residual, negative_slope, mask, sample_weight,
+                  masked_output):
+    """backward_elemt of a masked shard: the masked dx pass with the global weight sums."""
+    masked_output = M.check_masked_output(masked_output)
+    xk, ak, perm = v.kernel_view(x, axis)
+    outer, C, inner = v.geometry(xk.shape, ak)
+    wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+    total = np.asarray(count)
+    if total.ndim == 0:
+        total = np.full(C, _check_count(count), _F64)
+    else:
+        total = _check_weight_sums(total, "count")
+        if total.shape != (C,):
+            raise ValueError(f"count must be an integer or the per-channel weight sums of "
+                             f"shape ({C},), got shape {total.shape}")
+    mu = v.as_f64(mean, "mean", C)
+    iv = v.as_f64(invstd, "invstd", C)
+    w = None if weight is None else v.as_f64(weight, "weight", C)
+    sdy = v.as_f64(sum_dy, "sum_dy", C)
+    sdyx = v.as_f64(sum_dy_xmu, "sum_dy_xmu", C)
+    dyk = v.view_like(dy, perm)
+    gk = _gradient_at_activation(dyk, x, xk, perm, outer, C, inner, mu, iv, w, bias, y,
+                                 residual, activation, negative_slope, nt)
+    if masked_output != "normalize":
+        gk = np.array(gk, copy=True) if gk is dyk else gk
+        M.fill_padding(gk, None, wts, outer, C, inner, nt)
+    dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk, gk))
+    if xk.size:
+        a, b, d, centre = M.dx_coefficients(total, sdy, sdyx, mu, iv, w, masked_output)
+        _k.weighted_dx(gk, xk, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
+        if masked_output == "keep":
+            M.fill_padding(dxk, dyk, wts, outer, C, inner, nt)
     return v.finish_output(dxk, dx, out, copy_back, perm)

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _conventions as conv
+from . import _masked as M
 from . import _validation as v
 from ._batch_norm import batch_norm_inference as _np_inference
 from ._batch_norm import _activation_gradient
@@ -35,6 +36,7 @@ from ._moments import (
     Moments,
     _backward_sums,
     backward_elemt,
+    backward_reduce,
     merge_moments,
     moments,
     normalize,
@@ -116,8 +118,9 @@ def _tree(dask, leaves: List[Any], combine, split_every: int):
     return level[0]
 
 
-def _chunk_moments(block, axis, nt):
-    return moments(block, axis=axis, num_threads=nt or None)
+def _chunk_moments(block, axis, nt, weights=None, name=None):
+    kw = {} if weights is None else {name: weights}
+    return moments(block, axis=axis, num_threads=nt or None, **kw)
 
 
 def _sum_parts(*parts):
@@ -140,17 +143,69 @@ def _chunk_backward_sums(dy, x, axis, mean, with_dot, nt):
     return (outer * inner, s.sum_dy, s.sum_dy_xmu)
 
 
+def _weights_like_x(mask, sample_weight, x, axis):
+    """The mask or weights of a Dask call as a Dask array of x's ndim whose chunks pair with
+    x's: the channel axis of length 1 (one weight per position) or C (one per element), the
+    other axes chunked as x.  Returns (array, keyword name) or (None, None)."""
+    if mask is None and sample_weight is None:
+        return None, None
+    if mask is not None and sample_weight is not None:
+        M._checked_values(mask, sample_weight, x.dtype)  # the error of both
+    dask, da = _import_dask()
+    name = "mask" if mask is not None else "sample_weight"
+    w = mask if mask is not None else sample_weight
+    if not isinstance(w, da.Array):
+        w = M._as_array(w, name)
+    if name == "mask" and w.dtype != np.bool_:
+        raise TypeError(f"mask must be a boolean array (True where a position counts), got "
+                        f"dtype {w.dtype}")
+    if name == "sample_weight" and (w.dtype == np.bool_ or w.dtype.kind not in "fiu"):
+        raise TypeError(f"sample_weight must be a real float or integer array, got dtype "
+                        f"{w.dtype}" + ("; pass it as mask=" if w.dtype == np.bool_ else ""))
+    positions = x.shape[:axis] + x.shape[axis + 1:]
+    per_position = x.shape[:axis] + (1,) + x.shape[axis + 1:]
+    try:
+        if w.ndim == x.ndim:
+            if np.broadcast_shapes(w.shape, x.shape) != x.shape:
+                raise ValueError
+            target = per_position if w.shape[axis] == 1 else x.shape
+        elif w.ndim < x.ndim:
+            if np.broadcast_shapes(w.shape, positions) != positions:
+                raise ValueError
+            w = da.expand_dims(da.broadcast_to(w, positions), axis) if isinstance(
+                w, da.Array) else np.expand_dims(np.broadcast_to(w, positions), axis)
+            target = per_position
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {w.shape} fits neither the positions of x {positions} (x's shape "
+            f"{x.shape} without the channel axis {axis}) nor x's shape; it must be one of "
+            f"them, or broadcastable to one") from None
+    chunks = tuple((1,) if i == axis and target[axis] == 1 else c
+                   for i, c in enumerate(x.chunks))
+    w = da.broadcast_to(da.asarray(w), target) if isinstance(w, da.Array) else \
+        da.from_array(np.broadcast_to(w, target), chunks=chunks)
+    return w.rechunk(chunks), name
+
+
 def _block_keys(x) -> List[Any]:
     # unoptimized: blocks keep their own keys, so that dy and x sharing inputs (dy = f(x)) are
     # computed once in the combined graph instead of once per fused copy
     return list(x.to_delayed(optimize_graph=False).ravel())
 
 
-def _global_moments(x, axis, nt, split_every=SPLIT_EVERY) -> Moments:
-    """Compute (eagerly) the exact moments of a Dask array, chunk by chunk."""
+def _global_moments(x, axis, nt, split_every=SPLIT_EVERY, weights=None,
+                    name=None) -> Moments:
+    """Compute (eagerly) the exact moments of a Dask array, chunk by chunk (over the mask or
+    weights ``weights``, chunked as _weights_like_x gives them, when given)."""
     dask, _ = _import_dask()
     chunk_d = dask.delayed(_chunk_moments, pure=True)
-    leaves = [chunk_d(b, axis, nt) for b in _block_keys(x)]
+    if weights is None:
+        leaves = [chunk_d(b, axis, nt) for b in _block_keys(x)]
+    else:
+        leaves = [chunk_d(b, axis, nt, wb, name)
+                  for b, wb in zip(_block_keys(x), _block_keys(weights))]
     (m,) = dask.compute(_tree(dask, leaves, merge_moments, split_every))
     return m
 
@@ -184,6 +239,16 @@ def _normalize_block(block, residual=None, *, axis, mean, scale, shift, nt, post
                      residual=residual, **post)
 
 
+def _normalize_masked_block(block, weights, residual=None, *, axis, mean, scale, shift, nt,
+                            post, wname, masked_output):
+    """normalize, then the padding option where the weight is 0 ("zero": 0, "keep": x)."""
+    y = _normalize_block(block, residual, axis=axis, mean=mean, scale=scale, shift=shift,
+                         nt=nt, post=post)
+    pad = M.padding_of(block, axis, **{wname: weights})
+    np.copyto(y, 0 if masked_output == "zero" else block, where=pad)
+    return y
+
+
 def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
                        bias: Optional[ArrayLike] = None, *, eps: float = 1e-5,
                        running_mean: Optional[np.ndarray] = None,
@@ -192,7 +257,8 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
                        split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
                        residual: Optional["_da.Array"] = None,
                        negative_slope: Optional[float] = None,
-                       convention: str = "torch") -> ForwardResult:
+                       convention: str = "torch", mask: Any = None, sample_weight: Any = None,
+                       masked_output: str = "normalize") -> ForwardResult:
     """Training-mode batch normalization of a Dask array, with exact batch statistics.
 
     The statistics are those of the whole array (all chunks), computed eagerly by per-chunk
@@ -225,6 +291,10 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
         :func:`cbn.batch_norm_forward`; ``residual`` a Dask array shaped like ``x``.
     convention : {"torch", "keras", "onnx", "flax"}, default "torch"
         The running-statistics rule, as in :func:`cbn.batch_norm_forward`.
+    mask, sample_weight, masked_output : optional
+        Statistics over the positions a mask or weights select, as in
+        :func:`cbn.batch_norm_forward`: a Dask or NumPy array of the same shapes (chunked
+        like ``x``, or rechunked to it).
 
     Returns
     -------
@@ -262,6 +332,14 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
         momentum = conv.DEFAULT_MOMENTUM[convention]
     momentum = conv.update_factor(
         convention, v.check_running_stats(running_mean, running_var, momentum, C))
+    wm, wname = _weights_like_x(mask, sample_weight, x, a)
+    if wm is not None:
+        return _masked_forward(x, a, wm, wname, M.check_masked_output(masked_output), extra,
+                               post, eps, w, b, running_mean, running_var, momentum, nt,
+                               split_every, convention)
+    if masked_output != "normalize":
+        M.check_masked_output(masked_output)
+        raise ValueError("masked_output applies with mask= or sample_weight=")
     shape_known = not any(math.isnan(s) for s in x.shape)
     if shape_known:
         n = math.prod(s for i, s in enumerate(x.shape) if i != a)
@@ -284,6 +362,38 @@ def batch_norm_forward(x: "_da.Array", weight: Optional[ArrayLike] = None,
     # the in-memory function's update: float64, rounded once to each statistic's dtype
     _k.update_running(running_mean, running_var, mean, var, n, momentum, False,
                       conv.stores_unbiased(convention))
+    return ForwardResult(out, mean, invstd)
+
+
+def _masked_forward(x, a, wm, wname, masked_output, extra, post, eps, w, b, running_mean,
+                    running_var, momentum, nt, split_every, convention):
+    """batch_norm_forward with a mask or weights: the masked moments of every chunk merged,
+    then the lazy normalization (and padding option)."""
+    _, da = _import_dask()
+    C = x.shape[a]
+    m = _global_moments(x, a, nt, split_every, wm, wname)
+    if not np.any(m.count):
+        n = math.prod(s for i, s in enumerate(x.shape) if i != a)
+        if n == 0:  # an empty batch, as without a mask
+            return ForwardResult(x.copy(), np.full(C, np.nan), np.full(C, np.nan))
+    sw = np.broadcast_to(np.asarray(m.count, _F64), (C,))
+    M.check_training_weights(sw, wname)
+    mean, var, var_unbiased = M.statistics(sw, m.mean, m.m2)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd if w is None else invstd * w
+    shift = np.zeros(C, _F64) if b is None else b
+    if masked_output == "normalize":
+        out = da.map_blocks(_normalize_block, x, *extra, axis=a, mean=mean, scale=scale,
+                            shift=shift, nt=nt, post=post, dtype=x.dtype, meta=_meta(x),
+                            token="cbn-normalize")
+    else:
+        out = da.map_blocks(_normalize_masked_block, x, wm, *extra, axis=a, mean=mean,
+                            scale=scale, shift=shift, nt=nt, post=post, wname=wname,
+                            masked_output=masked_output, dtype=x.dtype, meta=_meta(x),
+                            token="cbn-normalize-masked")
+    _k.update_running(running_mean, running_var, mean,
+                      var_unbiased if conv.stores_unbiased(convention) else var, 0, momentum,
+                      False, False)
     return ForwardResult(out, mean, invstd)
 
 
@@ -379,6 +489,22 @@ def _elemt_block(dy, x, *, axis, mean, invstd, weight, sdy, sdyx, count, nt):
                           num_threads=nt or None)
 
 
+def _chunk_masked_sums(dy, x, weights, axis, mean, nt, name, masked_output):
+    """(the chunk's per-channel weight sums, sum_dy, sum_dy_xmu) of a masked backward."""
+    kw = {name: weights}
+    s = backward_reduce(dy, x, mean, axis=axis, num_threads=nt or None,
+                        masked_output=masked_output, **kw)
+    count = moments(x, axis=axis, num_threads=nt or None, **kw).count
+    return (count, s.sum_dy, s.sum_dy_xmu)
+
+
+def _masked_elemt_block(dy, x, weights, *, axis, mean, invstd, weight, sdy, sdyx, count, nt,
+                        wname, masked_output):
+    return backward_elemt(dy, x, mean, invstd, weight, sdy, sdyx, count, axis=axis,
+                          num_threads=nt or None, masked_output=masked_output,
+                          **{wname: weights})
+
+
 def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd: ArrayLike,
                         weight: Optional[ArrayLike] = None, *, axis: int = 1,
                         num_threads: Optional[int] = 1,
@@ -386,7 +512,8 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
                         split_every: int = SPLIT_EVERY, activation: Optional[str] = None,
                         y: Optional["_da.Array"] = None, bias: Any = v.UNSET,
                         residual: Optional["_da.Array"] = None,
-                        negative_slope: Optional[float] = None) -> Any:
+                        negative_slope: Optional[float] = None, mask: Any = None,
+                        sample_weight: Any = None, masked_output: str = "normalize") -> Any:
     """Exact gradients of :func:`batch_norm_forward` for Dask arrays.
 
     Per-chunk :func:`cbn.backward_reduce`, a tree sum of the per-channel sums (computed in this
@@ -479,6 +606,19 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
         return (FusedBackwardResult(None, None, None, dres) if residual is not None
                 else BackwardResult(None, None, None))
     with_dot = need_dx or need_dw
+    wm, wname = _weights_like_x(mask, sample_weight, x, a)
+    if wm is not None:
+        masked_output = M.check_masked_output(masked_output)
+        if fused and masked_output != "normalize":
+            raise ValueError(f"cbn.dask.batch_norm_backward: masked_output={masked_output!r} "
+                             f"with a fused activation or residual is not supported (with "
+                             f"'normalize' it is); cbn.batch_norm_backward does it in memory")
+        r = _masked_backward(dy, x, a, wm, wname, masked_output, mu, iv, w, grad_dtype,
+                             need_dx, need_dw, need_db, nt, split_every)
+        return FusedBackwardResult(*r, dres) if residual is not None else r
+    if masked_output != "normalize":
+        M.check_masked_output(masked_output)
+        raise ValueError("masked_output applies with mask= or sample_weight=")
     part_d = dask.delayed(_chunk_backward_sums, pure=True)
     leaves = [part_d(g, b, a, mu, with_dot, nt)
               for g, b in zip(_block_keys(dy), _block_keys(x))]
@@ -494,4 +634,23 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
     if residual is not None:
         return FusedBackwardResult(dx, dweight, dbias, dres)
+    return BackwardResult(dx, dweight, dbias)
+
+
+def _masked_backward(dy, x, a, wm, wname, masked_output, mu, iv, w, grad_dtype, need_dx,
+                     need_dw, need_db, nt, split_every):
+    """batch_norm_backward with a mask or weights: per-chunk masked sums and weight sums,
+    summed in a tree, then the lazy masked dx of every chunk."""
+    dask, da = _import_dask()
+    part_d = dask.delayed(_chunk_masked_sums, pure=True)
+    leaves = [part_d(g, b, wb, a, mu, nt, wname, masked_output)
+              for g, b, wb in zip(_block_keys(dy), _block_keys(x), _block_keys(wm))]
+    ((count, sdy, sdyx),) = dask.compute(_tree(dask, leaves, _sum_parts, split_every))
+    dx = None
+    if need_dx:
+        dx = da.map_blocks(_masked_elemt_block, dy, x, wm, axis=a, mean=mu, invstd=iv,
+                           weight=w, sdy=sdy, sdyx=sdyx, count=np.asarray(count, _F64), nt=nt,
+                           wname=wname, masked_output=masked_output, dtype=x.dtype,
+                           meta=_meta(x), token="cbn-backward-elemt-masked")
+    dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
     return BackwardResult(dx, dweight, dbias)

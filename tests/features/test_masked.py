@@ -401,3 +401,74 @@ def test_layer_matches_keras_with_a_mask(rng):
         np.testing.assert_allclose(bn.running_mean, np.asarray(kl.moving_mean), rtol=1e-5,
                                    atol=1e-6)
         np.testing.assert_allclose(bn.running_var, np.asarray(kl.moving_variance), rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+def test_the_syncbn_recipe_with_a_mask(rng, masked_output):
+    """moments -> merge_moments -> normalize, backward_reduce -> sum -> backward_elemt over
+    three shards equals the masked functions on the whole batch."""
+    x = _data(rng, (12, 3, 8), np.float64, 1.0)
+    dy = rng.standard_normal(x.shape)
+    w = _weights(rng, x.shape, 1, "float64", True)
+    wt = rng.random(3) + 0.5
+    kw = dict(sample_weight=w, masked_output=masked_output)
+    f = cbn.batch_norm_forward(x, wt, None, **kw)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, **kw)
+    shards = [slice(0, 5), slice(5, 6), slice(6, 12)]
+    m = cbn.merge_moments(*[cbn.moments(x[s], sample_weight=w[s]) for s in shards])
+    np.testing.assert_allclose(m.mean, f.mean, rtol=1e-13)
+    np.testing.assert_allclose(m.invstd(), f.invstd, rtol=1e-13)
+    sums = [cbn.backward_reduce(dy[s], x[s], m.mean, sample_weight=w[s],
+                                masked_output=masked_output) for s in shards]
+    sdy = sum(p.sum_dy for p in sums)
+    sdyx = sum(p.sum_dy_xmu for p in sums)
+    dx = np.concatenate([cbn.backward_elemt(dy[s], x[s], m.mean, m.invstd(), wt, sdy, sdyx,
+                                            m.count, sample_weight=w[s],
+                                            masked_output=masked_output) for s in shards])
+    np.testing.assert_allclose(dx, g.dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sdyx * m.invstd(), g.dweight, rtol=1e-10)
+    np.testing.assert_allclose(sdy, g.dbias, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ Dask
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+@pytest.mark.parametrize("per_element", [False, True])
+def test_dask_matches_in_memory(rng, masked_output, per_element):
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+    x = _data(rng, (20, 4, 30), np.float64, 2.0)
+    dy = rng.standard_normal(x.shape)
+    m = _weights(rng, x.shape, 1, "mask", per_element)
+    wt = rng.random(4) + 0.5
+    kw = dict(mask=m, masked_output=masked_output)
+    rm, rv = np.zeros(4), np.ones(4)
+    rm2, rv2 = rm.copy(), rv.copy()
+    f = cbn.batch_norm_forward(x, wt, None, running_mean=rm, running_var=rv, **kw)
+    xd = da.from_array(x, chunks=(7, 4, 11))
+    md = da.from_array(m, chunks=(5, 4, 13) if per_element else (6, 8))
+    fd = cd.batch_norm_forward(xd, wt, None, running_mean=rm2, running_var=rv2, mask=md,
+                               masked_output=masked_output)
+    np.testing.assert_allclose(fd.out.compute(), f.out, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(fd.mean, f.mean, rtol=1e-13)
+    np.testing.assert_allclose(rm2, rm, rtol=1e-13)
+    np.testing.assert_allclose(rv2, rv, rtol=1e-13)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, **kw)
+    gd = cd.batch_norm_backward(da.from_array(dy, chunks=(7, 4, 11)), xd, f.mean, f.invstd, wt,
+                                mask=m, masked_output=masked_output)  # a NumPy mask works too
+    np.testing.assert_allclose(gd.dx.compute(), g.dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gd.dweight, g.dweight, rtol=1e-10)
+    np.testing.assert_allclose(gd.dbias, g.dbias, rtol=1e-10, atol=1e-12)
+
+
+def test_dask_bad_masks(rng):
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+    xd = da.from_array(_data(rng, (20, 4, 30), np.float64), chunks=(7, 4, 11))
+    with pytest.raises(ValueError, match="fits neither"):
+        cd.batch_norm_forward(xd, mask=np.ones((20, 29), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        cd.batch_norm_forward(xd, mask=np.ones((20, 30)))
+    with pytest.raises(ValueError, match=">= 0"):
+        cd.batch_norm_forward(xd, sample_weight=-np.ones((20, 30)))
+    with pytest.raises(ValueError, match="not both"):
+        cd.batch_norm_forward(xd, mask=np.ones((20, 30), bool), sample_weight=np.ones((20, 30)))
