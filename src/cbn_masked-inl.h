@@ -48,6 +48,40 @@
     }
 #endif
 
+#ifdef CBN_VECTOR
+/* A per-position mask's run: s1 and s2 only (the count, shared by the channels, is taken once
+ * per block); the same lanes and order as cbn_wsums8_u8, so the same sums. */
+static inline void SFX(cbn_msums8)(const TS *x, const unsigned char *m, ptrdiff_t n, double k,
+                                   double *s1_8, double *s2_8) {
+    cbn_v8d a0 = cbn_load8_f64(s1_8), q0 = cbn_load8_f64(s2_8), a1 = cbn_v8_zero(), q1 = a1;
+    const cbn_v8d kv = cbn_v8_set1(k);
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        cbn_v8d d0 = cbn_v8_where_u8(cbn_v8_sub(SFX(cbn_load8)(x + i), kv), m + i);
+        cbn_v8d d1 = cbn_v8_where_u8(cbn_v8_sub(SFX(cbn_load8)(x + i + 8), kv), m + i + 8);
+        a0 = cbn_v8_add(a0, d0); a1 = cbn_v8_add(a1, d1);
+        q0 = cbn_v8_madd(q0, d0, d0); q1 = cbn_v8_madd(q1, d1, d1);
+    }
+    for (; i < n; i += 8) {
+        const int r = n - i < 8 ? (int)(n - i) : 8;
+        cbn_v8d w0 = r == 8 ? cbn_load8_u8(m + i) : cbn_load8_tail_u8(m + i, r);
+        cbn_v8d xv = r == 8 ? SFX(cbn_load8)(x + i) : SFX(cbn_load8_tail)(x + i, r);
+        cbn_v8d d0 = cbn_v8_where_pos(cbn_v8_sub(xv, kv), w0);
+        a0 = cbn_v8_add(a0, d0); q0 = cbn_v8_madd(q0, d0, d0);
+    }
+    cbn_store8_f64(s1_8, cbn_v8_add(a0, a1));
+    cbn_store8_f64(s2_8, cbn_v8_add(q0, q1));
+}
+#else
+static inline void SFX(cbn_msums8)(const TS *x, const unsigned char *m, ptrdiff_t n, double k,
+                                   double *s1_8, double *s2_8) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double d = m[i] ? (double)CBN_LD(x[i]) - k : 0.0;
+        s1_8[i % 8] += d; s2_8[i % 8] += d * d;
+    }
+}
+#endif
+
 /* the sums over a run of n elements and their weights, into 8-lane partials (no horizontal
  * sum per run: cbn_hsum8_array of each at the end of the block gives the sums) */
 CBN_WSUMS8_DEF(cbn_wsums8_u8, unsigned char, cbn_load8_u8, cbn_load8_tail_u8, 0)

@@ -199,6 +199,19 @@ static inline cbn_v8d cbn_load8_tail_u8(const unsigned char *p, int k) {
     for (int l = 0; l < k; l++) b[l] = p[l];
     return cbn_load8_u8(b);
 }
+/* v where the mask byte at p is nonzero, +0.0 elsewhere (8 lanes; no float conversion of
+ * the mask: AVX-512 tests the zero-extended bytes into a mask register) */
+static inline cbn_v8d cbn_v8_where_u8(cbn_v8d v, const unsigned char *p) {
+#if defined(__AVX512F__)
+    const __m512i b = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(const void *)p));
+    v.h[0] = (cbn_vd)_mm512_maskz_mov_pd(_mm512_test_epi64_mask(b, b), (__m512d)v.h[0]);
+    return v;
+#else
+    cbn_v8d w = cbn_load8_u8(p);
+    CBN_V8_EACH(u) v.h[u] = (cbn_vd)((cbn_vl)v.h[u] & (cbn_vl)(w.h[u] > 0.0));
+    return v;
+#endif
+}
 /* v where w > 0, +0.0 elsewhere (a masked lane's NaN or Inf never enters a sum) */
 static inline cbn_v8d cbn_v8_where_pos(cbn_v8d v, cbn_v8d w) {
     CBN_V8_EACH(u) v.h[u] = (cbn_vd)((cbn_vl)v.h[u] & (cbn_vl)(w.h[u] > 0.0));

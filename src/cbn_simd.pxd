@@ -270,3 +270,11 @@ cdef extern from "cbn_kernels.h" nogil:
                         Py_ssize_t n)
     void cbn_pad_run_bf16(cbn_bf16* y, const cbn_bf16* src, const cbn_weights* w, Py_ssize_t at,
                         Py_ssize_t n)
+    void cbn_msums8_f32(const float* x, const unsigned char* m, Py_ssize_t n, double k,
+                       double* s1_8, double* s2_8)
+    void cbn_msums8_f64(const double* x, const unsigned char* m, Py_ssize_t n, double k,
+                       double* s1_8, double* s2_8)
+    void cbn_msums8_f16(const cbn_f16* x, const unsigned char* m, Py_ssize_t n, double k,
+                       double* s1_8, double* s2_8)
+    void cbn_msums8_bf16(const cbn_bf16* x, const unsigned char* m, Py_ssize_t n, double k,
+                       double* s1_8, double* s2_8)

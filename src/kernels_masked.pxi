@@ -24,6 +24,26 @@ cdef inline void _wsums8(const elem* x, const cbn_weights* w, Py_ssize_t at, Py_
         cbn_wsums8_bf16(x, w, at, n, k, s0_8, s1_8, s2_8)
 
 
+cdef inline void _msums8(const elem* x, const unsigned char* m, Py_ssize_t n, double k,
+                         double* s1_8, double* s2_8) noexcept nogil:
+    if elem is float:
+        cbn_msums8_f32(x, m, n, k, s1_8, s2_8)
+    elif elem is double:
+        cbn_msums8_f64(x, m, n, k, s1_8, s2_8)
+    elif elem is cbn_f16:
+        cbn_msums8_f16(x, m, n, k, s1_8, s2_8)
+    else:
+        cbn_msums8_bf16(x, m, n, k, s1_8, s2_8)
+
+
+cdef inline double _mask_count(const unsigned char* m, Py_ssize_t n) noexcept nogil:
+    """The number of selected bytes of m[0:n] (0 or 1 each), exact."""
+    cdef Py_ssize_t i, c = 0
+    for i in range(n):
+        c = c + m[i]
+    return <double>c
+
+
 cdef inline void _col_wsums(double* s0, double* s1, double* s2, const elem* x,
                             const cbn_weights* w, Py_ssize_t at, const double* k,
                             Py_ssize_t n) noexcept nogil:
@@ -107,7 +127,9 @@ cdef void _wmoments_cm_task(const elem* x, const Geometry* g, const cbn_weights*
     cdef double* k = scratch
     cdef double* has = scratch + nw
     cdef double* lanes = scratch + 2 * nw  # 24 per channel: s0, s1, s2
-    cdef double s0, s1, s2, bm, bq, cnt
+    cdef double s0, s1, s2, bm, bq, cnt, shared = 0.0
+    cdef bint counted = w.kind == CBN_W_MASK and w.chan == 0  # one count for all channels
+    cdef const unsigned char* mk = <const unsigned char*>w.p
     for j in range(nw):
         sw[j] = 0.0
         mean[j] = 0.0
@@ -135,17 +157,26 @@ cdef void _wmoments_cm_task(const elem* x, const Geometry* g, const cbn_weights*
             k[j] = _ld(x[at]) if at >= 0 else 0.0
             for p in range(24):
                 lanes[24 * j + p] = 0.0
+        if counted:
+            shared = 0.0
+            for o in range(o0, o1):
+                shared = shared + _mask_count(mk + o * w.row + i0, i1 - i0)
         for o in range(o0, o1):
             for j in range(nw):
-                if has[j] != 0.0:
-                    c = c0 + j
+                if has[j] == 0.0:
+                    continue
+                c = c0 + j
+                if counted:
+                    _msums8(x + (o * C + c) * inner + i0, mk + o * w.row + i0, i1 - i0, k[j],
+                            lanes + 24 * j + 8, lanes + 24 * j + 16)
+                else:
                     _wsums8(x + (o * C + c) * inner + i0, w, o * w.row + c * w.chan + i0,
                             i1 - i0, k[j], lanes + 24 * j, lanes + 24 * j + 8,
                             lanes + 24 * j + 16)
         for j in range(nw):
             if has[j] == 0.0:
                 continue
-            s0 = cbn_hsum8_array(lanes + 24 * j)
+            s0 = shared if counted else cbn_hsum8_array(lanes + 24 * j)
             s1 = cbn_hsum8_array(lanes + 24 * j + 8)
             s2 = cbn_hsum8_array(lanes + 24 * j + 16)
             _block_moments(1.0 / s0, k[j], kref[c0 + j], s1, s2, &bm, &bq)

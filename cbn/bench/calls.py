@@ -143,6 +143,47 @@ def _backward_calls(case, d, nt, torch, out=None):
     return calls
 
 
+def _masked_forward_calls(kind):
+    """Callables for the masked (kind "mask") or weighted ("sample_weight") training forward:
+    cbn, and the weighted statistics as a NumPy and a torch user compose them (neither
+    library has a masked batch norm)."""
+    def build(case, d, nt, torch, out=None):
+        y = np.empty_like(d.x) if out is None else out
+        w, b = d.weight, d.bias
+        wts = d.mask if kind == "mask" else d.sample_weight
+        rm_c, rv_c = d.running_mean.copy(), d.running_var.copy()
+        rm_n, rv_n = d.running_mean.copy(), d.running_var.copy()
+        calls = {
+            "cbn": lambda: cbn.batch_norm_forward(d.x, w, b, eps=EPS, running_mean=rm_c,
+                                                  running_var=rv_c, momentum=MOMENTUM,
+                                                  axis=case.axis, out=y, num_threads=nt,
+                                                  **{kind: wts}),
+            "numpy": lambda: numpy_peer.forward_weighted(d.x, wts, w, b, EPS, rm_n, rv_n,
+                                                         MOMENTUM, case.axis),
+        }
+        if torch is not None:  # in x's own layout: the reductions name their dims
+            xt = _tensor(torch, d.x)
+            a = case.channel_axis
+            wt = _tensor(torch, np.expand_dims(wts, a).astype(d.x.dtype))
+            dims = tuple(i for i in range(d.x.ndim) if i != a)
+            shape = [1] * d.x.ndim
+            shape[a] = case.channels
+            tw, tb = _tensor(torch, w).reshape(shape), _tensor(torch, b).reshape(shape)
+            trm, trv = _tensor(torch, d.running_mean.copy()), _tensor(torch, d.running_var.copy())
+
+            def torch_weighted():
+                total = wt.expand_as(xt).sum(dims)
+                mean = (wt * xt).sum(dims) / total
+                xc = xt - mean.reshape(shape)
+                var = (wt * xc * xc).sum(dims) / total
+                trm.mul_(1 - MOMENTUM).add_(MOMENTUM * mean)
+                trv.mul_(1 - MOMENTUM).add_(MOMENTUM * var * total / (total - 1))
+                return xc * torch.rsqrt(var.reshape(shape) + EPS) * tw + tb
+            calls["torch"] = torch_weighted
+        return calls
+    return build
+
+
 def _fused_inference_calls(activation, residual):
     """A builder of the callables of a fused inference op: cbn in one pass; NumPy and torch
     eager as separate ops (batch norm, then the add, then the activation)."""
@@ -237,7 +278,9 @@ CALL_BUILDERS = {"inference": _inference_calls, "forward": _forward_calls,
                  "inference_add_relu": _fused_inference_calls("relu", True),
                  "forward_add_relu": _forward_add_relu_calls,
                  "inference_silu": _fused_inference_calls("silu", False),
-                 "backward_add_relu": _backward_add_relu_calls}
+                 "backward_add_relu": _backward_add_relu_calls,
+                 "forward_masked": _masked_forward_calls("mask"),
+                 "forward_weighted": _masked_forward_calls("sample_weight")}
 
 
 def make_calls(op, case, data, num_threads, torch=None, peers=True):

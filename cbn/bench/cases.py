@@ -11,15 +11,32 @@ import numpy as np
 FUSED_OPS = ("inference_add_relu", "forward_add_relu", "inference_silu", "backward_add_relu")
 #: The ops, in report order: ``frozen`` is the deployment path, the frozen layer
 #: (:class:`cbn.FrozenBatchNorm`) against the peers' kernels with precomputed coefficients.
-OPS = ("forward", "backward", "inference", "frozen") + FUSED_OPS
+#: Masked and weighted training forwards (#18): a per-position mask (padded sequences on the
+#: (N, T, C) case, 80% random positions elsewhere) and per-position weights.
+MASKED_OPS = ("forward_masked", "forward_weighted")
+OPS = ("forward", "backward", "inference", "frozen") + FUSED_OPS + MASKED_OPS
 #: The arrays of x's size each op reads or writes in full (the thread-scaling footprint).
 ARRAYS = {"forward": 2, "backward": 3, "inference": 2, "frozen": 2, "inference_add_relu": 3,
-          "forward_add_relu": 3, "inference_silu": 2, "backward_add_relu": 5}
+          "forward_add_relu": 3, "inference_silu": 2, "backward_add_relu": 5,
+          "forward_masked": 2, "forward_weighted": 2}
 
 
 def applies(op, case):
-    """Whether ``op`` is timed on ``case``: the fused ops on float32 cases only."""
+    """Whether ``op`` runs on ``case``: the fused ops on float32; the masked ones (float32 and
+    float64) on the big NCHW shape and on padded sequences (N, T, C), 3-D channels-last cases,
+    which only the training forward shares (to compare in one run)."""
+    if is_sequence(case):
+        return op == "forward" or (op in MASKED_OPS and case.dtype in ("float32", "float64"))
+    if op in MASKED_OPS:
+        return case.shape == SHAPES[0][0] and case.dtype in ("float32", "float64")
     return op not in FUSED_OPS or case.dtype == "float32"
+
+
+def is_sequence(case):
+    """A padded-sequence case: (N, T, C) with the channels last."""
+    return len(case.shape) == 3 and case.channel_axis == 2
+
+
 #: The dtypes a case can have: the 16-bit formats (``bfloat16`` needs ml_dtypes) on
 #: :data:`HALF_SHAPES` only, with float32 parameters and statistics (as torch runs them).
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -55,10 +72,11 @@ SHAPES = (
     ((256, 64), 1),
     ((1, 16, 8, 8), 1),
     ((32, 56, 56, 64), -1),
+    ((64, 512, 256), -1),
 )
 #: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, in-cache NCHW (for the
-#: thread-scaling table), 2-D NC, tiny, channels-last.
-QUICK_SHAPES = (0, 1, 3, 5, 6)
+#: thread-scaling table), 2-D NC, tiny, channels-last, padded sequences.
+QUICK_SHAPES = (0, 1, 3, 5, 6, 7)
 #: Indices into :data:`SHAPES` of the 16-bit cases: big NCHW, 2-D NC, channels-last.
 HALF_SHAPES = (0, 3, 6)
 
@@ -128,7 +146,8 @@ def default_cases(quick=False, dtypes=DEFAULT_DTYPES):
         if not available(dtype):
             continue
         for i in picked:
-            if dtype not in HALF_DTYPES or i in HALF_SHAPES:
+            if (dtype not in HALF_DTYPES or i in HALF_SHAPES) and (
+                    dtype in ("float32", "float64") or len(SHAPES[i][0]) != 3):
                 out.append(Case(tuple(SHAPES[i][0]), dtype, SHAPES[i][1]))
     return out
 
@@ -144,6 +163,8 @@ class CaseData:
     running_mean: np.ndarray
     running_var: np.ndarray
     residual: np.ndarray
+    mask: np.ndarray
+    sample_weight: np.ndarray
 
 
 def make_data(case, seed=0):
@@ -165,4 +186,21 @@ def make_data(case, seed=0):
         running_mean=np.zeros(C, pt),
         running_var=np.ones(C, pt),
         residual=data(),
+        mask=_mask(rng, case),
+        sample_weight=rng.uniform(0.0, 2.0, _positions(case)).astype(pt),
     )
+
+
+def _positions(case):
+    a = case.channel_axis
+    return case.shape[:a] + case.shape[a + 1:]
+
+
+def _mask(rng, case):
+    """A per-position mask: sequences of random lengths (half to all of T) padded at the end
+    for (N, T, C); 80% random positions otherwise."""
+    if is_sequence(case):
+        N, T = case.shape[0], case.shape[1]
+        lengths = rng.integers(T // 2, T + 1, N)
+        return np.arange(T)[None, :] < lengths[:, None]
+    return rng.random(_positions(case)) < 0.8

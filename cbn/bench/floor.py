@@ -37,7 +37,7 @@ def floor_call(op, d, scratch, nt):
     x, dy, r, out = (_as_streamable(a) for a in (d.x, d.dy, d.residual, scratch))
     if op in ("inference", "frozen", "inference_silu"):  # read x, write y
         return lambda: k.stream_scale(x, out, nt)
-    if op == "forward":  # read x; read x, write y
+    if op in ("forward", "forward_masked", "forward_weighted"):  # read x; read x, write y
         return lambda: (k.stream_sum(x, nt), k.stream_scale(x, out, nt))
     if op == "inference_add_relu":  # read x and the residual, write y
         return lambda: k.stream_triad(x, r, out, nt)

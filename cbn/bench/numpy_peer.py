@@ -63,6 +63,24 @@ def forward(x, weight, bias, eps, running_mean, running_var, momentum, axis, act
     return _activate(xc, activation, residual)
 
 
+def forward_weighted(x, wts, weight, bias, eps, running_mean, running_var, momentum, axis):
+    """The masked or weighted training forward (wts: one bool or float per position): the
+    weighted statistics, the running statistics updated in place, the normalised output."""
+    shape, red = _shape(x, axis)
+    w = np.expand_dims(wts, axis % x.ndim).astype(x.dtype)
+    total = np.broadcast_to(w, x.shape).sum(axis=red, keepdims=True)
+    mean = (w * x).sum(axis=red, keepdims=True) / total
+    xc = x - mean
+    var = (w * np.square(xc)).sum(axis=red, keepdims=True) / total
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.reshape(-1)
+    running_var *= 1 - momentum
+    running_var += momentum * (var * total / (total - 1)).reshape(-1)
+    xc *= _vec(weight, x, shape) / np.sqrt(var + x.dtype.type(eps))
+    xc += _vec(bias, x, shape)
+    return xc
+
+
 def backward(dy, x, mean, invstd, weight, axis, y=None):
     """dx, dweight, dbias from the saved statistics; ``y`` (the output of a fused ReLU): dy is
     first masked where ``y`` is not positive (the gradient into the residual too)."""

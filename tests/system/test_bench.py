@@ -26,7 +26,8 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 #: Tiny cases: NCHW, 2-D float64, channels-last.
-TINY = [Case((2, 3, 4, 4)), Case((6, 5), "float64"), Case((2, 4, 4, 3), "float32", -1)]
+TINY = [Case((2, 3, 4, 4)), Case((6, 5), "float64"), Case((2, 4, 4, 3), "float32", -1),
+        Case((3, 6, 4), "float32", -1)]  # the last a padded sequence (N, T, C)
 #: One round, no minimum round length: as fast as the bench can go.
 FAST = Settings(repeats=1, min_time=0.0)
 
@@ -157,14 +158,14 @@ def test_16_bit_cases_run_with_float32_parameters_and_torch():
 def test_default_cases():
     full = _bench.default_cases()
     wide = [c for c in full if c.dtype in ("float32", "float64")]
-    assert len(wide) == 14
+    assert len(wide) == 16
     halves = [c for c in full if c.dtype in ("float16", "bfloat16")]
     assert {c.shape for c in halves} == {(32, 64, 56, 56), (4096, 1024), (32, 56, 56, 64)}
     assert "float16" in {c.dtype for c in halves}
     assert ("bfloat16" in {c.dtype for c in halves}) == _bench_cases.available("bfloat16")
     assert Case((32, 56, 56, 64), "float32", -1) in full
     quick = _bench.default_cases(quick=True, dtypes=("float32",))
-    assert len(quick) == 5 and any(c.axis == -1 for c in quick)
+    assert len(quick) == 6 and any(c.axis == -1 for c in quick)
     # the quick run keeps a case for the thread-scaling table (in cache, big enough for a team)
     assert _bench.scaling_pairs(quick, max_bytes=4 * 2**20, min_elements=65536)
 

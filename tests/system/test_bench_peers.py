@@ -121,6 +121,40 @@ def test_numpy_column_is_batch_norm_in_the_input_dtype(case):
         _close(g, w_, case.dtype)
 
 
+@pytest.mark.parametrize("case", [Case((3, 6, 4), "float32", -1), Case((2, 3, 4, 4), "float64")],
+                         ids=lambda c: c.label)
+@pytest.mark.parametrize("kind", ["mask", "sample_weight"])
+def test_masked_peers_are_the_weighted_batch_norm(case, kind):
+    """The NumPy and torch columns of forward_masked / forward_weighted against the
+    reference, and the cbn call against both."""
+    from cbn.bench import numpy_peer as npb
+    from cbn.bench.calls import make_calls
+    d = make_data(case)
+    wts = d.mask if kind == "mask" else d.sample_weight
+    rm, rv = d.running_mean.copy(), d.running_var.copy()
+    rm_r, rv_r = d.running_mean.copy(), d.running_var.copy()
+    y = npb.forward_weighted(d.x, wts, d.weight, d.bias, EPS, rm, rv, MOMENTUM, case.axis)
+    want = cbn.reference.batch_norm_forward(d.x.astype(np.float64), d.weight, d.bias, eps=EPS,
+                                            running_mean=rm_r, running_var=rv_r,
+                                            momentum=MOMENTUM, axis=case.axis, **{kind: wts})
+    _close(y, want.out, case.dtype)
+    np.testing.assert_allclose(rm, rm_r, rtol=1e-5)
+    np.testing.assert_allclose(rv, rv_r, rtol=1e-5)
+    op = "forward_masked" if kind == "mask" else "forward_weighted"
+    calls = make_calls(op, case, d, 1, torch=_torch_or_none(), peers=False)
+    _close(calls["cbn"]().out, want.out, case.dtype)
+    if "torch" in calls:
+        _close(calls["torch"]().numpy(), want.out, case.dtype)
+
+
+def _torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def test_peers_leave_torch_on_the_bench_thread_count():
     torch = pytest.importorskip("torch")
     pytest.importorskip("numba")
