@@ -36,6 +36,7 @@ _Vector = Optional[npt.ArrayLike]
 _Activation = Optional[
     Literal["relu", "relu6", "leaky_relu", "silu", "gelu", "gelu_tanh"]
 ]
+_MaskedOutput = Literal["normalize", "zero", "keep"]
 
 def batch_norm(
     x: npt.ArrayLike,
@@ -55,6 +56,9 @@ def batch_norm(
     residual: Optional[npt.ArrayLike] = ...,
     negative_slope: Optional[float] = ...,
     convention: Literal["torch", "keras", "onnx", "flax"] = ...,
+    mask: Optional[npt.ArrayLike] = ...,
+    sample_weight: Optional[npt.ArrayLike] = ...,
+    masked_output: _MaskedOutput = ...,
 ) -> _Array: ...
 def batch_norm_forward(
     x: npt.ArrayLike,
@@ -73,6 +77,9 @@ def batch_norm_forward(
     residual: Optional[npt.ArrayLike] = ...,
     negative_slope: Optional[float] = ...,
     convention: Literal["torch", "keras", "onnx", "flax"] = ...,
+    mask: Optional[npt.ArrayLike] = ...,
+    sample_weight: Optional[npt.ArrayLike] = ...,
+    masked_output: _MaskedOutput = ...,
 ) -> ForwardResult: ...
 @overload
 def batch_norm_backward(
@@ -92,6 +99,9 @@ def batch_norm_backward(
     residual: None = ...,
     negative_slope: Optional[float] = ...,
     dresidual_out: None = ...,
+    mask: Optional[npt.ArrayLike] = ...,
+    sample_weight: Optional[npt.ArrayLike] = ...,
+    masked_output: _MaskedOutput = ...,
 ) -> BackwardResult: ...
 @overload
 def batch_norm_backward(
@@ -111,6 +121,9 @@ def batch_norm_backward(
     residual: npt.ArrayLike,
     negative_slope: Optional[float] = ...,
     dresidual_out: Optional[_Array] = ...,
+    mask: Optional[npt.ArrayLike] = ...,
+    sample_weight: Optional[npt.ArrayLike] = ...,
+    masked_output: _MaskedOutput = ...,
 ) -> FusedBackwardResult: ...
 def batch_norm_inference(
     x: npt.ArrayLike,

@@ -68,7 +68,7 @@ class Moments(NamedTuple):
     accepted wherever a ``Moments`` is.
     """
 
-    count: int
+    count: Union[int, np.ndarray]
     mean: np.ndarray
     m2: np.ndarray
 
@@ -526,7 +526,8 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
 
 def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
                    weight: Optional[ArrayLike], sum_dy: ArrayLike, sum_dy_xmu: ArrayLike,
-                   count: int, *, axis: int = 1, out: Optional[np.ndarray] = None,
+                   count: Union[int, ArrayLike], *, axis: int = 1,
+                   out: Optional[np.ndarray] = None,
                    num_threads: Optional[int] = None, activation: Optional[str] = None,
                    y: Optional[ArrayLike] = None, bias: Any = v.UNSET,
                    residual: Optional[ArrayLike] = None,
@@ -551,8 +552,9 @@ def backward_elemt(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLi
         The forward ``weight``; None means 1.
     sum_dy, sum_dy_xmu : array_like of shape (C,)
         The sums of :func:`backward_reduce` summed over *all* shards.
-    count : int
-        Number of values per channel in the whole batch (``merge_moments(...).count``), >= 1.
+    count : int or array_like of shape (C,)
+        Number of values per channel in the whole batch (``merge_moments(...).count``), >= 1;
+        with a mask or weights, the per-channel weight sums.
     axis : int, default 1
         The channel axis.
     out : ndarray, optional

@@ -75,6 +75,19 @@ def test_results_are_the_same_for_any_thread_count_and_level(rng, level, shape, 
         f1 = cbn.batch_norm_forward(x, axis=axis, num_threads=1, **kw)
         f2 = cbn.batch_norm_forward(x, axis=axis, num_threads=2, **kw)
         assert np.array_equal(f1.out, f2.out) and np.array_equal(f1.invstd, f2.invstd)
+        r = ref.batch_norm_forward(x.astype(np.float64), axis=axis, **kw)
+        np.testing.assert_allclose(f1.out, r.out, rtol=1e-5, atol=1e-5)
+        dy = x[::-1].copy() if x.shape[0] > 1 else -x
+        for mo in ("normalize", "keep"):
+            g1 = cbn.batch_norm_backward(dy, x, f1.mean, f1.invstd, axis=axis, num_threads=1,
+                                         masked_output=mo, **kw)
+            g2 = cbn.batch_norm_backward(dy, x, f1.mean, f1.invstd, axis=axis, num_threads=2,
+                                         masked_output=mo, **kw)
+            for a, b in zip(g1, g2):
+                assert np.array_equal(a, b)
+            gr = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), f1.mean,
+                                         f1.invstd, axis=axis, masked_output=mo, **kw)
+            np.testing.assert_allclose(g1.dx, gr.dx, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape,axis", [((6, 5, 7, 9), 1), ((2, 3, 40000), 1),
@@ -174,24 +187,27 @@ def test_the_reference_gradient_is_the_derivative_of_the_forward(rng, masked_out
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape,axis", [((8, 16, 12, 12), 1), ((32, 50, 64), -1)])
 def test_lower_precision_inputs(rng, dtype, shape, axis):
-    x = _data(rng, shape, dtype, 1.0)
-    dy = rng.standard_normal(shape).astype(dtype)
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    dtype = np.dtype(dtype)
+    x = _data(rng, shape, np.float32, 1.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(np.float32).astype(dtype)
     m = _weights(rng, shape, axis, "mask", False)
     for mo in ("normalize", "zero", "keep"):
         f = cbn.batch_norm_forward(x, axis=axis, mask=m, masked_output=mo)
         r = ref.batch_norm_forward(x.astype(np.float64), axis=axis, mask=m, masked_output=mo)
         assert f.out.dtype == dtype
-        tol = 2e-3 if dtype == np.float16 else 1e-5
-        np.testing.assert_allclose(f.out, r.out, rtol=tol, atol=tol)
+        tol = {2: 2e-3 if dtype == np.float16 else 1.6e-2}.get(dtype.itemsize, 1e-5)
+        np.testing.assert_allclose(f.out.astype(np.float64), r.out, rtol=tol, atol=tol)
         g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, axis=axis, mask=m,
                                     masked_output=mo)
         gr = ref.batch_norm_backward(dy.astype(np.float64), x.astype(np.float64), f.mean,
                                      f.invstd, axis=axis, mask=m, masked_output=mo)
         assert g.dx.dtype == dtype
-        np.testing.assert_allclose(g.dx, gr.dx, rtol=tol * 4, atol=tol * 4)
+        np.testing.assert_allclose(g.dx.astype(np.float64), gr.dx, rtol=tol * 4, atol=tol * 4)
 
 
 def test_layouts_and_broadcast_masks(rng):
