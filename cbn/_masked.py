@@ -90,6 +90,30 @@ def _checked_values(mask, sample_weight, x_dtype):
     return w, "sample_weight"
 
 
+def target_shape(w_shape, x_shape, axis, name):
+    """The shape rule: ``(target, via_positions)``, the shape of x's ndim a mask or weights of
+    ``w_shape`` broadcasts to (channel axis of length 1: one weight per position; else x's
+    shape), and whether it is first broadcast to the positions (x's shape without the channel
+    axis) and given the channel axis (a mask of fewer dimensions than x)."""
+    positions = x_shape[:axis] + x_shape[axis + 1:]
+    per_position = x_shape[:axis] + (1,) + x_shape[axis + 1:]
+    try:
+        if len(w_shape) == len(x_shape):
+            if np.broadcast_shapes(w_shape, x_shape) != tuple(x_shape):
+                raise ValueError
+            return (per_position if w_shape[axis] == 1 else tuple(x_shape)), False
+        if len(w_shape) < len(x_shape):
+            if np.broadcast_shapes(w_shape, positions) != positions:
+                raise ValueError
+            return per_position, True
+        raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {tuple(w_shape)} fits neither the positions of x {positions} "
+            f"(x's shape {tuple(x_shape)} without the channel axis {axis}) nor x's shape; it "
+            f"must be one of them, or broadcastable to one") from None
+
+
 def weights_for(mask, sample_weight, x, axis, xk, perm):
     """The mask or weights of a call (x, its channel axis, and its kernel view xk = x
     transposed by perm, or a C copy when perm is None) as a :class:`Weights`, or None when
@@ -103,28 +127,10 @@ def weights_for(mask, sample_weight, x, axis, xk, perm):
     if mask is None and sample_weight is None:
         return None
     w, name = _checked_values(mask, sample_weight, x.dtype)
-    positions = x.shape[:axis] + x.shape[axis + 1:]
-    per_position = x.shape[:axis] + (1,) + x.shape[axis + 1:]
-    try:
-        if w.ndim == x.ndim:
-            full = np.broadcast_shapes(w.shape, x.shape) == x.shape
-            if not full:
-                raise ValueError
-            if w.shape[axis] == 1:  # the same for every channel: one weight per position
-                wb = np.broadcast_to(w, per_position)
-            else:
-                wb = np.broadcast_to(w, x.shape)
-        elif w.ndim < x.ndim:
-            if np.broadcast_shapes(w.shape, positions) != positions:
-                raise ValueError
-            wb = np.expand_dims(np.broadcast_to(w, positions), axis)
-        else:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{name} of shape {w.shape} fits neither the positions of x {positions} (x's shape "
-            f"{x.shape} without the channel axis {axis}) nor x's shape; it must be one of "
-            f"them, or broadcastable to one") from None
+    target, via_positions = target_shape(w.shape, x.shape, axis, name)
+    if via_positions:
+        w = np.expand_dims(np.broadcast_to(w, x.shape[:axis] + x.shape[axis + 1:]), axis)
+    wb = np.broadcast_to(w, target)
     ak = axis
     if perm is not None:
         wb = wb.transpose(perm)

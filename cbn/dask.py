@@ -162,26 +162,11 @@ def _weights_like_x(mask, sample_weight, x, axis):
     if name == "sample_weight" and (w.dtype == np.bool_ or w.dtype.kind not in "fiu"):
         raise TypeError(f"sample_weight must be a real float or integer array, got dtype "
                         f"{w.dtype}" + ("; pass it as mask=" if w.dtype == np.bool_ else ""))
-    positions = x.shape[:axis] + x.shape[axis + 1:]
-    per_position = x.shape[:axis] + (1,) + x.shape[axis + 1:]
-    try:
-        if w.ndim == x.ndim:
-            if np.broadcast_shapes(w.shape, x.shape) != x.shape:
-                raise ValueError
-            target = per_position if w.shape[axis] == 1 else x.shape
-        elif w.ndim < x.ndim:
-            if np.broadcast_shapes(w.shape, positions) != positions:
-                raise ValueError
-            w = da.expand_dims(da.broadcast_to(w, positions), axis) if isinstance(
-                w, da.Array) else np.expand_dims(np.broadcast_to(w, positions), axis)
-            target = per_position
-        else:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"{name} of shape {w.shape} fits neither the positions of x {positions} (x's shape "
-            f"{x.shape} without the channel axis {axis}) nor x's shape; it must be one of "
-            f"them, or broadcastable to one") from None
+    target, via_positions = M.target_shape(w.shape, x.shape, axis, name)
+    if via_positions:
+        positions = x.shape[:axis] + x.shape[axis + 1:]
+        w = da.expand_dims(da.broadcast_to(w, positions), axis) if isinstance(
+            w, da.Array) else np.expand_dims(np.broadcast_to(w, positions), axis)
     chunks = tuple((1,) if i == axis and target[axis] == 1 else c
                    for i, c in enumerate(x.chunks))
     w = da.broadcast_to(da.asarray(w), target) if isinstance(w, da.Array) else \
