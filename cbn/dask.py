@@ -483,11 +483,20 @@ def _chunk_masked_sums(dy, x, weights, axis, mean, nt, name, masked_output):
     return (count, s.sum_dy, s.sum_dy_xmu)
 
 
-def _masked_elemt_block(dy, x, weights, *, axis, mean, invstd, weight, sdy, sdyx, count, nt,
-                        wname, masked_output):
-    return backward_elemt(dy, x, mean, invstd, weight, sdy, sdyx, count, axis=axis,
-                          num_threads=nt or None, masked_output=masked_output,
-                          **{wname: weights})
+def _masked_elemt_block(dy, x, weights, raw=None, *, axis, mean, invstd, weight, sdy, sdyx,
+                        count, nt, wname, masked_output):
+    """The masked dx of a chunk; raw: the gradient before a fused activation, which "keep"
+    passes through at the padding (dy is then the gradient after it)."""
+    dx = backward_elemt(dy, x, mean, invstd, weight, sdy, sdyx, count, axis=axis,
+                        num_threads=nt or None, masked_output=masked_output,
+                        **{wname: weights})
+    if raw is not None:
+        np.copyto(dx, raw, where=M.padding_of(x, axis, **{wname: weights}))
+    return dx
+
+
+def _zero_padding_block(g, weights, *, axis, wname):
+    return np.where(M.padding_of(g, axis, **{wname: weights}), g.dtype.type(0), g)
 
 
 def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd: ArrayLike,
@@ -576,6 +585,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     w = None if weight is None else v.as_f64(weight, "weight", C)
     grad_dtype = v.gradient_dtype(x.dtype, weight)
     dy = _like_x(dy, x, "dy")
+    user_dy = dy
     dres = None
     if fused:
         src = ([] if y is None else [_like_x(y, x, "y")]) + (
@@ -594,12 +604,12 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
     wm, wname = _weights_like_x(mask, sample_weight, x, a)
     if wm is not None:
         masked_output = M.check_masked_output(masked_output)
-        if fused and masked_output != "normalize":
-            raise ValueError(f"cbn.dask.batch_norm_backward: masked_output={masked_output!r} "
-                             f"with a fused activation or residual is not supported (with "
-                             f"'normalize' it is); cbn.batch_norm_backward does it in memory")
+        if dres is not None and masked_output != "normalize":  # the padding's output: no residual
+            dres = da.map_blocks(_zero_padding_block, dres, wm, axis=a, wname=wname,
+                                 dtype=x.dtype, meta=_meta(x), token="cbn-zero-padding")
+        raw = user_dy if fused and masked_output == "keep" else None  # "keep": dx = dy there
         r = _masked_backward(dy, x, a, wm, wname, masked_output, mu, iv, w, grad_dtype,
-                             need_dx, need_dw, need_db, nt, split_every)
+                             need_dx, need_dw, need_db, nt, split_every, raw)
         return FusedBackwardResult(*r, dres) if residual is not None else r
     if masked_output != "normalize":
         M.check_masked_output(masked_output)
@@ -623,7 +633,7 @@ def batch_norm_backward(dy: "_da.Array", x: "_da.Array", mean: ArrayLike, invstd
 
 
 def _masked_backward(dy, x, a, wm, wname, masked_output, mu, iv, w, grad_dtype, need_dx,
-                     need_dw, need_db, nt, split_every):
+                     need_dw, need_db, nt, split_every, raw=None):
     """batch_norm_backward with a mask or weights: per-chunk masked sums and weight sums,
     summed in a tree, then the lazy masked dx of every chunk."""
     dask, da = _import_dask()
@@ -633,7 +643,8 @@ def _masked_backward(dy, x, a, wm, wname, masked_output, mu, iv, w, grad_dtype, 
     ((count, sdy, sdyx),) = dask.compute(_tree(dask, leaves, _sum_parts, split_every))
     dx = None
     if need_dx:
-        dx = da.map_blocks(_masked_elemt_block, dy, x, wm, axis=a, mean=mu, invstd=iv,
+        dx = da.map_blocks(_masked_elemt_block, dy, x, wm, *([] if raw is None else [raw]),
+                           axis=a, mean=mu, invstd=iv,
                            weight=w, sdy=sdy, sdyx=sdyx, count=np.asarray(count, _F64), nt=nt,
                            wname=wname, masked_output=masked_output, dtype=x.dtype,
                            meta=_meta(x), token="cbn-backward-elemt-masked")

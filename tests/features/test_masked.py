@@ -488,3 +488,24 @@ def test_dask_bad_masks(rng):
         cd.batch_norm_forward(xd, sample_weight=-np.ones((20, 30)))
     with pytest.raises(ValueError, match="not both"):
         cd.batch_norm_forward(xd, mask=np.ones((20, 30), bool), sample_weight=np.ones((20, 30)))
+
+
+@pytest.mark.parametrize("masked_output", ["normalize", "zero", "keep"])
+def test_dask_fused_activation_and_residual_with_a_mask(rng, masked_output):
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+    x = _data(rng, (20, 4, 30), np.float64, 0.5)
+    dy = rng.standard_normal(x.shape)
+    res = rng.standard_normal(x.shape)
+    m = _weights(rng, x.shape, 1, "mask", False)
+    wt, bs = rng.random(4) + 0.5, rng.standard_normal(4)
+    kw = dict(mask=m, masked_output=masked_output, activation="silu")
+    f = cbn.batch_norm_forward(x, wt, bs, residual=res, **kw)
+    g = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, wt, bias=bs, residual=res, **kw)
+    ch = (7, 4, 11)
+    gd = cd.batch_norm_backward(da.from_array(dy, chunks=ch), da.from_array(x, chunks=ch),
+                                f.mean, f.invstd, wt, bias=bs,
+                                residual=da.from_array(res, chunks=ch), **kw)
+    np.testing.assert_allclose(gd.dx.compute(), g.dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gd.dresidual.compute(), g.dresidual, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gd.dweight, g.dweight, rtol=1e-10)
