@@ -161,7 +161,9 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
     (the rule of one value per channel); with ``skip_nonfinite=True`` a channel of weight sum
     0 is allowed, gets NaN statistics (NaN outputs with ``masked_output="normalize"``) and
     keeps its running statistics.  The statistics keep the unmasked accuracy and
-    thread-count independence.
+    thread-count independence.  A ``numpy.ma.MaskedArray`` ``x`` is honoured: its mask (True:
+    hidden) is the complement of ``mask``, and ``out`` is a MaskedArray hiding the same
+    values.
 
     An empty batch (a zero-length axis other than the channel axis) is not an error: ``out`` is
     empty, ``mean`` and ``invstd`` are NaN and the running statistics are left unchanged, as
@@ -184,6 +186,12 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, running_mean=None
         conv.check_convention(convention)
     if momentum is conv.DEFAULT:
         momentum = conv.DEFAULT_MOMENTUM[convention]
+    if type(x) is not np.ndarray and isinstance(x, np.ma.MaskedArray):
+        x, mask, hidden = M.unmask(x, mask, sample_weight, axis)
+        r = _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
+                            out, num_threads, skip_nonfinite, code, slope, post, residual,
+                            convention, mask, sample_weight, masked_output)
+        return ForwardResult(M.masked_like(r.out, hidden), r.mean, r.invstd)
     if mask is not None or sample_weight is not None:
         return _masked_forward(x, weight, bias, eps, running_mean, running_var, momentum, axis,
                                out, num_threads, skip_nonfinite, code, slope, post, residual,
@@ -349,6 +357,11 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, *
                         0 if post else code, code if post else -1, slope, residual)
     if y is not None:
         return y
+    if isinstance(x, np.ma.MaskedArray):  # every value normalized; the output hides the same
+        return M.masked_like(batch_norm_inference(
+            np.asarray(x.data), running_mean, running_var, weight, bias, eps=eps, axis=axis,
+            out=out, num_threads=num_threads, activation=activation, residual=residual,
+            negative_slope=negative_slope), np.ma.getmaskarray(x))
     x, axis = v.check_input(x, axis)
     eps = v.check_eps(eps)
     nt = v.check_threads(num_threads)
@@ -485,6 +498,14 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None, n
     code, slope, post = _epilogue(activation, negative_slope, residual)
     if residual is None and dresidual_out is not None:
         raise ValueError("dresidual_out is only used with a residual")
+    if type(x) is not np.ndarray and isinstance(x, np.ma.MaskedArray):
+        x, mask, hidden = M.unmask(x, mask, sample_weight, axis)
+        if isinstance(dy, np.ma.MaskedArray):
+            dy = np.asarray(dy.data)
+        r = _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
+                             num_threads, needs, activation, code, slope, dresidual_out,
+                             mask, sample_weight, masked_output)
+        return type(r)(M.masked_like(r[0], hidden), *r[1:])
     if mask is not None or sample_weight is not None:
         return _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out,
                                 num_threads, needs, activation, code, slope, dresidual_out,

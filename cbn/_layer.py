@@ -322,7 +322,9 @@ class BatchNorm:
             statistics, only ``masked_output`` applies.  Kept for :meth:`backward`.
         masked_output : {"normalize", "zero", "keep"}, default "normalize"
             With a mask or weights, the output where the weight is 0: normalized like the
-            rest, 0, or ``x`` unchanged.
+            rest, 0, or ``x`` unchanged.  A ``numpy.ma.MaskedArray`` ``x`` brings its own
+            mask (True: hidden, the complement of ``mask``); the output and :meth:`backward`'s
+            ``dx`` are then MaskedArrays hiding the same values.
 
         Returns
         -------
@@ -337,6 +339,7 @@ class BatchNorm:
             If the channel count differs from ``num_features``, or in training mode with a
             single value per channel.
         """
+        x, mask, hidden = M.unmask(x, mask, sample_weight, self.axis)  # a MaskedArray: its mask
         x = self._check_channels(x)
         nt = self.num_threads
         masked = None
@@ -346,6 +349,8 @@ class BatchNorm:
         elif masked_output != "normalize":
             M.check_masked_output(masked_output)
             raise ValueError("masked_output applies with mask= or sample_weight=")
+        if hidden is not None:
+            return self._forward_masked_array(x, hidden, residual, out, masked)
         # the activation of this call, kept for backward (attributes may change later)
         act = ((None, 0, 0.0) if self.activation is None and self.negative_slope is None
                else (self.activation, *v.check_epilogue(self.activation, self.negative_slope)))
@@ -379,6 +384,16 @@ class BatchNorm:
             raise ValueError("out must not overlap x in training mode (backward needs x)")
         with self._lock:  # one training step at a time: statistics, counter, saved input
             return self._train_step(x, out, nt, post, act, residual, masked)
+
+    def _forward_masked_array(self, x: np.ndarray, hidden: np.ndarray, residual: Any,
+                              out: Optional[np.ndarray], masked: dict) -> np.ma.MaskedArray:
+        """forward of a numpy.ma.MaskedArray: its mask as ``mask``, the output (and backward's
+        dx) a MaskedArray hiding the same values."""
+        y = self.forward(x, residual=residual, out=out, mask=masked["mask"],
+                         masked_output=masked["masked_output"])
+        with self._lock:
+            self._saved[-2]["hidden"] = hidden
+        return M.masked_like(y, hidden)
 
     def _train_step(self, x: np.ndarray, out: Optional[np.ndarray], nt: Optional[int],
                     post: dict, act: tuple, residual: Any,
@@ -482,7 +497,8 @@ class BatchNorm:
                 mean = invstd = np.zeros(self.num_features, _F64)
             kw = dict(activation=act[0], negative_slope=act[2] if act[0] == "leaky_relu" else
                       None, residual=residual, y=y, bias=self.bias if smooth else None,
-                      **(masked or {}))
+                      **{k: a for k, a in (masked or {}).items()
+                         if k in ("mask", "sample_weight", "masked_output")})
             r = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis, out=out,
                                     num_threads=nt, needs=(True, need_p, need_b), **kw)
             dx, dw, db = r[:3]
@@ -532,6 +548,8 @@ class BatchNorm:
         # both gradients in one C call (dict.update; not the validating __setattr__, whose
         # Python frames Ctrl-C could stop between them): both accumulated or neither
         self.__dict__.update(grad_weight=gw, grad_bias=gb)
+        hidden = None if self._saved[-2] is None else self._saved[-2].get("hidden")
+        dx = M.masked_like(dx, hidden)
         return dx if dres is None else ResidualGradients(dx, dres)
 
     def _gradient_at_activation(self, dy: Any, x: Optional[np.ndarray],

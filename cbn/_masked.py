@@ -224,3 +224,29 @@ def padding_of(x, axis, mask=None, sample_weight=None):
     k = weights_for(mask, sample_weight, x, axis, x, None).k  # the shape rules, in x's order
     k = k.reshape(x.shape[:axis] + (k.shape[1],) + x.shape[axis + 1:])
     return ~k if k.dtype == np.bool_ else k == 0
+
+
+def unmask(x, mask, sample_weight, axis, name="x"):
+    """A ``numpy.ma.MaskedArray`` input honoured: ``(data, mask, hidden)`` with its data, cbn's
+    mask (True where a value counts: the complement of numpy.ma's; one per position when it
+    is the same in every channel) and its own mask to give the output (None for any other
+    input, returned as is)."""
+    if not isinstance(x, np.ma.MaskedArray):
+        return x, mask, None
+    if mask is not None or sample_weight is not None:
+        raise ValueError(f"{name} is a numpy.ma.MaskedArray, whose mask already says which "
+                         f"values count: pass mask= or sample_weight= with a plain array "
+                         f"instead, not both")
+    hidden = np.ma.getmaskarray(x)
+    data = np.asarray(x.data)
+    if data.ndim >= 2:
+        a = v.check_axis(axis, data.ndim)
+        first = hidden.take([0], axis=a)
+        if data.shape[a] and np.array_equal(np.broadcast_to(first, hidden.shape), hidden):
+            return data, ~first, hidden  # the same in every channel: one per position
+    return data, ~hidden, hidden
+
+
+def masked_like(y, hidden):
+    """y as a MaskedArray hiding what the input hid (y itself when hidden is None)."""
+    return y if hidden is None or y is None else np.ma.MaskedArray(y, mask=hidden.copy())

@@ -181,7 +181,8 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None,
         ``mean`` and ``m2`` (sum of squared deviations) of shape (C,).  For an empty shard
         they are ``(0, zeros, zeros)``, the neutral element of :func:`merge_moments`.  With a
         mask or weights, ``count`` is the float64 array of per-channel weight sums (counts
-        for a mask), and a channel of weight 0 has mean and m2 0.
+        for a mask), and a channel of weight 0 has mean and m2 0.  A ``numpy.ma.MaskedArray``
+        ``x`` counts its unmasked values only (its mask is the complement of ``mask``).
 
     Raises
     ------
@@ -201,6 +202,7 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None,
     bit-identical for any ``num_threads``.
     ``np.var(x, axis=others) * count`` equals ``m2`` up to rounding.
     """
+    x, mask, _ = M.unmask(x, mask, sample_weight, axis)  # a MaskedArray's mask is honoured
     x, axis = v.check_input(x, axis)
     nt = v.check_threads(num_threads)
     xk, ak, perm = v.kernel_view(x, axis)

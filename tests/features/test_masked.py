@@ -307,8 +307,37 @@ def test_evaluation_mode_and_masked_arrays_refuse_a_mask(rng):
         cbn.batch_norm(x, np.zeros(3), np.ones(3), training=False,
                        mask=np.ones((6, 10), bool))
     ma = np.ma.masked_array(x, mask=x > 1)
-    with pytest.raises(TypeError, match="mask="):
-        cbn.batch_norm_forward(ma)
+    with pytest.raises(ValueError, match="MaskedArray.*not both"):
+        cbn.batch_norm_forward(ma, mask=np.ones((6, 10), bool))
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_masked_arrays_are_honoured(rng, per_position):
+    """A numpy.ma.MaskedArray's mask (True: hidden) is the complement of mask=; outputs hide
+    the same values; hidden outliers change nothing."""
+    x = _data(rng, (6, 3, 10), np.float64)
+    hidden = rng.random((6, 1, 10) if per_position else x.shape) < 0.3
+    hidden = np.broadcast_to(hidden, x.shape).copy()
+    wild = np.where(hidden, 1e6, x)
+    ma = np.ma.masked_array(wild, mask=hidden)
+    expect = cbn.batch_norm_forward(x, mask=~hidden)
+    f = cbn.batch_norm_forward(ma)
+    assert isinstance(f.out, np.ma.MaskedArray) and np.array_equal(f.out.mask, hidden)
+    np.testing.assert_allclose(f.mean, expect.mean, rtol=1e-14)
+    np.testing.assert_allclose(f.out[~hidden], expect.out[~hidden], rtol=1e-12)
+    np.testing.assert_allclose(cbn.moments(ma).mean, expect.mean, rtol=1e-14)
+    dy = rng.standard_normal(x.shape)
+    g = cbn.batch_norm_backward(dy, ma, f.mean, f.invstd)
+    ge = cbn.batch_norm_backward(dy, wild, f.mean, f.invstd, mask=~hidden)
+    assert isinstance(g.dx, np.ma.MaskedArray)
+    np.testing.assert_allclose(g.dx.data, ge.dx, rtol=1e-12)
+    y = cbn.batch_norm_inference(ma, np.zeros(3), np.ones(3))
+    assert isinstance(y, np.ma.MaskedArray) and np.array_equal(y.mask, hidden)
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    out = bn(ma)
+    assert isinstance(out, np.ma.MaskedArray)
+    np.testing.assert_allclose(bn.running_mean, 0.1 * expect.mean, rtol=1e-13)
+    assert isinstance(bn.backward(dy), np.ma.MaskedArray)
 
 
 def test_against_torch_autograd(rng):
