@@ -716,29 +716,39 @@ def _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, 
                                         inputs=(dyk,))
     elif activation is not None or masked_output != "normalize" or need_dres:
         gk, dres = v.like_kernel(xk, perm, x.shape)
+    # "keep" passes dy through at the padding: a copy when an output would overwrite it first
+    keep = None
+    if masked_output == "keep":
+        keep = dyk.copy() if (np.may_share_memory(gk, dyk)  # gk is written (0 at padding)
+                              or np.may_share_memory(dxk, dyk)) else dyk
     if gk is not dyk and activation is None:
         np.copyto(gk, dyk)
+    total = np.broadcast_to(wts.k.sum(axis=(0, 2), dtype=_F64), (C,))
     with deferred_interrupt(out is not None or dresidual_out is not None):
         if activation is not None:
             _gradient_pass(gk, dyk, activation, code, slope, y, x, xk, perm, outer, C, inner,
                            mu, iv, w, bias, rk, nt)
+        xs = xk
         if masked_output != "normalize":
             M.fill_padding(gk, None, wts, outer, C, inner, nt)
+            xs = M.without_padding(xk, wts, outer, C, inner, nt)  # NaN there stays out
         sdy = np.zeros(C, _F64)
         sdyx = np.zeros(C, _F64)
         if xk.size and (need_dx or need_dw or need_db):
-            _k.backward(gk, xk, None, outer, C, inner, mu, iv, w, True, sdy, sdyx, nt, None)
+            _k.backward(gk, xs, None, outer, C, inner, M.finite_centre(mu, total, masked_output),
+                        iv, w, True, sdy, sdyx, nt, None)
         if need_dx:
             if xk.size:
-                total = np.broadcast_to(wts.k.sum(axis=(0, 2), dtype=_F64), (C,))
                 a, b, d, centre = M.dx_coefficients(total, sdy, sdyx, mu, iv, w, masked_output)
-                _k.weighted_dx(gk, xk, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
-                if masked_output == "keep":
-                    M.fill_padding(dxk, dyk, wts, outer, C, inner, nt)
+                _k.weighted_dx(gk, xs, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
+                if keep is not None:
+                    M.fill_padding(dxk, keep, wts, outer, C, inner, nt)
             dx = v.finish_output(dxk, dx, out, copy_back, perm)
         if need_dres:
             dres = v.finish_output(gk, dres, dresidual_out, copy_g, perm)
-    dweight, dbias = _k.parameter_gradients(sdy, sdyx, iv, grad_dtype, need_dw, need_db)
+    dweight, dbias = _k.parameter_gradients(sdy, sdyx, M.invstd_of_outputs(iv, total,
+                                                                            masked_output),
+                                            grad_dtype, need_dw, need_db)
     if residual is None:
         return BackwardResult(dx, dweight, dbias)
     return FusedBackwardResult(dx, dweight, dbias, dres if need_dres else None)

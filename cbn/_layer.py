@@ -520,8 +520,14 @@ class BatchNorm:
             user_dy = dy
             dy = self._gradient_at_activation(dy, x, y, residual, scale, act)
             padding = None if masked is None else masked.get("padding")
+            keep = None
             if padding is not None:  # "zero" / "keep": the padding's output did not depend on x
                 dy = np.where(padding, 0, dy).astype(dtype, copy=False)
+                if x is not None:  # nor may a NaN there reach the sums
+                    x = np.where(padding, 0, x).astype(dtype, copy=False)
+                if masked["masked_output"] == "keep":
+                    keep = user_dy if out is None or not np.may_share_memory(out, user_dy) \
+                        else np.array(user_dy, copy=True)
             dres = dy if residual is not None else None
             # dx may overwrite the activation's gradient, our own temporary: one full-size
             # array besides the outputs at most
@@ -536,8 +542,8 @@ class BatchNorm:
             scale = invstd if self.weight is None else invstd * self.weight
             dx = _apply_affine(dy, zero, np.ascontiguousarray(scale, _F64), zero, self.axis,
                                out, v.check_threads(nt), "dy")
-            if padding is not None and masked["masked_output"] == "keep":
-                np.copyto(dx, user_dy, where=padding)
+            if keep is not None:
+                np.copyto(dx, keep, where=padding)
         gw, gb = self.grad_weight, self.grad_bias
         if need_p:
             dw = dw.astype(self.dtype, copy=False)

@@ -74,8 +74,13 @@ def _checked_values(mask, sample_weight, x_dtype):
             raise TypeError(f"mask must be a boolean array (True where a position counts), got "
                             f"dtype {m.dtype}; pass mask.astype(bool), or sample_weight= for "
                             f"weights")
+        raw = m.view(np.uint8) if m.size else None
+        if raw is not None and raw.max() > 1:  # bools made by a view: bytes other than 0 and 1
+            m = raw != 0
         return m, "mask"
     w = _as_array(sample_weight, "sample_weight")
+    if v.is_bfloat16(w.dtype):
+        w = w.astype(np.float32)
     if w.dtype == np.bool_:
         raise TypeError("sample_weight must be numbers, got a boolean array: pass it as mask=")
     if w.dtype.kind not in "fiu":
@@ -90,28 +95,36 @@ def _checked_values(mask, sample_weight, x_dtype):
     return w, "sample_weight"
 
 
+def _broadcasts(shape, target):
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
 def target_shape(w_shape, x_shape, axis, name):
     """The shape rule: ``(target, via_positions)``, the shape of x's ndim a mask or weights of
     ``w_shape`` broadcasts to (channel axis of length 1: one weight per position; else x's
     shape), and whether it is first broadcast to the positions (x's shape without the channel
-    axis) and given the channel axis (a mask of fewer dimensions than x)."""
-    positions = x_shape[:axis] + x_shape[axis + 1:]
-    per_position = x_shape[:axis] + (1,) + x_shape[axis + 1:]
-    try:
-        if len(w_shape) == len(x_shape):
-            if np.broadcast_shapes(w_shape, x_shape) != tuple(x_shape):
-                raise ValueError
-            return (per_position if w_shape[axis] == 1 else tuple(x_shape)), False
-        if len(w_shape) < len(x_shape):
-            if np.broadcast_shapes(w_shape, positions) != positions:
-                raise ValueError
-            return per_position, True
-        raise ValueError
-    except ValueError:
+    axis) and given the channel axis.  An array of x's ndim is matched against x's shape, one
+    of a dimension less against the positions; fewer dimensions are refused (NumPy would align
+    them with the last axes: a per-sample (N,) vector would weight the last axis)."""
+    positions = tuple(x_shape[:axis]) + tuple(x_shape[axis + 1:])
+    per_position = tuple(x_shape[:axis]) + (1,) + tuple(x_shape[axis + 1:])
+    if len(w_shape) == len(x_shape) and _broadcasts(w_shape, x_shape):
+        return (per_position if w_shape[axis] == 1 else tuple(x_shape)), False
+    if len(w_shape) == len(x_shape) - 1 and _broadcasts(w_shape, positions):
+        return per_position, True
+    if len(w_shape) < len(x_shape) - 1:
+        sample = (x_shape[0],) + (1,) * (len(positions) - 1)
         raise ValueError(
-            f"{name} of shape {tuple(w_shape)} fits neither the positions of x {positions} "
-            f"(x's shape {tuple(x_shape)} without the channel axis {axis}) nor x's shape; it "
-            f"must be one of them, or broadcastable to one") from None
+            f"{name} of shape {tuple(w_shape)} has fewer dimensions than the positions of x "
+            f"{positions}: give it their {len(positions)} dimensions, of size 1 where it does "
+            f"not vary (e.g. {sample} for one weight per sample), so that no axis is guessed")
+    raise ValueError(
+        f"{name} of shape {tuple(w_shape)} fits neither the positions of x {positions} (x's "
+        f"shape {tuple(x_shape)} without the channel axis {axis}) nor x's shape; it must be "
+        f"one of them, or broadcastable to one")
 
 
 def weights_for(mask, sample_weight, x, axis, xk, perm):
@@ -155,6 +168,9 @@ def check_training_weights(sw, name, skip_nonfinite=False):
     """Training needs a weight sum above 1 in every channel (the rule of one value per channel;
     the unbiased variance divides by W - 1).  With ``skip_nonfinite`` a channel of weight 0 is
     allowed: its statistics are NaN and its running statistics stay as they were."""
+    if not np.isfinite(sw).all():
+        raise ValueError(f"the {name} sums overflow (weights near the float64 limit): scale "
+                         f"them down")
     bad = ~(sw > 1.0)
     if skip_nonfinite:
         bad &= sw != 0.0
@@ -250,3 +266,29 @@ def unmask(x, mask, sample_weight, axis, name="x"):
 def masked_like(y, hidden):
     """y as a MaskedArray hiding what the input hid (y itself when hidden is None)."""
     return y if hidden is None or y is None else np.ma.MaskedArray(y, mask=hidden.copy())
+
+
+def without_padding(xk, wts, outer, C, inner, nt):
+    """xk, or a copy with 0 at the padding when a padded value is not finite: the backward
+    sums of "zero"/"keep" multiply the padding by a zero gradient, and 0 * NaN is NaN."""
+    if xk.size == 0 or np.isfinite(xk).all():
+        return xk
+    xs = np.array(xk, copy=True)
+    fill_padding(xs, None, wts, outer, C, inner, nt)
+    return xs
+
+
+def invstd_of_outputs(invstd, total, masked_output):
+    """invstd for the parameter gradients: 0 in a channel of weight 0 whose output is 0 or x
+    ("zero"/"keep": it does not depend on the parameters), whose statistics are NaN."""
+    if masked_output == "normalize":
+        return invstd
+    return np.where(np.asarray(total) == 0.0, 0.0, invstd)
+
+
+def finite_centre(mean, total, masked_output):
+    """The mean for the backward sums: 0 in a channel of weight 0 with "zero"/"keep" (its
+    mean is NaN and its gradient 0 everywhere: 0 * (x - NaN) would be NaN)."""
+    if masked_output == "normalize":
+        return mean
+    return np.where(np.asarray(total) == 0.0, 0.0, mean)

@@ -369,7 +369,9 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
               axis: int = 1, out: Optional[np.ndarray] = None,
               num_threads: Optional[int] = None, activation: Optional[str] = None,
               residual: Optional[ArrayLike] = None,
-              negative_slope: Optional[float] = None) -> np.ndarray:
+              negative_slope: Optional[float] = None, mask: Optional[ArrayLike] = None,
+              sample_weight: Optional[ArrayLike] = None,
+              masked_output: str = "normalize") -> np.ndarray:
     """The element-wise pass of batch norm with given statistics.
 
     Computes ``out = (x - mean) * (invstd * weight) + bias`` per channel in one read and one
@@ -393,6 +395,10 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
     activation, residual, negative_slope : optional
         ``out = activation(normalized + residual)`` in the same pass, as in
         :func:`cbn.batch_norm_forward`.
+    mask, sample_weight, masked_output : optional
+        The padding option of a masked forward (:func:`cbn.batch_norm_forward`): with
+        ``masked_output`` "zero" or "keep" the output is 0 or ``x`` where the weight is 0
+        (the statistics are the given ones: e.g. merged masked moments).
 
     Returns
     -------
@@ -416,11 +422,22 @@ def normalize(x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
         scale = scale * v.as_f64(weight, "weight", C)
     shift = np.zeros(C, _F64) if bias is None else v.as_f64(bias, "bias", C)
     rk = None if residual is None else v.residual_view(residual, x, xk, perm)
+    wts = M.weights_for(mask, sample_weight, x, axis, xk, perm)
+    masked_output = M.check_masked_output(masked_output)
+    if wts is not None and masked_output == "keep" and out is not None \
+            and np.may_share_memory(out, x):
+        y = normalize(x, mean, invstd, weight, bias, axis=axis, num_threads=num_threads,
+                      activation=activation, residual=residual, negative_slope=negative_slope,
+                      mask=mask, sample_weight=sample_weight, masked_output=masked_output)
+        np.copyto(out, y)
+        return out
     yk, y, copy_back = v.output_for(out, x, xk, perm, inputs=() if rk is None else (rk,))
     if xk.size:
         post = v.in_post_stage(code, residual)
         _k.inference(xk, yk, outer, C, inner, mu, scale, shift, nt, 0 if post else code,
                      post_act=code if post else -1, slope=slope, residual=rk)
+        if wts is not None:
+            M.finish_padding(yk, xk, wts, masked_output, outer, C, inner, nt)
     return v.finish_output(yk, y, out, copy_back, perm)
 
 
@@ -523,6 +540,7 @@ def backward_reduce(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, *, axis: int =
     if wts is not None and masked_output != "normalize":
         gk = np.array(gk, copy=True) if gk is dyk else gk
         M.fill_padding(gk, None, wts, outer, C, inner, nt)
+        xk = M.without_padding(xk, wts, outer, C, inner, nt)
     return _backward_sums(gk, xk, outer, C, inner, mu, True, nt)
 
 
@@ -646,9 +664,12 @@ def _masked_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu, count, axis, 
         gk = np.array(gk, copy=True) if gk is dyk else gk
         M.fill_padding(gk, None, wts, outer, C, inner, nt)
     dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk, gk))
+    # "keep" passes dy through at the padding: a copy when dx would overwrite it first
+    keep = (dyk.copy() if np.may_share_memory(dxk, dyk) else dyk) \
+        if masked_output == "keep" else None
     if xk.size:
         a, b, d, centre = M.dx_coefficients(total, sdy, sdyx, mu, iv, w, masked_output)
         _k.weighted_dx(gk, xk, wts.k, dxk, outer, C, inner, a, b, d, centre, nt)
-        if masked_output == "keep":
-            M.fill_padding(dxk, dyk, wts, outer, C, inner, nt)
+        if keep is not None:
+            M.fill_padding(dxk, keep, wts, outer, C, inner, nt)
     return v.finish_output(dxk, dx, out, copy_back, perm)

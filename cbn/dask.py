@@ -153,6 +153,9 @@ def _weights_like_x(mask, sample_weight, x, axis):
         M._checked_values(mask, sample_weight, x.dtype)  # the error of both
     dask, da = _import_dask()
     name = "mask" if mask is not None else "sample_weight"
+    if any(math.isnan(s) for s in x.shape):
+        raise ValueError(f"{name}= needs the chunk sizes of x, unknown here: call "
+                         f"x.compute_chunk_sizes() first")
     w = mask if mask is not None else sample_weight
     if not isinstance(w, da.Array):
         w = M._as_array(w, name)

@@ -255,6 +255,8 @@ def _masked_backward(g, dy, x, mean, invstd, weight, axis, out, needs, wf, maske
     invstd = np.asarray(invstd).reshape(bshape)
     wt = 1.0 if weight is None else np.asarray(weight).reshape(bshape)
     xhat = (x - mean) * invstd
+    if masked_output != "normalize":  # the padding's output does not depend on x (NaN there)
+        xhat = np.where(wf == 0, 0, xhat)
     dbias = g.sum(axis=red)
     dweight = (g * xhat).sum(axis=red)
     dx = None

@@ -138,7 +138,8 @@ static inline void SFX(cbn_col_wsums)(double *s0, double *s1, double *s2, const 
         SFX(cbn_col_wsums_w64)(s0, s1, s2, x, (const double *)w->p + at, k, n);
 }
 
-/* The dx pass of the masked backward: dx = a g - w (b + d (x - hi)), with per-channel
+/* The dx pass of the masked backward: dx = a g - w (b + d (x - hi)), the second term 0 (x
+ * unread, it may be NaN) where w is 0, with per-channel
  * coefficients a, b, d and centre hi in T (hi the mean rounded to T; b carries the rest of the
  * mean, so x - hi keeps the digits of data with large offsets), w the element's weight.
  * One channel-major run (scalar coefficients) or one channels-last row (coefficient vectors;
@@ -147,8 +148,8 @@ static inline void SFX(cbn_col_wsums)(double *s0, double *s1, double *s2, const 
     static inline void SFX(NAME)(const TS *g, const TS *x, const WT *wp, TS *dx, ptrdiff_t n,    \
                                  T a, T b, T d, T hi) {                                            \
         for (ptrdiff_t i = 0; i < n; i++) {                                                        \
-            T wi = (T)wp[i];                                                                       \
-            dx[i] = CBN_ST(a * CBN_LD(g[i]) - wi * (b + d * (CBN_LD(x[i]) - hi)));                 \
+            T wi = (T)wp[i], t = wi * (b + d * (CBN_LD(x[i]) - hi));                               \
+            dx[i] = CBN_ST(a * CBN_LD(g[i]) - (wi > 0 ? t : (T)0));                                \
         }                                                                                          \
     }
 CBN_WDX_RUN_DEF(cbn_wdx_run_u8, unsigned char)
@@ -159,8 +160,8 @@ CBN_WDX_RUN_DEF(cbn_wdx_run_w64, double)
     static inline void SFX(NAME)(const TS *g, const TS *x, const WT *wp, TS *dx, ptrdiff_t n,    \
                                  const T *a, const T *b, const T *d, const T *hi) {                \
         for (ptrdiff_t j = 0; j < n; j++) {                                                        \
-            T wj = (T)wp[j];                                                                       \
-            dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - wj * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j])));     \
+            T wj = (T)wp[j], t = wj * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j]));                      \
+            dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - (wj > 0 ? t : (T)0));                             \
         }                                                                                          \
     }
 CBN_WDX_ROW_DEF(cbn_wdx_row_u8, unsigned char)
@@ -170,8 +171,12 @@ CBN_WDX_ROW_DEF(cbn_wdx_row_w64, double)
 /* a channels-last row with one weight wr for the whole row */
 static inline void SFX(cbn_wdx_row1)(const TS *g, const TS *x, TS *dx, ptrdiff_t n, const T *a,
                                      const T *b, const T *d, const T *hi, T wr) {
-    for (ptrdiff_t j = 0; j < n; j++)
-        dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - wr * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j])));
+    if (wr > 0) {
+        for (ptrdiff_t j = 0; j < n; j++)
+            dx[j] = CBN_ST(a[j] * CBN_LD(g[j]) - wr * (b[j] + d[j] * (CBN_LD(x[j]) - hi[j])));
+    } else { /* a padded row: x is not read (it may be NaN) */
+        for (ptrdiff_t j = 0; j < n; j++) dx[j] = CBN_ST(a[j] * CBN_LD(g[j]));
+    }
 }
 
 /* the run and row forms for any weight kind, for the tasks (kernels_masked.pxi); at: the

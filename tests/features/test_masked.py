@@ -538,3 +538,110 @@ def test_dask_fused_activation_and_residual_with_a_mask(rng, masked_output):
     np.testing.assert_allclose(gd.dx.compute(), g.dx, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(gd.dresidual.compute(), g.dresidual, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(gd.dweight, g.dweight, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------ review cases
+@pytest.mark.parametrize("masked_output", ["zero", "keep"])
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5), 1), ((4, 5, 3), -1)])
+def test_nan_in_padding_stays_out_of_the_gradients(rng, masked_output, shape, axis):
+    """With the padding zeroed or kept, its output does not depend on x: NaN there changes
+    no gradient (functions, SyncBN blocks, the layer in both modes)."""
+    x = _data(rng, shape, np.float64)
+    dy = rng.standard_normal(shape)
+    m = np.ones(_positions(shape, axis), bool)
+    m[:, 3:] = False
+    wild = x.copy()
+    wild[np.broadcast_to(np.expand_dims(~m, axis % 3), shape)] = np.nan
+    kw = dict(mask=m, masked_output=masked_output, axis=axis)
+    f = cbn.batch_norm_forward(x, **kw)
+    clean = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, **kw)
+    got = cbn.batch_norm_backward(dy, wild, f.mean, f.invstd, **kw)
+    for a, b in zip(got, clean):
+        np.testing.assert_array_equal(a, b)
+    s = cbn.backward_reduce(dy, wild, f.mean, **kw)
+    np.testing.assert_allclose(s.sum_dy_xmu * f.invstd, clean.dweight, rtol=1e-12)
+    count = cbn.moments(wild, mask=m, axis=axis).count
+    dx = cbn.backward_elemt(dy, wild, f.mean, f.invstd, None, *s, count, **kw)
+    np.testing.assert_allclose(dx, clean.dx, rtol=1e-12, atol=1e-14)
+    bn = cbn.BatchNorm(shape[axis], axis=axis, dtype=np.float64)
+    bn(wild, mask=m, masked_output=masked_output)
+    assert np.isfinite(bn.backward(dy)).all() and np.isfinite(bn.grad_weight).all()
+    bn.eval()
+    bn(wild, mask=m, masked_output=masked_output)
+    bn.zero_grad()
+    assert np.isfinite(bn.backward(dy)).all() and np.isfinite(bn.grad_weight).all()
+
+
+def test_keep_with_out_over_dy(rng):
+    x = _data(rng, (4, 3, 5), np.float64)
+    dy = rng.standard_normal(x.shape)
+    res = rng.standard_normal(x.shape)
+    m = rng.random((4, 5)) < 0.6
+    kw = dict(mask=m, masked_output="keep")
+    f = cbn.batch_norm_forward(x, **kw)
+    want = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, **kw)
+    d = dy.copy()
+    got = cbn.batch_norm_backward(d, x, f.mean, f.invstd, out=d, **kw)
+    np.testing.assert_array_equal(got.dx, want.dx)
+    wantr = cbn.batch_norm_backward(dy, x, f.mean, f.invstd, residual=res, **kw)
+    d = dy.copy()
+    gotr = cbn.batch_norm_backward(d, x, f.mean, f.invstd, residual=res, dresidual_out=d, **kw)
+    np.testing.assert_array_equal(gotr.dx, wantr.dx)
+    np.testing.assert_array_equal(gotr.dresidual, wantr.dresidual)
+    s = cbn.backward_reduce(dy, x, f.mean, **kw)
+    d = dy.copy()
+    cbn.backward_elemt(d, x, f.mean, f.invstd, None, *s, cbn.moments(x, mask=m).count,
+                       out=d, **kw)
+    np.testing.assert_allclose(d, want.dx, rtol=1e-12, atol=1e-14)
+    bn = cbn.BatchNorm(3, dtype=np.float64)
+    bn(x, **kw)
+    d = dy.copy()
+    np.testing.assert_array_equal(bn.backward(d, out=d), want.dx)
+
+
+@pytest.mark.parametrize("masked_output", ["zero", "keep"])
+def test_an_empty_channel_has_zero_parameter_gradients(rng, masked_output):
+    x = _data(rng, (6, 3, 10), np.float64)
+    m = np.ones(x.shape, bool)
+    m[:, 1] = False
+    kw = dict(mask=m, masked_output=masked_output)
+    f = cbn.batch_norm_forward(x, skip_nonfinite=True, **kw)
+    g = cbn.batch_norm_backward(rng.standard_normal(x.shape), x, f.mean, f.invstd, np.ones(3),
+                                **kw)
+    assert g.dweight[1] == 0 and g.dbias[1] == 0 and np.isfinite(g.dweight).all()
+
+
+def test_odd_inputs_of_the_review(rng):
+    x = _data(rng, (4, 3, 5), np.float64)
+    raw = np.array([[2, 0, 1, 1, 2]] * 4, np.uint8)  # bool views of other bytes than 0, 1
+    a, b = cbn.moments(x, mask=raw.view(bool)), cbn.moments(x, mask=raw != 0)
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match=r"fewer dimensions.*\(4, 1\) for one weight per"):
+        cbn.moments(x, sample_weight=np.ones(4))
+    with pytest.raises(ValueError, match="overflow"):
+        cbn.batch_norm_forward(x, sample_weight=np.full((4, 5), 1e307))
+    ml = pytest.importorskip("ml_dtypes")
+    w = rng.random((4, 5))
+    np.testing.assert_allclose(cbn.moments(x, sample_weight=w.astype(ml.bfloat16)).mean,
+                               cbn.moments(x, sample_weight=w.astype(ml.bfloat16)
+                                           .astype(np.float32)).mean, rtol=0)
+
+
+def test_normalize_applies_the_padding_option(rng):
+    x = _data(rng, (6, 3, 10), np.float64)
+    m = rng.random((6, 10)) < 0.7
+    mo = cbn.moments(x, mask=m)
+    for opt in ("zero", "keep"):
+        y = cbn.normalize(x, mo.mean, mo.invstd(), mask=m, masked_output=opt)
+        np.testing.assert_allclose(y, cbn.batch_norm_forward(x, mask=m, masked_output=opt).out,
+                                   rtol=1e-13, atol=1e-14)
+
+
+def test_dask_unknown_chunk_sizes_with_a_mask(rng):
+    da = pytest.importorskip("dask.array")
+    import cbn.dask as cd
+    X = da.from_array(_data(rng, (4, 3, 5), np.float64), chunks=(2, 3, 5))
+    xu = X[X[:, 0, 0] > -100]
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        cd.batch_norm_forward(xu, mask=np.ones((4, 5), bool))
