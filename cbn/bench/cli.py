@@ -52,7 +52,7 @@ def add_arguments(parser):
                           "(torch, numba, onnxruntime) and the memory-bandwidth floor measured "
                           "in the same run.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer rounds and a subset (float32, 5 shapes): under a minute")
+                        help="fewer rounds and a subset (float32, 6 shapes): under a minute")
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                         help="threads for cbn, torch and the floor kernels (default: all)")
     parser.add_argument("--ops", type=_csv_of(OPS), default=OPS, metavar="LIST",

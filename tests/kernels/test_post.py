@@ -464,20 +464,19 @@ def test_dask_functions_take_the_post_operation(rng, act):
         x, f.mean, rv, w, b, activation=act, residual=r, negative_slope=_slope(act)))
 
 
-def test_readme_resnet_block_example():
-    """The README's "Fused epilogues" example, executed as written, computes the unfused
-    composition (float64 reference)."""
+def test_guide_resnet_block_example():
+    """The guide's "Fused epilogues" example (docs/guide/epilogues.md), executed as written,
+    computes the unfused composition (float64 reference)."""
     import pathlib
 
-    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md not beside the tests (installed test run)")
-    text = readme.read_text()
-    section = text[text.index("## Fused epilogues"):]
-    code = section[section.index("```python") + len("```python"):]
+    page = pathlib.Path(__file__).resolve().parents[2] / "docs" / "guide" / "epilogues.md"
+    if not page.exists():
+        pytest.skip("docs/ not beside the tests (installed test run)")
+    text = page.read_text()
+    code = text[text.index("```python") + len("```python"):]
     code = code[:code.index("```")]
     ns = {}
-    exec(compile(code, "README.md", "exec"), ns)
+    exec(compile(code, str(page), "exec"), ns)
     conv_out, identity, dy = ns["conv_out"], ns["identity"], ns["dy"]
     fwd, bwd = _reference(conv_out, dy, ns["weight"].astype(np.float64),
                           ns["bias"].astype(np.float64), identity, 1, "relu")
