@@ -615,6 +615,15 @@ def _activation_gradient(dy, x, mean, invstd, weight, bias, residual, y, activat
     return g
 
 
+def _dresidual_target(dresidual_out, x, xk, perm, dyk, need_dx, out):
+    """Where the gradient at the activation goes when the caller gives ``dresidual_out``:
+    ``(gk, dres, copy_back)`` as ``output_for`` gives them, after the overlap rule."""
+    if np.may_share_memory(dresidual_out, x) or (
+            need_dx and out is not None and np.may_share_memory(dresidual_out, out)):
+        raise ValueError("dresidual_out must not overlap x or out")
+    return v.output_for(dresidual_out, x, xk, perm, name="dresidual_out", inputs=(dyk,))
+
+
 def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, num_threads,
                     needs, activation, code, slope, dresidual_out):
     """batch_norm_backward through the post-operation stage: g = dy * act'(z) first (into
@@ -639,11 +648,7 @@ def _fused_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, n
         dxk, dx, copy_back = v.output_for(out, x, xk, perm, inputs=(dyk,))
     copy_g = False
     if need_dres and dresidual_out is not None:
-        if np.may_share_memory(dresidual_out, x) or (
-                need_dx and out is not None and np.may_share_memory(dresidual_out, out)):
-            raise ValueError("dresidual_out must not overlap x or out")
-        gk, dres, copy_g = v.output_for(dresidual_out, x, xk, perm, name="dresidual_out",
-                                        inputs=(dyk,))
+        gk, dres, copy_g = _dresidual_target(dresidual_out, x, xk, perm, dyk, need_dx, out)
     elif need_dres:
         gk, dres = v.like_kernel(xk, perm, x.shape)
     else:
@@ -709,11 +714,7 @@ def _masked_backward(dy, x, mean, invstd, weight, bias, residual, y, axis, out, 
     # differs from dy
     gk, dres = dyk, None
     if need_dres and dresidual_out is not None:
-        if np.may_share_memory(dresidual_out, x) or (
-                need_dx and out is not None and np.may_share_memory(dresidual_out, out)):
-            raise ValueError("dresidual_out must not overlap x or out")
-        gk, dres, copy_g = v.output_for(dresidual_out, x, xk, perm, name="dresidual_out",
-                                        inputs=(dyk,))
+        gk, dres, copy_g = _dresidual_target(dresidual_out, x, xk, perm, dyk, need_dx, out)
     elif activation is not None or masked_output != "normalize" or need_dres:
         gk, dres = v.like_kernel(xk, perm, x.shape)
     # "keep" passes dy through at the padding: a copy when an output would overwrite it first

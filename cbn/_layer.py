@@ -339,7 +339,9 @@ class BatchNorm:
             If the channel count differs from ``num_features``, or in training mode with a
             single value per channel.
         """
-        x, mask, hidden = M.unmask(x, mask, sample_weight, self.axis)  # a MaskedArray: its mask
+        hidden = None
+        if isinstance(x, np.ma.MaskedArray):  # its mask is the call's
+            x, mask, hidden = M.unmask(x, mask, sample_weight, self.axis)
         x = self._check_channels(x)
         nt = self.num_threads
         masked = None
