@@ -12,6 +12,9 @@
 #include "cbn_math-inl.h"    /* exp and the normal CDF on vectors */
 #include "cbn_post-inl.h"    /* the post-operation stage (residual, any activation) */
 #include "cbn_masked-inl.h"  /* masked and weighted statistics */
+#if CBN_HALF
+#include "cbn_partials-inl.h" /* the two-level statistics */
+#endif
 #undef T
 #undef TS
 #undef CBN_LD

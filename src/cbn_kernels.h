@@ -29,6 +29,7 @@
 #include "cbn_post.h"     /* the post-operation stage */
 #include "cbn_half.h"     /* the 16-bit storage formats */
 #include "cbn_weights.h"  /* masks and weights of the masked statistics */
+#include "cbn_partials.h" /* the two-level statistics */
 
 #define T float
 #define TS float

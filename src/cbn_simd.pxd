@@ -45,6 +45,20 @@ cdef extern from "cbn_kernels.h" nogil:
     void cbn_sum_dot8_f64(const double* dy, const double* ym, const double* x, Py_ssize_t n,
                           double m, double* sdy8, double* sdyx8, int act)
 
+    # cbn_partials.h, cbn_partials-inl.h: the two-level statistics of the 16-bit formats
+    enum:
+        CBN_F32_RUN
+        CBN_PILOT_LINES
+        CBN_PILOT_ROWS
+    void cbn_partial_sums8_f16(const cbn_f16* x, Py_ssize_t n, float c, double* s1_8,
+                               double* s2_8)
+    void cbn_partial_sums8_bf16(const cbn_bf16* x, Py_ssize_t n, float c, double* s1_8,
+                                double* s2_8)
+    void cbn_col_partial_sums_f16(double* s1, double* s2, const cbn_f16* x, Py_ssize_t ld,
+                                  Py_ssize_t rows, const float* c, Py_ssize_t w, int threads)
+    void cbn_col_partial_sums_bf16(double* s1, double* s2, const cbn_bf16* x, Py_ssize_t ld,
+                                   Py_ssize_t rows, const float* c, Py_ssize_t w, int threads)
+
     # cbn_tiles-inl.h (columns left over by a tile: cbn_rows-inl.h): channels-last rows
     void cbn_col_shifted_sums_f32(double* s1, double* s2, const float* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const double* k, Py_ssize_t w, int threads)

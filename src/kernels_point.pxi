@@ -98,6 +98,40 @@ cdef inline void _shifted_sums8(const elem* x, Py_ssize_t n, double k, double* s
         cbn_shifted_sums8_bf16(x, n, k, s1_8, s2_8)
 
 
+cdef inline void _partial_sums8(const elem* x, Py_ssize_t n, float c, double* s1_8,
+                                double* s2_8) noexcept nogil:
+    """The two-level form of _shifted_sums8 about the centre c (the 16-bit formats only)."""
+    if elem is cbn_f16:
+        cbn_partial_sums8_f16(x, n, c, s1_8, s2_8)
+    elif elem is cbn_bf16:
+        cbn_partial_sums8_bf16(x, n, c, s1_8, s2_8)
+
+
+cdef inline void _partial_sums(const elem* x, Py_ssize_t n, float c, double* s1,
+                               double* s2) noexcept nogil:
+    """s1 += sum(x - c), s2 += sum((x - c)^2) over x[0:n], two-level (_partial_sums8, then
+    cbn_hsum8_array)."""
+    cdef double a8[8]
+    cdef double q8[8]
+    cdef int l
+    for l in range(8):
+        a8[l] = 0.0
+        q8[l] = 0.0
+    _partial_sums8(x, n, c, a8, q8)
+    s1[0] += cbn_hsum8_array(a8)
+    s2[0] += cbn_hsum8_array(q8)
+
+
+cdef inline void _col_partial_sums(double* s1, double* s2, const elem* x, Py_ssize_t ld,
+                                   Py_ssize_t rows, const float* c, Py_ssize_t w,
+                                   int threads) noexcept nogil:
+    """The two-level form of _col_shifted_sums about the centres c (the 16-bit formats only)."""
+    if elem is cbn_f16:
+        cbn_col_partial_sums_f16(s1, s2, x, ld, rows, c, w, threads)
+    elif elem is cbn_bf16:
+        cbn_col_partial_sums_bf16(s1, s2, x, ld, rows, c, w, threads)
+
+
 cdef inline void _sum_dot8(const elem* dy, const elem* ym, const elem* x, Py_ssize_t n,
                            double m, double* sdy8, double* sdyx8, int act) noexcept nogil:
     if elem is float:

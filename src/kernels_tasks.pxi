@@ -31,14 +31,15 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
     cw = wk.plan.cw
     if kind == MOMENTS_CM_ROWS:
         _moments_cm_rows_task(x, g, t // nch, min((t % nch) * cw, g.C),
-                              min((t % nch + 1) * cw, g.C), wk.part, scratch)
+                              min((t % nch + 1) * cw, g.C), wk.part, scratch, wk.centre)
     elif kind == MOMENTS_CM_CHANNEL:
         _channel_moments_cm(x, g, t, &wk.mean_out[t], &wk.m2_out[t])
     elif kind == MOMENTS_CM_SEGMENT:
         _segment_moments_cm(x, g, t // g.nseg, t % g.nseg, &wk.part[3 * t], &wk.part[3 * t + 1],
-                            &wk.part[3 * t + 2])
+                            &wk.part[3 * t + 2],
+                            wk.centre + t // g.nseg if wk.centre != NULL else NULL)
     elif kind == MOMENTS_CL:
-        _moments_cl_task(x, g, t, wk.part, scratch, wk.plan.nt)
+        _moments_cl_task(x, g, t, wk.part, scratch, wk.plan.nt, wk.centre)
     elif ((kind == NORMALIZE_SHARE or kind == NORMALIZE_PIECE or kind == NORMALIZE_ROWS)
           and wk.post != NULL):
         _post_task(wk, kind, t, x, coef)

@@ -49,6 +49,7 @@ cdef struct Work:
     double* sdy_out
     double* sdyx_out
     double* part
+    const float* centre  # the two-level statistics' centres per channel (or NULL)
     Py_ssize_t n         # the floor: elements, and chunks of the element-wise loops
     Py_ssize_t nchunks
 

@@ -1,7 +1,12 @@
 """Shared helpers for the cbn test suite (tolerances, random cases).
 
-Tolerances.  The kernels accumulate every reduction in float64, so the *statistics* agree with
-a float64 NumPy computation on the same values to a few float64 ulps times the summation depth.
+Tolerances.  The kernels accumulate every reduction of float64 data in float64, so its
+*statistics* agree with a float64 NumPy computation on the same values to a few float64 ulps
+times the summation depth; so do those of float32 data.  The statistics of float16 and
+bfloat16 data are two-level (float32 partials of at most 4 terms, then float64;
+src/kernels_statistics.pxi): their M2 is certified within ``TWO_LEVEL`` = 2^-20 relative and
+their mean is within ~6 float32 ulps of a standard deviation (the bound there), which
+``assert_stats_like`` allows.
 The *element-wise outputs* are computed in the input dtype: ``((x - hi) - lo) * scale + shift``
 has at most four roundings, each at most eps/2 of the magnitude of its operands, so the error
 is bounded by a small multiple of ``eps(dtype) * (|xhat * scale| + |shift|)``; we allow 16 eps
@@ -45,6 +50,21 @@ def assert_sum_close(actual, expected, abs_terms, factor=64.0):
     expected = np.asarray(expected, dtype=np.float64)
     tol = factor * eps_of(np.float64) * np.asarray(abs_terms, dtype=np.float64) + 1e-300
     assert np.all(np.abs(actual - expected) <= tol), (actual, expected, tol)
+
+
+TWO_LEVEL = 2.0 ** -20  # the two-level statistics' certified relative error of M2 (and var)
+
+
+def assert_stats_like(mean, invstd, ref_mean, ref_invstd, eps=1e-5):
+    """The statistics of 16-bit data against a float64 reference's (both with ``eps``): the
+    two-level bound -- mean within TWO_LEVEL standard deviations, invstd within TWO_LEVEL / 2
+    relative (a 1% slack, plus float64 rounding)."""
+    mean, invstd = np.asarray(mean, np.float64), np.asarray(invstd, np.float64)
+    ref_invstd = np.asarray(ref_invstd, np.float64)
+    std = np.sqrt(np.maximum(1.0 / ref_invstd**2 - eps, 0.0))
+    assert np.all(np.abs(mean - ref_mean) <= TWO_LEVEL * std + 1e-12 * np.abs(ref_mean)), (
+        mean, ref_mean, std)
+    np.testing.assert_allclose(invstd, ref_invstd, rtol=TWO_LEVEL / 2 * 1.01 + 1e-12)
 
 
 def channel_axes(ndim, axis):

@@ -1,0 +1,186 @@
+/* cbn_partials-inl.h: the two-level sums of the statistics (cbn_partials.h) for one 16-bit
+ * format (float arithmetic).  Included once per format by cbn_families-inl.h, after
+ * cbn_post-inl.h (for SFX(cbn_pv_load_n)); no include guard.
+ *
+ * Both loops sum d = x - c (c the channel's centre, a float32) and d^2 in float32, each float32
+ * accumulator over at most CBN_F32_RUN terms from zero, then add it to float64.  Which terms
+ * share an accumulator is fixed by the position in the run or the row in the block alone (never
+ * by the thread count or the memory blocking). */
+
+#ifdef CBN_VECTOR
+/* The group of 16 elements at p (m < 16 of them when m is given: zero-padded, the other lanes'
+ * d set to 0), shifted by c and added to the float32 partials a, q. */
+static inline __attribute__((always_inline)) void SFX(cbn_group16_sums)(const TS *p, int m,
+                                                                        cbn_vf cv, cbn_vf *a,
+                                                                        cbn_vf *q) {
+    for (int u = 0; u < CBN_NV; u++) {
+        cbn_vf d;
+        if (m >= 16) {
+            d = SFX(cbn_vload)(p + u * CBN_TVL) - cv;
+        } else {
+            const int k = m - u * CBN_TVL, kk = k < 0 ? 0 : (k > CBN_TVL ? CBN_TVL : k);
+            cbn_vi lane;
+            for (int l = 0; l < CBN_TVL; l++) lane[l] = l;
+            d = kk > 0 ? SFX(cbn_pv_load_n)(p + u * CBN_TVL, kk) - cv : (cbn_vf){0};
+            d = (cbn_vf)((cbn_vi)d & (lane < kk));
+        }
+        a[u] += d;
+        q[u] += d * d;
+    }
+}
+
+/* s1_8 += lanes of sum(x - c), s2_8 += lanes of sum((x - c)^2) over x[0:n] (n >= 0): element
+ * i in float32 lane i % 16, each lane's partial over CBN_F32_RUN groups of 16, then added to
+ * the 8 float64 lanes (cbn_v8_add_group16); the last partial of the run holds what is left. */
+static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
+                                          double *s2_8) {
+    cbn_v8d A = cbn_load8_f64(s1_8), Q = cbn_load8_f64(s2_8);
+    const cbn_vf cv = (cbn_vf){0} + c;
+    ptrdiff_t i = 0;
+    for (; i + 16 * CBN_F32_RUN <= n; i += 16 * CBN_F32_RUN) {
+        cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
+        for (int t = 0; t < CBN_F32_RUN; t++) SFX(cbn_group16_sums)(x + i + 16 * t, 16, cv, a, q);
+        A = cbn_v8_add_group16(A, a);
+        Q = cbn_v8_add_group16(Q, q);
+    }
+    if (i < n) { /* fewer than CBN_F32_RUN groups, the last one maybe partial */
+        cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
+        for (; i + 16 <= n; i += 16) SFX(cbn_group16_sums)(x + i, 16, cv, a, q);
+        if (i < n) SFX(cbn_group16_sums)(x + i, (int)(n - i), cv, a, q);
+        A = cbn_v8_add_group16(A, a);
+        Q = cbn_v8_add_group16(Q, q);
+    }
+    cbn_store8_f64(s1_8, A);
+    cbn_store8_f64(s2_8, Q);
+}
+
+/* Columns [j0, w) of cbn_col_partial_sums, one at a time: the arithmetic of a tile's lane. */
+static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *restrict s2,
+                                                  const TS *restrict x, ptrdiff_t ld,
+                                                  ptrdiff_t rows, const float *restrict c,
+                                                  ptrdiff_t j0, ptrdiff_t w) {
+    for (ptrdiff_t j = j0; j < w; j++) {
+        double A = s1[j], Q = s2[j];
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN < rows ? r0 + CBN_F32_RUN : rows;
+            float a = 0.0f, q = 0.0f;
+            for (ptrdiff_t r = r0; r < r1; r++) {
+                const float d = CBN_LD(x[r * ld + j]) - c[j];
+                a += d;
+                q += d * d;
+            }
+            A += (double)a;
+            Q += (double)q;
+        }
+        s1[j] = A;
+        s2[j] = Q;
+    }
+}
+
+/* The tiles of cbn_col_partial_sums, PT native float vectors wide (a constant: the function is
+ * always inlined, the state stays in registers): for every memory block of mb rows, each tile
+ * walks its rows, its float64 sums in registers. */
+static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
+    double *restrict s1, double *restrict s2, const TS *restrict x, ptrdiff_t ld,
+    ptrdiff_t rows, const float *restrict c, ptrdiff_t wt, ptrdiff_t mb, int pf_, const int PT) {
+    const ptrdiff_t tw = PT * CBN_TVL;
+    for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
+        const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
+        for (ptrdiff_t j = 0; j < wt; j += tw) {
+            cbn_vf cv[CBN_PT_MAX];
+            cbn_vd A[2 * CBN_PT_MAX], Q[2 * CBN_PT_MAX];
+            for (int v = 0; v < PT; v++) cv[v] = cbn_vload_f32(c + j + CBN_TVL * v);
+            for (int v = 0; v < 2 * PT; v++) {
+                A[v] = cbn_loadv_f64(s1 + j + CBN_DL * v);
+                Q[v] = cbn_loadv_f64(s2 + j + CBN_DL * v);
+            }
+            for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN) {
+                const ptrdiff_t r1 = r0 + CBN_F32_RUN < m1 ? r0 + CBN_F32_RUN : m1;
+                cbn_vf a[CBN_PT_MAX], q[CBN_PT_MAX];
+                const TS *p = x + r0 * ld + j;
+                for (int v = 0; v < PT; v++) a[v] = q[v] = (cbn_vf){0};
+                for (ptrdiff_t r = r0; r < r1; r++, p += ld) {
+                    CBN_PREFETCH_AHEAD(p, mb * ld, tw * sizeof(TS));
+                    for (int v = 0; v < PT; v++) {
+                        const cbn_vf d = SFX(cbn_vload)(p + CBN_TVL * v) - cv[v];
+                        a[v] += d;
+                        q[v] += d * d;
+                    }
+                }
+                for (int v = 0; v < PT; v++) {
+                    cbn_vd lo, hi;
+                    cbn_widen_f32(a[v], &lo, &hi);
+                    A[2 * v] += lo;
+                    A[2 * v + 1] += hi;
+                    cbn_widen_f32(q[v], &lo, &hi);
+                    Q[2 * v] += lo;
+                    Q[2 * v + 1] += hi;
+                }
+            }
+            for (int v = 0; v < 2 * PT; v++) {
+                cbn_storev_f64(s1 + j + CBN_DL * v, A[v]);
+                cbn_storev_f64(s2 + j + CBN_DL * v, Q[v]);
+            }
+        }
+    }
+}
+
+/* s1[j] += sum_r (x[r][j] - c[j]), s2[j] += sum_r (x[r][j] - c[j])^2 over rows [0, rows) of
+ * width w, ld apart: per column, float32 partials over groups of CBN_F32_RUN rows from row 0,
+ * each added to float64 in row order.  Tiles of two native float vectors walk a memory block
+ * of rows (threads: the team running the pass, as in cbn_col_shifted_sums; it sets the memory
+ * blocks, multiples of the group, never the sums); rows that one tile of CBN_PT_MAX vectors
+ * spans (NHWC with 64 float32 channels on AVX-512) are walked whole, as the row streams of
+ * cbn_tiles.h (measured there: a tile's jumps through the sub-blocks cost up to 1.9x). */
+static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restrict s2,
+                                             const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                             const float *restrict c, ptrdiff_t w, int threads) {
+    const ptrdiff_t mb = CBN_F32_RUN * cbn_col_block_subs(ld, sizeof(TS), CBN_F32_RUN, threads);
+    const int pf_ = CBN_COL_PF(ld, TS);
+    if (w == CBN_PT_MAX * CBN_TVL) {
+        SFX(cbn_col_partial_tiles)(s1, s2, x, ld, rows, c, w, rows, 0, CBN_PT_MAX);
+        return;
+    }
+    const ptrdiff_t wt = w / (2 * CBN_TVL) * (2 * CBN_TVL);
+    SFX(cbn_col_partial_tiles)(s1, s2, x, ld, rows, c, wt, mb, pf_, 2);
+    SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, wt, w);
+}
+
+#else /* portable scalar fallback: the same partials, the same order */
+
+static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
+                                          double *s2_8) {
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN) {
+        float a[16] = {0}, q[16] = {0};
+        const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN < n ? i0 + 16 * CBN_F32_RUN : n;
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            const float d = CBN_LD(x[i]) - c;
+            a[i % 16] += d;
+            q[i % 16] += d * d;
+        }
+        for (int l = 0; l < 8; l++) {
+            s1_8[l] += (double)a[l] + (double)a[l + 8];
+            s2_8[l] += (double)q[l] + (double)q[l + 8];
+        }
+    }
+}
+
+static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restrict s2,
+                                             const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                             const float *restrict c, ptrdiff_t w, int threads) {
+    (void)threads;
+    for (ptrdiff_t j = 0; j < w; j++)
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN < rows ? r0 + CBN_F32_RUN : rows;
+            float a = 0.0f, q = 0.0f;
+            for (ptrdiff_t r = r0; r < r1; r++) {
+                const float d = CBN_LD(x[r * ld + j]) - c[j];
+                a += d;
+                q += d * d;
+            }
+            s1[j] += (double)a;
+            s2[j] += (double)q;
+        }
+}
+
+#endif /* CBN_VECTOR */

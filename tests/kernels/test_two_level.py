@@ -1,0 +1,154 @@
+"""The two-level statistics of float16 and bfloat16 data (src/kernels_statistics.pxi):
+float32 partials of at most 4 terms about a per-channel centre, a certificate per channel, and
+float64 again where the certificate cannot prove the bound.
+
+Every layout path is covered (channel-major rows of short runs, long runs in pieces, few
+channels split into segments, the fused per-channel forward; channels-last tiles, the columns a
+tile leaves over), at every SIMD level the CPU runs (the ``level`` fixture)."""
+
+import numpy as np
+import pytest
+
+import cbn
+
+from helpers import TWO_LEVEL
+
+LAYOUTS = [
+    ((16, 24, 7, 7), 1),      # channel-major short runs: the rows tasks
+    ((2, 3, 70000), 1),       # runs longer than a block: pieces
+    ((4, 1, 200, 200), 1),    # one channel: (channel, segment) tasks
+    ((8, 32, 40, 40), 1),     # the fused per-channel forward
+    ((4096, 40), 1),          # channels-last: tiles and left-over columns
+    ((64, 6, 6, 64), -1),     # channels-last NHWC, C = 64
+    ((300, 5), 1),            # narrow channels-last: columns only
+]
+IDS = [f"{s}-ax{a}" for s, a in LAYOUTS]
+
+
+def _formats():
+    out = [np.float16]
+    try:
+        import ml_dtypes
+        out.append(ml_dtypes.bfloat16)
+    except ImportError:
+        pass
+    return out
+
+
+FORMATS = _formats()
+FORMAT_IDS = [np.dtype(d).name for d in FORMATS]
+
+
+def _exact(x, axis):
+    x64 = x.astype(np.float64)
+    red = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    return x64.mean(axis=red), x64.var(axis=red), red
+
+
+def _errors(x, axis, nt=2):
+    m = cbn.moments(x, axis=axis, num_threads=nt)
+    mean, var, _ = _exact(x, axis)
+    std = np.sqrt(var)
+    return np.abs(m.mean - mean) / std, np.abs(m.var() - var) / var
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=IDS)
+@pytest.mark.parametrize("kind", ["normal", "offset", "skewed"])
+def test_within_the_bound_and_two_level_on_ordinary_data(level, rng, shape, axis, dt, kind):
+    """The variance within 2^-20 relative and the mean within 2^-20 standard deviations; and
+    on ordinary data the fast path is really taken: its error is float32-sized, not the
+    ~1e-15 of the float64 sums (a certificate that refused everything would pass the bound)."""
+    z = rng.standard_normal(shape)
+    x = {"normal": z, "offset": 300.0 + z, "skewed": np.exp(z)}[kind].astype(dt)
+    mean_err, var_err = _errors(x, axis)
+    assert mean_err.max() <= TWO_LEVEL and var_err.max() <= TWO_LEVEL, (mean_err, var_err)
+    if kind != "offset":  # offset 16-bit data has few digits left: its float32 sums are exact
+        assert var_err.max() > 1e-12, var_err
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("offset", [10.0, 1e3])
+def test_large_offsets_keep_the_promise(level, rng, dt, offset):
+    """Offsets up to what the format keeps digits for: within 1e-6 in every layout."""
+    for shape, axis in LAYOUTS:
+        x = (offset + rng.standard_normal(shape) * offset / 100).astype(dt)
+        mean, var, _ = _exact(x, axis)
+        if (var == 0).any():
+            continue
+        _, var_err = _errors(x, axis)
+        assert var_err.max() < 1e-6, (shape, var_err.max())
+
+
+def _sample_positions_cm(shape, axis, x):
+    """The flat offsets of the channel-major centre's sample (8 lines of 64 bytes) per
+    channel: a copy of _pilot_cm's rule (CBN_PILOT_LINES)."""
+    outer = int(np.prod(shape[:axis]))
+    inner = int(np.prod(shape[axis + 1:]))
+    n, per = outer * inner, 64 // x.itemsize
+    for q in range(8):
+        f = q * n // 8
+        o, i = divmod(f, inner)
+        yield o, i, min(per, inner - i)
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+def test_a_refused_centre_falls_back_to_float64(level, rng, dt):
+    """Data whose sampled centre is far from the mean (the sample sits on the only large
+    values; the float32 squares of the rest round) and constant channels (0 and 5): the certificate refuses them and those channels
+    are summed in float64 -- their statistics are float64-accurate -- while the ordinary
+    channels beside them stay two-level; the results do not depend on the thread count."""
+    C = 5
+    x = rng.standard_normal((8, C, 1000))
+    for o, i, m in _sample_positions_cm(x.shape, 1, np.zeros(1, dt)):
+        x[o, 1, i:i + m] += 1e3
+    x[:, 2] = 0.0
+    x[:, 3] = 5.0
+    x = x.astype(dt)
+    m1 = cbn.moments(x, num_threads=1)
+    m2 = cbn.moments(x, num_threads=2)
+    np.testing.assert_array_equal(m1.mean, m2.mean)
+    np.testing.assert_array_equal(m1.m2, m2.m2)
+    mean, var, _ = _exact(x, 1)
+    refused = slice(1, 4)
+    np.testing.assert_allclose(m1.mean[refused], mean[refused], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(m1.var()[refused], var[refused], rtol=1e-12, atol=0)
+    assert m1.var()[2] == 0 and m1.var()[3] == 0 and m1.mean[3] == 5.0
+    for c in (0, 4):  # the ordinary channels: two-level
+        assert 1e-12 < abs(m1.var()[c] - var[c]) / var[c] <= TWO_LEVEL
+
+
+def test_a_refused_centre_channels_last(level, rng):
+    """The same fall-back in the channels-last layout: the centre's 64 sampled rows
+    (CBN_PILOT_ROWS) hold the only large values of channel 1."""
+    rows, C = 4096, 40
+    x = rng.standard_normal((rows, C))
+    x[[q * rows // 64 for q in range(64)], 1] += 1e3
+    x = x.astype(np.float16)
+    m = cbn.moments(x, num_threads=2)
+    mean, var, _ = _exact(x, 1)
+    np.testing.assert_allclose(m.var()[1], var[1], rtol=1e-12)
+    np.testing.assert_allclose(m.mean[1], mean[1], rtol=1e-13)
+    np.testing.assert_array_equal(m.m2, cbn.moments(x, num_threads=1).m2)
+
+
+def test_subnormal_scale_data(level, rng):
+    """bfloat16 data at 1e-40 (float32's subnormal range): no relative bound holds for float32
+    squares there, so the channel is refused and summed in float64."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = (rng.standard_normal((64, 2, 300)) * 1e-40).astype(ml_dtypes.bfloat16)
+    m = cbn.moments(x)
+    mean, var, _ = _exact(x, 1)
+    np.testing.assert_allclose(m.var(), var, rtol=1e-12)
+
+
+def test_forward_and_moments_agree_bit_for_bit(rng):
+    """One reduction: the forward's statistics are the moments' (the fused per-channel path
+    and the partials paths certify and fall back alike)."""
+    for shape, axis in LAYOUTS:
+        x = rng.standard_normal(shape).astype(np.float16)
+        x.reshape(-1)[:7] = 1e4  # a channel that the certificate may refuse
+        f = cbn.batch_norm_forward(x, axis=axis, eps=1e-5)
+        m = cbn.moments(x, axis=axis)
+        np.testing.assert_array_equal(f.mean, m.mean)
+        np.testing.assert_array_equal(f.invstd, m.invstd(1e-5))
