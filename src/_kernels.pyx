@@ -19,7 +19,7 @@ called inside a parallel region is ``noexcept nogil``.
 """
 
 from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt, fabs
+from libc.math cimport sqrt, fabs, isfinite
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 from cython.parallel cimport prange, threadid
 

@@ -3,7 +3,8 @@
  * cbn_post-inl.h (for SFX(cbn_pv_load_n)); no include guard.
  *
  * Both loops sum d = x - c (c the channel's centre, a float32) and d^2 in float32, each float32
- * accumulator over at most CBN_F32_RUN terms from zero, then add it to float64.  Which terms
+ * accumulator over at most CBN_F32_RUN_RUNS (runs) or CBN_F32_RUN_COLS (columns) terms from
+ * zero, then add it to float64.  Which terms
  * share an accumulator is fixed by the position in the run or the row in the block alone (never
  * by the thread count or the memory blocking). */
 
@@ -30,20 +31,21 @@ static inline __attribute__((always_inline)) void SFX(cbn_group16_sums)(const TS
 }
 
 /* s1_8 += lanes of sum(x - c), s2_8 += lanes of sum((x - c)^2) over x[0:n] (n >= 0): element
- * i in float32 lane i % 16, each lane's partial over CBN_F32_RUN groups of 16, then added to
+ * i in float32 lane i % 16, each lane's partial over CBN_F32_RUN_RUNS groups of 16, then added to
  * the 8 float64 lanes (cbn_v8_add_group16); the last partial of the run holds what is left. */
 static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
                                           double *s2_8) {
     cbn_v8d A = cbn_load8_f64(s1_8), Q = cbn_load8_f64(s2_8);
     const cbn_vf cv = (cbn_vf){0} + c;
     ptrdiff_t i = 0;
-    for (; i + 16 * CBN_F32_RUN <= n; i += 16 * CBN_F32_RUN) {
+    for (; i + 16 * CBN_F32_RUN_RUNS <= n; i += 16 * CBN_F32_RUN_RUNS) {
         cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
-        for (int t = 0; t < CBN_F32_RUN; t++) SFX(cbn_group16_sums)(x + i + 16 * t, 16, cv, a, q);
+        for (int t = 0; t < CBN_F32_RUN_RUNS; t++)
+            SFX(cbn_group16_sums)(x + i + 16 * t, 16, cv, a, q);
         A = cbn_v8_add_group16(A, a);
         Q = cbn_v8_add_group16(Q, q);
     }
-    if (i < n) { /* fewer than CBN_F32_RUN groups, the last one maybe partial */
+    if (i < n) { /* fewer than CBN_F32_RUN_RUNS groups, the last one maybe partial */
         cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
         for (; i + 16 <= n; i += 16) SFX(cbn_group16_sums)(x + i, 16, cv, a, q);
         if (i < n) SFX(cbn_group16_sums)(x + i, (int)(n - i), cv, a, q);
@@ -61,8 +63,8 @@ static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *r
                                                   ptrdiff_t j0, ptrdiff_t w) {
     for (ptrdiff_t j = j0; j < w; j++) {
         double A = s1[j], Q = s2[j];
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN) {
-            const ptrdiff_t r1 = r0 + CBN_F32_RUN < rows ? r0 + CBN_F32_RUN : rows;
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
             float a = 0.0f, q = 0.0f;
             for (ptrdiff_t r = r0; r < r1; r++) {
                 const float d = CBN_LD(x[r * ld + j]) - c[j];
@@ -94,8 +96,8 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
                 A[v] = cbn_loadv_f64(s1 + j + CBN_DL * v);
                 Q[v] = cbn_loadv_f64(s2 + j + CBN_DL * v);
             }
-            for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN) {
-                const ptrdiff_t r1 = r0 + CBN_F32_RUN < m1 ? r0 + CBN_F32_RUN : m1;
+            for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN_COLS) {
+                const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < m1 ? r0 + CBN_F32_RUN_COLS : m1;
                 cbn_vf a[CBN_PT_MAX], q[CBN_PT_MAX];
                 const TS *p = x + r0 * ld + j;
                 for (int v = 0; v < PT; v++) a[v] = q[v] = (cbn_vf){0};
@@ -126,8 +128,8 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
 }
 
 /* s1[j] += sum_r (x[r][j] - c[j]), s2[j] += sum_r (x[r][j] - c[j])^2 over rows [0, rows) of
- * width w, ld apart: per column, float32 partials over groups of CBN_F32_RUN rows from row 0,
- * each added to float64 in row order.  Tiles of two native float vectors walk a memory block
+ * width w, ld apart: per column, float32 partials over groups of CBN_F32_RUN_COLS rows from
+ * row 0, each added to float64 in row order.  Tiles of two native float vectors walk a memory block
  * of rows (threads: the team running the pass, as in cbn_col_shifted_sums; it sets the memory
  * blocks, multiples of the group, never the sums); rows that one tile of CBN_PT_MAX vectors
  * spans (NHWC with 64 float32 channels on AVX-512) are walked whole, as the row streams of
@@ -135,7 +137,8 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
 static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restrict s2,
                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                              const float *restrict c, ptrdiff_t w, int threads) {
-    const ptrdiff_t mb = CBN_F32_RUN * cbn_col_block_subs(ld, sizeof(TS), CBN_F32_RUN, threads);
+    const ptrdiff_t mb =
+        CBN_F32_RUN_COLS * cbn_col_block_subs(ld, sizeof(TS), CBN_F32_RUN_COLS, threads);
     const int pf_ = CBN_COL_PF(ld, TS);
     if (w == CBN_PT_MAX * CBN_TVL) {
         SFX(cbn_col_partial_tiles)(s1, s2, x, ld, rows, c, w, rows, 0, CBN_PT_MAX);
@@ -150,9 +153,9 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
 
 static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
                                           double *s2_8) {
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN) {
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN_RUNS) {
         float a[16] = {0}, q[16] = {0};
-        const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN < n ? i0 + 16 * CBN_F32_RUN : n;
+        const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN_RUNS < n ? i0 + 16 * CBN_F32_RUN_RUNS : n;
         for (ptrdiff_t i = i0; i < i1; i++) {
             const float d = CBN_LD(x[i]) - c;
             a[i % 16] += d;
@@ -170,8 +173,8 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
                                              const float *restrict c, ptrdiff_t w, int threads) {
     (void)threads;
     for (ptrdiff_t j = 0; j < w; j++)
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN) {
-            const ptrdiff_t r1 = r0 + CBN_F32_RUN < rows ? r0 + CBN_F32_RUN : rows;
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
             float a = 0.0f, q = 0.0f;
             for (ptrdiff_t r = r0; r < r1; r++) {
                 const float d = CBN_LD(x[r * ld + j]) - c[j];

@@ -4,9 +4,9 @@
  *
  * float64 sums of 16-bit data are compute-bound: each 16 elements cost two conversions to
  * float32, two to float64 and six float64 operations, against half the bytes of float32 data.
- * Here x - c is summed in float32, each float32 lane over at most CBN_F32_RUN terms, and each
+ * Here x - c is summed in float32, each float32 lane over at most CBN_F32_RUN_* terms, and each
  * lane's partial is then added to float64: three float32 operations per 16 elements and one
- * conversion to float64 per CBN_F32_RUN x 16 (float32 data in L1, one core, AVX-512: 0.056 ns
+ * conversion to float64 per CBN_F32_RUN_* vectors (float32 data in L1, one core, AVX-512: 0.056 ns
  * per element against 0.090).  The rounding error of a partial grows with its length, so the
  * length is a constant of the bound.  float32 data keeps the float64 sums: there the scheme
  * measured 0.97-1.13x the float64 time over 25.7 MB at one and two threads (the float64 sums
@@ -15,9 +15,14 @@
 #define CBN_PARTIALS_H
 
 /* Terms per float32 partial before it is added to float64: the bound's L (kernels_statistics).
- * 4 keeps the bound at 6u (u = 2^-24) for a centre at the mean and accepts centres up to ~0.6
- * standard deviations away; 8 ran 20% faster in L1 but accepts only ~0.3. */
-#define CBN_F32_RUN 4
+ * Channel-major runs take 8 (groups of 16 elements per partial): the bound is then 10u (u =
+ * 2^-24) for a centre at the mean and accepts centres within ~0.28 standard deviations, and a
+ * channel refused about its sampled centre is summed again about its computed mean (a second
+ * contiguous pass; 4 ran 25% slower: 0.085 against 0.067 ns per float16 element in L1).
+ * Channels-last columns take 4 rows (bound 6u, centres within ~0.6 standard deviations): there
+ * a second pass walks a column across every row, so the centre must be right the first time. */
+#define CBN_F32_RUN_RUNS 8
+#define CBN_F32_RUN_COLS 4
 
 /* The centre c of a channel is a float32 estimate of its mean from a sample fixed by the shape
  * (kernels_statistics.pxi): channel-major, CBN_PILOT_LINES pieces of one 64-byte line each,

@@ -47,7 +47,8 @@ cdef extern from "cbn_kernels.h" nogil:
 
     # cbn_partials.h, cbn_partials-inl.h: the two-level statistics of the 16-bit formats
     enum:
-        CBN_F32_RUN
+        CBN_F32_RUN_RUNS
+        CBN_F32_RUN_COLS
         CBN_PILOT_LINES
         CBN_PILOT_ROWS
     void cbn_partial_sums8_f16(const cbn_f16* x, Py_ssize_t n, float c, double* s1_8,

@@ -5,7 +5,8 @@
 # ---------------------------------------------------------------------------------------------
 # float32 and float64 data are summed in float64, each block shifted by one of its own elements
 # (below).  16-bit data is summed in two levels (cbn_partials.h, which says why not float32):
-# d = x - c and d^2 in float32, each float32 partial over at most L = CBN_F32_RUN terms, each
+# d = x - c and d^2 in float32, each float32 partial over at most L terms (L = CBN_F32_RUN_RUNS
+# along channel-major runs, CBN_F32_RUN_COLS down channels-last columns), each
 # partial then added to float64, in the same blocks and segments, merged by the same Chan
 # formula.  The shift c is
 # the channel's *centre*, one float32 per channel: the mean of a sample fixed by the shape
@@ -21,20 +22,22 @@
 #               <= gamma_{L+2} S2 + 2 gamma_{L+1} |mean - c| sqrt(n S2) + gamma_{L+1}^2 S2,
 # using sum |e_i| <= sqrt(n S2).  With rho = |mean - c| / std the relative error is
 #     gamma_{L+2} (1 + rho^2) + 2 gamma_{L+1} rho sqrt(1 + rho^2) + ...
-# -- 6u = 3.6e-7 for L = 4 and a centre at the mean -- and the mean is within
-# gamma_{L+1} std sqrt(1 + rho^2) (~5u std).  Underflow adds at most 2^-149 per element (a
+# -- 6u = 3.6e-7 for L = 4, 10u for L = 8, with a centre at the mean -- and the mean is within
+# gamma_{L+1} std sqrt(1 + rho^2) (5u to 9u std).  Underflow adds at most 2^-149 per element (a
 # square or a sum of squares below float32's normal range); overflow gives Inf.
 #
 # Certificate: after the merge, _certified evaluates this bound from the computed moments
 # (with slack for S2 and the float64 roundings) and accepts the channel when it is at most
 # 2^-20 (9.5e-7) of M2 -- the variance promise (within 1e-6 relative of float64, whatever the
 # offset: README), far below the outputs' own rounding (2^-11 for float16, 2^-8 for bfloat16).
-# It accepts centres up to ~0.6 standard deviations from the mean; a sample of 256 elements
-# (8 lines) or 64 rows lands there unless the data is adversarial.  A channel that fails -- the
-# centre too far (a skewed sample; offsets beyond float32's digits), a constant or subnormal-scale
-# channel (M2 ~ 0: no relative bound), NaN or Inf -- is summed again in float64 as float64
-# data is (_channel_moments_*_exact), so the answer is always within the promise, the slow way
-# only where the fast one cannot prove it.  Both decisions depend on the data and the shape
+# It accepts centres up to ~0.28 (L = 8) or ~0.6 (L = 4) standard deviations from the mean; a
+# sample of 256 elements (8 lines) or 64 rows lands there unless the data is skewed or
+# adversarial.  A channel-major channel that fails is summed again, two-level, about its
+# computed mean (then ~0 standard deviations away).  A channel that still fails -- a constant
+# or subnormal-scale channel (M2 ~ 0: no relative bound), offsets beyond float32's digits, NaN
+# or Inf -- and a channels-last one that fails once are summed again in float64 as float64 data
+# is (_channel_moments_*_exact), so the answer is always within the promise, the slow way only
+# where the fast one cannot prove it.  Both decisions depend on the data and the shape
 # only: results stay bit-identical for any thread count.
 
 # ------------------------------------------------------------------------------------ statistics
@@ -60,13 +63,13 @@ cdef inline double _gamma(int k) noexcept nogil:
     return k * _U32 / (1.0 - k * _U32)
 
 
-cdef bint _certified(double n, double mean, double m2, double c) noexcept nogil:
-    """Whether the two-level moments (n, mean, m2) of a channel, summed about its centre c, are
-    within _TAU of the exact M2 by the design note's bound.  False for NaN or Inf.  A centre of
+cdef bint _certified(double n, double mean, double m2, double c, int L) noexcept nogil:
+    """Whether the two-level moments (n, mean, m2) of a channel, summed about its centre c in
+    float32 partials of L terms, are within _TAU of the exact M2 by the design note's bound.  False for NaN or Inf.  A centre of
     at least 2^-50 in magnitude with m2 == 0 and mean == c is exact: every x - c that is not 0
     is then at least 2^-74, whose square cannot round to 0, so all were 0."""
     cdef double d = mean - c
-    cdef double g1 = _gamma(CBN_F32_RUN + 1), g2 = _gamma(CBN_F32_RUN + 2)
+    cdef double g1 = _gamma(L + 1), g2 = _gamma(L + 2)
     cdef double s2, e
     if m2 == 0.0 and d == 0.0 and fabs(c) >= _EXACT_ZERO_CENTRE:
         return True
@@ -165,20 +168,48 @@ cdef void _channel_moments_cm_exact(const elem* x, const Geometry* g, Py_ssize_t
     m2_out[0] = m2
 
 
+cdef void _channel_moments_cm_about(const elem* x, const Geometry* g, Py_ssize_t c,
+                                    float centre, double* mean_out,
+                                    double* m2_out) noexcept nogil:
+    """Channel-major: two-level moments of the whole channel c about centre, segment by
+    segment, in order (not yet certified)."""
+    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
+    cdef Py_ssize_t s
+    for s in range(g.nseg):
+        _segment_moments_cm(x, g, c, s, &sc, &sm, &sq, &centre)
+        _merge(&cnt, &mean, &m2, sc, sm, sq)
+    mean_out[0] = _channel_ref(x, g, c) + mean
+    m2_out[0] = m2
+
+
+cdef bint _cm_about_its_mean(const elem* x, const Geometry* g, Py_ssize_t c,
+                             double* mean_io, double* m2_io) noexcept nogil:
+    """A channel-major channel refused about its sampled centre: its two-level moments again,
+    about its computed mean (IN mean_io), into mean_io/m2_io when certified; False (nothing
+    written) when refused again or not finite."""
+    cdef double mean, m2
+    cdef float centre = <float>mean_io[0]
+    if not isfinite(centre):
+        return False
+    _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
+    if not _certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS):
+        return False
+    mean_io[0] = mean
+    m2_io[0] = m2
+    return True
+
+
 cdef void _channel_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
                               double* mean_out, double* m2_out) noexcept nogil:
     """Channel-major: moments of the whole channel c, segment by segment, in order: two-level
     for the 16-bit formats when certified (the design note), else in float64."""
-    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
+    cdef double mean, m2
     cdef float centre
-    cdef Py_ssize_t s
     if elem is cbn_f16 or elem is cbn_bf16:
         centre = _pilot_cm(x, g, c)
-        for s in range(g.nseg):
-            _segment_moments_cm(x, g, c, s, &sc, &sm, &sq, &centre)
-            _merge(&cnt, &mean, &m2, sc, sm, sq)
-        mean = _channel_ref(x, g, c) + mean
-        if _certified(<double>g.n, mean, m2, centre):
+        _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
+        if (_certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS)
+                or _cm_about_its_mean(x, g, c, &mean, &m2)):
             mean_out[0] = mean
             m2_out[0] = m2
             return
@@ -335,14 +366,16 @@ cdef void _merge_segment_partials(const elem* x, const Geometry* g, const double
 cdef void _certify_or_redo(const elem* x, const Geometry* g, const float* centre,
                            double* mean_out, double* m2_out) noexcept nogil:
     """The certificate of every channel's two-level moments (about centre); the refused ones
-    summed again in float64 (design note)."""
+    summed again (design note): channel-major about their mean, then in float64;
+    channels-last in float64."""
     cdef Py_ssize_t c
     for c in range(g.C):
-        if not _certified(<double>g.n, mean_out[c], m2_out[c], centre[c]):
-            if g.inner == 1:
+        if g.inner == 1:
+            if not _certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_COLS):
                 _channel_moments_cl_exact(x, g, c, &mean_out[c], &m2_out[c])
-            else:
-                _channel_moments_cm_exact(x, g, c, &mean_out[c], &m2_out[c])
+        elif not (_certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_RUNS)
+                  or _cm_about_its_mean(x, g, c, &mean_out[c], &m2_out[c])):
+            _channel_moments_cm_exact(x, g, c, &mean_out[c], &m2_out[c])
 
 
 cdef int _moments(const elem* x, const Geometry* g, const cbn_plan* plan,

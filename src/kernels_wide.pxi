@@ -27,7 +27,6 @@
 # in a per-channel task (each element is read, then written, at one index).  Wide channels
 # cost the others nothing: one test per channel while the coefficients are computed.
 
-from libc.math cimport isfinite
 
 cdef double _F32_MAX = 3.4028234663852886e38
 cdef double _WIDE_CENTRE = 10141204801825835211973625643008.0  # 2^103
