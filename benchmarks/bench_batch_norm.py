@@ -337,8 +337,11 @@ class TimeHalfPrecision:
             self.backward = lambda: aten.native_batch_norm_backward(
                 dyt, xt, tw, trm, trv, sm, si, True, EPS, [True, True, True])
             self.inference = lambda: F.batch_norm(xt, trm, trv, tw, tb, False, MOMENTUM, EPS)
+            dims = (0, 2, 3) if xt.dim() == 4 else (0,)
+            self.moments = lambda: torch.var_mean(xt, dim=dims, unbiased=False)
         else:
             y = np.empty_like(x)
+            self.moments = lambda: cbn.moments(x, axis=axis, num_threads=2)
             rmc, rvc = rm.copy(), rv.copy()
             self.forward = lambda: cbn.batch_norm_forward(
                 x, w, b, eps=EPS, running_mean=rmc, running_var=rvc, momentum=MOMENTUM,
@@ -360,6 +363,10 @@ class TimeHalfPrecision:
     def time_inference(self, shape, dtype, impl):
         """Inference with the running statistics."""
         self.inference()
+
+    def time_moments(self, shape, dtype, impl):
+        """The statistics alone (cbn: the two-level sums; torch: var_mean)."""
+        self.moments()
 
 
 class TimeMasked:

@@ -8,6 +8,30 @@
  * share an accumulator is fixed by the position in the run or the row in the block alone (never
  * by the thread count or the memory blocking). */
 
+/* Columns [j0, w) of cbn_col_partial_sums, one at a time: the arithmetic of a tile's lane
+ * (and the portable form of the whole). */
+static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *restrict s2,
+                                                  const TS *restrict x, ptrdiff_t ld,
+                                                  ptrdiff_t rows, const float *restrict c,
+                                                  ptrdiff_t j0, ptrdiff_t w) {
+    for (ptrdiff_t j = j0; j < w; j++) {
+        double A = s1[j], Q = s2[j];
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
+            float a = 0.0f, q = 0.0f;
+            for (ptrdiff_t r = r0; r < r1; r++) {
+                const float d = CBN_LD(x[r * ld + j]) - c[j];
+                a += d;
+                q += d * d;
+            }
+            A += (double)a;
+            Q += (double)q;
+        }
+        s1[j] = A;
+        s2[j] = Q;
+    }
+}
+
 #ifdef CBN_VECTOR
 /* The group of 16 elements at p (m < 16 of them when m is given: zero-padded, the other lanes'
  * d set to 0), shifted by c and added to the float32 partials a, q. */
@@ -54,29 +78,6 @@ static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, dou
     }
     cbn_store8_f64(s1_8, A);
     cbn_store8_f64(s2_8, Q);
-}
-
-/* Columns [j0, w) of cbn_col_partial_sums, one at a time: the arithmetic of a tile's lane. */
-static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *restrict s2,
-                                                  const TS *restrict x, ptrdiff_t ld,
-                                                  ptrdiff_t rows, const float *restrict c,
-                                                  ptrdiff_t j0, ptrdiff_t w) {
-    for (ptrdiff_t j = j0; j < w; j++) {
-        double A = s1[j], Q = s2[j];
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
-            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
-            float a = 0.0f, q = 0.0f;
-            for (ptrdiff_t r = r0; r < r1; r++) {
-                const float d = CBN_LD(x[r * ld + j]) - c[j];
-                a += d;
-                q += d * d;
-            }
-            A += (double)a;
-            Q += (double)q;
-        }
-        s1[j] = A;
-        s2[j] = Q;
-    }
 }
 
 /* The tiles of cbn_col_partial_sums, PT native float vectors wide (a constant: the function is
@@ -172,18 +173,7 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                              const float *restrict c, ptrdiff_t w, int threads) {
     (void)threads;
-    for (ptrdiff_t j = 0; j < w; j++)
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
-            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
-            float a = 0.0f, q = 0.0f;
-            for (ptrdiff_t r = r0; r < r1; r++) {
-                const float d = CBN_LD(x[r * ld + j]) - c[j];
-                a += d;
-                q += d * d;
-            }
-            s1[j] += (double)a;
-            s2[j] += (double)q;
-        }
+    SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, 0, w);
 }
 
 #endif /* CBN_VECTOR */
