@@ -32,6 +32,34 @@ static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *r
     }
 }
 
+/* Columns [j0, w) of cbn_col_partial_sum_dot, one at a time (the arithmetic of a tile's lane,
+ * and the portable form of the whole): g = dy through act (output ym), sdy[j] += sum g and, if
+ * sdyx, sdyx[j] += sum g (x - h[j]), float32 partials over groups of CBN_F32_RUN_COLS rows. */
+static inline void SFX(cbn_col_partial_sum_dot_cols)(double *restrict sdy, double *restrict sdyx,
+                                                     const TS *restrict dy,
+                                                     const TS *restrict ym,
+                                                     const TS *restrict x, ptrdiff_t ld,
+                                                     ptrdiff_t rows, const float *restrict h,
+                                                     ptrdiff_t j0, ptrdiff_t w, int act) {
+    for (ptrdiff_t j = j0; j < w; j++) {
+        double A = sdy[j], B = sdyx ? sdyx[j] : 0.0;
+        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
+            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
+            float a = 0.0f, b = 0.0f;
+            for (ptrdiff_t r = r0; r < r1; r++) {
+                const ptrdiff_t i = r * ld + j;
+                const float g = SFX(cbn_act_grad)(CBN_LD(dy[i]), act ? CBN_LD(ym[i]) : 0, act);
+                a += g;
+                if (sdyx) b += g * (CBN_LD(x[i]) - h[j]);
+            }
+            A += (double)a;
+            B += (double)b;
+        }
+        sdy[j] = A;
+        if (sdyx) sdyx[j] = B;
+    }
+}
+
 #ifdef CBN_VECTOR
 /* The group of 16 elements at p (m < 16 of them when m is given: zero-padded, the other lanes'
  * d set to 0), shifted by c and added to the float32 partials a, q. */
@@ -150,6 +178,164 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
     SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, wt, w);
 }
 
+/* The group of 16 elements at offset 0 of dy, ym, x (m < 16 of them when m is given: zero-
+ * padded, the other lanes' x - h set to 0): g = dy through act (output ym), a += g and, if
+ * DOT, b += g (x - h). */
+static inline __attribute__((always_inline)) void SFX(cbn_group16_sum_dot)(
+    const TS *dy, const TS *ym, const TS *x, int m, cbn_vf hv, cbn_vf *a, cbn_vf *b,
+    const int act, const int DOT) {
+    for (int u = 0; u < CBN_NV; u++) {
+        const ptrdiff_t o = u * CBN_TVL;
+        cbn_vf g, d = {0};
+        if (m >= 16) {
+            g = SFX(cbn_vload)(dy + o);
+            if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + o), act);
+            if (DOT) d = SFX(cbn_vload)(x + o) - hv;
+        } else {
+            const int k = m - u * CBN_TVL, kk = k < 0 ? 0 : (k > CBN_TVL ? CBN_TVL : k);
+            cbn_vi lane;
+            for (int l = 0; l < CBN_TVL; l++) lane[l] = l;
+            g = kk > 0 ? SFX(cbn_pv_load_n)(dy + o, kk) : (cbn_vf){0};
+            if (act) g = SFX(cbn_act_grad_v)(g, kk > 0 ? SFX(cbn_pv_load_n)(ym + o, kk)
+                                                       : (cbn_vf){0}, act);
+            if (DOT) {
+                d = kk > 0 ? SFX(cbn_pv_load_n)(x + o, kk) - hv : (cbn_vf){0};
+                d = (cbn_vf)((cbn_vi)d & (lane < kk));
+            }
+        }
+        a[u] += g;
+        if (DOT) b[u] += g * d;
+    }
+}
+
+/* cbn_partial_sum_dot8 for one activation and DOT (constants: the function is always
+ * inlined). */
+static inline __attribute__((always_inline)) void SFX(cbn_partial_sum_dot8_act)(
+    const TS *dy, const TS *ym, const TS *x, ptrdiff_t n, float h, double *sdy8,
+    double *sdyx8, const int act, const int DOT) {
+    cbn_v8d A = cbn_load8_f64(sdy8), B = DOT ? cbn_load8_f64(sdyx8) : cbn_v8_zero();
+    const cbn_vf hv = (cbn_vf){0} + h;
+    ptrdiff_t i = 0;
+    for (; i + 16 * CBN_F32_RUN_RUNS <= n; i += 16 * CBN_F32_RUN_RUNS) {
+        cbn_vf a[CBN_NV] = {{0}}, b[CBN_NV] = {{0}};
+        for (int t = 0; t < CBN_F32_RUN_RUNS; t++) {
+            const ptrdiff_t o = i + 16 * t;
+            SFX(cbn_group16_sum_dot)(dy + o, ym ? ym + o : ym, x + o, 16, hv, a, b, act, DOT);
+        }
+        A = cbn_v8_add_group16(A, a);
+        if (DOT) B = cbn_v8_add_group16(B, b);
+    }
+    if (i < n) { /* fewer than CBN_F32_RUN_RUNS groups, the last one maybe partial */
+        cbn_vf a[CBN_NV] = {{0}}, b[CBN_NV] = {{0}};
+        for (; i + 16 <= n; i += 16)
+            SFX(cbn_group16_sum_dot)(dy + i, ym ? ym + i : ym, x + i, 16, hv, a, b, act, DOT);
+        if (i < n)
+            SFX(cbn_group16_sum_dot)(dy + i, ym ? ym + i : ym, x + i, (int)(n - i), hv, a, b,
+                                     act, DOT);
+        A = cbn_v8_add_group16(A, a);
+        if (DOT) B = cbn_v8_add_group16(B, b);
+    }
+    cbn_store8_f64(sdy8, A);
+    if (DOT) cbn_store8_f64(sdyx8, B);
+}
+
+/* The backward sums of a run in two levels: g = dy through the activation act (output ym),
+ * sdy8 += lanes of sum(g) and, if sdyx8, sdyx8 += lanes of sum(g (x - h)), over dy/ym/x[0:n],
+ * in the lanes and partials of cbn_partial_sums8.  The g lanes are added in the same order with
+ * or without sdyx8. */
+static inline void SFX(cbn_partial_sum_dot8)(const TS *dy, const TS *ym, const TS *x,
+                                             ptrdiff_t n, float h, double *sdy8, double *sdyx8,
+                                             int act) {
+    if (sdyx8)
+        CBN_FOR_ACT(act, SFX(cbn_partial_sum_dot8_act)(dy, ym, x, n, h, sdy8, sdyx8, a_, 1));
+    else
+        CBN_FOR_ACT(act, SFX(cbn_partial_sum_dot8_act)(dy, ym, x, n, h, sdy8, sdyx8, a_, 0));
+}
+
+/* The tiles of cbn_col_partial_sum_dot, PT native float vectors wide (as
+ * cbn_col_partial_tiles), for one activation and DOT. */
+static inline __attribute__((always_inline)) void SFX(cbn_col_partial_sum_dot_tiles)(
+    double *restrict sdy, double *restrict sdyx, const TS *restrict dy, const TS *restrict ym,
+    const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows, const float *restrict h, ptrdiff_t wt,
+    ptrdiff_t mb, int pf_, const int PT, const int act, const int DOT) {
+    const ptrdiff_t tw = PT * CBN_TVL;
+    for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
+        const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
+        for (ptrdiff_t j = 0; j < wt; j += tw) {
+            cbn_vf hv[CBN_PT_MAX];
+            cbn_vd A[2 * CBN_PT_MAX], B[2 * CBN_PT_MAX];
+            for (int v = 0; v < PT; v++) hv[v] = DOT ? cbn_vload_f32(h + j + CBN_TVL * v)
+                                                     : (cbn_vf){0};
+            for (int v = 0; v < 2 * PT; v++) {
+                A[v] = cbn_loadv_f64(sdy + j + CBN_DL * v);
+                B[v] = DOT ? cbn_loadv_f64(sdyx + j + CBN_DL * v) : (cbn_vd){0};
+            }
+            for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN_COLS) {
+                const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < m1 ? r0 + CBN_F32_RUN_COLS : m1;
+                cbn_vf a[CBN_PT_MAX], b[CBN_PT_MAX];
+                for (int v = 0; v < PT; v++) a[v] = b[v] = (cbn_vf){0};
+                for (ptrdiff_t r = r0, i = r0 * ld + j; r < r1; r++, i += ld) {
+                    CBN_PREFETCH_AHEAD(dy + i, mb * ld, tw * sizeof(TS));
+                    if (DOT) CBN_PREFETCH_AHEAD(x + i, mb * ld, tw * sizeof(TS));
+                    if (act) CBN_PREFETCH_AHEAD(ym + i, mb * ld, tw * sizeof(TS));
+                    for (int v = 0; v < PT; v++) {
+                        cbn_vf g = SFX(cbn_vload)(dy + i + CBN_TVL * v);
+                        if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i + CBN_TVL * v),
+                                                         act);
+                        a[v] += g;
+                        if (DOT) b[v] += g * (SFX(cbn_vload)(x + i + CBN_TVL * v) - hv[v]);
+                    }
+                }
+                for (int v = 0; v < PT; v++) {
+                    cbn_vd lo, hi;
+                    cbn_widen_f32(a[v], &lo, &hi);
+                    A[2 * v] += lo;
+                    A[2 * v + 1] += hi;
+                    if (DOT) {
+                        cbn_widen_f32(b[v], &lo, &hi);
+                        B[2 * v] += lo;
+                        B[2 * v + 1] += hi;
+                    }
+                }
+            }
+            for (int v = 0; v < 2 * PT; v++) {
+                cbn_storev_f64(sdy + j + CBN_DL * v, A[v]);
+                if (DOT) cbn_storev_f64(sdyx + j + CBN_DL * v, B[v]);
+            }
+        }
+    }
+}
+
+/* The backward sums of channels-last rows in two levels: g = dy through act (output ym),
+ * sdy[j] += sum_r g[r][j] and, if sdyx, sdyx[j] += sum_r g[r][j] (x[r][j] - h[j]), in the
+ * groups, tiles and memory blocks of cbn_col_partial_sums. */
+static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *restrict sdyx,
+                                                const TS *restrict dy, const TS *restrict ym,
+                                                const TS *restrict x, ptrdiff_t ld,
+                                                ptrdiff_t rows, const float *restrict h,
+                                                ptrdiff_t w, int act, int threads) {
+    const ptrdiff_t mb =
+        CBN_F32_RUN_COLS * cbn_col_block_subs(ld, sizeof(TS), CBN_F32_RUN_COLS, threads);
+    const int pf_ = CBN_COL_PF(ld, TS);
+    if (w == CBN_PT_MAX * CBN_TVL) {
+        if (sdyx)
+            CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h,
+                                                                w, rows, 0, CBN_PT_MAX, a_, 1));
+        else
+            CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h,
+                                                                w, rows, 0, CBN_PT_MAX, a_, 0));
+        return;
+    }
+    const ptrdiff_t wt = w / (2 * CBN_TVL) * (2 * CBN_TVL);
+    if (sdyx)
+        CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt,
+                                                            mb, pf_, 2, a_, 1));
+    else
+        CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt,
+                                                            mb, pf_, 2, a_, 0));
+    SFX(cbn_col_partial_sum_dot_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, w, act);
+}
+
 #else /* portable scalar fallback: the same partials, the same order */
 
 static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
@@ -174,6 +360,33 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
                                              const float *restrict c, ptrdiff_t w, int threads) {
     (void)threads;
     SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, 0, w);
+}
+
+static inline void SFX(cbn_partial_sum_dot8)(const TS *dy, const TS *ym, const TS *x,
+                                             ptrdiff_t n, float h, double *sdy8, double *sdyx8,
+                                             int act) {
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN_RUNS) {
+        float a[16] = {0}, b[16] = {0};
+        const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN_RUNS < n ? i0 + 16 * CBN_F32_RUN_RUNS : n;
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            const float g = SFX(cbn_act_grad)(CBN_LD(dy[i]), act ? CBN_LD(ym[i]) : 0, act);
+            a[i % 16] += g;
+            if (sdyx8) b[i % 16] += g * (CBN_LD(x[i]) - h);
+        }
+        for (int l = 0; l < 8; l++) {
+            sdy8[l] += (double)a[l] + (double)a[l + 8];
+            if (sdyx8) sdyx8[l] += (double)b[l] + (double)b[l + 8];
+        }
+    }
+}
+
+static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *restrict sdyx,
+                                                const TS *restrict dy, const TS *restrict ym,
+                                                const TS *restrict x, ptrdiff_t ld,
+                                                ptrdiff_t rows, const float *restrict h,
+                                                ptrdiff_t w, int act, int threads) {
+    (void)threads;
+    SFX(cbn_col_partial_sum_dot_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, 0, w, act);
 }
 
 #endif /* CBN_VECTOR */

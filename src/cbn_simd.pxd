@@ -55,6 +55,18 @@ cdef extern from "cbn_kernels.h" nogil:
                                double* s2_8)
     void cbn_partial_sums8_bf16(const cbn_bf16* x, Py_ssize_t n, float c, double* s1_8,
                                 double* s2_8)
+    void cbn_partial_sum_dot8_f16(const cbn_f16* dy, const cbn_f16* ym, const cbn_f16* x,
+                                  Py_ssize_t n, float h, double* sdy8, double* sdyx8, int act)
+    void cbn_partial_sum_dot8_bf16(const cbn_bf16* dy, const cbn_bf16* ym, const cbn_bf16* x,
+                                   Py_ssize_t n, float h, double* sdy8, double* sdyx8, int act)
+    void cbn_col_partial_sum_dot_f16(double* sdy, double* sdyx, const cbn_f16* dy,
+                                     const cbn_f16* ym, const cbn_f16* x, Py_ssize_t ld,
+                                     Py_ssize_t rows, const float* h, Py_ssize_t w, int act,
+                                     int threads)
+    void cbn_col_partial_sum_dot_bf16(double* sdy, double* sdyx, const cbn_bf16* dy,
+                                      const cbn_bf16* ym, const cbn_bf16* x, Py_ssize_t ld,
+                                      Py_ssize_t rows, const float* h, Py_ssize_t w, int act,
+                                      int threads)
     void cbn_col_partial_sums_f16(double* s1, double* s2, const cbn_f16* x, Py_ssize_t ld,
                                   Py_ssize_t rows, const float* c, Py_ssize_t w, int threads)
     void cbn_col_partial_sums_bf16(double* s1, double* s2, const cbn_bf16* x, Py_ssize_t ld,

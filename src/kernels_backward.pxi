@@ -2,33 +2,48 @@
 # Backward: the sums, and dx.
 
 # ------------------------------------------------------------------------------------ backward
+# The backward sums of the 16-bit formats are two-level (cbn_partials.h): g and g (x - h) in
+# float32 partials of L terms (as the statistics: 8 along runs, 4 down columns), then float64,
+# with h the mean rounded to float32 and sum g (x - mean) = sum g (x - h) + (h - mean) sum g.
+# Bound (u = 2^-24): |error of sum g| <= gamma_{L-1} sum |g| and |error of sum g (x - h)| <=
+# gamma_{L+1} sum |g| |x - h| -- at most 2^-20 of the terms' magnitudes, 1/512 of what a
+# float16 dy's own rounding (2^-11 of each term) can already contribute.  No certificate: the
+# bound is relative to the terms, as that of float64 sums is (a cancelling sum has no relative
+# bound in either); dx, rounded to the 16-bit format, moves by at most 2^-20 of its scale.
+cdef inline double _about_mean(double sum_gxh, double sum_g, float h, double mean) noexcept nogil:
+    """sum g (x - mean) from sum g (x - h), h the mean rounded to float32 (h - mean is exact)."""
+    return sum_gxh + (<double>h - mean) * sum_g
+
+
 cdef void _segment_sums_cm(const elem* dy, const elem* ym, int act, const elem* x,
                            const Geometry* g,
                            Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
     """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
-    c.  OUT scalars (overwritten)."""
-    cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
-    cdef Py_ssize_t o, o0, o1, i0, i1, p, off
+    c, run by run in block order.  OUT scalars (overwritten).  The 16-bit formats sum in two
+    levels (above) into 8 lanes, summed once; float32/float64 in float64, run by run."""
+    cdef Py_ssize_t b, o, o0, o1, i0, i1, off, l
     cdef double a = 0.0, d = 0.0
-    for b in range(b0, b1):
-        if g.pieces > 1:
-            o0 = b // g.pieces
-            o1 = o0 + 1
-            p = b % g.pieces
-            i0 = (p * g.inner) // g.pieces
-            i1 = ((p + 1) * g.inner) // g.pieces
-        else:
-            o0 = b * g.rows_per_block
-            o1 = min(o0 + g.rows_per_block, g.outer)
-            i0 = 0
-            i1 = g.inner
+    cdef double lanes[16]
+    cdef float h = <float>mean
+    if elem is cbn_f16 or elem is cbn_bf16:
+        for l in range(16):
+            lanes[l] = 0.0
+    for b in range(cbn_seg_start(g, s), cbn_seg_start(g, s + 1)):
+        _block_range(g, b, &o0, &o1, &i0, &i1)
         for o in range(o0, o1):
             off = (o * g.C + c) * g.inner + i0
-            if with_dot:
+            if elem is cbn_f16 or elem is cbn_bf16:
+                _partial_sum_dot8(dy + off, _at(ym, off), x + off, i1 - i0, h, lanes,
+                                  lanes + 8 if with_dot else NULL, act)
+            elif with_dot:
                 _sum_dot(dy + off, _at(ym, off), act, x + off, i1 - i0, mean, &a, &d)
             else:
                 _sum_like_dot(dy + off, _at(ym, off), act, i1 - i0, &a)
+    if elem is cbn_f16 or elem is cbn_bf16:
+        a = cbn_hsum8_array(lanes)
+        if with_dot:
+            d = _about_mean(cbn_hsum8_array(lanes + 8), a, h, mean)
     sdy_out[0] = a
     sdyx_out[0] = d
 
@@ -67,18 +82,26 @@ cdef void _sums_cm_rows_task(const elem* dy, const elem* ym, int act, const elem
     for o in range(r0, r1):
         for j in range(c0, c1):
             off = (o * C + j) * inner
-            _sum_dot8(dy + off, _at(ym, off), x + off, inner, mean[j], acc_g + 8 * (j - c0),
-                      acc_d + 8 * (j - c0) if with_dot else NULL, act)
+            if elem is cbn_f16 or elem is cbn_bf16:
+                _partial_sum_dot8(dy + off, _at(ym, off), x + off, inner, <float>mean[j],
+                                  acc_g + 8 * (j - c0), acc_d + 8 * (j - c0) if with_dot else NULL,
+                                  act)
+            else:
+                _sum_dot8(dy + off, _at(ym, off), x + off, inner, mean[j], acc_g + 8 * (j - c0),
+                          acc_d + 8 * (j - c0) if with_dot else NULL, act)
     for j in range(c0, c1):
         sdy[j] = cbn_hsum8_array(acc_g + 8 * (j - c0))
         sdyx[j] = cbn_hsum8_array(acc_d + 8 * (j - c0))
+        if (elem is cbn_f16 or elem is cbn_bf16) and with_dot:
+            sdyx[j] = _about_mean(sdyx[j], sdy[j], <float>mean[j], mean[j])
 
 
 cdef inline void _sums_cl_task(const elem* dy, const elem* ym, int act, const elem* x,
                                const Geometry* g,
-                               Py_ssize_t t, const double* mean, bint with_dot,
-                               double* part, int threads) noexcept nogil:
-    """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials."""
+                               Py_ssize_t t, const double* mean, const float* centre,
+                               bint with_dot, double* part, int threads) noexcept nogil:
+    """Channels-last: sums of segment s over one channel chunk into the (2, nseg, C) partials
+    (the 16-bit formats: two-level, about centre, the means rounded to float32)."""
     cdef Py_ssize_t s = t // g.ncol_chunks
     cdef Py_ssize_t c0 = (t % g.ncol_chunks) * g.col_width
     cdef Py_ssize_t w = min(g.col_width, g.C - c0)
@@ -90,8 +113,16 @@ cdef inline void _sums_cl_task(const elem* dy, const elem* ym, int act, const el
     for j in range(w):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0), act,
-                 x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w, threads)
+    if elem is cbn_f16 or elem is cbn_bf16:
+        _col_partial_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0,
+                             _at(ym, r0 * g.C + c0), act, x + r0 * g.C + c0, g.C, r1 - r0,
+                             centre + c0, w, threads)
+        if with_dot:
+            for j in range(w):
+                sdyx[j] = _about_mean(sdyx[j], sdy[j], centre[c0 + j], mean[c0 + j])
+    else:
+        _col_sum_dot(sdy, sdyx if with_dot else NULL, dy + r0 * g.C + c0, _at(ym, r0 * g.C + c0),
+                     act, x + r0 * g.C + c0, g.C, r1 - r0, mean + c0, w, threads)
 
 
 cdef inline bint _backward_coef(Py_ssize_t c, Py_ssize_t C, double n, const double* mean,
@@ -192,9 +223,19 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
     etag has the data's type, tag the arithmetic type.  Returns 0/-1."""
     cdef Py_ssize_t C = g.C, stride = 0
     cdef double* scratch = NULL
+    cdef float* centre = NULL
+    cdef Py_ssize_t c
+    wk.centre = NULL
     if plan.reduce == CBN_RED_CM_CHANNELS:
         _run(wk, SUMS_CM_CHANNEL, C, plan.nt, True, NULL, 0, etag, tag)
         return 0
+    if (elem is cbn_f16 or elem is cbn_bf16) and plan.reduce == CBN_RED_CL:
+        centre = <float*>malloc((C + 1) * sizeof(float))
+        if centre == NULL:
+            return -1
+        for c in range(C):
+            centre[c] = <float>wk.mean[c]
+        wk.centre = centre
     if plan.reduce == CBN_RED_CM_SEGMENTS:
         wk.part = <double*>malloc(2 * plan.ntasks_red * sizeof(double))
     else:
@@ -203,9 +244,11 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
         scratch = cbn_alloc_per_thread(plan.nt, 16 * plan.cw, &stride)
         if scratch == NULL:
             free(wk.part)
+            free(centre)
             return -1
     if wk.part == NULL:
         free(scratch)
+        free(centre)
         return -1
     if plan.reduce == CBN_RED_CM_ROWS:
         _run(wk, SUMS_CM_ROWS, plan.ntasks_red, plan.nt, True, scratch, stride, etag, tag)
@@ -214,6 +257,8 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
     else:
         _run(wk, SUMS_CL, plan.ntasks_red, plan.nt, True, NULL, 0, etag, tag)
     free(scratch)
+    free(centre)
+    wk.centre = NULL
     _sum_segment_partials(g, wk.part, plan.reduce == CBN_RED_CM_SEGMENTS, wk.sdy_out,
                           wk.sdyx_out)
     free(wk.part)

@@ -135,17 +135,7 @@ cdef void _wmoments_cm_task(const elem* x, const Geometry* g, const cbn_weights*
         mean[j] = 0.0
         m2[j] = 0.0
     for b in range(b0, b1):
-        if g.pieces > 1:
-            o0 = b // g.pieces
-            o1 = o0 + 1
-            p = b % g.pieces
-            i0 = (p * inner) // g.pieces
-            i1 = ((p + 1) * inner) // g.pieces
-        else:
-            o0 = b * g.rows_per_block
-            o1 = min(o0 + g.rows_per_block, g.outer)
-            i0 = 0
-            i1 = inner
+        _block_range(g, b, &o0, &o1, &i0, &i1)
         at = -1
         for j in range(nw):
             c = c0 + j

@@ -132,6 +132,27 @@ cdef inline void _col_partial_sums(double* s1, double* s2, const elem* x, Py_ssi
         cbn_col_partial_sums_bf16(s1, s2, x, ld, rows, c, w, threads)
 
 
+cdef inline void _partial_sum_dot8(const elem* dy, const elem* ym, const elem* x,
+                                   Py_ssize_t n, float h, double* sdy8, double* sdyx8,
+                                   int act) noexcept nogil:
+    """The two-level form of _sum_dot8 about h, the mean rounded to float32 (the 16-bit
+    formats only): sdyx8 then sums g (x - h)."""
+    if elem is cbn_f16:
+        cbn_partial_sum_dot8_f16(dy, ym, x, n, h, sdy8, sdyx8, act)
+    elif elem is cbn_bf16:
+        cbn_partial_sum_dot8_bf16(dy, ym, x, n, h, sdy8, sdyx8, act)
+
+
+cdef inline void _col_partial_sum_dot(double* sdy, double* sdyx, const elem* dy, const elem* ym,
+                                      int act, const elem* x, Py_ssize_t ld, Py_ssize_t rows,
+                                      const float* h, Py_ssize_t w, int threads) noexcept nogil:
+    """The two-level form of _col_sum_dot about h (the 16-bit formats only)."""
+    if elem is cbn_f16:
+        cbn_col_partial_sum_dot_f16(sdy, sdyx, dy, ym, x, ld, rows, h, w, act, threads)
+    elif elem is cbn_bf16:
+        cbn_col_partial_sum_dot_bf16(sdy, sdyx, dy, ym, x, ld, rows, h, w, act, threads)
+
+
 cdef inline void _sum_dot8(const elem* dy, const elem* ym, const elem* x, Py_ssize_t n,
                            double m, double* sdy8, double* sdyx8, int act) noexcept nogil:
     if elem is float:
@@ -172,6 +193,24 @@ cdef inline void _col_sum_dot(double* sdy, double* sdyx, const elem* dy, const e
         cbn_col_sum_dot_f16(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
     else:
         cbn_col_sum_dot_bf16(sdy, sdyx, dy, ym, x, ld, rows, m, w, act, threads)
+
+
+cdef inline void _block_range(const Geometry* g, Py_ssize_t b, Py_ssize_t* o0, Py_ssize_t* o1,
+                              Py_ssize_t* i0, Py_ssize_t* i1) noexcept nogil:
+    """Channel-major: block b of a channel as rows [o0, o1) of its runs, elements [i0, i1) of
+    each (one piece of one run when runs are split into g.pieces; else whole runs)."""
+    cdef Py_ssize_t p
+    if g.pieces > 1:
+        o0[0] = b // g.pieces
+        o1[0] = o0[0] + 1
+        p = b % g.pieces
+        i0[0] = (p * g.inner) // g.pieces
+        i1[0] = ((p + 1) * g.inner) // g.pieces
+    else:
+        o0[0] = b * g.rows_per_block
+        o1[0] = min(o0[0] + g.rows_per_block, g.outer)
+        i0[0] = 0
+        i1[0] = g.inner
 
 
 cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,

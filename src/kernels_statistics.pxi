@@ -119,23 +119,13 @@ cdef void _segment_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
     mean less _channel_ref): two-level about centre[0], or (centre NULL) in float64 with each
     block shifted by its first element."""
     cdef Py_ssize_t b, b0 = cbn_seg_start(g, s), b1 = cbn_seg_start(g, s + 1)
-    cdef Py_ssize_t o, o0, o1, i0, i1, length, p
+    cdef Py_ssize_t o, o0, o1, i0, i1, length
     cdef Py_ssize_t stride = g.C * g.inner
     cdef const elem* base = x + c * g.inner
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, s1, q, nb, mb, k
     cdef double kref = _channel_ref(x, g, c)
     for b in range(b0, b1):
-        if g.pieces > 1:
-            o0 = b // g.pieces
-            o1 = o0 + 1
-            p = b % g.pieces
-            i0 = (p * g.inner) // g.pieces
-            i1 = ((p + 1) * g.inner) // g.pieces
-        else:
-            o0 = b * g.rows_per_block
-            o1 = min(o0 + g.rows_per_block, g.outer)
-            i0 = 0
-            i1 = g.inner
+        _block_range(g, b, &o0, &o1, &i0, &i1)
         length = i1 - i0
         s1 = 0.0
         q = 0.0

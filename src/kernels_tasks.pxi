@@ -63,7 +63,8 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
         _segment_sums_cm(dy, ym, wk.act, x, g, t // g.nseg, t % g.nseg, wk.mean[t // g.nseg],
                          wk.with_dot, &wk.part[2 * t], &wk.part[2 * t + 1])
     elif kind == SUMS_CL:
-        _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.with_dot, wk.part, wk.plan.nt)
+        _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.centre, wk.with_dot, wk.part,
+                      wk.plan.nt)
     elif kind == DX_SHARE:
         _dx_runs(dy, ym, wk.act, x, out, g, coef, t * nruns // nt, (t + 1) * nruns // nt,
                  wk.stream, wk.rev)

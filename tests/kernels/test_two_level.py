@@ -153,3 +153,35 @@ def test_forward_and_moments_agree_bit_for_bit(rng):
         m = cbn.moments(x, axis=axis)
         np.testing.assert_array_equal(f.mean, m.mean)
         np.testing.assert_array_equal(f.invstd, m.invstd(1e-5))
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("shape,axis", LAYOUTS, ids=IDS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_backward_sums_within_their_bound(level, rng, shape, axis, dt, relu):
+    """The backward sums of 16-bit data are two-level (src/kernels_backward.pxi): sum g and
+    sum g (x - mean) within 2^-20 of the sums of their terms' magnitudes, against float64 sums
+    of the same values (g = dy, or dy where the ReLU's output is positive); the product sum's
+    error is float32-sized (the fast path is taken); threads do not change a bit."""
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dt)
+    dy = rng.standard_normal(shape).astype(dt)
+    a = axis % x.ndim
+    red = tuple(i for i in range(x.ndim) if i != a)
+    bshape = [x.shape[a] if i == a else 1 for i in range(x.ndim)]
+    mean = x.astype(np.float64).mean(axis=red)
+    kw = {}
+    g = dy.astype(np.float64)
+    if relu:
+        y = rng.standard_normal(shape).astype(dt)
+        kw = dict(activation="relu", y=y)
+        g = np.where(y.astype(np.float64) > 0, g, 0.0)
+    s = cbn.backward_reduce(dy, x, mean, axis=axis, num_threads=2, **kw)
+    s1 = cbn.backward_reduce(dy, x, mean, axis=axis, num_threads=1, **kw)
+    np.testing.assert_array_equal(s.sum_dy, s1.sum_dy)
+    np.testing.assert_array_equal(s.sum_dy_xmu, s1.sum_dy_xmu)
+    terms = g * (x.astype(np.float64) - mean.reshape(bshape))
+    err_g = np.abs(s.sum_dy - g.sum(axis=red))
+    err_d = np.abs(s.sum_dy_xmu - terms.sum(axis=red))
+    assert np.all(err_g <= TWO_LEVEL * np.abs(g).sum(axis=red) + 1e-300), err_g.max()
+    assert np.all(err_d <= TWO_LEVEL * np.abs(terms).sum(axis=red) + 1e-300), err_d.max()
+    assert (err_d / np.abs(terms).sum(axis=red)).max() > 1e-13
