@@ -63,7 +63,8 @@ def available(name):
         return False
     return True
 
-#: (shape, channel axis) of the full case list: NCHW, 2-D NC, tiny, and channels-last NHWC.
+#: (shape, channel axis) of the full case list: NCHW, 2-D NC, tiny, channels-last NHWC (also
+#: the wide-channel late stages of a ResNet, 256 and 512 channels from L2), padded sequences.
 SHAPES = (
     ((32, 64, 56, 56), 1),
     ((8, 256, 14, 14), 1),
@@ -73,6 +74,8 @@ SHAPES = (
     ((1, 16, 8, 8), 1),
     ((32, 56, 56, 64), -1),
     ((64, 512, 256), -1),
+    ((64, 14, 14, 256), -1),
+    ((64, 7, 7, 512), -1),
 )
 #: Indices into :data:`SHAPES` used by ``--quick``: big NCHW, in-cache NCHW (for the
 #: thread-scaling table), 2-D NC, tiny, channels-last, padded sequences.

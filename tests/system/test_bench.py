@@ -158,7 +158,9 @@ def test_16_bit_cases_run_with_float32_parameters_and_torch():
 def test_default_cases():
     full = _bench.default_cases()
     wide = [c for c in full if c.dtype in ("float32", "float64")]
-    assert len(wide) == 16
+    assert len(wide) == 20  # 10 shapes x float32, float64
+    assert Case((64, 14, 14, 256), "float64", -1) in full and Case((64, 7, 7, 512), "float32",
+                                                                    -1) in full
     halves = [c for c in full if c.dtype in ("float16", "bfloat16")]
     assert {c.shape for c in halves} == {(32, 64, 56, 56), (4096, 1024), (32, 56, 56, 64)}
     assert "float16" in {c.dtype for c in halves}
