@@ -6,7 +6,7 @@ import sys
 from ._runtime import resolve_threads
 from .busy import busy_reason
 from .cases import DTYPES, OPS, available, default_cases
-from .outputs import PLOT_ERROR, plot_speedups, require_matplotlib, write_json
+from .outputs import PLOT_ERROR, plot_speedups, require_matplotlib, times_path, write_json
 from .progress import ProgressBar
 from .report import environment, format_report
 from .runner import run_benchmark
@@ -70,7 +70,8 @@ def add_arguments(parser):
                         help="skip the thread-scaling table (n threads vs 1 on the cases that "
                              "fit in cache, next to the floor kernels' scaling)")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
-                        help="write a bar chart of the speedups (needs matplotlib)")
+                        help="write bar charts: the speedups and cbn/floor, and the times per "
+                             "call beside it (FILE_times.png; needs matplotlib)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the raw results")
 
 
@@ -146,5 +147,6 @@ def run(args, cases=None, out=None):
         print(f"\nraw results written to {args.json}", file=out)
     if args.plot:
         plot_speedups(args.plot, results, env, plt=plt)
-        print(f"speedup chart written to {args.plot}", file=out)
+        print(f"speedup chart written to {args.plot}, times to {times_path(args.plot)}",
+              file=out)
     return 0

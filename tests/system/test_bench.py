@@ -212,6 +212,8 @@ def test_plot_writes_a_png(tmp_path, results):
     path = tmp_path / "speedup.png"
     _bench.plot_speedups(path, results, _bench.environment(1, FAST))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    times = tmp_path / "speedup_times.png"  # the second figure: times per call
+    assert times.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys, tmp_path):
