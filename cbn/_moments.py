@@ -199,7 +199,8 @@ def moments(x: ArrayLike, *, axis: int = 1, num_threads: Optional[int] = None,
     -----
     The same kernel as :func:`cbn.batch_norm_forward`: float64 accumulation, per-block sums
     shifted by an element of the block (bounded cancellation) merged by Chan's formula,
-    bit-identical for any ``num_threads``.
+    bit-identical for any ``num_threads``; float16 and bfloat16 data in two levels, certified
+    within 2^-20 (:func:`cbn.batch_norm_forward`).
     ``np.var(x, axis=others) * count`` equals ``m2`` up to rounding.
     """
     x, mask, _ = M.unmask(x, mask, sample_weight, axis)  # a MaskedArray's mask is honoured

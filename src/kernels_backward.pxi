@@ -18,32 +18,46 @@ cdef inline double _about_mean(double sum_gxh, double sum_g, float h, double mea
 cdef void _segment_sums_cm(const elem* dy, const elem* ym, int act, const elem* x,
                            const Geometry* g,
                            Py_ssize_t c, Py_ssize_t s, double mean, bint with_dot,
-                           double* sdy_out, double* sdyx_out) noexcept nogil:
+                           double* sdy_out, double* sdyx_out, bint two_level) noexcept nogil:
     """Channel-major: sum(dy) and (if with_dot) sum(dy * (x - mean)) over segment s of channel
-    c, run by run in block order.  OUT scalars (overwritten).  The 16-bit formats sum in two
-    levels (above) into 8 lanes, summed once; float32/float64 in float64, run by run."""
+    c, run by run in block order.  OUT scalars (overwritten).  two_level (the 16-bit formats):
+    in two levels (above) into 8 lanes, summed once; else in float64, run by run."""
     cdef Py_ssize_t b, o, o0, o1, i0, i1, off, l
     cdef double a = 0.0, d = 0.0
     cdef double lanes[16]
     cdef float h = <float>mean
-    if elem is cbn_f16 or elem is cbn_bf16:
+    two_level = two_level and (elem is cbn_f16 or elem is cbn_bf16)
+    if two_level:
         for l in range(16):
             lanes[l] = 0.0
     for b in range(cbn_seg_start(g, s), cbn_seg_start(g, s + 1)):
         _block_range(g, b, &o0, &o1, &i0, &i1)
         for o in range(o0, o1):
             off = (o * g.C + c) * g.inner + i0
-            if elem is cbn_f16 or elem is cbn_bf16:
+            if two_level:
                 _partial_sum_dot8(dy + off, _at(ym, off), x + off, i1 - i0, h, lanes,
                                   lanes + 8 if with_dot else NULL, act)
             elif with_dot:
                 _sum_dot(dy + off, _at(ym, off), act, x + off, i1 - i0, mean, &a, &d)
             else:
                 _sum_like_dot(dy + off, _at(ym, off), act, i1 - i0, &a)
-    if elem is cbn_f16 or elem is cbn_bf16:
+    if two_level:
         a = cbn_hsum8_array(lanes)
         if with_dot:
             d = _about_mean(cbn_hsum8_array(lanes + 8), a, h, mean)
+    sdy_out[0] = a
+    sdyx_out[0] = d
+
+
+cdef void _channel_sums_cm_in(const elem* dy, const elem* ym, int act, const elem* x,
+                              const Geometry* g, Py_ssize_t c, double mean, bint with_dot,
+                              double* sdy_out, double* sdyx_out, bint two_level) noexcept nogil:
+    cdef double a = 0.0, d = 0.0, sa, sd
+    cdef Py_ssize_t s
+    for s in range(g.nseg):
+        _segment_sums_cm(dy, ym, act, x, g, c, s, mean, with_dot, &sa, &sd, two_level)
+        a = a + sa
+        d = d + sd
     sdy_out[0] = a
     sdyx_out[0] = d
 
@@ -52,12 +66,36 @@ cdef void _channel_sums_cm(const elem* dy, const elem* ym, int act, const elem* 
                            const Geometry* g,
                            Py_ssize_t c, double mean, bint with_dot,
                            double* sdy_out, double* sdyx_out) noexcept nogil:
-    cdef double a = 0.0, d = 0.0, sa, sd
-    cdef Py_ssize_t s
-    for s in range(g.nseg):
-        _segment_sums_cm(dy, ym, act, x, g, c, s, mean, with_dot, &sa, &sd)
-        a = a + sa
-        d = d + sd
+    """Channel-major: the backward sums of channel c, segment by segment: two-level for the
+    16-bit formats unless a float32 partial overflowed (_sums_finite), else in float64."""
+    _channel_sums_cm_in(dy, ym, act, x, g, c, mean, with_dot, sdy_out, sdyx_out, True)
+    if (elem is cbn_f16 or elem is cbn_bf16) and not _sums_finite(sdy_out[0], sdyx_out[0]):
+        _channel_sums_cm_in(dy, ym, act, x, g, c, mean, with_dot, sdy_out, sdyx_out, False)
+
+
+cdef inline bint _sums_finite(double sdy, double sdyx) noexcept nogil:
+    """Whether two-level backward sums are finite.  bfloat16 keeps float32's range, so a
+    float32 partial of finite terms can overflow (|dy (x - h)| beyond 3.4e38) where float64
+    does not: such a channel is summed again in float64, which also keeps the NaN or Inf of
+    non-finite input."""
+    return isfinite(sdy) and isfinite(sdyx)
+
+
+cdef void _channel_sums_cl_exact(const elem* dy, const elem* ym, int act, const elem* x,
+                                 const Geometry* g, Py_ssize_t c, double mean, bint with_dot,
+                                 double* sdy_out, double* sdyx_out) noexcept nogil:
+    """Channels-last: the backward sums of the one channel c in float64, row by row (a
+    16-bit channel whose two-level sums overflowed)."""
+    cdef Py_ssize_t r, i
+    cdef double a = 0.0, d = 0.0, gv
+    for r in range(g.outer):
+        i = r * g.C + c
+        gv = _ld(dy[i])
+        if act != CBN_ACT_NONE and not (_ld(ym[i]) > 0.0):
+            gv = 0.0
+        a += gv
+        if with_dot:
+            d += gv * (_ld(x[i]) - mean)
     sdy_out[0] = a
     sdyx_out[0] = d
 
@@ -262,6 +300,17 @@ cdef int _backward_sums(Work* wk, const Geometry* g, const cbn_plan* plan,
     _sum_segment_partials(g, wk.part, plan.reduce == CBN_RED_CM_SEGMENTS, wk.sdy_out,
                           wk.sdyx_out)
     free(wk.part)
+    if elem is cbn_f16 or elem is cbn_bf16:  # a float32 partial that overflowed: float64
+        for c in range(C):
+            if not _sums_finite(wk.sdy_out[c], wk.sdyx_out[c]):
+                if g.inner == 1:
+                    _channel_sums_cl_exact(<const elem*>wk.dy, <const elem*>wk.ym, wk.act,
+                                           <const elem*>wk.x, g, c, wk.mean[c], wk.with_dot,
+                                           &wk.sdy_out[c], &wk.sdyx_out[c])
+                else:
+                    _channel_sums_cm_in(<const elem*>wk.dy, <const elem*>wk.ym, wk.act,
+                                        <const elem*>wk.x, g, c, wk.mean[c], wk.with_dot,
+                                        &wk.sdy_out[c], &wk.sdyx_out[c], False)
     return 0
 
 

@@ -214,7 +214,8 @@ cdef inline void _block_range(const Geometry* g, Py_ssize_t b, Py_ssize_t* o0, P
 
 
 cdef inline void _block_moments(double inv_nb, double k, double kref, double s1, double s2,
-                                double* mean_out, double* m2_out) noexcept nogil:
+                                double* mean_out, double* m2_out,
+                                bint clamp=True) noexcept nogil:
     """Moments of a block of nb = 1 / inv_nb values from its sums shifted by k, an element of
     the block: then (k - mean)^2 <= nb * var, so the cancellation below costs at most a factor
     nb + 1.  OUT mean_out is the block mean *less kref*, the channel's reference element (see
@@ -223,13 +224,15 @@ cdef inline void _block_moments(double inv_nb, double k, double kref, double s1,
     cdef double t = s1 * inv_nb
     cdef double q = s2 - s1 * t
     mean_out[0] = (k - kref) + t
-    # clamp rounding below zero, but let NaN through (a NaN/Inf input must poison its channel)
-    m2_out[0] = 0.0 if q < 0.0 else q
+    # clamp rounding below zero, but let NaN through (a NaN/Inf input must poison its channel);
+    # the two-level sums do not clamp (clamp False): their certificate's bound assumes the
+    # merges are Chan's algebra, and a negative total is refused anyway
+    m2_out[0] = 0.0 if (clamp and q < 0.0) else q
 
 
 cdef inline void _block_moments_columns(double inv_nb, const double* k, const elem* kref,
                                         double* s1_mean, double* s2_m2,
-                                        Py_ssize_t w) noexcept nogil:
+                                        Py_ssize_t w, bint clamp=True) noexcept nogil:
     """_block_moments for w columns, in place: IN/OUT s1 -> mean less kref and s2 -> M2
     (vectorised; the same operations in the same order as the scalar form)."""
     cdef Py_ssize_t j
@@ -238,7 +241,7 @@ cdef inline void _block_moments_columns(double inv_nb, const double* k, const el
         t = s1_mean[j] * inv_nb
         q = s2_m2[j] - s1_mean[j] * t
         s1_mean[j] = (k[j] - _ld(kref[j])) + t
-        s2_m2[j] = 0.0 if q < 0.0 else q
+        s2_m2[j] = 0.0 if (clamp and q < 0.0) else q
 
 
 cdef void _merge(double* n_a, double* mean_a, double* m2_a,

@@ -17,9 +17,10 @@
 # L squares takes at most L roundings (FMA or not), so each computed square is
 # e^2 (1 + t), |t| <= gamma_{L+2}, and each d in a partial of d's e (1 + t'), |t'| <= gamma_{L+1}.
 # Chan's merges of the block sums compute, in exact arithmetic, S2^ - S1^^2 / n from the
-# float32 sums, so (float64 rounding apart, a term n 2^-53 S2 below)
+# float32 sums, so (float64 rounding apart: a term n 2^-53 S2 below; the two-level merges do not
+# clamp a block's rounding below zero, which would break the identity)
 #     |M2^ - M2| <= gamma_{L+2} S2 + |S1^ - S1| (|S1^| + |S1|) / n
-#               <= gamma_{L+2} S2 + 2 gamma_{L+1} |mean - c| sqrt(n S2) + gamma_{L+1}^2 S2,
+#               <= gamma_{L+2} S2 + 2 gamma_{L+1} |mean - c| sqrt(n S2) + 3 gamma_{L+1}^2 S2,
 # using sum |e_i| <= sqrt(n S2).  With rho = |mean - c| / std the relative error is
 #     gamma_{L+2} (1 + rho^2) + 2 gamma_{L+1} rho sqrt(1 + rho^2) + ...
 # -- 6u = 3.6e-7 for L = 4, 10u for L = 8, with a centre at the mean -- and the mean is within
@@ -35,9 +36,10 @@
 # adversarial.  A channel-major channel that fails is summed again, two-level, about its
 # computed mean (then ~0 standard deviations away).  A channel that still fails -- a constant
 # or subnormal-scale channel (M2 ~ 0: no relative bound), offsets beyond float32's digits, NaN
-# or Inf -- and a channels-last one that fails once are summed again in float64 as float64 data
-# is (_channel_moments_*_exact), so the answer is always within the promise, the slow way only
-# where the fast one cannot prove it.  Both decisions depend on the data and the shape
+# or Inf -- and a channels-last one that fails once are summed again in float64
+# (_channel_moments_*_exact: channel-major as float64 data is; channels-last one column, block
+# by block), so the answer is always within the promise, the slow way only where the fast one
+# cannot prove it.  Those second passes run after the parallel pass, on one thread.  Both decisions depend on the data and the shape
 # only: results stay bit-identical for any thread count.
 
 # ------------------------------------------------------------------------------------ statistics
@@ -63,37 +65,44 @@ cdef inline double _gamma(int k) noexcept nogil:
     return k * _U32 / (1.0 - k * _U32)
 
 
-cdef bint _certified(double n, double mean, double m2, double c, int L) noexcept nogil:
+cdef bint _certified(double n, double mean, double m2, double c, int L,
+                     bint float16) noexcept nogil:
     """Whether the two-level moments (n, mean, m2) of a channel, summed about its centre c in
-    float32 partials of L terms, are within _TAU of the exact M2 by the design note's bound.  False for NaN or Inf.  A centre of
-    at least 2^-50 in magnitude with m2 == 0 and mean == c is exact: every x - c that is not 0
-    is then at least 2^-74, whose square cannot round to 0, so all were 0."""
+    float32 partials of L terms, are within _TAU of the exact M2 by the design note's bound.
+    False for NaN or Inf.  m2 == 0 with mean == c is exact when no nonzero x - c can square to
+    0: with a centre of at least 2^-50 in magnitude every nonzero x - c is at least 2^-74; with
+    float16 data and a centre of 0, at least 2^-24 (then every d was 0, every block's sums 0)."""
     cdef double d = mean - c
     cdef double g1 = _gamma(L + 1), g2 = _gamma(L + 2)
     cdef double s2, e
-    if m2 == 0.0 and d == 0.0 and fabs(c) >= _EXACT_ZERO_CENTRE:
+    if m2 == 0.0 and d == 0.0 and (fabs(c) >= _EXACT_ZERO_CENTRE or (float16 and c == 0.0)):
         return True
     s2 = (m2 + n * d * d) * (1.0 + _S2_SLACK)
-    e = ((g2 + g1 * g1 + (n / 256.0 + 64.0) * _U64) * s2 + 2.0 * g1 * fabs(d) * sqrt(n * s2)
+    e = ((g2 + 3.0 * g1 * g1 + n * _U64) * s2 + 2.0 * g1 * fabs(d) * sqrt(n * s2)
          + n * _TINY)
     return e <= _TAU * (m2 - e)
 
 
 cdef float _pilot_cm(const elem* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
-    """The centre of channel c, channel-major: the mean of CBN_PILOT_LINES pieces of one 64-byte
-    line (or the rest of the run), spread evenly over the channel, rounded to float32."""
+    """The centre of channel c, channel-major: the mean of CBN_PILOT_LINES samples of 64 bytes
+    of consecutive elements of the channel (continuing into the next runs when a run ends),
+    spread evenly over it, rounded to float32."""
     cdef Py_ssize_t n = g.outer * g.inner, per = max(1, 64 // <Py_ssize_t>sizeof(elem))
-    cdef Py_ssize_t q, f, o, i, m, cnt = 0
+    cdef Py_ssize_t q, f, o, i, m, need, cnt = 0
     cdef double acc = 0.0
     if n == 0:
         return 0.0
     for q in range(CBN_PILOT_LINES):
         f = (q * n) // CBN_PILOT_LINES
-        o = f // g.inner
-        i = f % g.inner
-        m = min(per, g.inner - i)
-        acc += _sum(x + (o * g.C + c) * g.inner + i, m)
-        cnt += m
+        need = per
+        while need > 0 and f < n:
+            o = f // g.inner
+            i = f % g.inner
+            m = min(need, g.inner - i)
+            acc += _sum(x + (o * g.C + c) * g.inner + i, m)
+            cnt += m
+            need -= m
+            f += m
     return <float>(acc / <double>cnt)
 
 
@@ -138,7 +147,7 @@ cdef void _segment_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
             for o in range(o0, o1):
                 _shifted_sums(base + o * stride + i0, length, k, &s1, &q)
         nb = <double>((o1 - o0) * length)
-        _block_moments(1.0 / nb, k, kref, s1, q, &mb, &q)
+        _block_moments(1.0 / nb, k, kref, s1, q, &mb, &q, centre == NULL)
         _merge(&cnt, &mean, &m2, nb, mb, q)
     cnt_out[0] = cnt
     mean_out[0] = mean
@@ -172,17 +181,17 @@ cdef void _channel_moments_cm_about(const elem* x, const Geometry* g, Py_ssize_t
     m2_out[0] = m2
 
 
-cdef bint _cm_about_its_mean(const elem* x, const Geometry* g, Py_ssize_t c,
+cdef bint _cm_about_its_mean(const elem* x, const Geometry* g, Py_ssize_t c, float first,
                              double* mean_io, double* m2_io) noexcept nogil:
-    """A channel-major channel refused about its sampled centre: its two-level moments again,
-    about its computed mean (IN mean_io), into mean_io/m2_io when certified; False (nothing
-    written) when refused again or not finite."""
+    """A channel-major channel refused about its sampled centre first: its two-level moments
+    again, about its computed mean (IN mean_io), into mean_io/m2_io when certified; False
+    (nothing written) when refused again, not finite, or the same centre."""
     cdef double mean, m2
     cdef float centre = <float>mean_io[0]
-    if not isfinite(centre):
+    if not isfinite(centre) or centre == first:
         return False
     _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
-    if not _certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS):
+    if not _certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS, elem is cbn_f16):
         return False
     mean_io[0] = mean
     m2_io[0] = m2
@@ -198,8 +207,8 @@ cdef void _channel_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
     if elem is cbn_f16 or elem is cbn_bf16:
         centre = _pilot_cm(x, g, c)
         _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
-        if (_certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS)
-                or _cm_about_its_mean(x, g, c, &mean, &m2)):
+        if (_certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS, elem is cbn_f16)
+                or _cm_about_its_mean(x, g, c, centre, &mean, &m2)):
             mean_out[0] = mean
             m2_out[0] = m2
             return
@@ -261,7 +270,7 @@ cdef void _segment_moments_cl(const elem* x, const Geometry* g, Py_ssize_t s,
                               threads)
         else:
             _col_shifted_sums(bmean, bm2, x + r0 * g.C + c0, g.C, r1 - r0, bk, w, threads)
-        _block_moments_columns(1.0 / nb, bk, x + c0, bmean, bm2, w)
+        _block_moments_columns(1.0 / nb, bk, x + c0, bmean, bm2, w, centre == NULL)
         _merge_columns(mean_out, m2_out, cnt, bmean, bm2, nb, w)
         cnt = cnt + nb
 
@@ -309,7 +318,8 @@ cdef void _moments_cm_rows_task(const elem* x, const Geometry* g, Py_ssize_t s,
         nb = <double>((o1 - o0) * inner)
         for j in range(w):
             _block_moments(1.0 / nb, k[j], _channel_ref(x, g, c0 + j),
-                           cbn_hsum8_array(s1 + 8 * j), cbn_hsum8_array(s2 + 8 * j), &bm, &bq)
+                           cbn_hsum8_array(s1 + 8 * j), cbn_hsum8_array(s2 + 8 * j), &bm, &bq,
+                           centre == NULL)
             cnt_c = cnt
             _merge(&cnt_c, &mean[j], &m2[j], nb, bm, bq)
         cnt = cnt + nb
@@ -361,10 +371,12 @@ cdef void _certify_or_redo(const elem* x, const Geometry* g, const float* centre
     cdef Py_ssize_t c
     for c in range(g.C):
         if g.inner == 1:
-            if not _certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_COLS):
+            if not _certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_COLS,
+                              elem is cbn_f16):
                 _channel_moments_cl_exact(x, g, c, &mean_out[c], &m2_out[c])
-        elif not (_certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_RUNS)
-                  or _cm_about_its_mean(x, g, c, &mean_out[c], &m2_out[c])):
+        elif not (_certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_RUNS,
+                             elem is cbn_f16)
+                  or _cm_about_its_mean(x, g, c, centre[c], &mean_out[c], &m2_out[c])):
             _channel_moments_cm_exact(x, g, c, &mean_out[c], &m2_out[c])
 
 

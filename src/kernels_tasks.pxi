@@ -61,7 +61,7 @@ cdef void _task(const Work* wk, TaskKind kind, Py_ssize_t t, double* scratch,
                          &wk.sdyx_out[t])
     elif kind == SUMS_CM_SEGMENT:
         _segment_sums_cm(dy, ym, wk.act, x, g, t // g.nseg, t % g.nseg, wk.mean[t // g.nseg],
-                         wk.with_dot, &wk.part[2 * t], &wk.part[2 * t + 1])
+                         wk.with_dot, &wk.part[2 * t], &wk.part[2 * t + 1], True)
     elif kind == SUMS_CL:
         _sums_cl_task(dy, ym, wk.act, x, g, t, wk.mean, wk.centre, wk.with_dot, wk.part,
                       wk.plan.nt)

@@ -3,9 +3,9 @@
 Tolerances.  The kernels accumulate every reduction of float64 data in float64, so its
 *statistics* agree with a float64 NumPy computation on the same values to a few float64 ulps
 times the summation depth; so do those of float32 data.  The statistics of float16 and
-bfloat16 data are two-level (float32 partials of at most 4 terms, then float64;
+bfloat16 data are two-level (float32 partials of 8 or 4 terms, then float64;
 src/kernels_statistics.pxi): their M2 is certified within ``TWO_LEVEL`` = 2^-20 relative and
-their mean is within ~6 float32 ulps of a standard deviation (the bound there), which
+their mean is within ~10 float32 ulps of a standard deviation (the bound there), which
 ``assert_stats_like`` allows.
 The *element-wise outputs* are computed in the input dtype: ``((x - hi) - lo) * scale + shift``
 has at most four roundings, each at most eps/2 of the magnitude of its operands, so the error

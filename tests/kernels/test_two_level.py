@@ -1,6 +1,7 @@
 """The two-level statistics of float16 and bfloat16 data (src/kernels_statistics.pxi):
-float32 partials of at most 4 terms about a per-channel centre, a certificate per channel, and
-float64 again where the certificate cannot prove the bound.
+float32 partials of 8 (runs) or 4 (columns) terms about a per-channel centre, a certificate per
+channel, and a second pass where the certificate cannot prove the bound; and the two-level
+backward sums (src/kernels_backward.pxi).
 
 Every layout path is covered (channel-major rows of short runs, long runs in pieces, few
 channels split into segments, the fused per-channel forward; channels-last tiles, the columns a
@@ -17,7 +18,7 @@ LAYOUTS = [
     ((16, 24, 7, 7), 1),      # channel-major short runs: the rows tasks
     ((2, 3, 70000), 1),       # runs longer than a block: pieces
     ((4, 1, 200, 200), 1),    # one channel: (channel, segment) tasks
-    ((8, 32, 40, 40), 1),     # the fused per-channel forward
+    ((8, 32, 40, 40), 1),     # channel-major runs of 1600: the rows tasks, several blocks
     ((4096, 40), 1),          # channels-last: tiles and left-over columns
     ((64, 6, 6, 64), -1),     # channels-last NHWC, C = 64
     ((300, 5), 1),            # narrow channels-last: columns only
@@ -97,11 +98,11 @@ def test_a_refused_centre_is_summed_again(level, rng, dt):
     """Channel-major.  Channel 1's sampled centre is far from its mean (the sample sits on the
     only large values; the float32 squares of the rest round): refused, it is summed again
     about its computed mean and certified -- two-level, within the bound.  Constant channels
-    (0 and 5) are refused again (no relative bound at M2 = 0, except the exact zero of a centre
-    of at least 2^-50) and summed in float64: exact.  The ordinary channels stay two-level;
+    are exact: 5 (a centre of at least 2^-50) and, in float16, 0 by the certificate's
+    exact-zero rule; bfloat16's 0 is refused twice and summed in float64.  The ordinary channels stay two-level;
     the results do not depend on the thread count."""
     C = 5
-    x = rng.standard_normal((8, C, 1000))
+    x = rng.standard_normal((16, C, 1000))  # above the parallel threshold: 2 threads run 2
     for o, i, m in _sample_positions_cm(x.shape, 1, np.zeros(1, dt)):
         x[o, 1, i:i + m] += 1e3
     x[:, 2] = 0.0
@@ -143,16 +144,52 @@ def test_subnormal_scale_data(level, rng):
     np.testing.assert_allclose(m.var(), var, rtol=1e-12)
 
 
-def test_forward_and_moments_agree_bit_for_bit(rng):
-    """One reduction: the forward's statistics are the moments' (the fused per-channel path
-    and the partials paths certify and fall back alike)."""
-    for shape, axis in LAYOUTS:
-        x = rng.standard_normal(shape).astype(np.float16)
-        x.reshape(-1)[:7] = 1e4  # a channel that the certificate may refuse
-        f = cbn.batch_norm_forward(x, axis=axis, eps=1e-5)
-        m = cbn.moments(x, axis=axis)
-        np.testing.assert_array_equal(f.mean, m.mean)
-        np.testing.assert_array_equal(f.invstd, m.invstd(1e-5))
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+def test_per_channel_and_segment_paths_agree(rng, dt):
+    """One channel: at 1 thread its segments run in one per-channel task, at 2 threads as
+    (channel, segment) tasks merged afterwards -- the same arithmetic, bit for bit, also when
+    the sampled centre is refused and the channel summed again about its mean; the forward
+    and the moments agree."""
+    import os
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPUs for a 2-thread plan")
+    shape = (4, 1, 200, 200)
+    for refused in (False, True):
+        x = rng.standard_normal(shape)
+        if refused:
+            for o, i, m in _sample_positions_cm(shape, 1, np.zeros(1, dt)):
+                x.reshape(4, 1, -1)[o, 0, i:i + m] += 1e3
+        x = x.astype(dt)
+        m1, m2 = (cbn.moments(x, num_threads=t) for t in (1, 2))
+        np.testing.assert_array_equal(m1.mean, m2.mean)
+        np.testing.assert_array_equal(m1.m2, m2.m2)
+        f = cbn.batch_norm_forward(x, num_threads=2)
+        np.testing.assert_array_equal(f.mean, m2.mean)
+        mean, var, _ = _exact(x, 1)
+        assert 1e-12 < abs(m1.var()[0] - var[0]) / var[0] <= TWO_LEVEL
+
+
+@pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("layout", [((16, 3, 4096), 1), ((8192, 3), 1)], ids=["cm", "cl"])
+def test_backward_sums_that_overflow_float32(rng, dt, layout):
+    """Finite 16-bit data whose products overflow a float32 partial (bfloat16 keeps float32's
+    range: dy 1e30 times x - mean 1e10): the channel's sums are taken again in float64, finite
+    and as float64's; float16 cannot reach that range (its products stay below 1e10)."""
+    shape, axis = layout
+    x = rng.standard_normal(shape) * (1e10 if dt != np.float16 else 100.0)
+    dy = rng.standard_normal(shape) * (1e30 if dt != np.float16 else 100.0)
+    x, dy = x.astype(dt), dy.astype(dt)
+    a = axis % x.ndim
+    red = tuple(i for i in range(x.ndim) if i != a)
+    bshape = [x.shape[a] if i == a else 1 for i in range(x.ndim)]
+    mean = x.astype(np.float64).mean(axis=red)
+    s = cbn.backward_reduce(dy, x, mean, axis=axis)
+    g = dy.astype(np.float64)
+    terms = g * (x.astype(np.float64) - mean.reshape(bshape))
+    assert np.all(np.isfinite(s.sum_dy)) and np.all(np.isfinite(s.sum_dy_xmu))
+    assert np.all(np.abs(s.sum_dy - g.sum(axis=red)) <= TWO_LEVEL * np.abs(g).sum(axis=red))
+    assert np.all(np.abs(s.sum_dy_xmu - terms.sum(axis=red))
+                  <= TWO_LEVEL * np.abs(terms).sum(axis=red))
 
 
 @pytest.mark.parametrize("dt", FORMATS, ids=FORMAT_IDS)
@@ -162,7 +199,8 @@ def test_backward_sums_within_their_bound(level, rng, shape, axis, dt, relu):
     """The backward sums of 16-bit data are two-level (src/kernels_backward.pxi): sum g and
     sum g (x - mean) within 2^-20 of the sums of their terms' magnitudes, against float64 sums
     of the same values (g = dy, or dy where the ReLU's output is positive); the product sum's
-    error is float32-sized (the fast path is taken); threads do not change a bit."""
+    error is float32-sized (the fast path is taken); threads do not change a bit (the inputs
+    big enough for a team)."""
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(dt)
     dy = rng.standard_normal(shape).astype(dt)
     a = axis % x.ndim
@@ -176,9 +214,10 @@ def test_backward_sums_within_their_bound(level, rng, shape, axis, dt, relu):
         kw = dict(activation="relu", y=y)
         g = np.where(y.astype(np.float64) > 0, g, 0.0)
     s = cbn.backward_reduce(dy, x, mean, axis=axis, num_threads=2, **kw)
-    s1 = cbn.backward_reduce(dy, x, mean, axis=axis, num_threads=1, **kw)
-    np.testing.assert_array_equal(s.sum_dy, s1.sum_dy)
-    np.testing.assert_array_equal(s.sum_dy_xmu, s1.sum_dy_xmu)
+    if x.size >= 1 << 16:  # smaller inputs never start a thread team
+        s1 = cbn.backward_reduce(dy, x, mean, axis=axis, num_threads=1, **kw)
+        np.testing.assert_array_equal(s.sum_dy, s1.sum_dy)
+        np.testing.assert_array_equal(s.sum_dy_xmu, s1.sum_dy_xmu)
     terms = g * (x.astype(np.float64) - mean.reshape(bshape))
     err_g = np.abs(s.sum_dy - g.sum(axis=red))
     err_d = np.abs(s.sum_dy_xmu - terms.sum(axis=red))
