@@ -108,34 +108,45 @@ static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, dou
     cbn_store8_f64(s2_8, Q);
 }
 
-/* The tiles of cbn_col_partial_sums, PT native float vectors wide (a constant: the function is
- * always inlined, the state stays in registers): for every memory block of mb rows, each tile
- * walks its rows, its float64 sums in registers. */
+/* The column tiles of both two-level column reductions, PT native float vectors wide (a
+ * constant, as are act, DOT and SQUARES: the function is always inlined, the tile's state stays
+ * in registers).  For every memory block of mb rows each tile walks its rows: g is the row of
+ * src (SQUARES: less h, the statistics' centres; else through the activation act, output ym),
+ * sa[j] += sum g and, with DOT, sb[j] += sum g g (SQUARES) or sum g (x - h) -- float32
+ * partials over groups of CBN_F32_RUN_COLS rows, each added to the float64 sums, kept in
+ * registers for the walk. */
 static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
-    double *restrict s1, double *restrict s2, const TS *restrict x, ptrdiff_t ld,
-    ptrdiff_t rows, const float *restrict c, ptrdiff_t wt, ptrdiff_t mb, int pf_, const int PT) {
+    double *restrict sa, double *restrict sb, const TS *restrict src, const TS *restrict ym,
+    const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows, const float *restrict h, ptrdiff_t wt,
+    ptrdiff_t mb, int pf_, const int PT, const int act, const int DOT, const int SQUARES) {
     const ptrdiff_t tw = PT * CBN_TVL;
     for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
         const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
         for (ptrdiff_t j = 0; j < wt; j += tw) {
-            cbn_vf cv[CBN_PT_MAX];
-            cbn_vd A[2 * CBN_PT_MAX], Q[2 * CBN_PT_MAX];
-            for (int v = 0; v < PT; v++) cv[v] = cbn_vload_f32(c + j + CBN_TVL * v);
+            cbn_vf hv[CBN_PT_MAX];
+            cbn_vd A[2 * CBN_PT_MAX], B[2 * CBN_PT_MAX];
+            for (int v = 0; v < PT; v++) hv[v] = DOT ? cbn_vload_f32(h + j + CBN_TVL * v)
+                                                     : (cbn_vf){0};
             for (int v = 0; v < 2 * PT; v++) {
-                A[v] = cbn_loadv_f64(s1 + j + CBN_DL * v);
-                Q[v] = cbn_loadv_f64(s2 + j + CBN_DL * v);
+                A[v] = cbn_loadv_f64(sa + j + CBN_DL * v);
+                B[v] = DOT ? cbn_loadv_f64(sb + j + CBN_DL * v) : (cbn_vd){0};
             }
             for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN_COLS) {
                 const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < m1 ? r0 + CBN_F32_RUN_COLS : m1;
-                cbn_vf a[CBN_PT_MAX], q[CBN_PT_MAX];
-                const TS *p = x + r0 * ld + j;
-                for (int v = 0; v < PT; v++) a[v] = q[v] = (cbn_vf){0};
-                for (ptrdiff_t r = r0; r < r1; r++, p += ld) {
-                    CBN_PREFETCH_AHEAD(p, mb * ld, tw * sizeof(TS));
+                cbn_vf a[CBN_PT_MAX], b[CBN_PT_MAX];
+                for (int v = 0; v < PT; v++) a[v] = b[v] = (cbn_vf){0};
+                for (ptrdiff_t r = r0, i = r0 * ld + j; r < r1; r++, i += ld) {
+                    CBN_PREFETCH_AHEAD(src + i, mb * ld, tw * sizeof(TS));
+                    if (DOT && !SQUARES) CBN_PREFETCH_AHEAD(x + i, mb * ld, tw * sizeof(TS));
+                    if (act) CBN_PREFETCH_AHEAD(ym + i, mb * ld, tw * sizeof(TS));
                     for (int v = 0; v < PT; v++) {
-                        const cbn_vf d = SFX(cbn_vload)(p + CBN_TVL * v) - cv[v];
-                        a[v] += d;
-                        q[v] += d * d;
+                        cbn_vf g = SFX(cbn_vload)(src + i + CBN_TVL * v);
+                        if (SQUARES) g = g - hv[v];
+                        if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i + CBN_TVL * v),
+                                                         act);
+                        a[v] += g;
+                        if (SQUARES) b[v] += g * g;
+                        else if (DOT) b[v] += g * (SFX(cbn_vload)(x + i + CBN_TVL * v) - hv[v]);
                     }
                 }
                 for (int v = 0; v < PT; v++) {
@@ -143,14 +154,16 @@ static inline __attribute__((always_inline)) void SFX(cbn_col_partial_tiles)(
                     cbn_widen_f32(a[v], &lo, &hi);
                     A[2 * v] += lo;
                     A[2 * v + 1] += hi;
-                    cbn_widen_f32(q[v], &lo, &hi);
-                    Q[2 * v] += lo;
-                    Q[2 * v + 1] += hi;
+                    if (DOT) {
+                        cbn_widen_f32(b[v], &lo, &hi);
+                        B[2 * v] += lo;
+                        B[2 * v + 1] += hi;
+                    }
                 }
             }
             for (int v = 0; v < 2 * PT; v++) {
-                cbn_storev_f64(s1 + j + CBN_DL * v, A[v]);
-                cbn_storev_f64(s2 + j + CBN_DL * v, Q[v]);
+                cbn_storev_f64(sa + j + CBN_DL * v, A[v]);
+                if (DOT) cbn_storev_f64(sb + j + CBN_DL * v, B[v]);
             }
         }
     }
@@ -170,11 +183,12 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
         CBN_F32_RUN_COLS * cbn_col_block_subs(ld, sizeof(TS), CBN_F32_RUN_COLS, threads);
     const int pf_ = CBN_COL_PF(ld, TS);
     if (w == CBN_PT_MAX * CBN_TVL) {
-        SFX(cbn_col_partial_tiles)(s1, s2, x, ld, rows, c, w, rows, 0, CBN_PT_MAX);
+        SFX(cbn_col_partial_tiles)(s1, s2, x, x, x, ld, rows, c, w, rows, 0, CBN_PT_MAX,
+                                   CBN_ACT_NONE, 1, 1);
         return;
     }
     const ptrdiff_t wt = w / (2 * CBN_TVL) * (2 * CBN_TVL);
-    SFX(cbn_col_partial_tiles)(s1, s2, x, ld, rows, c, wt, mb, pf_, 2);
+    SFX(cbn_col_partial_tiles)(s1, s2, x, x, x, ld, rows, c, wt, mb, pf_, 2, CBN_ACT_NONE, 1, 1);
     SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, wt, w);
 }
 
@@ -252,60 +266,6 @@ static inline void SFX(cbn_partial_sum_dot8)(const TS *dy, const TS *ym, const T
         CBN_FOR_ACT(act, SFX(cbn_partial_sum_dot8_act)(dy, ym, x, n, h, sdy8, sdyx8, a_, 0));
 }
 
-/* The tiles of cbn_col_partial_sum_dot, PT native float vectors wide (as
- * cbn_col_partial_tiles), for one activation and DOT. */
-static inline __attribute__((always_inline)) void SFX(cbn_col_partial_sum_dot_tiles)(
-    double *restrict sdy, double *restrict sdyx, const TS *restrict dy, const TS *restrict ym,
-    const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows, const float *restrict h, ptrdiff_t wt,
-    ptrdiff_t mb, int pf_, const int PT, const int act, const int DOT) {
-    const ptrdiff_t tw = PT * CBN_TVL;
-    for (ptrdiff_t m0 = 0; m0 < rows; m0 += mb) {
-        const ptrdiff_t m1 = m0 + mb < rows ? m0 + mb : rows;
-        for (ptrdiff_t j = 0; j < wt; j += tw) {
-            cbn_vf hv[CBN_PT_MAX];
-            cbn_vd A[2 * CBN_PT_MAX], B[2 * CBN_PT_MAX];
-            for (int v = 0; v < PT; v++) hv[v] = DOT ? cbn_vload_f32(h + j + CBN_TVL * v)
-                                                     : (cbn_vf){0};
-            for (int v = 0; v < 2 * PT; v++) {
-                A[v] = cbn_loadv_f64(sdy + j + CBN_DL * v);
-                B[v] = DOT ? cbn_loadv_f64(sdyx + j + CBN_DL * v) : (cbn_vd){0};
-            }
-            for (ptrdiff_t r0 = m0; r0 < m1; r0 += CBN_F32_RUN_COLS) {
-                const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < m1 ? r0 + CBN_F32_RUN_COLS : m1;
-                cbn_vf a[CBN_PT_MAX], b[CBN_PT_MAX];
-                for (int v = 0; v < PT; v++) a[v] = b[v] = (cbn_vf){0};
-                for (ptrdiff_t r = r0, i = r0 * ld + j; r < r1; r++, i += ld) {
-                    CBN_PREFETCH_AHEAD(dy + i, mb * ld, tw * sizeof(TS));
-                    if (DOT) CBN_PREFETCH_AHEAD(x + i, mb * ld, tw * sizeof(TS));
-                    if (act) CBN_PREFETCH_AHEAD(ym + i, mb * ld, tw * sizeof(TS));
-                    for (int v = 0; v < PT; v++) {
-                        cbn_vf g = SFX(cbn_vload)(dy + i + CBN_TVL * v);
-                        if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i + CBN_TVL * v),
-                                                         act);
-                        a[v] += g;
-                        if (DOT) b[v] += g * (SFX(cbn_vload)(x + i + CBN_TVL * v) - hv[v]);
-                    }
-                }
-                for (int v = 0; v < PT; v++) {
-                    cbn_vd lo, hi;
-                    cbn_widen_f32(a[v], &lo, &hi);
-                    A[2 * v] += lo;
-                    A[2 * v + 1] += hi;
-                    if (DOT) {
-                        cbn_widen_f32(b[v], &lo, &hi);
-                        B[2 * v] += lo;
-                        B[2 * v + 1] += hi;
-                    }
-                }
-            }
-            for (int v = 0; v < 2 * PT; v++) {
-                cbn_storev_f64(sdy + j + CBN_DL * v, A[v]);
-                if (DOT) cbn_storev_f64(sdyx + j + CBN_DL * v, B[v]);
-            }
-        }
-    }
-}
-
 /* The backward sums of channels-last rows in two levels: g = dy through act (output ym),
  * sdy[j] += sum_r g[r][j] and, if sdyx, sdyx[j] += sum_r g[r][j] (x[r][j] - h[j]), in the
  * groups, tiles and memory blocks of cbn_col_partial_sums. */
@@ -319,20 +279,20 @@ static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *re
     const int pf_ = CBN_COL_PF(ld, TS);
     if (w == CBN_PT_MAX * CBN_TVL) {
         if (sdyx)
-            CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h,
-                                                                w, rows, 0, CBN_PT_MAX, a_, 1));
+            CBN_FOR_ACT(act, SFX(cbn_col_partial_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, w, rows,
+                                                        0, CBN_PT_MAX, a_, 1, 0));
         else
-            CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h,
-                                                                w, rows, 0, CBN_PT_MAX, a_, 0));
+            CBN_FOR_ACT(act, SFX(cbn_col_partial_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, w, rows,
+                                                        0, CBN_PT_MAX, a_, 0, 0));
         return;
     }
     const ptrdiff_t wt = w / (2 * CBN_TVL) * (2 * CBN_TVL);
     if (sdyx)
-        CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt,
-                                                            mb, pf_, 2, a_, 1));
+        CBN_FOR_ACT(act, SFX(cbn_col_partial_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, mb,
+                                                    pf_, 2, a_, 1, 0));
     else
-        CBN_FOR_ACT(act, SFX(cbn_col_partial_sum_dot_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt,
-                                                            mb, pf_, 2, a_, 0));
+        CBN_FOR_ACT(act, SFX(cbn_col_partial_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, mb,
+                                                    pf_, 2, a_, 0, 0));
     SFX(cbn_col_partial_sum_dot_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, w, act);
 }
 
