@@ -1,113 +1,50 @@
-/* cbn_partials-inl.h: the two-level sums of the statistics (cbn_partials.h) for one 16-bit
- * format (float arithmetic).  Included once per format by cbn_families-inl.h, after
- * cbn_post-inl.h (for SFX(cbn_pv_load_n)); no include guard.
+/* cbn_partials-inl.h: the two-level sums of the statistics and of the backward (cbn_partials.h)
+ * for one 16-bit format (float arithmetic).  Included once per format by cbn_families-inl.h,
+ * after cbn_post-inl.h (for SFX(cbn_pv_load_n)); no include guard.
  *
- * Both loops sum d = x - c (c the channel's centre, a float32) and d^2 in float32, each float32
- * accumulator over at most CBN_F32_RUN_RUNS (runs) or CBN_F32_RUN_COLS (columns) terms from
- * zero, then add it to float64.  Which terms
- * share an accumulator is fixed by the position in the run or the row in the block alone (never
- * by the thread count or the memory blocking). */
+ * One set of loops serves both: g is x - c (SQUARES, the statistics, c the channel's centre)
+ * or dy through the activation act (the backward), and the loops sum g and, with DOT, g g
+ * (SQUARES) or g (x - h) (h the mean rounded to float32), in float32 partials of at most
+ * CBN_F32_RUN_RUNS (runs) or CBN_F32_RUN_COLS (columns) terms from zero, each then added to
+ * float64.  Which terms share a partial is fixed by the position in the run or the row in the
+ * block alone (never by the thread count or the memory blocking). */
 
-/* Columns [j0, w) of cbn_col_partial_sums, one at a time: the arithmetic of a tile's lane
- * (and the portable form of the whole). */
-static inline void SFX(cbn_col_partial_sums_cols)(double *restrict s1, double *restrict s2,
-                                                  const TS *restrict x, ptrdiff_t ld,
-                                                  ptrdiff_t rows, const float *restrict c,
-                                                  ptrdiff_t j0, ptrdiff_t w) {
+/* Columns [j0, w) of the two-level column sums, one at a time (the arithmetic of a tile's lane,
+ * and the portable form of the whole): sa[j] += sum g and, if sb, sb[j] += sum g g (SQUARES:
+ * g = x - h[j], src = x) or sum g (x - h[j]) (g = src through act, output ym), float32 partials
+ * over groups of CBN_F32_RUN_COLS rows. */
+static inline void SFX(cbn_col_partial_cols)(double *restrict sa, double *restrict sb,
+                                             const TS *restrict src, const TS *restrict ym,
+                                             const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
+                                             const float *restrict h, ptrdiff_t j0, ptrdiff_t w,
+                                             int act, int squares) {
     for (ptrdiff_t j = j0; j < w; j++) {
-        double A = s1[j], Q = s2[j];
-        for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
-            const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
-            float a = 0.0f, q = 0.0f;
-            for (ptrdiff_t r = r0; r < r1; r++) {
-                const float d = CBN_LD(x[r * ld + j]) - c[j];
-                a += d;
-                q += d * d;
-            }
-            A += (double)a;
-            Q += (double)q;
-        }
-        s1[j] = A;
-        s2[j] = Q;
-    }
-}
-
-/* Columns [j0, w) of cbn_col_partial_sum_dot, one at a time (the arithmetic of a tile's lane,
- * and the portable form of the whole): g = dy through act (output ym), sdy[j] += sum g and, if
- * sdyx, sdyx[j] += sum g (x - h[j]), float32 partials over groups of CBN_F32_RUN_COLS rows. */
-static inline void SFX(cbn_col_partial_sum_dot_cols)(double *restrict sdy, double *restrict sdyx,
-                                                     const TS *restrict dy,
-                                                     const TS *restrict ym,
-                                                     const TS *restrict x, ptrdiff_t ld,
-                                                     ptrdiff_t rows, const float *restrict h,
-                                                     ptrdiff_t j0, ptrdiff_t w, int act) {
-    for (ptrdiff_t j = j0; j < w; j++) {
-        double A = sdy[j], B = sdyx ? sdyx[j] : 0.0;
+        double A = sa[j], B = sb ? sb[j] : 0.0;
         for (ptrdiff_t r0 = 0; r0 < rows; r0 += CBN_F32_RUN_COLS) {
             const ptrdiff_t r1 = r0 + CBN_F32_RUN_COLS < rows ? r0 + CBN_F32_RUN_COLS : rows;
             float a = 0.0f, b = 0.0f;
             for (ptrdiff_t r = r0; r < r1; r++) {
                 const ptrdiff_t i = r * ld + j;
-                const float g = SFX(cbn_act_grad)(CBN_LD(dy[i]), act ? CBN_LD(ym[i]) : 0, act);
-                a += g;
-                if (sdyx) b += g * (CBN_LD(x[i]) - h[j]);
+                if (squares) {
+                    const float d = CBN_LD(src[i]) - h[j];
+                    a += d;
+                    b += d * d;
+                } else {
+                    const float g = SFX(cbn_act_grad)(CBN_LD(src[i]), act ? CBN_LD(ym[i]) : 0,
+                                                      act);
+                    a += g;
+                    if (sb) b += g * (CBN_LD(x[i]) - h[j]);
+                }
             }
             A += (double)a;
             B += (double)b;
         }
-        sdy[j] = A;
-        if (sdyx) sdyx[j] = B;
+        sa[j] = A;
+        if (sb) sb[j] = B;
     }
 }
 
 #ifdef CBN_VECTOR
-/* The group of 16 elements at p (m < 16 of them when m is given: zero-padded, the other lanes'
- * d set to 0), shifted by c and added to the float32 partials a, q. */
-static inline __attribute__((always_inline)) void SFX(cbn_group16_sums)(const TS *p, int m,
-                                                                        cbn_vf cv, cbn_vf *a,
-                                                                        cbn_vf *q) {
-    for (int u = 0; u < CBN_NV; u++) {
-        cbn_vf d;
-        if (m >= 16) {
-            d = SFX(cbn_vload)(p + u * CBN_TVL) - cv;
-        } else {
-            const int k = m - u * CBN_TVL, kk = k < 0 ? 0 : (k > CBN_TVL ? CBN_TVL : k);
-            cbn_vi lane;
-            for (int l = 0; l < CBN_TVL; l++) lane[l] = l;
-            d = kk > 0 ? SFX(cbn_pv_load_n)(p + u * CBN_TVL, kk) - cv : (cbn_vf){0};
-            d = (cbn_vf)((cbn_vi)d & (lane < kk));
-        }
-        a[u] += d;
-        q[u] += d * d;
-    }
-}
-
-/* s1_8 += lanes of sum(x - c), s2_8 += lanes of sum((x - c)^2) over x[0:n] (n >= 0): element
- * i in float32 lane i % 16, each lane's partial over CBN_F32_RUN_RUNS groups of 16, then added to
- * the 8 float64 lanes (cbn_v8_add_group16); the last partial of the run holds what is left. */
-static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
-                                          double *s2_8) {
-    cbn_v8d A = cbn_load8_f64(s1_8), Q = cbn_load8_f64(s2_8);
-    const cbn_vf cv = (cbn_vf){0} + c;
-    ptrdiff_t i = 0;
-    for (; i + 16 * CBN_F32_RUN_RUNS <= n; i += 16 * CBN_F32_RUN_RUNS) {
-        cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
-        for (int t = 0; t < CBN_F32_RUN_RUNS; t++)
-            SFX(cbn_group16_sums)(x + i + 16 * t, 16, cv, a, q);
-        A = cbn_v8_add_group16(A, a);
-        Q = cbn_v8_add_group16(Q, q);
-    }
-    if (i < n) { /* fewer than CBN_F32_RUN_RUNS groups, the last one maybe partial */
-        cbn_vf a[CBN_NV] = {{0}}, q[CBN_NV] = {{0}};
-        for (; i + 16 <= n; i += 16) SFX(cbn_group16_sums)(x + i, 16, cv, a, q);
-        if (i < n) SFX(cbn_group16_sums)(x + i, (int)(n - i), cv, a, q);
-        A = cbn_v8_add_group16(A, a);
-        Q = cbn_v8_add_group16(Q, q);
-    }
-    cbn_store8_f64(s1_8, A);
-    cbn_store8_f64(s2_8, Q);
-}
-
 /* The column tiles of both two-level column reductions, PT native float vectors wide (a
  * constant, as are act, DOT and SQUARES: the function is always inlined, the tile's state stays
  * in registers).  For every memory block of mb rows each tile walks its rows: g is the row of
@@ -189,52 +126,58 @@ static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restri
     }
     const ptrdiff_t wt = w / (2 * CBN_TVL) * (2 * CBN_TVL);
     SFX(cbn_col_partial_tiles)(s1, s2, x, x, x, ld, rows, c, wt, mb, pf_, 2, CBN_ACT_NONE, 1, 1);
-    SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, wt, w);
+    SFX(cbn_col_partial_cols)(s1, s2, x, x, x, ld, rows, c, wt, w, CBN_ACT_NONE, 1);
 }
 
-/* The group of 16 elements at offset 0 of dy, ym, x (m < 16 of them when m is given: zero-
- * padded, the other lanes' x - h set to 0): g = dy through act (output ym), a += g and, if
- * DOT, b += g (x - h). */
-static inline __attribute__((always_inline)) void SFX(cbn_group16_sum_dot)(
-    const TS *dy, const TS *ym, const TS *x, int m, cbn_vf hv, cbn_vf *a, cbn_vf *b,
-    const int act, const int DOT) {
+/* The group of 16 elements at offset 0 of src, ym, x (m < 16 of them when m is given: zero-
+ * padded, the other lanes' g and x - h set to 0): g = src - h (SQUARES) or src through act
+ * (output ym); a += g and, with DOT, b += g g (SQUARES) or g (x - h). */
+static inline __attribute__((always_inline)) void SFX(cbn_group16_partial)(
+    const TS *src, const TS *ym, const TS *x, int m, cbn_vf hv, cbn_vf *a, cbn_vf *b,
+    const int act, const int DOT, const int SQUARES) {
     for (int u = 0; u < CBN_NV; u++) {
         const ptrdiff_t o = u * CBN_TVL;
         cbn_vf g, d = {0};
         if (m >= 16) {
-            g = SFX(cbn_vload)(dy + o);
+            g = SFX(cbn_vload)(src + o);
+            if (SQUARES) g = g - hv;
             if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + o), act);
-            if (DOT) d = SFX(cbn_vload)(x + o) - hv;
+            if (DOT && !SQUARES) d = SFX(cbn_vload)(x + o) - hv;
         } else {
             const int k = m - u * CBN_TVL, kk = k < 0 ? 0 : (k > CBN_TVL ? CBN_TVL : k);
             cbn_vi lane;
             for (int l = 0; l < CBN_TVL; l++) lane[l] = l;
-            g = kk > 0 ? SFX(cbn_pv_load_n)(dy + o, kk) : (cbn_vf){0};
+            g = kk > 0 ? SFX(cbn_pv_load_n)(src + o, kk) : (cbn_vf){0};
+            if (SQUARES) g = (cbn_vf)((cbn_vi)(g - hv) & (lane < kk));
             if (act) g = SFX(cbn_act_grad_v)(g, kk > 0 ? SFX(cbn_pv_load_n)(ym + o, kk)
                                                        : (cbn_vf){0}, act);
-            if (DOT) {
+            if (DOT && !SQUARES) {
                 d = kk > 0 ? SFX(cbn_pv_load_n)(x + o, kk) - hv : (cbn_vf){0};
                 d = (cbn_vf)((cbn_vi)d & (lane < kk));
             }
         }
         a[u] += g;
-        if (DOT) b[u] += g * d;
+        if (SQUARES) b[u] += g * g;
+        else if (DOT) b[u] += g * d;
     }
 }
 
-/* cbn_partial_sum_dot8 for one activation and DOT (constants: the function is always
- * inlined). */
-static inline __attribute__((always_inline)) void SFX(cbn_partial_sum_dot8_act)(
-    const TS *dy, const TS *ym, const TS *x, ptrdiff_t n, float h, double *sdy8,
-    double *sdyx8, const int act, const int DOT) {
-    cbn_v8d A = cbn_load8_f64(sdy8), B = DOT ? cbn_load8_f64(sdyx8) : cbn_v8_zero();
+/* The run sums for one activation, DOT and SQUARES (constants: the function is always inlined):
+ * element i in float32 lane i % 16, each lane's partial over CBN_F32_RUN_RUNS groups of 16,
+ * then added to the 8 float64 lanes sa8, sb8 (cbn_v8_add_group16); the last partial of the run
+ * holds what is left. */
+static inline __attribute__((always_inline)) void SFX(cbn_partial_run)(
+    const TS *src, const TS *ym, const TS *x, ptrdiff_t n, float h, double *sa8, double *sb8,
+    const int act, const int DOT, const int SQUARES) {
+    cbn_v8d A = cbn_load8_f64(sa8), B = DOT ? cbn_load8_f64(sb8) : cbn_v8_zero();
     const cbn_vf hv = (cbn_vf){0} + h;
     ptrdiff_t i = 0;
     for (; i + 16 * CBN_F32_RUN_RUNS <= n; i += 16 * CBN_F32_RUN_RUNS) {
         cbn_vf a[CBN_NV] = {{0}}, b[CBN_NV] = {{0}};
         for (int t = 0; t < CBN_F32_RUN_RUNS; t++) {
             const ptrdiff_t o = i + 16 * t;
-            SFX(cbn_group16_sum_dot)(dy + o, ym ? ym + o : ym, x + o, 16, hv, a, b, act, DOT);
+            SFX(cbn_group16_partial)(src + o, ym ? ym + o : ym, x + o, 16, hv, a, b, act, DOT,
+                                     SQUARES);
         }
         A = cbn_v8_add_group16(A, a);
         if (DOT) B = cbn_v8_add_group16(B, b);
@@ -242,15 +185,22 @@ static inline __attribute__((always_inline)) void SFX(cbn_partial_sum_dot8_act)(
     if (i < n) { /* fewer than CBN_F32_RUN_RUNS groups, the last one maybe partial */
         cbn_vf a[CBN_NV] = {{0}}, b[CBN_NV] = {{0}};
         for (; i + 16 <= n; i += 16)
-            SFX(cbn_group16_sum_dot)(dy + i, ym ? ym + i : ym, x + i, 16, hv, a, b, act, DOT);
+            SFX(cbn_group16_partial)(src + i, ym ? ym + i : ym, x + i, 16, hv, a, b, act, DOT,
+                                     SQUARES);
         if (i < n)
-            SFX(cbn_group16_sum_dot)(dy + i, ym ? ym + i : ym, x + i, (int)(n - i), hv, a, b,
-                                     act, DOT);
+            SFX(cbn_group16_partial)(src + i, ym ? ym + i : ym, x + i, (int)(n - i), hv, a, b,
+                                     act, DOT, SQUARES);
         A = cbn_v8_add_group16(A, a);
         if (DOT) B = cbn_v8_add_group16(B, b);
     }
-    cbn_store8_f64(sdy8, A);
-    if (DOT) cbn_store8_f64(sdyx8, B);
+    cbn_store8_f64(sa8, A);
+    if (DOT) cbn_store8_f64(sb8, B);
+}
+
+/* s1_8 += lanes of sum(x - c), s2_8 += lanes of sum((x - c)^2) over x[0:n] (n >= 0). */
+static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
+                                          double *s2_8) {
+    SFX(cbn_partial_run)(x, NULL, x, n, c, s1_8, s2_8, CBN_ACT_NONE, 1, 1);
 }
 
 /* The backward sums of a run in two levels: g = dy through the activation act (output ym),
@@ -261,9 +211,9 @@ static inline void SFX(cbn_partial_sum_dot8)(const TS *dy, const TS *ym, const T
                                              ptrdiff_t n, float h, double *sdy8, double *sdyx8,
                                              int act) {
     if (sdyx8)
-        CBN_FOR_ACT(act, SFX(cbn_partial_sum_dot8_act)(dy, ym, x, n, h, sdy8, sdyx8, a_, 1));
+        CBN_FOR_ACT(act, SFX(cbn_partial_run)(dy, ym, x, n, h, sdy8, sdyx8, a_, 1, 0));
     else
-        CBN_FOR_ACT(act, SFX(cbn_partial_sum_dot8_act)(dy, ym, x, n, h, sdy8, sdyx8, a_, 0));
+        CBN_FOR_ACT(act, SFX(cbn_partial_run)(dy, ym, x, n, h, sdy8, sdyx8, a_, 0, 0));
 }
 
 /* The backward sums of channels-last rows in two levels: g = dy through act (output ym),
@@ -293,51 +243,51 @@ static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *re
     else
         CBN_FOR_ACT(act, SFX(cbn_col_partial_tiles)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, mb,
                                                     pf_, 2, a_, 0, 0));
-    SFX(cbn_col_partial_sum_dot_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, w, act);
+    SFX(cbn_col_partial_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, wt, w, act, 0);
 }
 
 #else /* portable scalar fallback: the same partials, the same order */
 
-static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
-                                          double *s2_8) {
+static inline void SFX(cbn_partial_run_portable)(const TS *src, const TS *ym, const TS *x,
+                                                 ptrdiff_t n, float h, double *sa8, double *sb8,
+                                                 int act, int squares) {
     for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN_RUNS) {
-        float a[16] = {0}, q[16] = {0};
+        float a[16] = {0}, b[16] = {0};
         const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN_RUNS < n ? i0 + 16 * CBN_F32_RUN_RUNS : n;
         for (ptrdiff_t i = i0; i < i1; i++) {
-            const float d = CBN_LD(x[i]) - c;
-            a[i % 16] += d;
-            q[i % 16] += d * d;
+            if (squares) {
+                const float d = CBN_LD(src[i]) - h;
+                a[i % 16] += d;
+                b[i % 16] += d * d;
+            } else {
+                const float g = SFX(cbn_act_grad)(CBN_LD(src[i]), act ? CBN_LD(ym[i]) : 0, act);
+                a[i % 16] += g;
+                if (sb8) b[i % 16] += g * (CBN_LD(x[i]) - h);
+            }
         }
         for (int l = 0; l < 8; l++) {
-            s1_8[l] += (double)a[l] + (double)a[l + 8];
-            s2_8[l] += (double)q[l] + (double)q[l + 8];
+            sa8[l] += (double)a[l] + (double)a[l + 8];
+            if (sb8) sb8[l] += (double)b[l] + (double)b[l + 8];
         }
     }
+}
+
+static inline void SFX(cbn_partial_sums8)(const TS *x, ptrdiff_t n, float c, double *s1_8,
+                                          double *s2_8) {
+    SFX(cbn_partial_run_portable)(x, NULL, x, n, c, s1_8, s2_8, CBN_ACT_NONE, 1);
 }
 
 static inline void SFX(cbn_col_partial_sums)(double *restrict s1, double *restrict s2,
                                              const TS *restrict x, ptrdiff_t ld, ptrdiff_t rows,
                                              const float *restrict c, ptrdiff_t w, int threads) {
     (void)threads;
-    SFX(cbn_col_partial_sums_cols)(s1, s2, x, ld, rows, c, 0, w);
+    SFX(cbn_col_partial_cols)(s1, s2, x, x, x, ld, rows, c, 0, w, CBN_ACT_NONE, 1);
 }
 
 static inline void SFX(cbn_partial_sum_dot8)(const TS *dy, const TS *ym, const TS *x,
                                              ptrdiff_t n, float h, double *sdy8, double *sdyx8,
                                              int act) {
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16 * CBN_F32_RUN_RUNS) {
-        float a[16] = {0}, b[16] = {0};
-        const ptrdiff_t i1 = i0 + 16 * CBN_F32_RUN_RUNS < n ? i0 + 16 * CBN_F32_RUN_RUNS : n;
-        for (ptrdiff_t i = i0; i < i1; i++) {
-            const float g = SFX(cbn_act_grad)(CBN_LD(dy[i]), act ? CBN_LD(ym[i]) : 0, act);
-            a[i % 16] += g;
-            if (sdyx8) b[i % 16] += g * (CBN_LD(x[i]) - h);
-        }
-        for (int l = 0; l < 8; l++) {
-            sdy8[l] += (double)a[l] + (double)a[l + 8];
-            if (sdyx8) sdyx8[l] += (double)b[l] + (double)b[l + 8];
-        }
-    }
+    SFX(cbn_partial_run_portable)(dy, ym, x, n, h, sdy8, sdyx8, act, 0);
 }
 
 static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *restrict sdyx,
@@ -346,7 +296,7 @@ static inline void SFX(cbn_col_partial_sum_dot)(double *restrict sdy, double *re
                                                 ptrdiff_t rows, const float *restrict h,
                                                 ptrdiff_t w, int act, int threads) {
     (void)threads;
-    SFX(cbn_col_partial_sum_dot_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, 0, w, act);
+    SFX(cbn_col_partial_cols)(sdy, sdyx, dy, ym, x, ld, rows, h, 0, w, act, 0);
 }
 
 #endif /* CBN_VECTOR */

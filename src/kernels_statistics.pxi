@@ -37,10 +37,11 @@
 # computed mean (then ~0 standard deviations away).  A channel that still fails -- a constant
 # or subnormal-scale channel (M2 ~ 0: no relative bound), offsets beyond float32's digits, NaN
 # or Inf -- and a channels-last one that fails once are summed again in float64
-# (_channel_moments_*_exact: channel-major as float64 data is; channels-last one column, block
-# by block), so the answer is always within the promise, the slow way only where the fast one
-# cannot prove it.  Those second passes run after the parallel pass, on one thread.  Both decisions depend on the data and the shape
-# only: results stay bit-identical for any thread count.
+# (_channel_moments_cm_in without a centre, as float64 data is; _channel_moments_cl_exact,
+# one column, block by block), so the answer is always within the promise, the slow way only
+# where the fast one cannot prove it.  Those second passes run after the parallel pass, on
+# one thread.  Both decisions depend on the data and the shape only: results stay
+# bit-identical for any thread count.
 
 # ------------------------------------------------------------------------------------ statistics
 cdef inline double _channel_ref(const elem* x, const Geometry* g, Py_ssize_t c) noexcept nogil:
@@ -106,7 +107,8 @@ cdef float _pilot_cm(const elem* x, const Geometry* g, Py_ssize_t c) noexcept no
     return <float>(acc / <double>cnt)
 
 
-cdef void _pilots_cl(const elem* x, const Geometry* g, double* acc, float* centre_out) noexcept nogil:
+cdef void _pilots_cl(const elem* x, const Geometry* g, double* acc,
+                     float* centre_out) noexcept nogil:
     """The centres of all channels, channels-last: the mean of CBN_PILOT_ROWS rows spread evenly
     (all rows when fewer), rounded to float32.  acc: C doubles of scratch."""
     cdef Py_ssize_t C = g.C, nq = min(<Py_ssize_t>CBN_PILOT_ROWS, g.outer), q, j
@@ -154,28 +156,16 @@ cdef void _segment_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
     m2_out[0] = m2
 
 
-cdef void _channel_moments_cm_exact(const elem* x, const Geometry* g, Py_ssize_t c,
-                                    double* mean_out, double* m2_out) noexcept nogil:
-    """Channel-major: moments of the whole channel c in float64, segment by segment, in order
-    (float64 data, and the channels the two-level certificate refuses)."""
+cdef void _channel_moments_cm_in(const elem* x, const Geometry* g, Py_ssize_t c,
+                                 const float* centre, double* mean_out,
+                                 double* m2_out) noexcept nogil:
+    """Channel-major: moments of the whole channel c, segment by segment, in order: two-level
+    about centre[0] (not yet certified), or in float64 with centre NULL (float64 data, and the
+    channels the two-level certificate refuses)."""
     cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
     cdef Py_ssize_t s
     for s in range(g.nseg):
-        _segment_moments_cm(x, g, c, s, &sc, &sm, &sq, NULL)
-        _merge(&cnt, &mean, &m2, sc, sm, sq)
-    mean_out[0] = _channel_ref(x, g, c) + mean
-    m2_out[0] = m2
-
-
-cdef void _channel_moments_cm_about(const elem* x, const Geometry* g, Py_ssize_t c,
-                                    float centre, double* mean_out,
-                                    double* m2_out) noexcept nogil:
-    """Channel-major: two-level moments of the whole channel c about centre, segment by
-    segment, in order (not yet certified)."""
-    cdef double cnt = 0.0, mean = 0.0, m2 = 0.0, sc, sm, sq
-    cdef Py_ssize_t s
-    for s in range(g.nseg):
-        _segment_moments_cm(x, g, c, s, &sc, &sm, &sq, &centre)
+        _segment_moments_cm(x, g, c, s, &sc, &sm, &sq, centre)
         _merge(&cnt, &mean, &m2, sc, sm, sq)
     mean_out[0] = _channel_ref(x, g, c) + mean
     m2_out[0] = m2
@@ -190,7 +180,7 @@ cdef bint _cm_about_its_mean(const elem* x, const Geometry* g, Py_ssize_t c, flo
     cdef float centre = <float>mean_io[0]
     if not isfinite(centre) or centre == first:
         return False
-    _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
+    _channel_moments_cm_in(x, g, c, &centre, &mean, &m2)
     if not _certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS, elem is cbn_f16):
         return False
     mean_io[0] = mean
@@ -206,13 +196,13 @@ cdef void _channel_moments_cm(const elem* x, const Geometry* g, Py_ssize_t c,
     cdef float centre
     if elem is cbn_f16 or elem is cbn_bf16:
         centre = _pilot_cm(x, g, c)
-        _channel_moments_cm_about(x, g, c, centre, &mean, &m2)
+        _channel_moments_cm_in(x, g, c, &centre, &mean, &m2)
         if (_certified(<double>g.n, mean, m2, centre, CBN_F32_RUN_RUNS, elem is cbn_f16)
                 or _cm_about_its_mean(x, g, c, centre, &mean, &m2)):
             mean_out[0] = mean
             m2_out[0] = m2
             return
-    _channel_moments_cm_exact(x, g, c, mean_out, m2_out)
+    _channel_moments_cm_in(x, g, c, NULL, mean_out, m2_out)
 
 
 cdef void _channel_moments_cl_exact(const elem* x, const Geometry* g, Py_ssize_t c,
@@ -377,7 +367,7 @@ cdef void _certify_or_redo(const elem* x, const Geometry* g, const float* centre
         elif not (_certified(<double>g.n, mean_out[c], m2_out[c], centre[c], CBN_F32_RUN_RUNS,
                              elem is cbn_f16)
                   or _cm_about_its_mean(x, g, c, centre[c], &mean_out[c], &m2_out[c])):
-            _channel_moments_cm_exact(x, g, c, &mean_out[c], &m2_out[c])
+            _channel_moments_cm_in(x, g, c, NULL, &mean_out[c], &m2_out[c])
 
 
 cdef int _moments(const elem* x, const Geometry* g, const cbn_plan* plan,
