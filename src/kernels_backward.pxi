@@ -90,9 +90,7 @@ cdef void _channel_sums_cl_exact(const elem* dy, const elem* ym, int act, const 
     cdef double a = 0.0, d = 0.0, gv
     for r in range(g.outer):
         i = r * g.C + c
-        gv = _ld(dy[i])
-        if act != CBN_ACT_NONE and not (_ld(ym[i]) > 0.0):
-            gv = 0.0
+        gv = _act_grad(_ld(dy[i]), _ld(ym[i]) if act != CBN_ACT_NONE else 0.0, act)
         a += gv
         if with_dot:
             d += gv * (_ld(x[i]) - mean)
