@@ -607,10 +607,11 @@ def math_eval(str name, cnp.ndarray x):
     return (out, aux) if pair else out
 
 
-def half_convert(cnp.ndarray src, str fmt, bint narrow):
+def half_convert(cnp.ndarray src, str fmt, bint narrow, bint pairs=False):
     """The bound level's conversions of a 16-bit format (fmt "float16" or "bfloat16"), for the
     accuracy tests: narrow, a C-contiguous float32 array to the format's bits (uint16); else
-    the format's bits (a C-contiguous uint16 array) widened to float32; flat arrays out."""
+    the format's bits (a C-contiguous uint16 array) widened to float32; flat arrays out.  pairs:
+    through the pair forms of the element-wise passes first (cbn_half.h)."""
     _bound()
     if fmt not in ("float16", "bfloat16"):
         raise ValueError(f"fmt must be 'float16' or 'bfloat16', got {fmt!r}")
@@ -619,7 +620,7 @@ def half_convert(cnp.ndarray src, str fmt, bint narrow):
         raise TypeError("half_convert takes a C-contiguous " +
                         ("float32" if narrow else "uint16") + " array")
     cdef cnp.ndarray dst = np.empty(cnp.PyArray_SIZE(src), np.uint16 if narrow else np.float32)
-    _T.half_convert(0 if fmt == "float16" else 1, narrow, cnp.PyArray_DATA(src),
+    _T.half_convert(0 if fmt == "float16" else 1, narrow + 2 * pairs, cnp.PyArray_DATA(src),
                     cnp.PyArray_DATA(dst), cnp.PyArray_SIZE(src))
     return dst
 

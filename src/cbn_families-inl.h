@@ -22,6 +22,8 @@
 #undef CBN_HALF
 #undef CBN_VWIDEN
 #undef CBN_VNARROW
+#undef CBN_VWIDEN2
+#undef CBN_VNARROW2
 #undef CBN_W8
 #undef CBN_W4
 #undef CBN_TLOAD

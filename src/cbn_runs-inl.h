@@ -20,6 +20,12 @@ static inline __attribute__((always_inline)) void SFX(cbn_affine_run_act)(
     ptrdiff_t h = 0;
     if (CBN_HALF) { /* native vectors (GCC does not vectorise the conversions), the rest below */
         const CBN_TV H = (CBN_TV){0} + hi, V = (CBN_TV){0} + sc, B = (CBN_TV){0} + sh;
+        for (; h + 2 * CBN_TVL <= n; h += 2 * CBN_TVL) { /* pairs: the cheaper conversions */
+            CBN_TV a, b;
+            SFX(cbn_vload2)(x + h, &a, &b);
+            SFX(cbn_vstore2)(y + h, SFX(cbn_act_v)((a - H) * V + B, act),
+                             SFX(cbn_act_v)((b - H) * V + B, act));
+        }
         for (; h + CBN_TVL <= n; h += CBN_TVL)
             SFX(cbn_vstore)(y + h, SFX(cbn_act_v)((SFX(cbn_vload)(x + h) - H) * V + B, act));
     } else {
@@ -41,6 +47,18 @@ static inline __attribute__((always_inline)) void SFX(cbn_dx_run_act)(
     if (CBN_HALF) {
         const CBN_TV H = (CBN_TV){0} + hi, K1 = (CBN_TV){0} + k1;
         const CBN_TV K2 = (CBN_TV){0} + k2, K3 = (CBN_TV){0} + k3;
+        for (; h + 2 * CBN_TVL <= n; h += 2 * CBN_TVL) { /* pairs, as above */
+            CBN_TV g0, g1, x0, x1;
+            SFX(cbn_vload2)(dy + h, &g0, &g1);
+            if (act) {
+                CBN_TV y0, y1;
+                SFX(cbn_vload2)(ym + h, &y0, &y1);
+                g0 = SFX(cbn_act_grad_v)(g0, y0, act);
+                g1 = SFX(cbn_act_grad_v)(g1, y1, act);
+            }
+            SFX(cbn_vload2)(x + h, &x0, &x1);
+            SFX(cbn_vstore2)(dx + h, g0 * K1 + (x0 - H) * K2 + K3, g1 * K1 + (x1 - H) * K2 + K3);
+        }
         for (; h + CBN_TVL <= n; h += CBN_TVL) {
             CBN_TV g = SFX(cbn_vload)(dy + h);
             if (act) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + h), act);

@@ -197,7 +197,7 @@ cdef extern from "cbn_table.h" nogil:
                          Py_ssize_t n) noexcept nogil
         void (*math_f64)(int fn, const double* x, double* out, double* aux,
                          Py_ssize_t n) noexcept nogil
-        void (*half_convert)(int fmt, int narrow, const void* src, void* dst,
+        void (*half_convert)(int fmt, int mode, const void* src, void* dst,
                              Py_ssize_t n) noexcept nogil
         void (*floor_scale_f32)(const float* a, float* out, Py_ssize_t n, int nt) noexcept nogil
         void (*floor_scale_f64)(const double* a, double* out, Py_ssize_t n,

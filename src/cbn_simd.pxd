@@ -15,7 +15,7 @@ cdef extern from "cbn_kernels.h" nogil:
     double cbn_act_grad_f64(double g, double y, int act)
 
     # cbn_half.h: the 16-bit formats' conversions (for the tests)
-    void cbn_half_convert(int fmt, int narrow, const void* src, void* dst, Py_ssize_t n)
+    void cbn_half_convert(int fmt, int mode, const void* src, void* dst, Py_ssize_t n)
 
     # cbn_simd.h: work buffers
     double* cbn_alloc_per_thread(int nt, Py_ssize_t n, Py_ssize_t* stride)

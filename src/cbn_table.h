@@ -137,7 +137,7 @@ typedef struct {
     void (*math_f64)(int fn, const double *x, double *out, double *aux, ptrdiff_t n);
 
     /* the 16-bit formats' conversions, for the tests (cbn_half_convert in cbn_half.h) */
-    void (*half_convert)(int fmt, int narrow, const void *src, void *dst, ptrdiff_t n);
+    void (*half_convert)(int fmt, int mode, const void *src, void *dst, ptrdiff_t n);
 
     /* the benchmark's bandwidth floor over n elements (no return code) */
     void (*floor_scale_f32)(const float *a, float *out, ptrdiff_t n, int nt);

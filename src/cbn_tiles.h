@@ -75,6 +75,23 @@ static inline cbn_vf cbn_vload_f32(const float *p) {
 static inline void cbn_vstore_f32(float *p, cbn_vf v) { memcpy(p, &v, sizeof v); }
 static inline cbn_vd cbn_vload_f64(const double *p) { return cbn_loadv_f64(p); }
 static inline void cbn_vstore_f64(double *p, cbn_vd v) { cbn_storev_f64(p, v); }
+/* pairs of vectors (the 16-bit formats' interface, cbn_half-inl.h): two singles, in order */
+static inline void cbn_vload2_f32(const float *p, cbn_vf *a, cbn_vf *b) {
+    *a = cbn_vload_f32(p);
+    *b = cbn_vload_f32(p + CBN_VB / 4);
+}
+static inline void cbn_vstore2_f32(float *p, cbn_vf a, cbn_vf b) {
+    cbn_vstore_f32(p, a);
+    cbn_vstore_f32(p + CBN_VB / 4, b);
+}
+static inline void cbn_vload2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
+    *a = cbn_vload_f64(p);
+    *b = cbn_vload_f64(p + CBN_VB / 8);
+}
+static inline void cbn_vstore2_f64(double *p, cbn_vd a, cbn_vd b) {
+    cbn_vstore_f64(p, a);
+    cbn_vstore_f64(p + CBN_VB / 8, b);
+}
 
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
  * the end of the array, which a prefetch tolerates and pointer arithmetic would not). */

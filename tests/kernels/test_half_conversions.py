@@ -1,5 +1,6 @@
 """The 16-bit formats' conversions (src/cbn_half.h) at every SIMD level, vector and scalar
-forms: widening every one of the 65,536 bit patterns of binary16 and bfloat16, and narrowing
+forms (the single vectors and the pairs of the element-wise passes): widening every one of the
+65,536 bit patterns of binary16 and bfloat16, and narrowing
 float32 bit patterns at and beside every rounding boundary of each format, against NumPy's
 float16 cast and ml_dtypes' bfloat16 cast, bit for bit (NaN: stays NaN with its sign)."""
 
@@ -48,31 +49,35 @@ def _boundaries(values32):
     return np.ascontiguousarray(np.concatenate([pos, -pos]), dtype=np.float32)
 
 
-def test_float16_widening_exact_for_all_65536(level):
-    got = _core.half_convert(F16_BITS, "float16", False)
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_float16_widening_exact_for_all_65536(level, pairs):
+    got = _core.half_convert(F16_BITS, "float16", False, pairs)
     want = F16_BITS.view(np.float16).astype(np.float32)
     _same(got.view(np.uint32), want.view(np.uint32), np.isnan(got), np.isnan(want), 0x80000000)
 
 
-def test_bfloat16_widening_exact_for_all_65536(level):
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_bfloat16_widening_exact_for_all_65536(level, pairs):
     bf16 = _bf16()
-    got = _core.half_convert(F16_BITS, "bfloat16", False)
+    got = _core.half_convert(F16_BITS, "bfloat16", False, pairs)
     want = F16_BITS.view(bf16).astype(np.float32)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # NaN payloads too
 
 
-def test_float16_narrowing_rounds_as_numpy(level):
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_float16_narrowing_rounds_as_numpy(level, pairs):
     x = _boundaries(F16_BITS.view(np.float16).astype(np.float32))
-    got = _core.half_convert(x, "float16", True)
+    got = _core.half_convert(x, "float16", True, pairs)
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(np.float16).view(np.uint16)
     _same(got, want, np.isnan(got.view(np.float16)), np.isnan(x), 0x8000)
 
 
-def test_bfloat16_narrowing_rounds_as_ml_dtypes(level):
+@pytest.mark.parametrize("pairs", [False, True], ids=["single", "pairs"])
+def test_bfloat16_narrowing_rounds_as_ml_dtypes(level, pairs):
     bf16 = _bf16()
     x = _boundaries(F16_BITS.view(bf16).astype(np.float32))
-    got = _core.half_convert(x, "bfloat16", True)
+    got = _core.half_convert(x, "bfloat16", True, pairs)
     with np.errstate(over="ignore", invalid="ignore"):
         want = x.astype(bf16).view(np.uint16)
     # ml_dtypes gives the canonical quiet NaN with the sign, as the kernels do
