@@ -24,6 +24,7 @@
 #undef CBN_VNARROW
 #undef CBN_VWIDEN2
 #undef CBN_VNARROW2
+#undef CBN_COEF2
 #undef CBN_W8
 #undef CBN_W4
 #undef CBN_TLOAD

@@ -2,7 +2,7 @@
  * kernel families use for float and double (cbn_simd.h, cbn_tiles.h): a native vector of
  * float32 (CBN_TVL elements), 8 lanes of float64 for the reductions, CBN_DL elements of
  * float64 for the column tiles, and partial vectors.  Included by cbn_families-inl.h for the
- * 16-bit formats only, with TS, CBN_LD, CBN_VWIDEN, CBN_VNARROW, CBN_VWIDEN2, CBN_VNARROW2, CBN_W8 and CBN_W4
+ * 16-bit formats only, with TS, CBN_LD, CBN_VWIDEN, CBN_VNARROW, CBN_VWIDEN2, CBN_VNARROW2, CBN_COEF2, CBN_W8 and CBN_W4
  * defined; no
  * include guard. */
 
@@ -13,6 +13,8 @@ static inline void SFX(cbn_vstore)(TS *p, cbn_vf v) { CBN_VNARROW(p, v); }
  * work only: the order is not the elements' order), and back */
 static inline void SFX(cbn_vload2)(const TS *p, cbn_vf *a, cbn_vf *b) { CBN_VWIDEN2(p, a, b); }
 static inline void SFX(cbn_vstore2)(TS *p, cbn_vf a, cbn_vf b) { CBN_VNARROW2(p, a, b); }
+/* the coefficients of a pair's elements (2 * CBN_TVL floats) in its lane order */
+static inline void SFX(cbn_coef2)(const float *p, cbn_vf *a, cbn_vf *b) { CBN_COEF2(p, a, b); }
 
 /* 8 elements as the 8 lanes of the reductions */
 static inline cbn_v8d SFX(cbn_load8)(const TS *p) {

@@ -196,6 +196,22 @@ static inline int cbn_vf_any_nan2(cbn_vf a, cbn_vf b) {
 #endif
 }
 #endif
+/* 2 * CBN_HL float32 coefficients (one per element of a pair) in the pair's lane order */
+static inline void cbn_vcoef2_bf16(const float *p, cbn_vf *a, cbn_vf *b) {
+    cbn_vf v0, v1;
+    memcpy(&v0, p, sizeof v0);
+    memcpy(&v1, p + CBN_HL, sizeof v1);
+#if defined(__AVX512F__)
+    *a = v0;
+    *b = v1;
+#elif CBN_VB == 32
+    *a = __builtin_shuffle(v0, v1, (cbn_vi){0, 2, 4, 6, 8, 10, 12, 14});
+    *b = __builtin_shuffle(v0, v1, (cbn_vi){1, 3, 5, 7, 9, 11, 13, 15});
+#else
+    *a = __builtin_shuffle(v0, v1, (cbn_vi){0, 2, 4, 6});
+    *b = __builtin_shuffle(v0, v1, (cbn_vi){1, 3, 5, 7});
+#endif
+}
 static inline void cbn_vwiden2_bf16(const cbn_bf16 *p, cbn_vf *a, cbn_vf *b) {
 #if defined(__AVX512F__)
     *a = cbn_vwiden_bf16(p);
@@ -259,6 +275,10 @@ static inline void cbn_vnarrow_f16(cbn_f16 *p, cbn_vf v) {
 static inline void cbn_vwiden2_f16(const cbn_f16 *p, cbn_vf *a, cbn_vf *b) {
     *a = cbn_vwiden_f16(p);
     *b = cbn_vwiden_f16(p + CBN_HL);
+}
+static inline void cbn_vcoef2_f16(const float *p, cbn_vf *a, cbn_vf *b) {
+    memcpy(a, p, sizeof *a);
+    memcpy(b, p + CBN_HL, sizeof *b);
 }
 static inline void cbn_vnarrow2_f16(cbn_f16 *p, cbn_vf a, cbn_vf b) {
     cbn_vnarrow_f16(p, a);

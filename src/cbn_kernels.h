@@ -71,6 +71,7 @@
 #define CBN_VNARROW cbn_vnarrow_f16
 #define CBN_VWIDEN2 cbn_vwiden2_f16
 #define CBN_VNARROW2 cbn_vnarrow2_f16
+#define CBN_COEF2 cbn_vcoef2_f16
 #define CBN_W8 cbn_w8_f16
 #define CBN_W4 cbn_w4_f16
 #define SFX(name) name##_f16
@@ -89,6 +90,7 @@
 #define CBN_VNARROW cbn_vnarrow_bf16
 #define CBN_VWIDEN2 cbn_vwiden2_bf16
 #define CBN_VNARROW2 cbn_vnarrow2_bf16
+#define CBN_COEF2 cbn_vcoef2_bf16
 #define CBN_W8 cbn_w8_bf16
 #define CBN_W4 cbn_w4_bf16
 #define SFX(name) name##_bf16

@@ -172,8 +172,23 @@ static inline void SFX(cbn_affine_tile)(const TS *x, TS *y, ptrdiff_t ld, ptrdif
             B[v] = CBN_TLOAD(sh + (CBN_TVL) * v);
         }
     }
-    CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL),
-        SFX(cbn_vstore)(y + i, SFX(cbn_act_v)((SFX(cbn_vload)(x + i) - H[v]) * S[v] + B[v], a_));));
+    if (CBN_HALF) { /* pairs of vectors (cbn_half.h), their coefficients in the pairs' order */
+        for (int v = 0; v + 1 < nv; v += 2) {
+            SFX(cbn_coef2)(hi + (CBN_TVL) * v, &H[v], &H[v + 1]);
+            SFX(cbn_coef2)(sc + (CBN_TVL) * v, &S[v], &S[v + 1]);
+            SFX(cbn_coef2)(sh + (CBN_TVL) * v, &B[v], &B[v + 1]);
+        }
+        CBN_FOR_ACT(act, CBN_TILE_ROWS_PAIRED((CBN_TVL),
+            CBN_TV a0; CBN_TV a1; SFX(cbn_vload2)(x + i, &a0, &a1);
+            SFX(cbn_vstore2)(y + i, SFX(cbn_act_v)((a0 - H[v]) * S[v] + B[v], a_),
+                             SFX(cbn_act_v)((a1 - H[v + 1]) * S[v + 1] + B[v + 1], a_));,
+            SFX(cbn_vstore)(y + i, SFX(cbn_act_v)((SFX(cbn_vload)(x + i) - H[v]) * S[v] + B[v],
+                                                  a_));));
+    } else {
+        CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL),
+            SFX(cbn_vstore)(y + i, SFX(cbn_act_v)((SFX(cbn_vload)(x + i) - H[v]) * S[v] + B[v],
+                                                  a_));));
+    }
     if (nv * (CBN_TVL) < w) {
         ptrdiff_t j = nv * (CBN_TVL);
         SFX(cbn_affine_any)(x + j, y + j, ld, rows, w - j, hi + j, sc + j, sh + j, act);
@@ -196,9 +211,28 @@ static inline void SFX(cbn_dx_tile)(const TS *restrict dy, const TS *restrict ym
             K3[v] = CBN_TLOAD(k3 + (CBN_TVL) * v);
         }
     }
-    CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL), CBN_TV g = SFX(cbn_vload)(dy + i);
-        if (a_) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i), a_);
-        SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);));
+    if (CBN_HALF) { /* pairs, as in cbn_affine_tile */
+        for (int v = 0; v + 1 < nv; v += 2) {
+            SFX(cbn_coef2)(hi + (CBN_TVL) * v, &H[v], &H[v + 1]);
+            SFX(cbn_coef2)(k1 + (CBN_TVL) * v, &K1[v], &K1[v + 1]);
+            SFX(cbn_coef2)(k2 + (CBN_TVL) * v, &K2[v], &K2[v + 1]);
+            SFX(cbn_coef2)(k3 + (CBN_TVL) * v, &K3[v], &K3[v + 1]);
+        }
+        CBN_FOR_ACT(act, CBN_TILE_ROWS_PAIRED((CBN_TVL),
+            CBN_TV g0; CBN_TV g1; CBN_TV x0; CBN_TV x1; SFX(cbn_vload2)(dy + i, &g0, &g1);
+            if (a_) { CBN_TV y0; CBN_TV y1; SFX(cbn_vload2)(ym + i, &y0, &y1);
+                      g0 = SFX(cbn_act_grad_v)(g0, y0, a_); g1 = SFX(cbn_act_grad_v)(g1, y1, a_); }
+            SFX(cbn_vload2)(x + i, &x0, &x1);
+            SFX(cbn_vstore2)(dx + i, g0 * K1[v] + (x0 - H[v]) * K2[v] + K3[v],
+                             g1 * K1[v + 1] + (x1 - H[v + 1]) * K2[v + 1] + K3[v + 1]);,
+            CBN_TV g = SFX(cbn_vload)(dy + i);
+            if (a_) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i), a_);
+            SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);));
+    } else {
+        CBN_FOR_ACT(act, CBN_TILE_ROWS((CBN_TVL), CBN_TV g = SFX(cbn_vload)(dy + i);
+            if (a_) g = SFX(cbn_act_grad_v)(g, SFX(cbn_vload)(ym + i), a_);
+            SFX(cbn_vstore)(dx + i, g * K1[v] + (SFX(cbn_vload)(x + i) - H[v]) * K2[v] + K3[v]);));
+    }
     if (nv * (CBN_TVL) < w) {
         ptrdiff_t j = nv * (CBN_TVL);
         SFX(cbn_dx_rows_any)(dy + j, ym ? ym + j : NULL, x + j, dx + j, ld, rows, w - j, hi + j,

@@ -84,9 +84,13 @@ static inline void cbn_vstore2_f32(float *p, cbn_vf a, cbn_vf b) {
     cbn_vstore_f32(p, a);
     cbn_vstore_f32(p + CBN_VB / 4, b);
 }
+static inline void cbn_coef2_f32(const float *p, cbn_vf *a, cbn_vf *b) { cbn_vload2_f32(p, a, b); }
 static inline void cbn_vload2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
     *a = cbn_vload_f64(p);
     *b = cbn_vload_f64(p + CBN_VB / 8);
+}
+static inline void cbn_coef2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
+    cbn_vload2_f64(p, a, b);
 }
 static inline void cbn_vstore2_f64(double *p, cbn_vd a, cbn_vd b) {
     cbn_vstore_f64(p, a);
@@ -157,6 +161,15 @@ static inline void cbn_vstore2_f64(double *p, cbn_vd a, cbn_vd b) {
                                                            mv[v], one);)                         \
     }
 
+/* for every row, the full vectors of the tile in pairs (PAIR, v and v + 1 at offset i),
+ * the last one alone when nv is odd (BODY) */
+#define CBN_TILE_ROWS_PAIRED(VL, PAIR, BODY)                                                     \
+    for (ptrdiff_t r = 0; r < rows; r++)                                                         \
+        for (int v = 0; v < CBN_ROW_TV; v += 2) {                                                \
+            ptrdiff_t i = r * ld + (VL) * v;                                                     \
+            if (v + 1 < nv) { PAIR }                                                             \
+            else if (v < nv) { BODY }                                                            \
+        }
 /* for every row and every full vector v of the tile: BODY, with i the element offset */
 #define CBN_TILE_ROWS(VL, ...)                                                                   \
     for (ptrdiff_t r = 0; r < rows; r++)                                                         \
