@@ -111,7 +111,7 @@ static inline __attribute__((always_inline)) void SFX(cbn_dx_rows_any_act)(
     const T *restrict k2, const T *restrict k3, const int act) {
     CBN_ROWS_EACH(CBN_DX_AT, CBN_DX_V, dx)
 }
-static inline void SFX(cbn_dx_rows_any)(const TS *restrict dy, const TS *restrict ym,
+CBN_OWN_FRAME void SFX(cbn_dx_rows_any)(const TS *restrict dy, const TS *restrict ym,
                                      const TS *restrict x, TS *restrict dx,
                                      ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t w,
                                      const T *restrict hi, const T *restrict k1,
@@ -121,7 +121,7 @@ static inline void SFX(cbn_dx_rows_any)(const TS *restrict dy, const TS *restric
 
 /* y = act((x - hi) * sc + sh) over channels-last rows; in place when x == y (the
  * restrict-qualified forms never see two names for one array). */
-static inline void SFX(cbn_affine_any)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows,
+CBN_OWN_FRAME void SFX(cbn_affine_any)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows,
                                         ptrdiff_t w, const T *hi, const T *sc, const T *sh,
                                         int act) {
     if ((const void *)x == (const void *)y)
