@@ -23,6 +23,13 @@ def _vec(v, x, shape):
     return np.asarray(v, dtype=x.dtype).reshape(shape)
 
 
+def _accumulator(dtype):
+    """The dtype a user sums in: float32 for the 16-bit formats, whose own sums overflow (and
+    whose reduction counts, e.g. 100,352 elements per channel, are not even representable in
+    float16), else the data's."""
+    return np.float32 if dtype.itemsize == 2 else dtype
+
+
 def _activate(y, activation, residual):
     """y (+ residual), then the activation, in place."""
     if residual is not None:
@@ -88,11 +95,12 @@ def backward(dy, x, mean, invstd, weight, axis, y=None):
     g = dy if y is None else np.where(y > 0, dy, dy.dtype.type(0))
     m, inv = _vec(mean, x, shape), _vec(invstd, x, shape)
     xhat = (x - m) * inv
-    dbias = g.sum(axis=red)
-    dweight = (g * xhat).sum(axis=red)
+    acc = _accumulator(x.dtype)
+    dbias = g.sum(axis=red, dtype=acc)
+    dweight = (g * xhat).sum(axis=red, dtype=acc)
     n = x.size // x.shape[axis]
     k = _vec(weight, x, shape) * inv
-    dx = g - (dbias.reshape(shape) / n)
-    dx -= xhat * (dweight.reshape(shape) / n)
+    dx = g - (dbias.reshape(shape) / n).astype(x.dtype)
+    dx -= xhat * (dweight.reshape(shape) / n).astype(x.dtype)
     dx *= k
     return (dx, dweight, dbias) if y is None else (dx, dweight, dbias, g)

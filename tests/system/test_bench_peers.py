@@ -121,6 +121,28 @@ def test_numpy_column_is_batch_norm_in_the_input_dtype(case):
         _close(g, w_, case.dtype)
 
 
+def test_numpy_column_backward_sums_16_bit_data_in_float32():
+    """More elements per channel than float16 holds (65,504): the sums and the count stay
+    finite, and dx is the float64 reference's to float16 rounding."""
+    from cbn.bench import numpy_peer as npb
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 300, 300)).astype(np.float16)
+    dy = (rng.standard_normal(x.shape) + 0.5).astype(np.float16)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3))
+    invstd = 1 / np.sqrt(x64.var(axis=(0, 2, 3)) + EPS)
+    w = np.array([1.5, -0.5])
+    with np.errstate(over="raise", invalid="raise"):
+        dx, dweight, dbias = npb.backward(dy, x, mean, invstd, w, 1)
+    want = cbn.reference.batch_norm_backward(dy64, x64, mean, invstd, w, axis=1)
+    assert dx.dtype == np.float16
+    np.testing.assert_allclose(dbias, want[2], rtol=1e-3)
+    # each product g * xhat is rounded to float16: the sum is good to 2^-10 of its terms' sum
+    terms = np.abs(dy64 * (x64 - mean[:, None, None]) * invstd[:, None, None]).sum(axis=(0, 2, 3))
+    assert np.all(np.abs(dweight - want[1]) <= terms * 2.0 ** -10)
+    np.testing.assert_allclose(dx.astype(np.float64), want[0], rtol=0, atol=2e-2)
+
+
 @pytest.mark.parametrize("case", [Case((3, 6, 4), "float32", -1), Case((2, 3, 4, 4), "float64")],
                          ids=lambda c: c.label)
 @pytest.mark.parametrize("kind", ["mask", "sample_weight"])
