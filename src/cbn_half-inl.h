@@ -1,10 +1,9 @@
 /* cbn_half-inl.h: the data loads and stores of one 16-bit format (cbn_half.h) in the forms the
  * kernel families use for float and double (cbn_simd.h, cbn_tiles.h): a native vector of
  * float32 (CBN_TVL elements), 8 lanes of float64 for the reductions, CBN_DL elements of
- * float64 for the column tiles, and partial vectors.  Included by cbn_families-inl.h for the
- * 16-bit formats only, with TS, CBN_LD, CBN_VWIDEN, CBN_VNARROW, CBN_VWIDEN2, CBN_VNARROW2, CBN_COEF2, CBN_W8 and CBN_W4
- * defined; no
- * include guard. */
+ * float64 for the column tiles, partial vectors, and pairs.  Included by cbn_families-inl.h
+ * for the 16-bit formats only, with TS, CBN_LD, CBN_VWIDEN, CBN_VNARROW, CBN_VWIDEN2,
+ * CBN_VNARROW2, CBN_COEF2, CBN_W8 and CBN_W4 defined; no include guard. */
 
 #ifdef CBN_VECTOR
 static inline cbn_vf SFX(cbn_vload)(const TS *p) { return CBN_VWIDEN(p); }

@@ -158,26 +158,26 @@ static inline void SFX(cbn_col_sum_dot)(double *restrict sdy, double *restrict s
 static inline int SFX(cbn_row_tile_fits)(ptrdiff_t w) {
     return w >= (CBN_TVL) && w <= CBN_ROW_TV * (CBN_TVL);
 }
+/* A tile's coefficient registers R[0, nv) from p (the others 0: never used, but GCC cannot
+ * tell); for the 16-bit formats the whole pairs in the pairs' lane order (cbn_half.h), as the
+ * tiles' pair bodies take them, and an odd last vector as it is. */
+static inline __attribute__((always_inline)) void SFX(cbn_tile_coef)(CBN_TV *R, const T *p,
+                                                                    int nv) {
+    int v = 0;
+    if (CBN_HALF)
+        for (; v + 1 < nv; v += 2) SFX(cbn_coef2)(p + (CBN_TVL) * v, &R[v], &R[v + 1]);
+    for (; v < CBN_ROW_TV; v++) R[v] = v < nv ? CBN_TLOAD(p + (CBN_TVL) * v) : (CBN_TV){0};
+}
 /* y = act((x - hi) * sc + sh) */
 static inline void SFX(cbn_affine_tile)(const TS *x, TS *y, ptrdiff_t ld, ptrdiff_t rows,
                                          ptrdiff_t w, const T *restrict hi,
                                          const T *restrict sc, const T *restrict sh, int act) {
     const int nv = (int)(w / (CBN_TVL));
     CBN_TV H[CBN_ROW_TV], S[CBN_ROW_TV], B[CBN_ROW_TV];
-    for (int v = 0; v < CBN_ROW_TV; v++) {
-        H[v] = S[v] = B[v] = (CBN_TV){0}; /* lanes v >= nv are never used (GCC cannot tell) */
-        if (v < nv) {
-            H[v] = CBN_TLOAD(hi + (CBN_TVL) * v);
-            S[v] = CBN_TLOAD(sc + (CBN_TVL) * v);
-            B[v] = CBN_TLOAD(sh + (CBN_TVL) * v);
-        }
-    }
-    if (CBN_HALF) { /* pairs of vectors (cbn_half.h), their coefficients in the pairs' order */
-        for (int v = 0; v + 1 < nv; v += 2) {
-            SFX(cbn_coef2)(hi + (CBN_TVL) * v, &H[v], &H[v + 1]);
-            SFX(cbn_coef2)(sc + (CBN_TVL) * v, &S[v], &S[v + 1]);
-            SFX(cbn_coef2)(sh + (CBN_TVL) * v, &B[v], &B[v + 1]);
-        }
+    SFX(cbn_tile_coef)(H, hi, nv);
+    SFX(cbn_tile_coef)(S, sc, nv);
+    SFX(cbn_tile_coef)(B, sh, nv);
+    if (CBN_HALF) { /* pairs of vectors (cbn_half.h) */
         CBN_FOR_ACT(act, CBN_TILE_ROWS_PAIRED((CBN_TVL),
             CBN_TV a0; CBN_TV a1; SFX(cbn_vload2)(x + i, &a0, &a1);
             SFX(cbn_vstore2)(y + i, SFX(cbn_act_v)((a0 - H[v]) * S[v] + B[v], a_),
@@ -203,21 +203,11 @@ static inline void SFX(cbn_dx_tile)(const TS *restrict dy, const TS *restrict ym
                                      const T *restrict k3, int act) {
     const int nv = (int)(w / (CBN_TVL));
     CBN_TV H[CBN_ROW_TV], K1[CBN_ROW_TV], K2[CBN_ROW_TV], K3[CBN_ROW_TV];
-    for (int v = 0; v < CBN_ROW_TV; v++) {
-        if (v < nv) {
-            H[v] = CBN_TLOAD(hi + (CBN_TVL) * v);
-            K1[v] = CBN_TLOAD(k1 + (CBN_TVL) * v);
-            K2[v] = CBN_TLOAD(k2 + (CBN_TVL) * v);
-            K3[v] = CBN_TLOAD(k3 + (CBN_TVL) * v);
-        }
-    }
+    SFX(cbn_tile_coef)(H, hi, nv);
+    SFX(cbn_tile_coef)(K1, k1, nv);
+    SFX(cbn_tile_coef)(K2, k2, nv);
+    SFX(cbn_tile_coef)(K3, k3, nv);
     if (CBN_HALF) { /* pairs, as in cbn_affine_tile */
-        for (int v = 0; v + 1 < nv; v += 2) {
-            SFX(cbn_coef2)(hi + (CBN_TVL) * v, &H[v], &H[v + 1]);
-            SFX(cbn_coef2)(k1 + (CBN_TVL) * v, &K1[v], &K1[v + 1]);
-            SFX(cbn_coef2)(k2 + (CBN_TVL) * v, &K2[v], &K2[v + 1]);
-            SFX(cbn_coef2)(k3 + (CBN_TVL) * v, &K3[v], &K3[v + 1]);
-        }
         CBN_FOR_ACT(act, CBN_TILE_ROWS_PAIRED((CBN_TVL),
             CBN_TV g0; CBN_TV g1; CBN_TV x0; CBN_TV x1; SFX(cbn_vload2)(dy + i, &g0, &g1);
             if (a_) { CBN_TV y0; CBN_TV y1; SFX(cbn_vload2)(ym + i, &y0, &y1);

@@ -89,12 +89,12 @@ static inline void cbn_vload2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
     *a = cbn_vload_f64(p);
     *b = cbn_vload_f64(p + CBN_VB / 8);
 }
-static inline void cbn_coef2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
-    cbn_vload2_f64(p, a, b);
-}
 static inline void cbn_vstore2_f64(double *p, cbn_vd a, cbn_vd b) {
     cbn_vstore_f64(p, a);
     cbn_vstore_f64(p + CBN_VB / 8, b);
+}
+static inline void cbn_coef2_f64(const double *p, cbn_vd *a, cbn_vd *b) {
+    cbn_vload2_f64(p, a, b);
 }
 
 /* Prefetch `bytes` bytes at p + ahead elements (computed as an integer: the target may lie past
